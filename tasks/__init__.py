@@ -1,0 +1,1 @@
+"""gsil-bench tasks."""

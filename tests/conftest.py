@@ -1,0 +1,102 @@
+"""Shared test fixtures: the real tokenizer, a tiny random Llama with it, the data
+directory, and a real llama.cpp OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = "embedded:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data (or $GSIL_DATA_DIR): the real benchmark files, read in place."""
+    path = Path(os.environ.get("GSIL_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (path / "gsm8k" / "train.jsonl").is_file():
+        pytest.fail(f"data directory {path} not found: set GSIL_DATA_DIR (CI uses ../shared/data)")
+    os.environ.setdefault("GSIL_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded SmolLM2 converted once to a cached Hugging Face folder."""
+    from harness.models import resolve
+
+    return Path(resolve(EMBEDDED))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    """The real SmolLM2 tokenizer (with its chat template)."""
+    from harness.models import load_tokenizer
+
+    return load_tokenizer(EMBEDDED)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with the real tokenizer, saved as a model folder."""
+    from harness.models import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    from harness.models import tiny_llama
+
+    return tiny_llama(tokenizer)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama-cpp-python OpenAI-compatible server on loopback serving the
+    embedded GGUF; yields its base URL (…/v1) and stops it afterwards."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is a test dependency")
+    from harness.models import embedded_gguf_path
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path(EMBEDDED)),
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+             "--model_alias", "smollm2"],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited early:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"llama.cpp server did not start in 120 s:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

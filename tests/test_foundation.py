@@ -1,0 +1,104 @@
+"""Foundation: registry, strict config loading, model resolution, generators."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import load_experiment, shared_hash
+from harness.registry import Registry
+from harness.strict import ConfigError
+
+
+def test_registry_rejects_duplicates_and_suggests():
+    reg: Registry[int] = Registry("thing")
+    reg.add("alpha", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("alpha", 2)
+    with pytest.raises(KeyError, match="did you mean 'alpha'"):
+        reg.get("alpah")
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_config_unknown_key_names_line_and_suggestion(tmp_path):
+    p = _write(tmp_path, "name: x\nmethods:\n  - loss: sft\nshared:\n  optimizer:\n    lr: 1e-5\n    wieght_decay: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(p)
+    msg = str(err.value)
+    assert f"{p}:7" in msg and "shared.optimizer.wieght_decay" in msg and "did you mean 'weight_decay'" in msg
+
+
+def test_config_wrong_type_and_bad_loss(tmp_path):
+    p = _write(tmp_path, "name: x\nmethods:\n  - loss: sft\nshared:\n  train:\n    batch_size: four\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml:6: shared.train.batch_size: expected an integer"):
+        load_experiment(p)
+    p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-logistc\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml:3: methods\[0\].loss: .*did you mean 'gsil-logistic'"):
+        load_experiment(p)
+    p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-hinge\n    params: {beta: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"has no parameter 'beta'.*takes: a, b"):
+        load_experiment(p)
+
+
+def test_shared_hash_ignores_methods_but_not_shared(tmp_path):
+    a = load_experiment(_write(tmp_path, "name: x\nmethods:\n  - loss: sft\n"))
+    b = load_experiment(_write(tmp_path, "name: y\nmethods:\n  - loss: spin\n"))
+    c = load_experiment(_write(tmp_path, "name: x\nmethods:\n  - loss: sft\n"), ["shared.optimizer.lr=2e-5"])
+    assert shared_hash(a) == shared_hash(b) != shared_hash(c)
+    assert c.shared.optimizer.lr == 2e-5
+
+
+def test_model_name_errors(tmp_path):
+    from harness.models import ModelError, resolve
+
+    with pytest.raises(ModelError, match="unknown embedded model.*did you mean 'embedded:smollm2-135m-instruct'"):
+        resolve("embedded:smollm2-135m-instruc")
+    with pytest.raises(ModelError, match="not a local folder"):
+        resolve("no such model")
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        resolve(str(tmp_path / "x.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve(str(tmp_path / "empty"))
+
+
+def test_embedded_model_converts_once_and_generates(embedded_dir, tokenizer):
+    """The real embedded model: cached conversion loads and answers a chat prompt."""
+    from harness.config import GenerationConfig
+    from harness.generation import HFGenerator
+    from harness.models import load_model
+
+    assert (embedded_dir / "DONE").is_file() and (embedded_dir / "model.safetensors").is_file()
+    model, tok = load_model("embedded:smollm2-135m-instruct")
+    gen = HFGenerator(model, tok, GenerationConfig(max_new_tokens=12, batch_size=2))
+    out = gen.generate([[{"role": "user", "content": "What is 2+3?"}], "The capital of France is"])
+    assert "5" in out[0].text
+    assert out[0].finish_reason == "stop" and 0 < out[0].tokens <= 12
+    assert out[1].tokens == 12 and out[1].finish_reason == "length"
+
+
+def test_hf_generator_left_padding_matches_single(tiny_model, tokenizer):
+    """Batched (left-padded) greedy generation equals one-at-a-time generation."""
+    from harness.config import GenerationConfig
+    from harness.generation import HFGenerator
+
+    prompts = ["Hello there, how are", "A much longer prompt that needs padding in a batch of two"]
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=2)
+    batched = HFGenerator(tiny_model, tokenizer, cfg).generate(prompts)
+    single = [HFGenerator(tiny_model, tokenizer, cfg).generate([p])[0] for p in prompts]
+    assert [c.text for c in batched] == [c.text for c in single]
+
+
+@pytest.mark.slow
+def test_openai_generator_against_llama_server(llama_server):
+    from harness.config import GenerationConfig
+    from harness.generation import make_generator
+
+    gen = make_generator(GenerationConfig(backend="openai", base_url=llama_server, api_model="smollm2", max_new_tokens=16))
+    out = gen.generate([[{"role": "user", "content": "What is 2+3?"}], "def add(a, b):\n"], stop=["\n\n"])
+    assert "5" in out[0].text and out[0].tokens > 0
+    assert isinstance(out[1].text, str) and out[1].tokens > 0
