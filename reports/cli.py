@@ -1,0 +1,82 @@
+"""`gsil-bench report` and `gsil-bench compare`.
+
+    gsil-bench report RUN_DIR [--baseline sft] [--index runs.sqlite]
+    gsil-bench report --trend runs.sqlite [--experiment NAME] [--output DIR]
+    gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance 0.0]
+
+`compare` exits 1 when the candidate has a significant drop (or lacks a result the
+baseline has, unless --allow-missing), so a nightly job fails on a regression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _stats_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="bootstrap resamples (default: the run's report.bootstrap, else 2000)")
+    parser.add_argument("--alpha", type=float, default=None, help="significance level (default 0.05)")
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run folder (written by gsil-bench run)")
+    parser.add_argument("--baseline", help="method the significance marks compare against (default: report.baseline)")
+    _stats_args(parser)
+    parser.add_argument("--index", type=Path, help="also add the run to this runs.sqlite index")
+    parser.add_argument("--trend", type=Path, metavar="INDEX",
+                        help="instead: write a trend page of every metric over the runs in this runs.sqlite")
+    parser.add_argument("--experiment", help="with --trend: only this experiment")
+    parser.add_argument("--output", type=Path, help="with --trend: output folder (default: beside the index, trend/)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from harness.cli import UserError
+
+    if args.trend:
+        from reports.trend import write_trend
+
+        out = args.output or args.trend.resolve().parent / "trend"
+        page = write_trend(args.trend, out, args.experiment)
+        print(page)
+        return 0
+    if args.run_dir is None:
+        raise UserError("give a RUN_DIR (or --trend INDEX)")
+    from reports.report import write_report
+
+    page = write_report(args.run_dir, baseline=args.baseline, n_boot=args.bootstrap, alpha=args.alpha)
+    if args.index:
+        from harness.store import RunIndex
+
+        RunIndex(args.index).add_run(args.run_dir)
+    print(page)
+    return 0
+
+
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", type=Path, help="baseline run folder (e.g. last night's)")
+    parser.add_argument("candidate", type=Path, help="candidate run folder (e.g. tonight's)")
+    parser.add_argument("--output", type=Path, help="where compare.md/.html go (default: CANDIDATE/compare)")
+    _stats_args(parser)
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="ignore significant drops no larger than this (metric units; default 0)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="do not fail when the candidate lacks a method/task the baseline has")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from reports.regression import compare_runs, write_compare
+
+    result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap or 2000, alpha=args.alpha or 0.05,
+                          tolerance=args.tolerance)
+    md, page = write_compare(result, args.output or args.candidate / "compare")
+    print(md.read_text())
+    log.info("comparison written to %s", page)
+    if result.drops or (result.missing and not args.allow_missing):
+        log.error("regression found: %d drop(s), %d missing", len(result.drops), len(result.missing))
+        return 1
+    return 0

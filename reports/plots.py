@@ -1,0 +1,158 @@
+"""Report figures (matplotlib, Agg backend, PNG):
+
+- `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
+  side per task with their intervals, against the baseline and the starting model;
+- `training_curves`: loss, real and generated rewards and classifier accuracy per
+  optimizer step, per method (self-play iterations concatenated);
+- `iteration_plot`: score against self-play iteration (iteration 0 = the starting model).
+
+Each returns the PNG path, or None when the run holds nothing to draw.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from reports.rundata import BASE, RunData  # noqa: E402
+from reports.tables import Comparison  # noqa: E402
+
+log = logging.getLogger(__name__)
+CURVES = (  # (metrics.jsonl key, panel title)
+    ("loss", "training loss"),
+    ("rewards/real", "reward of real (demonstration)"),
+    ("rewards/generated", "reward of generated"),
+    ("rewards/accuracy", "classifier accuracy"),
+)
+DPI = 110
+
+
+def _colors(names: list[str]) -> dict[str, tuple[float, ...]]:
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
+    cols = 2 if n == 4 else min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def family_members(run: RunData, family: str) -> list[str]:
+    """Methods whose loss belongs to `family` (the loss name's prefix before '-')."""
+    return [m for m in run.methods if m != BASE and run.loss_of(m).split("-")[0] == family]
+
+
+def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | None:
+    members = [m for m in family_members(comp.run, family) if any(k[0] == m for k in comp.cells)]
+    if not members:
+        return None
+    fig, axes = _grid(len(comp.tasks))
+    colors = _colors(members)
+    for ax, task in zip(axes, comp.tasks):
+        xs, drawn = np.arange(len(members)), []
+        for x, m in zip(xs, members):
+            it = next((k[1] for k in comp.cells if k[0] == m and k[2] == task), None)
+            cell = comp.cells.get((m, it, task)) if it is not None else None
+            if cell is None:
+                continue
+            iv = cell.interval
+            err = [[iv.value - iv.ci_low], [iv.ci_high - iv.value]]
+            ax.bar(x, iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
+            drawn.append(iv.value)
+        for ref, style in ((comp.baseline, "--"), (BASE, ":")):
+            if ref in members:
+                continue
+            cell = next((c for k, c in comp.cells.items() if k[0] == ref and k[2] == task), None)
+            if cell is not None:
+                ax.axhline(cell.interval.value, color="black", linestyle=style, linewidth=1, label=ref)
+        ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
+        ax.set_title(f"{task} ({comp.metric_of(task)})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{family} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(run: RunData, path: Path) -> Path | None:
+    methods = [m for m in run.methods if any(t.method == m for t in run.train)]
+    if not methods:
+        return None
+    curves: dict[tuple[str, int], list[dict]] = {}
+    for m in methods:
+        for seed in sorted({t.seed for t in run.train if t.method == m}):
+            rows: list[dict] = []
+            for t in sorted((t for t in run.train if t.method == m and t.seed == seed), key=lambda t: t.iteration):
+                offset = rows[-1]["_x"] if rows else 0
+                rows += [{**r, "_x": offset + int(r.get("step", i + 1))} for i, r in enumerate(t.curve())]
+            curves[(m, seed)] = rows
+    panels = [(k, title) for k, title in CURVES if any(k in r for rows in curves.values() for r in rows)]
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    colors = _colors(methods)
+    for ax, (key, title) in zip(axes, panels):
+        for (m, seed), rows in curves.items():
+            pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                x, y = zip(*pts)
+                first_seed = seed == min(s for mm, s in curves if mm == m)
+                ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
+                        marker="." if len(pts) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step (iterations concatenated)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        h, lab = ax.get_legend_handles_labels()
+        handles += [hh for hh, ll in zip(h, lab) if ll not in labels]
+        labels += [ll for ll in lab if ll not in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
+    methods = [m for m in per_iter.run.methods if m != BASE]
+    if not methods or not per_iter.cells:
+        return None
+    fig, axes = _grid(len(per_iter.tasks))
+    colors = _colors(methods)
+    for ax, task in zip(axes, per_iter.tasks):
+        base = next((c for (m, _, t), c in per_iter.cells.items() if m == BASE and t == task), None)
+        for j, m in enumerate(methods):
+            pts = sorted((it, c.interval) for (mm, it, t), c in per_iter.cells.items() if mm == m and t == task)
+            if base is not None:
+                pts = [(0, base.interval)] + pts
+            if not pts:
+                continue
+            x = np.array([p[0] for p in pts], dtype=float) + (j - len(methods) / 2) * 0.02  # dodge overlaps
+            y = np.array([p[1].value for p in pts])
+            err = np.array([[p[1].value - p[1].ci_low for p in pts], [p[1].ci_high - p[1].value for p in pts]])
+            ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
+        ax.set_title(f"{task} ({per_iter.metric_of(task)})")
+        ax.set_xlabel("iteration (0 = starting model)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)

@@ -1,0 +1,138 @@
+"""`write_report(run_dir)`: the report of one run folder.
+
+Writes <run>/report/:
+    index.html   one self-contained page (tables, figures, provenance)
+    tables.md    comparison + per-iteration tables (Markdown; deterministic for given scores)
+    tables.tex   the same, paper-ready (booktabs)
+    costs.md / costs.tex   training cost per method (tokens, wall time)
+    results.csv  every metric of every evaluation, long format
+    plots/ablation.png training.png iterations.png
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.io import atomic_write_text
+from reports import html as H
+from reports import plots, tables
+from reports.rundata import RunData, load_run
+
+log = logging.getLogger(__name__)
+
+
+def config_check(run: RunData) -> tuple[bool | None, str]:
+    """Is every trained method's shared-block hash the run's hash? (None: nothing to check)."""
+    expected = run.shared_hash
+    seen: dict[str, set[str]] = {}
+    for t in run.train:
+        h = t.summary.get("shared_hash")
+        if h:
+            seen.setdefault(str(h), set()).add(t.method)
+    if not seen:
+        return None, f"shared-block hash {expected or 'unknown'} (no training summaries to check)"
+    if expected is None and len(seen) == 1:
+        expected = next(iter(seen))
+    if set(seen) == {expected}:
+        methods = sorted(seen[str(expected)])
+        return True, f"identical configuration: every method ({len(methods)}) trained with shared-block hash {expected}"
+    parts = "; ".join(f"{h}: {', '.join(sorted(ms))}" for h, ms in sorted(seen.items()))
+    return False, f"configuration differs between methods (run hash {expected}): {parts}"
+
+
+def _report_options(run: RunData, baseline: str | None, n_boot: int | None, alpha: float | None) -> tuple[str, int, float]:
+    rc = run.config.get("report") or {}
+    return (baseline or rc.get("baseline") or "sft", int(n_boot or rc.get("bootstrap") or 2000),
+            float(alpha or rc.get("alpha") or 0.05))
+
+
+def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, check: str) -> str:
+    lines = [f"# {run.name}: comparison", "", check, ""]
+    if comp.baseline not in run.methods:
+        lines += [f"Baseline `{comp.baseline}` is not in this run: no significance marks.", ""]
+    lines += [tables.to_markdown(tables.comparison_frame(comp, "md")), "", tables.legend(comp), ""]
+    lines += ["## Every iteration", "", tables.to_markdown(tables.comparison_frame(per_iter, "md", True)), ""]
+    return "\n".join(lines)
+
+
+def _latex(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison) -> str:
+    cap = f"{run.name}: {tables.legend(comp)}".replace(tables.UP, "up-arrow").replace(tables.DOWN, "down-arrow")
+    return "% needs \\usepackage{booktabs}\n" + "\n".join([
+        tables.to_latex(tables.comparison_frame(comp, "tex"), cap, f"tab:{run.name}-comparison"),
+        tables.to_latex(tables.comparison_frame(per_iter, "tex", True), f"{run.name}: every iteration",
+                        f"tab:{run.name}-iterations"),
+    ])
+
+
+def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple[str, str]]:
+    prov: dict[str, Any] = run.provenance
+    git = prov.get("git") or {}
+    ok, text = check
+    cls = {True: "ok", False: "bad"}.get(ok, "note")  # type: ignore[arg-type]
+    steps = run.plan.get("steps", [])
+    status: dict[str, int] = {}
+    for s in steps:
+        status[s.get("status", "?")] = status.get(s.get("status", "?"), 0) + 1
+    pk = prov.get("packages") or {}
+    rows = [
+        ("run folder", H.esc(run.root.resolve())),
+        ("shared-block hash", f'<code>{H.esc(run.shared_hash or "unknown")}</code> <span class="{cls}">{H.esc(text)}</span>'),
+        ("model", H.esc(((run.config.get("shared") or {}).get("model")) or "?")),
+        ("git revision", H.esc(f"{git.get('commit') or 'unknown'}{' (dirty)' if git.get('dirty') else ''}")),
+        ("steps", H.esc(", ".join(f"{v} {k}" for k, v in sorted(status.items())) or "no plan.json")),
+        ("wall time (all sessions)", H.esc(f"{prov.get('wall_time_s', 0):,.0f} s")),
+        ("packages", H.esc(", ".join(f"{k} {v}" for k, v in pk.items() if v))),
+        ("hardware", H.esc(prov.get("hardware") or {})),
+        ("data files", H.esc(", ".join(f"{k}: {v.get('sha256', '')[:12]}" for k, v in (prov.get("data") or {}).items()))),
+    ]
+    return rows
+
+
+def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
+          figs: dict[str, Path | None], check: tuple[bool | None, str]) -> str:
+    body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
+    note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
+    body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
+                          + f"<p class=note>{H.esc(tables.legend(comp))}</p>", "comparison-section"))
+    body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
+                          or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
+    body.append(H.section("Score against self-play iteration",
+                          H.figure(figs["iterations"], "score per iteration (0 = starting model)", "fig-iterations")
+                          + tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"), "iter-section"))
+    body.append(H.section("Training curves", H.figure(figs["training"], "training metrics per step", "fig-training")
+                          or "<p class=note>No training metrics yet.</p>", "training-section"))
+    cost_html = tables.to_html(tables.cost_display(costs), "costs") if len(costs) else "<p class=note>No training summaries yet.</p>"
+    body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>", "cost-section"))
+    body.append(H.details("resolved configuration (config.yaml)", yaml.safe_dump(run.config, sort_keys=False)))
+    return H.page(f"{run.name} — gsil-bench report", "\n".join(body))
+
+
+def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: int | None = None,
+                 alpha: float | None = None) -> Path:
+    """Write <run>/report/ and return the path of index.html."""
+    run = load_run(run_dir)
+    baseline, n_boot, alpha = _report_options(run, baseline, n_boot, alpha)
+    out = run.root / "report"
+    comp = tables.build_comparison(run, baseline=baseline, n_boot=n_boot, alpha=alpha)
+    per_iter = tables.build_comparison(run, baseline=baseline, n_boot=n_boot, alpha=alpha, per_iteration=True)
+    costs = tables.cost_frame(run)
+    check = config_check(run)
+    figs = {
+        "ablation": plots.ablation_plot(comp, out / "plots" / "ablation.png"),
+        "training": plots.training_curves(run, out / "plots" / "training.png"),
+        "iterations": plots.iteration_plot(per_iter, out / "plots" / "iterations.png"),
+    }
+    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1]))
+    atomic_write_text(out / "tables.tex", _latex(run, comp, per_iter))
+    if len(costs):
+        shown = tables.cost_display(costs)
+        atomic_write_text(out / "costs.md", tables.to_markdown(shown) + "\n\nTotals over iterations, mean over seeds.\n")
+        atomic_write_text(out / "costs.tex", tables.to_latex(shown, f"{run.name}: training cost", f"tab:{run.name}-cost"))
+    atomic_write_text(out / "results.csv", run.results_frame().to_csv(index=False))
+    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check))
+    log.info("report written to %s", out / "index.html")
+    return out / "index.html"

@@ -1,0 +1,220 @@
+"""Read a run folder into plain records for reports, comparisons and the index.
+
+Layout (docs/architecture.md):
+    <run>/config.yaml provenance.json plan.json
+    <run>/<method>/seed-<s>/iter-<k>/ metrics.jsonl summary.json DONE
+    <run>/eval/<method>/seed-<s>/iter-<k>/<task>/ metrics.json samples.jsonl DONE
+    <run>/eval/base/iter-0/<task>/ ...      (the starting model, evaluated once)
+
+Only completed evaluations (DONE present) are read. A malformed file raises
+RunDataError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness.io import is_done, read_json, read_jsonl
+
+BASE = "base"  # the starting model's label in every table
+SEED_DIR = re.compile(r"^seed-(\d+)$")
+ITER_DIR = re.compile(r"^iter-(\d+)$")
+# metrics where a smaller value is better; every other metric: larger is better
+LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "loss", "brier"})
+
+
+class RunDataError(ValueError):
+    """A run folder file that cannot be read; the message names the file."""
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.split(",")[0] not in LOWER_IS_BETTER
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as err:
+        raise RunDataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+@dataclass
+class EvalResult:
+    """One task scored for one model (method, seed, iteration)."""
+
+    method: str
+    seed: int | None  # None: the base model, evaluated once for every seed
+    iteration: int
+    task: str
+    folder: Path
+    metrics: dict[str, Any]  # the parsed metrics.json
+
+    @property
+    def primary(self) -> str:
+        return str(self.metrics.get("primary") or next(iter(self.metrics.get("metrics", {})), ""))
+
+    def metric(self, name: str | None = None) -> dict[str, Any]:
+        name = name or self.primary
+        try:
+            return dict(self.metrics["metrics"][name])
+        except KeyError:
+            raise RunDataError(f"{self.folder / 'metrics.json'}: no metric {name!r}") from None
+
+    def item_scores(self, name: str | None = None) -> dict[str, float]:
+        """Per-item scores of metric `name` (default: primary) keyed by sample id;
+        empty when samples.jsonl lacks that score."""
+        name = name or self.primary
+        out: dict[str, float] = {}
+        path = self.folder / "samples.jsonl"
+        for lineno, rec in enumerate(read_jsonl(path), 1):
+            scores = rec.get("scores") or {}
+            if name not in scores or scores[name] is None:
+                continue
+            if "id" not in rec:
+                raise RunDataError(f"{path}:{lineno}: sample has no 'id'")
+            out[str(rec["id"])] = float(scores[name])
+        return out
+
+
+@dataclass
+class TrainIteration:
+    """One training iteration of one method and seed."""
+
+    method: str
+    seed: int
+    iteration: int
+    folder: Path
+    summary: dict[str, Any]
+
+    def curve(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.folder / "metrics.jsonl")
+
+
+@dataclass
+class RunData:
+    """Everything a report needs from one run folder."""
+
+    root: Path
+    config: dict[str, Any]
+    plan: dict[str, Any]
+    provenance: dict[str, Any]
+    evals: list[EvalResult] = field(default_factory=list)
+    train: list[TrainIteration] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.root.name)
+
+    @property
+    def methods(self) -> list[str]:
+        """Labels in config order, then any other method found on disk; base first."""
+        labels = [m.get("name") or m["loss"] for m in self.config.get("methods", [])]
+        found = [e.method for e in self.evals] + [t.method for t in self.train]
+        extra = sorted({m for m in found if m not in labels and m != BASE})
+        out = labels + extra
+        return ([BASE] if any(e.method == BASE for e in self.evals) else []) + out
+
+    def loss_of(self, method: str) -> str:
+        for m in self.config.get("methods", []):
+            if (m.get("name") or m["loss"]) == method:
+                return str(m["loss"])
+        return method
+
+    @property
+    def tasks(self) -> list[str]:
+        configured = list(((self.config.get("shared") or {}).get("eval") or {}).get("tasks") or [])
+        found = sorted({e.task for e in self.evals} - set(configured))
+        return [t for t in configured if any(e.task == t for e in self.evals)] + found
+
+    @cached_property
+    def shared_hash(self) -> str | None:
+        return self.plan.get("shared_hash") or (self.provenance.get("shared_hash"))
+
+    def find(self, method: str, task: str, iteration: int | None = None) -> list[EvalResult]:
+        """Results of `method` on `task` at `iteration` (default: the method's last), all seeds."""
+        rows = [e for e in self.evals if e.method == method and e.task == task]
+        if not rows:
+            return []
+        it = max(e.iteration for e in rows) if iteration is None else iteration
+        return sorted((e for e in rows if e.iteration == it), key=lambda e: e.seed or 0)
+
+    def final_iteration(self, method: str) -> int | None:
+        its = [e.iteration for e in self.evals if e.method == method]
+        return max(its) if its else None
+
+    def results_frame(self) -> pd.DataFrame:
+        """Long table: one row per (method, seed, iteration, task, metric)."""
+        rows = []
+        for e in self.evals:
+            for name, m in (e.metrics.get("metrics") or {}).items():
+                rows.append({
+                    "method": e.method, "seed": e.seed, "iteration": e.iteration, "task": e.task,
+                    "metric": name, "primary": name == e.primary, "value": m.get("value"),
+                    "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n"),
+                })
+        cols = ["method", "seed", "iteration", "task", "metric", "primary", "value", "ci_low", "ci_high", "n"]
+        return pd.DataFrame(rows, columns=cols)
+
+
+def _eval_results(root: Path) -> list[EvalResult]:
+    """Walk eval/<method>/[seed-<s>/]iter-<k>/<task>/ for completed tasks."""
+    out: list[EvalResult] = []
+    ev = root / "eval"
+    if not ev.is_dir():
+        return out
+    for metrics_path in sorted(ev.glob("*/**/metrics.json")):
+        task_dir = metrics_path.parent
+        parts = task_dir.relative_to(ev).parts
+        if len(parts) not in (3, 4) or not is_done(task_dir) or parts[0].startswith((".", "_")):
+            continue
+        seed_m = SEED_DIR.match(parts[1]) if len(parts) == 4 else None
+        iter_m = ITER_DIR.match(parts[-2])
+        if iter_m is None or (len(parts) == 4 and seed_m is None):
+            continue
+        metrics = _load_json(metrics_path)
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
+            raise RunDataError(f"{metrics_path}: expected an object with a 'metrics' mapping")
+        seed = int(seed_m.group(1)) if seed_m else None
+        out.append(EvalResult(parts[0], seed, int(iter_m.group(1)), parts[-1], task_dir, metrics))
+    return out
+
+
+def _train_iterations(root: Path) -> list[TrainIteration]:
+    out: list[TrainIteration] = []
+    for summary_path in sorted(root.glob("*/seed-*/iter-*/summary.json")):
+        folder = summary_path.parent
+        method = folder.parent.parent.name
+        seed_m, iter_m = SEED_DIR.match(folder.parent.name), ITER_DIR.match(folder.name)
+        if method in ("eval", "report", "shared") or seed_m is None or iter_m is None:
+            continue
+        summary = _load_json(summary_path)
+        if not isinstance(summary, dict):
+            raise RunDataError(f"{summary_path}: expected a JSON object")
+        out.append(TrainIteration(method, int(seed_m.group(1)), int(iter_m.group(1)), folder, summary))
+    return out
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder; raises FileNotFoundError when it is not one."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder {root} does not exist")
+    if not (root / "config.yaml").is_file() and not (root / "eval").is_dir():
+        raise FileNotFoundError(f"{root} is not a run folder (no config.yaml and no eval/)")
+    config: dict[str, Any] = {}
+    if (root / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as err:
+            raise RunDataError(f"{root / 'config.yaml'}: invalid YAML: {err}") from None
+    plan = _load_json(root / "plan.json") if (root / "plan.json").is_file() else {}
+    prov = _load_json(root / "provenance.json") if (root / "provenance.json").is_file() else {}
+    return RunData(root, config, plan, prov, _eval_results(root), _train_iterations(root))

@@ -1,0 +1,266 @@
+"""Comparison, per-iteration and cost tables of a run, as Markdown, LaTeX (booktabs)
+and HTML.
+
+The comparison table has one row per method (its final iteration; the starting
+model as `base`) and one column per task's primary metric. A cell is the mean with
+its 95% interval over examples (one seed: the task's own interval from
+metrics.json; several seeds: a two-level bootstrap over seeds and examples), the
+best value per column is bold, and ▲/▼ marks a significant gain/drop against the
+baseline method by a paired bootstrap over items matched by `id`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reports.rundata import BASE, EvalResult, RunData, higher_is_better
+from reports.stats import (
+    Interval,
+    PairedDiff,
+    bootstrap_ci,
+    hierarchical_ci,
+    mean_over_seeds,
+    paired_bootstrap,
+    t_interval,
+)
+
+UP, DOWN = "▲", "▼"
+
+
+@dataclass
+class Cell:
+    interval: Interval
+    metric: str
+    vs_baseline: PairedDiff | None = None
+    best: bool = False
+
+    @property
+    def sign(self) -> int:
+        """+1/-1: significantly better/worse than the baseline (direction-aware), 0 otherwise."""
+        if self.vs_baseline is None:
+            return 0
+        s = self.vs_baseline.sign
+        return s if higher_is_better(self.metric) else -s
+
+
+@dataclass
+class Comparison:
+    """Methods x tasks cells plus what the table needs to say about them."""
+
+    run: RunData
+    baseline: str
+    alpha: float
+    n_boot: int
+    tasks: list[str]
+    rows: list[tuple[str, int]]  # (method, iteration)
+    cells: dict[tuple[str, int, str], Cell] = field(default_factory=dict)
+
+    def metric_of(self, task: str) -> str:
+        for (_, _, t), c in self.cells.items():
+            if t == task:
+                return c.metric
+        return ""
+
+    def n_of(self, task: str) -> int:
+        return max((c.interval.n for (_, _, t), c in self.cells.items() if t == task), default=0)
+
+
+def fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def aggregate(results: list[EvalResult], *, n_boot: int, alpha: float) -> tuple[Interval, dict[str, float]]:
+    """Interval of one (method, iteration, task) over its seeds, and the seed-averaged
+    per-item scores (empty when samples carry no per-item score)."""
+    metric = results[0].primary
+    per_seed = [r.item_scores(metric) for r in results]
+    items = mean_over_seeds(per_seed) if all(per_seed) else {}
+    if len(results) == 1:
+        m = results[0].metric(metric)
+        if m.get("ci_low") is not None and m.get("ci_high") is not None:
+            return Interval(float(m["value"]), float(m["ci_low"]), float(m["ci_high"]), int(m.get("n") or len(items))), items
+        if items:
+            return bootstrap_ci(list(items.values()), n_boot=n_boot, alpha=alpha), items
+        v = float(m["value"])
+        return Interval(v, v, v, int(m.get("n") or 0)), items
+    if items:
+        ids = sorted(items)
+        matrix = np.array([[s[i] for i in ids] for s in per_seed])
+        return hierarchical_ci(matrix, n_boot=n_boot, alpha=alpha), items
+    return t_interval([float(r.metric(metric)["value"]) for r in results], alpha), items
+
+
+def _mark_best(comp: Comparison) -> None:
+    for task in comp.tasks:
+        cells = [c for (_, _, t), c in comp.cells.items() if t == task]
+        if len(cells) < 2:
+            continue
+        pick = max if higher_is_better(cells[0].metric) else min
+        best = pick(c.interval.value for c in cells)
+        for c in cells:
+            c.best = bool(np.isclose(c.interval.value, best, rtol=0, atol=1e-12))
+
+
+def build_comparison(run: RunData, *, baseline: str = "sft", n_boot: int = 2000, alpha: float = 0.05,
+                     per_iteration: bool = False) -> Comparison:
+    """Cells for every method at its final iteration (or every iteration when
+    `per_iteration`), with paired-bootstrap marks against `baseline`'s final iteration."""
+    rows: list[tuple[str, int]] = []
+    for method in run.methods:
+        its = sorted({e.iteration for e in run.evals if e.method == method})
+        rows += [(method, k) for k in (its if per_iteration else its[-1:])]
+    comp = Comparison(run, baseline, alpha, n_boot, run.tasks, rows)
+    base_items: dict[str, dict[str, float]] = {}
+    if baseline in run.methods:
+        for task in comp.tasks:
+            res = run.find(baseline, task)
+            if res:
+                base_items[task] = aggregate(res, n_boot=n_boot, alpha=alpha)[1]
+    for method, it in rows:
+        for task in comp.tasks:
+            res = run.find(method, task, it)
+            if not res:
+                continue
+            interval, items = aggregate(res, n_boot=n_boot, alpha=alpha)
+            cell = Cell(interval, res[0].primary)
+            is_base_row = method == baseline and it == run.final_iteration(baseline)
+            if not per_iteration and not is_base_row and items and base_items.get(task):
+                cell.vs_baseline = paired_bootstrap(base_items[task], items, n_boot=n_boot, alpha=alpha)
+            comp.cells[(method, it, task)] = cell
+    if not per_iteration:
+        _mark_best(comp)
+    return comp
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _row_label(comp: Comparison, method: str, it: int, per_iteration: bool) -> str:
+    if per_iteration:
+        return f"{method} (iter {it})"
+    planned = _planned_iterations(comp.run, method)
+    if method == BASE or planned is None or planned == it:
+        return method
+    return f"{method} (iter {it} of {planned})"
+
+
+def _planned_iterations(run: RunData, method: str) -> int | None:
+    steps = [s for s in run.plan.get("steps", []) if s.get("kind") == "eval" and s.get("method") == method]
+    return max((int(s.get("iteration", 0)) for s in steps), default=None)
+
+
+def _cell_text(cell: Cell | None, style: str) -> str:
+    if cell is None:
+        return "–"
+    iv = cell.interval
+    value, ci = fmt(iv.value), f"[{fmt(iv.ci_low)}, {fmt(iv.ci_high)}]"
+    mark = {1: UP, -1: DOWN}.get(cell.sign, "")
+    if style == "md":
+        v = f"**{value}**" if cell.best else value
+        return f"{v} {ci}{(' ' + mark) if mark else ''}"
+    if style == "tex":
+        v = rf"\textbf{{{value}}}" if cell.best else value
+        sup = {1: r"$^{\uparrow}$", -1: r"$^{\downarrow}$"}.get(cell.sign, "")
+        return rf"{v}{sup} {{\scriptsize {ci}}}"
+    v = f"<strong>{value}</strong>" if cell.best else value
+    title = ""
+    if cell.vs_baseline is not None:
+        d = cell.vs_baseline
+        title = f' title="vs baseline: {d.diff:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}], p={d.p_value:.3g}, n={d.n}"'
+    cls = {1: "up", -1: "down"}.get(cell.sign, "")
+    m = f' <span class="{cls}">{mark}</span>' if mark else ""
+    return f'<span class="val"{title}>{v}</span> <span class="ci">{ci}</span>{m}'
+
+
+def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = False) -> pd.DataFrame:
+    """Formatted cells: index = row labels, columns = 'task (metric)'."""
+    cols = {t: f"{t} ({comp.metric_of(t)})" for t in comp.tasks}
+    data = {
+        _row_label(comp, m, it, per_iteration): [_cell_text(comp.cells.get((m, it, t)), style) for t in comp.tasks]
+        for m, it in comp.rows
+    }
+    frame = pd.DataFrame.from_dict(data, orient="index", columns=[cols[t] for t in comp.tasks])
+    frame.index.name = "method"
+    return frame
+
+
+def legend(comp: Comparison) -> str:
+    seeds = sorted({c.interval.seeds for c in comp.cells.values()})
+    ns = ", ".join(f"{t}: n={comp.n_of(t)}" for t in comp.tasks)
+    over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
+    return (
+        f"Mean [{int(round(100 * (1 - comp.alpha)))}% interval over {over}]; {ns}. Bold: best per column. "
+        f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "
+        f"{comp.n_boot} resamples, alpha={comp.alpha})."
+    )
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(tablefmt="github", disable_numparse=True)
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    f = frame.copy()
+    f.index = [_tex_escape(str(i)) for i in f.index]
+    f.columns = [_tex_escape(str(c)) for c in f.columns]
+    f.index.name = None
+    styler = f.style
+    return styler.to_latex(
+        hrules=True, column_format="l" + "c" * len(f.columns), caption=_tex_escape(caption), label=label,
+        position="t", position_float="centering",
+    )
+
+
+def to_html(frame: pd.DataFrame, table_id: str) -> str:
+    f = frame.copy()
+    f.index = [html.escape(str(i)) for i in f.index]
+    f.index.name = "method"
+    f.columns = [html.escape(str(c)) for c in f.columns]
+    return f.to_html(escape=False, table_id=table_id, classes="results", border=0)
+
+
+def cost_frame(run: RunData) -> pd.DataFrame:
+    """Training cost per method: totals over iterations, mean over seeds."""
+    rows = []
+    for method in run.methods:
+        its = [t for t in run.train if t.method == method]
+        if not its:
+            continue
+        seeds = sorted({t.seed for t in its})
+        per_seed = []
+        for s in seeds:
+            mine = [t.summary for t in its if t.seed == s]
+            per_seed.append({k: sum(float(x.get(k) or 0) for x in mine)
+                             for k in ("steps", "train_tokens", "generated_tokens", "wall_time_s")})
+        mean = {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}
+        rows.append({
+            "method": method, "loss": run.loss_of(method), "seeds": len(seeds),
+            "iterations": max(t.iteration for t in its), "steps": int(round(mean["steps"])),
+            "train tokens": int(round(mean["train_tokens"])), "generated tokens": int(round(mean["generated_tokens"])),
+            "wall time (s)": round(mean["wall_time_s"], 1),
+        })
+    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
+def cost_display(frame: pd.DataFrame) -> pd.DataFrame:
+    f = frame.copy()
+    for col in ("steps", "train tokens", "generated tokens"):
+        if col in f:
+            f[col] = f[col].map(lambda v: f"{v:,}")
+    if "wall time (s)" in f:
+        f["wall time (s)"] = f["wall time (s)"].map(lambda v: f"{v:,.1f}")
+    return f
