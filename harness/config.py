@@ -124,6 +124,13 @@ class EvalConfig:
     chat_template: bool = True  # apply the model's chat template to prompts
     num_fewshot: int | None = None  # lm-eval tasks: override the task default
     samples_per_task: int = 1  # code tasks: completions per problem (pass@k for k <= this)
+    sample_temperature: float = 0.8  # code tasks: temperature of the samples_per_task sampled completions (pass@k)
+    code_timeout: float = 10.0  # code tasks: seconds per sandboxed program (EvalPlus: at least 4x the canonical time)
+    code_memory_mb: int = 2048  # code tasks: address-space limit (RLIMIT_AS) per sandboxed program
+    code_workers: int | None = None  # code tasks: programs run in parallel (null = CPU count)
+    lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
+    lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own
+    cache_dir: str | None = None  # shared generation/judgment cache; null = a cache/ folder inside each task folder
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
