@@ -86,7 +86,7 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
         ("steps", H.esc(", ".join(f"{v} {k}" for k, v in sorted(status.items())) or "no plan.json")),
         ("wall time (all sessions)", H.esc(f"{prov.get('wall_time_s', 0):,.0f} s")),
         ("packages", H.esc(", ".join(f"{k} {v}" for k, v in pk.items() if v))),
-        ("hardware", H.esc(prov.get("hardware") or {})),
+        ("hardware", H.esc(", ".join(f"{k}: {v}" for k, v in (prov.get("hardware") or {}).items()))),
         ("data files", H.esc(", ".join(f"{k}: {v.get('sha256', '')[:12]}" for k, v in (prov.get("data") or {}).items()))),
     ]
     return rows

@@ -195,11 +195,12 @@ def legend(comp: Comparison) -> str:
     seeds = sorted({c.interval.seeds for c in comp.cells.values()})
     ns = ", ".join(f"{t}: n={comp.n_of(t)}" for t in comp.tasks)
     over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
-    return (
-        f"Mean [{int(round(100 * (1 - comp.alpha)))}% interval over {over}]; {ns}. Bold: best per column. "
+    marks = (
         f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "
         f"{comp.n_boot} resamples, alpha={comp.alpha})."
+        if comp.baseline in comp.run.methods else f"No significance marks: baseline `{comp.baseline}` is not in this run."
     )
+    return f"Mean [{int(round(100 * (1 - comp.alpha)))}% interval over {over}]; {ns}. Bold: best per column. {marks}"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -228,9 +229,9 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
 def to_html(frame: pd.DataFrame, table_id: str) -> str:
     f = frame.copy()
     f.index = [html.escape(str(i)) for i in f.index]
-    f.index.name = "method"
     f.columns = [html.escape(str(c)) for c in f.columns]
-    return f.to_html(escape=False, table_id=table_id, classes="results", border=0)
+    f = f.rename_axis("method").reset_index()
+    return f.to_html(escape=False, table_id=table_id, classes="results", border=0, index=False)
 
 
 def cost_frame(run: RunData) -> pd.DataFrame:

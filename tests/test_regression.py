@@ -1,0 +1,105 @@
+"""Nightly regression (`gsil-bench compare`): a planted drop fails, an identical pair
+passes, missing results fail, gains and noise do not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_reports_data import write_run
+
+from harness.io import atomic_write_json, read_jsonl
+from reports.cli import configure_compare, run_compare
+from reports.regression import compare_runs
+
+FINAL = ("gsil-logistic", "seed-0", "iter-2", "gsm8k")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("nightly") / "night-1", n=300)
+
+
+def main(argv):
+    """`gsil-bench compare ...` in process (the subprocess test goes through the real entry point)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure_compare(parser)
+    return run_compare(parser.parse_args(argv[1:]))
+
+
+def _copy(baseline, tmp_path, name="night-2"):
+    dst = tmp_path / name
+    shutil.copytree(baseline, dst)
+    shutil.rmtree(dst / "report", ignore_errors=True)
+    return dst
+
+
+def flip(run_dir, parts, n_flips, to=0.0):
+    """Set `n_flips` items whose score is not `to` to `to`, rewriting samples and metrics consistently."""
+    folder = run_dir.joinpath("eval", *parts)
+    samples = read_jsonl(folder / "samples.jsonl")
+    metric = json.loads((folder / "metrics.json").read_text())["primary"]
+    changed = 0
+    for s in samples:
+        if changed < n_flips and s["scores"][metric] != to:
+            s["scores"][metric], changed = to, changed + 1
+    assert changed == n_flips
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    x = np.array([s["scores"][metric] for s in samples])
+    rec = json.loads((folder / "metrics.json").read_text())
+    rec["metrics"][metric].update(value=float(x.mean()), ci_low=float(x.mean() - 0.05), ci_high=float(x.mean() + 0.05))
+    atomic_write_json(folder / "metrics.json", rec)
+
+
+def test_identical_pair_passes(baseline, tmp_path):
+    cand = _copy(baseline, tmp_path)
+    assert main(["compare", str(baseline), str(cand), "--output", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "no significant drop (10 method/task pairs compared)" in md
+    assert 'id="verdict"' in (tmp_path / "cmp" / "compare.html").read_text()
+
+
+def test_planted_regression_fails_the_job(baseline, tmp_path):
+    cand = _copy(baseline, tmp_path)
+    flip(cand, FINAL, 60)  # 60 of 300 items flipped from correct to wrong
+    result = compare_runs(baseline, cand, n_boot=1000)
+    drops = result.drops
+    assert [(c.method, c.task) for c in drops] == [("gsil-logistic", "gsm8k")]
+    assert drops[0].diff.diff == pytest.approx(-60 / 300) and drops[0].diff.n == 300
+    assert all(c.status == "ok" for c in result.changes if c not in drops)
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(baseline), str(cand)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "REGRESSION: 1 significant drop(s): gsil-logistic/gsm8k" in proc.stdout
+    assert "drop" in (cand / "compare" / "compare.html").read_text()
+
+
+def test_noise_and_gains_do_not_fail_but_tolerance_and_missing_apply(baseline, tmp_path):
+    cand = _copy(baseline, tmp_path)
+    flip(cand, FINAL, 2)  # two flips: not significant
+    flip(cand, ("sft", "seed-0", "iter-1", "gsm8k"), 60, to=1.0)  # a big gain
+    result = compare_runs(baseline, cand, n_boot=1000)
+    status = {(c.method, c.task): c.status for c in result.changes}
+    assert status[("gsil-logistic", "gsm8k")] == "ok" and status[("sft", "gsm8k")] == "gain"
+    assert main(["compare", str(baseline), str(cand)]) == 0
+    flip(cand, FINAL, 30)
+    assert main(["compare", str(baseline), str(cand)]) == 1
+    assert main(["compare", str(baseline), str(cand), "--tolerance", "0.5"]) == 0  # drop of ~0.11 < 0.5
+    shutil.rmtree(cand / "eval" / "spin")
+    assert main(["compare", str(baseline), str(cand), "--tolerance", "0.5"]) == 1
+    assert main(["compare", str(baseline), str(cand), "--tolerance", "0.5", "--allow-missing"]) == 0
+    assert "MISSING" in (cand / "compare" / "compare.md").read_text()
+
+
+def test_different_shared_blocks_are_flagged(baseline, tmp_path):
+    other = write_run(tmp_path / "other", n=300, shared_hash="0000000000000000")
+    result = compare_runs(baseline, other, n_boot=200)
+    assert not result.same_config
+    md, _ = __import__("reports.regression", fromlist=["write_compare"]).write_compare(result, tmp_path / "cmp")
+    assert "not a like-for-like comparison" in md.read_text()

@@ -1,0 +1,128 @@
+"""Report tables, figures and the HTML page, from run folders written in the
+documented formats (tests/test_reports_data.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from test_reports_data import write_run
+
+from harness.io import atomic_write_json
+from reports import tables
+from reports.report import config_check, write_report
+from reports.rundata import RunDataError, load_run
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    return write_run(tmp_path / "r", accuracy={"sft": 0.35, "spin": 0.36, "gsil-logistic": 0.7, "gsil-hinge": 0.5})
+
+
+def _values(run, method, task, iteration=None):
+    return [r.metric()["value"] for r in run.find(method, task, iteration)]
+
+
+def test_load_run_reads_layout_and_skips_unfinished(run_dir):
+    unfinished = run_dir / "eval" / "sft" / "seed-0" / "iter-2" / "gsm8k"
+    shutil.copytree(run_dir / "eval" / "sft" / "seed-0" / "iter-1" / "gsm8k", unfinished)
+    (unfinished / "DONE").unlink()
+    run = load_run(run_dir)
+    assert run.methods == ["base", "sft", "spin", "gsil-logistic", "gsil-hinge"]
+    assert run.tasks == ["gsm8k", "mt_bench"]
+    assert run.final_iteration("sft") == 1 and run.final_iteration("spin") == 2
+    base = run.find("base", "gsm8k")
+    assert len(base) == 1 and base[0].seed is None and base[0].iteration == 0
+    assert len(base[0].item_scores()) == 200
+    frame = run.results_frame()
+    assert len(frame) == 2 * (1 + 1 + 2 + 2 + 2)  # tasks x evaluated models
+
+
+def test_bad_metrics_file_names_the_file(run_dir):
+    bad = run_dir / "eval" / "spin" / "seed-0" / "iter-1" / "gsm8k" / "metrics.json"
+    bad.write_text('{"task": "gsm8k", "metrics": ')
+    with pytest.raises(RunDataError, match=re.escape(str(bad)) + ":1: invalid JSON"):
+        load_run(run_dir)
+
+
+def test_comparison_single_seed_uses_task_intervals_and_marks(run_dir):
+    run = load_run(run_dir)
+    comp = tables.build_comparison(run, baseline="sft", n_boot=1000)
+    assert comp.rows == [("base", 0), ("sft", 1), ("spin", 2), ("gsil-logistic", 2), ("gsil-hinge", 2)]
+    for method, it in comp.rows:
+        cell = comp.cells[(method, it, "gsm8k")]
+        m = run.find(method, "gsm8k", it)[0].metric()
+        assert (cell.interval.value, cell.interval.ci_low, cell.interval.ci_high) == (m["value"], m["ci_low"], m["ci_high"])
+    gsm = {m: comp.cells[(m, it, "gsm8k")] for m, it in comp.rows}
+    assert gsm["gsil-logistic"].sign == 1 and gsm["gsil-logistic"].best
+    assert sum(c.best for c in gsm.values()) == 1
+    assert gsm["sft"].vs_baseline is None  # the baseline is not compared with itself
+    # the paired difference is the difference of the two means over the shared items
+    d = gsm["gsil-logistic"].vs_baseline
+    assert d.diff == pytest.approx(gsm["gsil-logistic"].interval.value - gsm["sft"].interval.value)
+
+
+def test_comparison_several_seeds_averages_seeds(tmp_path):
+    run = load_run(write_run(tmp_path / "r", seeds=(0, 1, 2)))
+    comp = tables.build_comparison(run, baseline="sft", n_boot=500)
+    cell = comp.cells[("spin", 2, "gsm8k")]
+    assert cell.interval.seeds == 3
+    assert cell.interval.value == pytest.approx(np.mean(_values(run, "spin", "gsm8k")))
+    assert cell.interval.ci_low < cell.interval.value < cell.interval.ci_high
+    assert "examples and seeds" in tables.legend(comp)
+
+
+def test_markdown_latex_html_render(run_dir):
+    comp = tables.build_comparison(load_run(run_dir), baseline="sft", n_boot=500)
+    md = tables.to_markdown(tables.comparison_frame(comp, "md"))
+    assert md.count("\n") == 6 and "**" in md and tables.UP in md  # header, rule, 5 rows
+    tex = tables.to_latex(tables.comparison_frame(comp, "tex"), "cap", "tab:x")
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{", r"mt\_bench", r"$^{\uparrow}$"):
+        assert token in tex
+    page = tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
+    assert page.count("<tr") == 6 and 'id="comparison"' in page and "<strong>" in page
+
+
+def test_cost_table_totals_over_iterations(tmp_path):
+    run = load_run(write_run(tmp_path / "r", seeds=(0, 1)))
+    costs = tables.cost_frame(run)
+    assert costs.loc["spin", "iterations"] == 2 and costs.loc["sft", "iterations"] == 1
+    assert costs.loc["spin", "train tokens"] == 2 * 400  # two iterations of 400 tokens, mean over seeds
+    assert costs.loc["sft", "generated tokens"] == 0 and costs.loc["spin", "wall time (s)"] == 12.0
+
+
+def test_config_check_flags_a_method_trained_with_another_shared_block(run_dir):
+    ok, text = config_check(load_run(run_dir))
+    assert ok and "abc123def4567890" in text
+    summary = run_dir / "spin" / "seed-0" / "iter-1" / "summary.json"
+    rec = json.loads(summary.read_text())
+    atomic_write_json(summary, {**rec, "shared_hash": "ffff"})
+    ok, text = config_check(load_run(run_dir))
+    assert ok is False and "ffff: spin" in text
+
+
+def test_write_report_outputs(run_dir):
+    page = write_report(run_dir, n_boot=300)
+    out = run_dir / "report"
+    for name in ("tables.md", "tables.tex", "costs.md", "costs.tex", "results.csv",
+                 "plots/ablation.png", "plots/training.png", "plots/iterations.png"):
+        assert (out / name).stat().st_size > 0, name
+    text = page.read_text()
+    assert text.count('src="data:image/png;base64,') == 3 and 'id="comparison"' in text and 'id="costs"' in text
+    assert "http://" not in text and "https://" not in text  # self-contained
+    md = (out / "tables.md").read_text()
+    assert "identical configuration" in md and "## Every iteration" in md and "gsil-hinge (iter 1)" in md
+    first = md
+    write_report(run_dir, n_boot=300)
+    assert (out / "tables.md").read_text() == first  # deterministic
+
+
+def test_report_of_a_partial_run_and_a_missing_baseline(tmp_path):
+    root = write_run(tmp_path / "r")
+    shutil.rmtree(root / "eval" / "spin" / "seed-0" / "iter-2")  # spin's last iteration not evaluated yet
+    md = (write_report(root, baseline="dpo", n_boot=200).parent / "tables.md").read_text()
+    assert "spin (iter 1 of 2)" in md and "Baseline `dpo` is not in this run" in md
+    assert tables.UP not in md.split("## Every iteration")[0]
