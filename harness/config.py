@@ -92,6 +92,8 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     batch_size: int = 16
+    cache: Literal["dynamic", "static"] = "dynamic"  # backend "hf": KV cache; static = preallocated, lean decode loop
+    compile: bool = False  # backend "hf" with cache static: torch.compile the decode step (CUDA graphs on a GPU)
     base_url: str | None = None  # backend "openai": server URL, e.g. http://127.0.0.1:8000/v1
     api_model: str | None = None  # backend "openai": model name sent to the server
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key

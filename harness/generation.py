@@ -63,10 +63,19 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
 
 
 class HFGenerator:
-    """Batched generation with a loaded Hugging Face model."""
+    """Batched generation with a loaded Hugging Face model.
+
+    Prompts are sorted by length so similar lengths share a batch (less left padding).
+    `cfg.cache == "dynamic"` (the default) decodes with `model.generate`;
+    `cfg.cache == "static"` with `StaticDecoder`: a preallocated KV cache and a
+    fixed-shape decode step, compiled when `cfg.compile` (CUDA graphs on a GPU)."""
 
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig) -> None:
+        if cfg.compile and cfg.cache != "static":
+            raise ValueError("generation.compile: true needs generation.cache: static (a dynamic cache changes "
+                             "shape every step, so a compiled step would recompile)")
         self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self._static: StaticDecoder | None = None
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
@@ -74,49 +83,177 @@ class HFGenerator:
         import torch
 
         tok, cfg = self.tok, self.cfg
-        texts = [render_prompt(tok, p) for p in prompts]
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths batch together
         out: list[Completion | None] = [None] * len(ids)
-        device = next(self.model.parameters()).device
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         was_training = self.model.training
         self.model.eval()
         torch.manual_seed(seed)
         bar = tqdm(total=len(ids), desc=desc, disable=None)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding
-                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                mask[row, width - len(ids[i]) :] = 1
-            sample = cfg.temperature > 0
-            kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens}
-            if sample:
-                kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.no_grad():
-                gen = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=mask.to(device), pad_token_id=pad,
-                    eos_token_id=tok.eos_token_id, **kwargs,
-                )
-            for row, i in enumerate(idx):
-                new = gen[row, width:].tolist()
-                n = len(new)
-                finish = "length"
-                if tok.eos_token_id in new:
-                    n, finish = new.index(tok.eos_token_id), "stop"
-                text = tok.decode(new[:n], skip_special_tokens=True)
-                text, hit = truncate_at_stop(text, stop)
-                out[i] = Completion(text, n, "stop" if hit else finish)
-            bar.update(len(idx))
-        bar.close()
-        if was_training:
-            self.model.train()
+        try:
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                input_ids, mask = left_pad([ids[i] for i in idx], self._pad_id())
+                with torch.no_grad():
+                    new = self._decode(input_ids, mask, seed + start)
+                for row, i in enumerate(idx):
+                    out[i] = self._completion(new[row], stop)
+                bar.update(len(idx))
+        finally:
+            bar.close()
+            if was_training:
+                self.model.train()
         return [c for c in out if c is not None]
+
+    def _pad_id(self) -> int:
+        tok = self.tok
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    def _decode(self, input_ids: Any, mask: Any, seed: int) -> list[list[int]]:
+        """New token ids per row (EOS included when reached, then padding)."""
+        cfg, tok = self.cfg, self.tok
+        device = next(self.model.parameters()).device
+        if cfg.cache == "static":
+            if self._static is None:
+                self._static = StaticDecoder(self.model, pad_id=self._pad_id(), eos_id=tok.eos_token_id,
+                                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                             compile=cfg.compile)
+            return self._static.run(input_ids.to(device), mask.to(device), temperature=cfg.temperature,
+                                    top_p=cfg.top_p, seed=seed).tolist()
+        sample = cfg.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens}
+        if sample:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        gen = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), pad_token_id=self._pad_id(),
+            eos_token_id=tok.eos_token_id, **kwargs,
+        )
+        return gen[:, input_ids.shape[1] :].tolist()
+
+    def _completion(self, new: list[int], stop: Sequence[str] | None) -> Completion:
+        eos = self.tok.eos_token_id
+        n, finish = len(new), "length"
+        if eos in new:
+            n, finish = new.index(eos), "stop"
+        text = self.tok.decode(new[:n], skip_special_tokens=True)
+        text, hit = truncate_at_stop(text, stop)
+        return Completion(text, n, "stop" if hit else finish)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[Any, Any]:
+    """Left-padded [B, width] token ids and attention mask (1 = real token)."""
+    import torch
+
+    width = width or max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, r in enumerate(rows):
+        input_ids[row, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[row, width - len(r) :] = 1
+    return input_ids, mask
+
+
+class StaticDecoder:
+    """Decoding with a preallocated `StaticCache` and a fixed-shape one-token step.
+
+    With `compile`, the step is `torch.compile`d (mode "reduce-overhead": CUDA graphs on
+    a GPU) and shapes are bucketed (batch padded to `batch_size` rows, prompt width
+    rounded up to a multiple of 64; `bucket`) so one graph serves every batch. Finished rows are
+    tracked on the device and checked every 16 steps, so the loop rarely waits on the
+    host. Greedy decoding gives the tokens of `model.generate` (same positions, masks
+    and argmax); sampling uses temperature and top-p with a seeded generator."""
+
+    CHECK_EVERY = 16
+    WIDTH_MULTIPLE = 64
+
+    def __init__(self, model: Any, *, pad_id: int, eos_id: int, max_new_tokens: int, batch_size: int,
+                 compile: bool = False, bucket: bool | None = None) -> None:
+        import inspect
+
+        self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
+        self.max_new, self.batch_size, self.compile = max_new_tokens, batch_size, compile
+        self.bucket = compile if bucket is None else bucket  # fixed shapes: what a compiled step needs
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache: Any = None
+        self._cache_shape: tuple[int, int] | None = None
+        self._step = self._compiled_step() if compile else self._forward_last
+
+    def _forward_last(self, input_ids: Any, position_ids: Any, mask: Any, cache: Any) -> Any:
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        return out.logits[:, -1].float()
+
+    def _compiled_step(self) -> Any:
+        import torch
+
+        device = next(self.model.parameters()).device
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        return torch.compile(self._forward_last, mode=mode, fullgraph=True)
+
+    def _get_cache(self, batch: int, length: int) -> Any:
+        from transformers import StaticCache
+
+        if self._cache_shape != (batch, length):
+            self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._cache_shape = (batch, length)
+        else:
+            self._cache.reset()
+        return self._cache
+
+    def _shapes(self, batch: int, width: int) -> tuple[int, int]:
+        if not self.bucket:
+            return batch, width
+        m = self.WIDTH_MULTIPLE
+        return max(batch, self.batch_size), -(-width // m) * m
+
+    def _pick(self, logits: Any, temperature: float, top_p: float, gen: Any) -> Any:
+        import torch
+
+        if temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+    def run(self, input_ids: Any, mask: Any, *, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+            scores: list[Any] | None = None) -> Any:
+        """[b, w] left-padded prompts -> [b, max_new_tokens] new token ids (pad after EOS).
+        `scores`, when given, receives each step's [b, vocab] float32 logits (for checks)."""
+        import torch
+
+        b, w = input_ids.shape
+        rows, width = self._shapes(b, w)
+        device, length = input_ids.device, width + self.max_new
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=device)
+        full_mask = torch.ones((rows, length), dtype=torch.long, device=device)
+        full_mask[:, :width] = 0
+        ids[:b, width - w :], full_mask[:b, width - w : width] = input_ids, mask
+        full_mask[b:, width - 1] = 1  # filler rows see one token, so no row is fully masked
+        prompt_len = full_mask[:, :width].sum(-1, keepdim=True)
+        cache = self._get_cache(rows, length)
+        gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+        logits = self._forward_last(ids, (full_mask[:, :width].cumsum(-1) - 1).clamp(min=0), full_mask, cache)
+        out = torch.full((rows, self.max_new), self.pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        done[b:] = True
+        for t in range(self.max_new):
+            if scores is not None:
+                scores.append(logits[:b].clone())
+            nxt = torch.where(done, self.pad_id, self._pick(logits, temperature, top_p, gen))
+            out[:, t] = nxt
+            done |= nxt == self.eos_id
+            if t + 1 == self.max_new or ((t + 1) % self.CHECK_EVERY == 0 and bool(done.all())):
+                break
+            if self.compile and device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = self._step(nxt[:, None], prompt_len + t, full_mask, cache)
+        return out[:b]
 
 
 @GENERATORS.register("hf")
