@@ -251,3 +251,26 @@ def test_real_model_packed_equals_padded(data_dir, tokenizer, embedded_dir):
     assert n.tolist() == [len(i) - s for i, s in seqs]
     torch.testing.assert_close(got, padded, rtol=1e-4, atol=1e-2)
     assert (got / n < 0).all() and (got / n > -3).all()  # a trained model: about 1 nat/token or less
+
+
+def test_loop_collator_and_batch_logps_agree(tiny_model, tokenizer, gsm8k_seqs):
+    """The registered "packed" collator + batch_packed_logps equal the loop's padded
+    trainers.logprobs.batch_logps on the same EncodedSeqs."""
+    data = pytest.importorskip("trainers.data")
+    logprobs = pytest.importorskip("trainers.logprobs")
+    from trainers.packing import batch_packed_logps, from_batch
+
+    seqs = [data.EncodedSeq(list(ids), start) for ids, start in gsm8k_seqs]
+    batch = data.COLLATORS.get("packed")(seqs, tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == 1 and batch.tokens == sum(len(s.input_ids) for s in seqs)
+    direct = pack(seqs)
+    back = from_batch(batch)
+    for name in ("input_ids", "position_ids", "segment_ids", "cu_seqlens", "pred_index", "targets", "target_segment"):
+        assert torch.equal(getattr(back, name), getattr(direct, name)), name
+    with torch.no_grad():
+        got, n = batch_packed_logps(logprobs.LogpsModule(tiny_model, 64), batch, chunk=64)
+        want, want_n = logprobs.batch_logps(tiny_model, data.collate(seqs, tokenizer.pad_token_id), 16)
+    assert n.tolist() == want_n.long().tolist()
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="one-row packed Batch"):
+        from_batch(data.collate(seqs, tokenizer.pad_token_id))

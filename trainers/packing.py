@@ -366,3 +366,60 @@ def packed_logps(model: Any, packed: PackedBatch, chunk: int = 4096) -> tuple[to
     logps_sum = torch.zeros(n, dtype=torch.float32, device=device).index_add(0, packed.target_segment, logp)
     n_tokens = torch.bincount(packed.target_segment, minlength=n)
     return logps_sum, n_tokens
+
+
+# --- the training loop's Batch (trainers.data) ------------------------------------------
+
+
+def collate_packed(seqs: Sequence[Any], pad_id: int) -> Any:
+    """The "packed" collator: a one-row `trainers.data.Batch` with restarting position ids
+    and per-token sequence indices (`pad_id` is unused: nothing is padded). Its log-probs
+    must go through `batch_packed_logps` (an attention mask cannot keep sequences apart)."""
+    from trainers.data import Batch
+
+    p = pack(seqs)
+    return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
+                 response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
+                 sequence_index=p.segment_ids[None], num_sequences=p.n_seqs)
+
+
+def from_batch(batch: Any) -> PackedBatch:
+    """A `PackedBatch` from a one-row `trainers.data.Batch` made by `collate_packed`."""
+    if batch.sequence_index is None or batch.position_ids is None or batch.input_ids.shape[0] != 1:
+        raise ValueError("from_batch: expected a one-row packed Batch (position_ids and sequence_index set)")
+    seg = batch.sequence_index[0]
+    if bool((seg < 0).any()) or bool((seg[1:] < seg[:-1]).any()):
+        raise ValueError("from_batch: sequence_index must be non-negative and non-decreasing (no padding)")
+    n = batch.num_sequences if batch.num_sequences is not None else int(seg.max()) + 1
+    lengths = torch.bincount(seg, minlength=n)
+    cu = torch.zeros(n + 1, dtype=torch.int32, device=seg.device)
+    cu[1:] = lengths.cumsum(0)
+    resp = batch.response_mask[0].bool()
+    target_pos = resp.nonzero().squeeze(1)
+    return PackedBatch(
+        input_ids=batch.input_ids, position_ids=batch.position_ids, segment_ids=seg, response_mask=resp,
+        cu_seqlens=cu, max_seqlen=int(lengths.max()), pred_index=target_pos - 1,
+        targets=batch.input_ids[0, target_pos], target_segment=seg[target_pos],
+    )
+
+
+def batch_packed_logps(model: Any, batch: Any, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`packed_logps` for a packed `trainers.data.Batch` (what `trainers.logprobs.sequence_logps`
+    should call when `batch.sequence_index` is set)."""
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    if hasattr(model, "model") and not hasattr(model, "config"):  # trainers.logprobs.LogpsModule
+        model = model.model
+    return packed_logps(model, from_batch(batch), chunk)
+
+
+def _register_collator() -> None:
+    try:
+        from trainers.data import COLLATORS
+    except ImportError:  # the data pipeline is not there: pack() and packed_logps still work
+        return
+    if "packed" not in COLLATORS.names():
+        COLLATORS.add("packed", collate_packed)
+
+
+_register_collator()
