@@ -1,0 +1,447 @@
+"""`gsil-bench run`: train every method for every seed, evaluate every checkpoint
+(each self-play iteration, and the starting model once as `base`), write the report
+and index the run.
+
+    gsil-bench run CONFIG [--output DIR] [--data-dir DIR] [--index FILE] [key=value ...]
+
+The run is a list of steps (plan.json): `eval/base/iter-0`, then per method and
+seed `train/<method>/seed-<s>` followed by `eval/<method>/seed-<s>/iter-<k>`. A step
+is done when its DONE markers exist on disk (the markers, not plan.json, are the
+truth), so a rerun skips finished steps and a run killed at any moment resumes.
+Models with identical weights (e.g. two methods whose first iteration is the same
+computation, shared by the trainers) are evaluated once: the eval step copies the
+finished task folders of the first evaluation of that model.
+
+Everything is validated before any work starts: config keys (file:line), method
+labels, the report baseline, eval task names and data files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from harness.config import ExperimentConfig, MethodConfig, load_experiment, shared_hash
+from harness.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
+from harness.registry import Registry, did_you_mean
+from harness.strict import ConfigError, Located, load_yaml, to_plain
+
+log = logging.getLogger(__name__)
+BASE = "base"
+# checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)
+SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE")
+
+
+@dataclass
+class Step:
+    """One unit of work; `status` is pending, running, done, failed or blocked."""
+
+    id: str
+    kind: str  # a STEPS entry: train, eval
+    method: str
+    seed: int | None
+    iteration: int  # train: number of iterations; eval: the iteration evaluated (0 = base)
+    depends: str | None = None
+    status: str = "pending"
+    started: str | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    """A run in progress: config, folder, options, and its steps."""
+
+    cfg: ExperimentConfig
+    root: Path
+    data_dir: str | None
+    plan: dict[str, Any]
+    steps: list[Step] = field(default_factory=list)
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def save_plan(self) -> None:
+        self.plan["steps"] = [asdict(s) for s in self.steps]
+        self.plan["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.root / "plan.json", self.plan)
+
+
+@dataclass(frozen=True)
+class StepKind:
+    done: Callable[[Run, Step], bool]
+    execute: Callable[[Run, Step], None]
+
+
+STEPS: Registry[StepKind] = Registry("step kind")
+
+
+# --- planning and validation ------------------------------------------------------------------
+
+
+def plan_steps(cfg: ExperimentConfig) -> list[Step]:
+    """Every step of an experiment, in execution order."""
+    from trainers.api import iteration_plan
+
+    steps = [Step(f"eval/{BASE}/iter-0", "eval", BASE, None, 0)]
+    for m in cfg.methods:
+        for seed in cfg.shared.seeds:
+            n = iteration_plan(cfg, m.label)
+            train = Step(f"train/{m.label}/seed-{seed}", "train", m.label, seed, n)
+            steps.append(train)
+            steps += [Step(f"eval/{m.label}/seed-{seed}/iter-{k}", "eval", m.label, seed, k, depends=train.id)
+                      for k in range(1, n + 1)]
+    return steps
+
+
+def _where(loc: Located | None, key: str) -> str:
+    return loc.at(key) if loc else "<config>"
+
+
+def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located | None = None) -> dict[str, str]:
+    """Check what load_experiment cannot: reserved labels, the report baseline, eval
+    task names and data files. Returns the data files to hash for provenance."""
+    labels = [m.label for m in cfg.methods]
+    for i, m in enumerate(cfg.methods):
+        if m.label == BASE:
+            raise ConfigError(f"{_where(loc, f'methods[{i}]')}: methods[{i}]: the label {BASE!r} is reserved for "
+                              "the starting model; give the method another `name`")
+    if cfg.report.baseline not in [*labels, BASE]:
+        raise ConfigError(f"{_where(loc, 'report.baseline')}: report.baseline: {cfg.report.baseline!r} is not a method "
+                          f"label{did_you_mean(cfg.report.baseline, labels)}; labels: {', '.join(labels)} (or {BASE})")
+    if not cfg.shared.seeds:
+        raise ConfigError(f"{_where(loc, 'shared.seeds')}: shared.seeds: at least one seed is required")
+    from harness.datadir import data_dir as resolve_data_dir
+    from trainers.data import DATA_FORMATS, data_file
+
+    root = resolve_data_dir(data_dir, cfg.shared.data_dir)
+    files: dict[str, str] = {}
+    for key in ("train_data", "preference_data"):
+        dcfg = getattr(cfg.shared, key)
+        if dcfg is None:
+            continue
+        try:
+            DATA_FORMATS.get(dcfg.format)
+            path = data_file(dcfg, root)
+        except KeyError as err:
+            raise ConfigError(f"{_where(loc, f'shared.{key}.format')}: shared.{key}.format: {err.args[0]}") from None
+        except FileNotFoundError as err:
+            raise ConfigError(f"{_where(loc, f'shared.{key}.path')}: shared.{key}.path: {err}") from None
+        if path is not None:
+            files[key] = str(path)
+    files.update(_validate_tasks(cfg, root, loc))
+    return files
+
+
+def _validate_tasks(cfg: ExperimentConfig, root: Path | None, loc: Located | None) -> dict[str, str]:
+    """Every eval task exists and its data files are present; returns them for hashing."""
+    from tasks.api import check_tasks
+
+    try:
+        return {f"eval/{k}": str(v) for k, v in check_tasks(cfg.shared.eval.tasks, cfg.shared.eval, root).items()}
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) else str(err)
+        raise ConfigError(f"{_where(loc, 'shared.eval.tasks')}: shared.eval.tasks: {msg}") from None
+
+
+RESUMABLE_CHANGES = ("eval", "seeds", "iterations")  # shared keys a run folder may change between sessions
+
+
+def _check_same_experiment(cfg: ExperimentConfig, root: Path) -> None:
+    """A run folder may be resumed or extended (new methods, seeds, iterations, eval
+    settings: finished training is reused, evaluations are redone where their settings
+    changed) but not switched to another training configuration."""
+    path = root / "config.yaml"
+    if not path.is_file():
+        return
+    from harness.config import experiment_from_dict
+
+    try:
+        prev = experiment_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: the run folder's config no longer loads ({err}); use a new --output") from None
+    old, new = to_plain(prev.shared), to_plain(cfg.shared)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(f"{root} was started with another training configuration (shared.{', shared.'.join(changed)} "
+                          f"differ from {path}); resume with the same values or use a new --output")
+    old_methods: dict[str, MethodConfig] = {m.label: m for m in prev.methods}
+    for m in cfg.methods:
+        if m.label in old_methods and old_methods[m.label] != m:
+            raise ConfigError(f"{root}: method {m.label!r} was run with loss {old_methods[m.label].loss} "
+                              f"{old_methods[m.label].params}, now {m.loss} {m.params}; rename it or use a new --output")
+
+
+# --- the two step kinds -----------------------------------------------------------------------
+
+
+def _iter_dir(run: Run, method: str, seed: int | None, k: int) -> Path:
+    return run.root / method / f"seed-{seed}" / f"iter-{k}"
+
+
+def _eval_dir(run: Run, step: Step) -> Path:
+    if step.method == BASE:
+        return run.root / "eval" / BASE / "iter-0"
+    return run.root / "eval" / step.method / f"seed-{step.seed}" / f"iter-{step.iteration}"
+
+
+def _train_done(run: Run, step: Step) -> bool:
+    return all(is_done(_iter_dir(run, step.method, step.seed, k)) for k in range(1, step.iteration + 1))
+
+
+def _train(run: Run, step: Step) -> None:
+    from trainers.api import train_method
+
+    assert step.seed is not None
+    train_method(run.cfg, step.method, step.seed, run.root, data_dir=run.data_dir)
+
+
+def _eval_hash(cfg: ExperimentConfig) -> str:
+    return hash_obj(to_plain(cfg.shared.eval))
+
+
+def _eval_done(run: Run, step: Step) -> bool:
+    """Every task finished, for this model and these evaluation settings."""
+    out = _eval_dir(run, step)
+    if not all(is_done(out / t) for t in run.cfg.shared.eval.tasks) or not (out / "model.json").is_file():
+        return False
+    rec = read_json(out / "model.json")
+    return rec.get("eval_hash") == _eval_hash(run.cfg) and not rec.get("stale")
+
+
+def _checkpoint(run: Run, step: Step) -> str:
+    """What an eval step scores: the starting model, or the iteration's checkpoint
+    (trainers.api writes it to <method>/seed-<s>/iter-<k>/checkpoint)."""
+    if step.method == BASE:
+        return run.cfg.shared.model
+    path = _iter_dir(run, step.method, step.seed, step.iteration) / "checkpoint"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint of {step.method} seed {step.seed} iteration {step.iteration} "
+                                f"not found at {path}")
+    return str(path)
+
+
+def fingerprint(model: str, revision: str | None = None) -> str:
+    """Content hash of a checkpoint folder's weights, config and tokenizer (optimizer
+    state excluded); a name (Hub id, embedded model) hashes as the name."""
+    h = hashlib.sha256()
+    path = Path(model)
+    if not path.is_dir():
+        h.update(f"name:{model}@{revision}".encode())
+        return h.hexdigest()[:24]
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(SKIP_IN_FINGERPRINT)):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _model_record(run: Run, step: Step, out: Path) -> dict[str, Any]:
+    """The model an eval step scores, its fingerprint and the evaluation settings (model.json)."""
+    path = out / "model.json"
+    model = _checkpoint(run, step)
+    rec = read_json(path) if path.is_file() else {}
+    if rec.get("model") != model or not rec.get("fingerprint"):
+        rec = {"model": model, "fingerprint": fingerprint(model, run.cfg.shared.model_revision)}
+    if rec.get("eval_hash") != _eval_hash(run.cfg):
+        rec = {**rec, "eval_hash": _eval_hash(run.cfg), "stale": [t for t in run.cfg.shared.eval.tasks if is_done(out / t)]}
+    atomic_write_json(path, rec)
+    return dict(rec)
+
+
+def _reuse_identical(run: Run, step: Step, rec: dict[str, Any], task: str, out: Path) -> bool:
+    """Copy `task` from an earlier evaluation of the same weights with the same
+    settings; True if done so."""
+    for other in run.steps:
+        src_root = _eval_dir(run, other)
+        if other.kind != "eval" or other.id == step.id or not is_done(src_root / task):
+            continue
+        src = read_json(src_root / "model.json") if (src_root / "model.json").is_file() else {}
+        if (src.get("fingerprint"), src.get("eval_hash")) != (rec["fingerprint"], rec["eval_hash"]) \
+                or task in src.get("stale", []):
+            continue
+        tmp = out / f".{task}.copy{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src_root / task, tmp)
+        atomic_write_json(tmp / "shared_from.json", {"source": str(src_root / task), "fingerprint": rec["fingerprint"]})
+        shutil.rmtree(out / task, ignore_errors=True)
+        os.replace(tmp, out / task)
+        log.info("%s/%s: identical model already evaluated in %s, reused", step.id, task, other.id)
+        return True
+    return False
+
+
+def _eval(run: Run, step: Step) -> None:
+    """Score the step's model on every task not finished yet with these settings; tasks
+    whose settings changed since they finished are recomputed (tasks reuse their caches)."""
+    from tasks.api import evaluate
+
+    out = _eval_dir(run, step)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = _model_record(run, step, out)
+    todo = [t for t in run.cfg.shared.eval.tasks if t in rec.get("stale", []) or not is_done(out / t)]
+    todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
+    if todo:
+        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, limit=run.cfg.shared.eval.limit)
+    missing = [t for t in run.cfg.shared.eval.tasks if not is_done(out / t)]
+    if missing:
+        raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
+    atomic_write_json(out / "model.json", {**rec, "stale": []})
+
+
+STEPS.add("train", StepKind(_train_done, _train))
+STEPS.add("eval", StepKind(_eval_done, _eval))
+
+
+# --- execution --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{root}: another gsil-bench run is using this folder") from None
+        yield
+
+
+def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
+    _check_same_experiment(cfg, root)
+    plan = read_json(root / "plan.json") if (root / "plan.json").is_file() else {}
+    plan = {"run_id": plan.get("run_id") or uuid.uuid4().hex, "experiment": cfg.name,
+            "created": plan.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
+            "status": "running", "sessions": plan.get("sessions", 0) + 1}
+    run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
+    atomic_write_text(root / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    for s in run.steps:
+        s.status = "done" if STEPS.get(s.kind).done(run, s) else "pending"
+    run.save_plan()
+    return run
+
+
+def _write_provenance(run: Run, data_files: dict[str, str], started: float) -> None:
+    from harness.provenance import collect
+
+    path = run.root / "provenance.json"
+    sessions = read_json(path).get("sessions", []) if path.is_file() else []
+    rec = collect(run.cfg, seed=None, data_files=data_files, started=started)
+    now = {"time": rec["time"], "argv": rec["argv"], "git": rec["git"], "wall_time_s": rec["wall_time_s"]}
+    rec["sessions"] = [s for s in sessions if s.get("time") != now["time"]] + [now]
+    rec["wall_time_s"] = round(sum(s.get("wall_time_s", 0) for s in rec["sessions"]), 3)
+    rec["shared_hash"] = shared_hash(run.cfg)
+    rec["seeds"] = run.cfg.shared.seeds
+    atomic_write_json(path, rec)
+
+
+def _execute(run: Run, step: Step, fail_fast: bool) -> None:
+    if step.depends and run.step(step.depends).status != "done":
+        step.status, step.error = "blocked", f"{step.depends} did not finish"
+        return
+    step.status, step.started = "running", time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run.save_plan()
+    t0 = time.time()
+    log.info("step %s: start", step.id)
+    try:
+        STEPS.get(step.kind).execute(run, step)
+        step.status, step.error = "done", None
+    except Exception as err:  # recorded; the other steps go on unless fail_fast
+        step.status, step.error = "failed", f"{type(err).__name__}: {err}"
+        log.error("step %s failed:\n%s", step.id, traceback.format_exc())
+        if fail_fast:
+            raise
+    finally:
+        step.wall_time_s = round(time.time() - t0, 3)
+        run.save_plan()
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of a multi-process launch (accelerate/torchrun set RANK and WORLD_SIZE)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _train_as_worker(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> int:
+    """A non-main process of a multi-GPU launch: take part in every unfinished training
+    step (train_method distributes it); the main process evaluates and reports."""
+    run = Run(cfg, root, data_dir, {}, plan_steps(cfg))
+    for step in run.steps:
+        if step.kind == "train" and not _train_done(run, step):
+            STEPS.get("train").execute(run, step)
+    return 0
+
+
+def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | None = None,
+                   index: str | Path | None = None, loc: Located | None = None, fail_fast: bool = False) -> int:
+    """Run (or resume) every step, write the report and index the run. Returns 0 when
+    every step finished, 1 when some failed (their results are left out of the report).
+
+    Under a multi-process launch (accelerate launch, torchrun) every process trains,
+    training comes first, and the main process alone evaluates, reports and indexes;
+    any failure stops the run (a lone failing process would leave the others waiting)."""
+    started = time.time()
+    root = Path(root)
+    data_files = validate(cfg, data_dir=data_dir, loc=loc)
+    rank, world = _world()
+    if world > 1 and rank != 0:
+        return _train_as_worker(cfg, root, data_dir)
+    fail_fast = fail_fast or world > 1
+    with _locked(root):
+        run = _open_run(cfg, root, data_dir)
+        _write_provenance(run, data_files, started)
+        todo = [s for s in run.steps if s.status != "done"]
+        if world > 1:
+            todo.sort(key=lambda s: s.kind != "train")  # stable: every training step first
+        log.info("%s: %d steps, %d done, %d to do", root, len(run.steps), len(run.steps) - len(todo), len(todo))
+        for step in tqdm(todo, desc="run", unit="step", disable=None):
+            _execute(run, step, fail_fast)
+        failed = [s.id for s in run.steps if s.status in ("failed", "blocked")]
+        run.plan["status"] = "failed" if failed else "done"
+        run.save_plan()
+        _write_provenance(run, data_files, started)
+        from reports.report import write_report
+
+        page = write_report(root)
+        from harness.store import RunIndex, default_index
+
+        RunIndex(index or default_index(root)).add_run(root)
+    if failed:
+        log.error("%d step(s) did not finish: %s (rerun the same command to retry them)", len(failed), ", ".join(failed))
+        return 1
+    log.info("done: %s", page)
+    return 0
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. shared.eval.limit=8")
+    parser.add_argument("--output", type=Path, help="run folder (default: runs/<experiment name>)")
+    parser.add_argument("--data-dir", help="data directory (default: shared.data_dir, else $GSIL_DATA_DIR)")
+    parser.add_argument("--index", type=Path, help="SQLite run index (default: <run folder's parent>/runs.sqlite)")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed step")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args.config, args.overrides)
+    _, loc = load_yaml(args.config)
+    root = args.output or Path("runs") / cfg.name
+    return run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast)

@@ -1,0 +1,240 @@
+"""`gsil-bench run`: validation before any work, the plan, model fingerprints, and
+end-to-end runs on the tiny model (default) and the real embedded model (slow),
+including a run killed with SIGKILL and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import load_experiment
+from harness.runner import fingerprint, plan_steps, run_experiment, validate
+from harness.store import RunIndex
+from harness.strict import ConfigError, load_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_cfg(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tiny_experiment(model_dir: Path, **eval_over) -> dict:
+    """Every kind of method on the tiny random Llama, a handful of GSM8K demonstrations."""
+    return {
+        "name": "tiny",
+        "shared": {
+            "model": str(model_dir),
+            "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
+            "train": {"batch_size": 2, "max_length": 128, "max_prompt_length": 64, "save_every": 1},
+            "generation": {"max_new_tokens": 8, "batch_size": 4},
+            "iterations": 2,
+            "seeds": [0],
+            "eval": {"tasks": ["gsm8k", "humaneval"], "limit": 3, "generation": {"max_new_tokens": 16, "batch_size": 4},
+                     **eval_over},
+        },
+        "methods": [
+            {"loss": "sft"},
+            {"loss": "sft", "name": "sft-again"},  # identical training: evaluated once, results shared
+            {"loss": "dpo", "params": {"beta": 0.1}},
+            {"loss": "gsil-logistic", "params": {"a": 0.01, "b": 2.0}},
+        ],
+        "report": {"baseline": "sft", "bootstrap": 200},
+    }
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+# --- validation: before any work ------------------------------------------------------------
+
+
+def test_bad_config_key_names_file_line_and_key_and_writes_nothing(tmp_path, tiny_model_dir):
+    data = tiny_experiment(tiny_model_dir)
+    data["shared"]["train"]["batch_sise"] = 2
+    path = write_cfg(tmp_path, data)
+    out = tmp_path / "run"
+    proc = cli("run", str(path), "--output", str(out))
+    assert proc.returncode == 2
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "batch_sise" in t)
+    assert f"{path}:{line}: unknown key 'shared.train.batch_sise' (did you mean 'batch_size'?)" in proc.stderr
+    assert not out.exists()
+
+
+def _validate_file(path: Path, data_dir: Path) -> None:
+    _, loc = load_yaml(path)
+    validate(load_experiment(path), data_dir=str(data_dir), loc=loc)
+
+
+def test_validation_names_the_key_and_line(tmp_path, tiny_model_dir, data_dir):
+    data = tiny_experiment(tiny_model_dir)
+    data["report"]["baseline"] = "stf"
+    with pytest.raises(ConfigError, match=r"exp.yaml:\d+: report.baseline: 'stf' is not a method label "
+                                          r"\(did you mean 'sft'\?\)"):
+        _validate_file(write_cfg(tmp_path, data), data_dir)
+    data = tiny_experiment(tiny_model_dir)
+    data["methods"].append({"loss": "sft", "name": "base"})
+    with pytest.raises(ConfigError, match=r"methods\[4\]: the label 'base' is reserved"):
+        _validate_file(write_cfg(tmp_path, data), data_dir)
+    data = tiny_experiment(tiny_model_dir)
+    data["shared"]["train_data"]["path"] = "gsm8k/trian.jsonl"
+    path = write_cfg(tmp_path, data)
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "trian" in t)
+    with pytest.raises(ConfigError, match=rf"exp.yaml:{line}: shared.train_data.path: data file 'gsm8k/trian.jsonl' "
+                                          "not found"):
+        _validate_file(path, data_dir)
+
+
+def test_unknown_eval_task_is_an_error_before_training(tmp_path, tiny_model_dir, data_dir):
+    data = tiny_experiment(tiny_model_dir, tasks=["gsm8k", "humaneavl"])
+    with pytest.raises(ConfigError, match=r"shared.eval.tasks: .*humaneavl.*did you mean 'humaneval'"):
+        _validate_file(write_cfg(tmp_path, data), data_dir)
+
+
+def test_plan_lists_every_step_in_order(tmp_path, tiny_model_dir):
+    data = tiny_experiment(tiny_model_dir)
+    data["shared"]["seeds"] = [0, 1]
+    steps = plan_steps(load_experiment(write_cfg(tmp_path, data)))
+    ids = [s.id for s in steps]
+    assert ids[:4] == ["eval/base/iter-0", "train/sft/seed-0", "eval/sft/seed-0/iter-1", "train/sft/seed-1"]
+    assert "eval/gsil-logistic/seed-1/iter-2" in ids and "eval/dpo/seed-0/iter-2" not in ids
+    assert len(ids) == 1 + 2 * (2 + 2 + 2 + 3)
+    assert all(s.depends == f"train/{s.method}/seed-{s.seed}" for s in steps if s.kind == "eval" and s.method != "base")
+
+
+def test_fingerprint_is_content_based(tmp_path, tiny_model_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_model_dir, a)
+    shutil.copytree(tiny_model_dir, b)
+    (b / "gsil_meta.json").write_text('{"method": "other"}')  # labels and paths are not the model
+    (b / "optimizer.pt").write_bytes(b"state")
+    assert fingerprint(str(a)) == fingerprint(str(b))
+    weights = next(b.glob("*.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    assert fingerprint(str(a)) != fingerprint(str(b))
+    assert fingerprint("org/model", "v1") != fingerprint("org/model", "v2")
+
+
+def test_resuming_with_another_training_config_is_refused(tmp_path, tiny_model_dir):
+    from harness.runner import _check_same_experiment
+
+    data = tiny_experiment(tiny_model_dir)
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "config.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_experiment(write_cfg(tmp_path, data))
+    _check_same_experiment(cfg, root)  # the same config resumes
+    data["shared"]["eval"]["limit"] = 5
+    data["shared"]["seeds"] = [0, 1]
+    data["methods"].append({"loss": "spin", "params": {"beta": 0.1}})
+    _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)  # eval, seeds, new methods: fine
+    data["shared"]["optimizer"] = {"lr": 1e-3}
+    with pytest.raises(ConfigError, match=r"another training configuration \(shared.optimizer differ"):
+        _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def _statuses(root: Path) -> dict[str, str]:
+    return {s["id"]: s["status"] for s in json.loads((root / "plan.json").read_text())["steps"]}
+
+
+def test_tiny_run_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir):
+    cfg_path = write_cfg(tmp_path, tiny_experiment(tiny_model_dir))
+    root, index = tmp_path / "runs" / "tiny", tmp_path / "runs" / "runs.sqlite"
+    _, loc = load_yaml(cfg_path)
+    assert run_experiment(load_experiment(cfg_path), root, data_dir=str(data_dir), loc=loc) == 0
+    assert set(_statuses(root).values()) == {"done"} and len(_statuses(root)) == 1 + 2 + 2 + 2 + 3
+    for name in ("config.yaml", "provenance.json", "report/index.html", "report/tables.md", "report/tables.tex",
+                 "report/costs.md", "report/plots/training.png", "report/plots/iterations.png",
+                 "report/plots/ablation.png"):
+        assert (root / name).is_file(), name
+    prov = json.loads((root / "provenance.json").read_text())
+    assert prov["shared_hash"] == json.loads((root / "plan.json").read_text())["shared_hash"]
+    assert "train_data" in prov["data"] and prov["packages"]["torch"]
+    md = (root / "report" / "tables.md").read_text()
+    for row in ("| base ", "| sft ", "| sft-again ", "| dpo ", "| gsil-logistic "):
+        assert row in md
+    assert "identical configuration: every method (4)" in md
+    # identical weights (same loss, params, seed and data) were evaluated once
+    again = root / "eval" / "sft-again" / "seed-0" / "iter-1"
+    assert json.loads((again / "model.json").read_text())["fingerprint"] == \
+        json.loads((root / "eval" / "sft" / "seed-0" / "iter-1" / "model.json").read_text())["fingerprint"]
+    assert (again / "gsm8k" / "shared_from.json").is_file()
+    # every evaluated model is in the index, with the experiment's hash
+    rows = RunIndex(index).metrics(primary_only=True)
+    assert len(rows) == 2 * (1 + 1 + 1 + 1 + 2) and set(rows.shared_hash) == {prov["shared_hash"]}
+    # a rerun does nothing but the report
+    stamp = (root / "eval" / "dpo" / "seed-0" / "iter-1" / "gsm8k" / "metrics.json").stat().st_mtime_ns
+    t0 = time.time()
+    assert run_experiment(load_experiment(cfg_path), root, data_dir=str(data_dir)) == 0
+    assert time.time() - t0 < 30
+    assert (root / "eval" / "dpo" / "seed-0" / "iter-1" / "gsm8k" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (root / "report" / "tables.md").read_text() == md
+    assert json.loads((root / "plan.json").read_text())["sessions"] == 2
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_same_tables(tmp_path, tiny_model_dir, data_dir):
+    cfg_path = write_cfg(tmp_path, tiny_experiment(tiny_model_dir))
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    proc = cli("run", str(cfg_path), "--output", str(clean), "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for min_done in (2, 5):  # kill twice: once early (training), once later
+        p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(cfg_path), "--output", str(killed),
+                              "--data-dir", str(data_dir)], cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            plan = killed / "plan.json"
+            if plan.is_file():
+                try:
+                    statuses = list(_statuses(killed).values())
+                except json.JSONDecodeError:
+                    statuses = []
+                if statuses.count("done") >= min_done and "running" in statuses:
+                    break
+            time.sleep(0.05)
+        assert p.poll() is None, "the run finished before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    proc = cli("run", str(cfg_path), "--output", str(killed), "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(_statuses(killed).values()) == {"done"}
+    assert (killed / "report" / "tables.md").read_text() == (clean / "report" / "tables.md").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_config_on_the_embedded_model(tmp_path, data_dir):
+    """The README's main command, configs/smoke.yaml, on the real embedded model."""
+    out = tmp_path / "smoke"
+    t0 = time.time()
+    proc = cli("run", "configs/smoke.yaml", "--output", str(out), "--data-dir", str(data_dir), timeout=3600)
+    wall = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert set(_statuses(out).values()) == {"done"}
+    cfg = load_experiment(REPO / "configs" / "smoke.yaml")
+    md = (out / "report" / "tables.md").read_text()
+    for m in cfg.methods:
+        assert f"| {m.label} " in md
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    print(f"smoke run wall time: {wall:.0f} s")
