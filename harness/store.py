@@ -117,3 +117,22 @@ class RunIndex:
             f"JOIN runs r USING (run_id) {where} ORDER BY r.started, m.method, m.seed, m.iteration, m.task, m.metric",
             tuple(params),
         )
+
+    def previous_run(self, run_dir: str | Path) -> str | None:
+        """The folder of the latest finished run of the same experiment indexed before
+        `run_dir` (by start time), or None: the baseline of a nightly comparison."""
+        from reports.rundata import load_run
+
+        run = load_run(run_dir)
+        me = str(run.plan.get("run_id") or run.root.resolve())
+        rows = self.query(
+            "SELECT run_id, run_dir, started FROM runs WHERE experiment = ? AND run_id != ? AND status = 'done' "
+            "AND run_dir != ? ORDER BY started DESC, indexed DESC",
+            (run.name, me, str(run.root.resolve())),
+        )
+        started = run.plan.get("created")
+        for r in rows.itertuples(index=False):
+            if (started is None or r.started is None or r.started <= started) and Path(r.run_dir).is_dir():
+                return str(r.run_dir)
+        return None
+

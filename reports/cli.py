@@ -3,6 +3,7 @@
     gsil-bench report RUN_DIR [--baseline sft] [--index runs.sqlite]
     gsil-bench report --trend runs.sqlite [--experiment NAME] [--output DIR]
     gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance 0.0]
+    gsil-bench compare --last runs.sqlite CANDIDATE_RUN   (baseline: the previous finished run)
 
 `compare` exits 1 when the candidate has a significant drop (or lacks a result the
 baseline has, unless --allow-missing), so a nightly job fails on a regression.
@@ -35,6 +36,17 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from reports.rundata import RunDataError
+
+    try:
+        return _report(args)
+    except RunDataError as err:
+        from harness.cli import UserError
+
+        raise UserError(str(err)) from None
+
+
+def _report(args: argparse.Namespace) -> int:
     from harness.cli import UserError
 
     if args.trend:
@@ -58,8 +70,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def configure_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("baseline", type=Path, help="baseline run folder (e.g. last night's)")
-    parser.add_argument("candidate", type=Path, help="candidate run folder (e.g. tonight's)")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="BASELINE_RUN CANDIDATE_RUN, or only CANDIDATE_RUN with --last")
+    parser.add_argument("--last", type=Path, metavar="INDEX",
+                        help="baseline = the latest finished run of the candidate's experiment in this runs.sqlite")
     parser.add_argument("--output", type=Path, help="where compare.md/.html go (default: CANDIDATE/compare)")
     _stats_args(parser)
     parser.add_argument("--tolerance", type=float, default=0.0,
@@ -68,9 +82,42 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                         help="do not fail when the candidate lacks a method/task the baseline has")
 
 
+def _baseline_and_candidate(args: argparse.Namespace) -> tuple[Path | None, Path]:
+    from harness.cli import UserError
+
+    if args.last:
+        if len(args.runs) != 1:
+            raise UserError("with --last give only the CANDIDATE_RUN")
+        from harness.store import RunIndex
+
+        if not args.last.is_file():
+            raise FileNotFoundError(f"run index {args.last} does not exist")
+        prev = RunIndex(args.last).previous_run(args.runs[0])
+        return (Path(prev) if prev else None), args.runs[0]
+    if len(args.runs) != 2:
+        raise UserError("give BASELINE_RUN and CANDIDATE_RUN (or --last INDEX CANDIDATE_RUN)")
+    return args.runs[0], args.runs[1]
+
+
 def run_compare(args: argparse.Namespace) -> int:
+    from reports.rundata import RunDataError
+
+    try:
+        return _compare(args)
+    except RunDataError as err:
+        from harness.cli import UserError
+
+        raise UserError(str(err)) from None
+
+
+def _compare(args: argparse.Namespace) -> int:
     from reports.regression import compare_runs, write_compare
 
+    args.baseline, args.candidate = _baseline_and_candidate(args)
+    if args.baseline is None:
+        log.warning("no earlier finished run of this experiment in %s: nothing to compare against", args.last)
+        return 0
+    log.info("baseline %s, candidate %s", args.baseline, args.candidate)
     result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap or 2000, alpha=args.alpha or 0.05,
                           tolerance=args.tolerance)
     md, page = write_compare(result, args.output or args.candidate / "compare")

@@ -103,3 +103,20 @@ def test_different_shared_blocks_are_flagged(baseline, tmp_path):
     assert not result.same_config
     md, _ = __import__("reports.regression", fromlist=["write_compare"]).write_compare(result, tmp_path / "cmp")
     assert "not a like-for-like comparison" in md.read_text()
+
+
+def test_compare_against_the_last_indexed_night(baseline, tmp_path):
+    from harness.store import RunIndex
+
+    index = RunIndex(tmp_path / "runs.sqlite")
+    first = _copy(baseline, tmp_path, "night-a")
+    assert main(["compare", "--last", str(index.path), str(first)]) == 0  # nothing earlier: nothing to compare
+    index.add_run(first, status="done")
+    cand = _copy(baseline, tmp_path, "night-b")
+    plan = json.loads((cand / "plan.json").read_text())
+    atomic_write_json(cand / "plan.json", {**plan, "run_id": "night-b", "created": "2099-01-01T00:00:00"})
+    flip(cand, FINAL, 60)
+    assert index.previous_run(cand) == str(first.resolve())
+    assert main(["compare", "--last", str(index.path), str(cand)]) == 1
+    assert "night-a" in (cand / "compare" / "compare.md").read_text()
+
