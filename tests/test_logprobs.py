@@ -1,0 +1,118 @@
+"""Chunked per-sequence log-probs equal the plain full-logits computation (values and
+gradients) and never keep [B, T, vocab] logits for the backward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.data import Batch, EncodedSeq, collate
+from trainers.logprobs import LogpsModule, batch_logps, full_logits_logps
+
+
+def _batch(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for length, start in ((23, 9), (17, 4), (30, 21), (11, 10)):
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        seqs.append(EncodedSeq(ids, start))
+    return collate(seqs, pad_id=2)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 128])
+def test_chunked_equals_full_logits_values_and_gradients(tiny_model, tokenizer, chunk):
+    batch = _batch(len(tokenizer))
+    tiny_model.train()
+    full, n_full = full_logits_logps(tiny_model, batch)
+    full.sum().backward()
+    g_full = _grads(tiny_model)
+    tiny_model.zero_grad()
+    ours, n = batch_logps(tiny_model, batch, chunk)
+    ours.sum().backward()
+    g_ours = _grads(tiny_model)
+    assert n.tolist() == n_full.tolist() == [14.0, 13.0, 9.0, 1.0]  # response tokens (prompt masked)
+    assert torch.allclose(ours, full, rtol=1e-5, atol=1e-4)
+    assert g_ours.keys() == g_full.keys()
+    for k in g_full:
+        assert torch.allclose(g_ours[k], g_full[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_no_vocab_sized_activation_is_kept_for_backward(tiny_model, tokenizer):
+    """Every tensor autograd saves during the forward is recorded: the full computation saves
+    [B, T, vocab] logits; the chunked one saves none with a vocab-sized last dimension."""
+    vocab = len(tokenizer)
+    batch = _batch(vocab)
+    tiny_model.train()
+
+    def saved_shapes(fn):
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return shapes
+
+    full = saved_shapes(lambda: full_logits_logps(tiny_model, batch))
+    ours = saved_shapes(lambda: batch_logps(tiny_model, batch, 4))
+    assert any(len(s) == 3 and s[-1] == vocab for s in full)
+    assert not any(len(s) == 3 and s[-1] == vocab for s in ours)
+
+
+def test_gradient_checkpointing_lora_and_module_wrapper_agree(tokenizer):
+    """Body gradient checkpointing, a peft LoRA wrapper and the LogpsModule (what DDP wraps)
+    give the same log-probs as the plain model."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.models import tiny_llama
+
+    batch = _batch(len(tokenizer), seed=1)
+    model = tiny_llama(tokenizer, seed=3)
+    model.train()
+    plain, _ = full_logits_logps(model, batch)
+    from trainers.loop import enable_checkpointing
+
+    enable_checkpointing(model)
+    ckpt, _ = batch_logps(model, batch, 5)
+    ckpt.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    wrapped, _ = batch_logps(LogpsModule(model, 5), batch, chunk=999)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with_lora, _ = batch_logps(lora, batch, 5)  # LoRA B starts at zero: same function
+    for other in (ckpt, wrapped, with_lora):
+        assert torch.allclose(other, plain, rtol=1e-5, atol=1e-4)
+    with_lora.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.named_parameters() if "lora_B" in n)
+
+
+def test_logit_softcapping_model(tokenizer):
+    """A model whose head soft-caps its logits (Gemma 2) still matches the full computation."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0,
+                       pad_token_id=2)
+    model = Gemma2ForCausalLM(cfg).eval()
+    batch = _batch(len(tokenizer), seed=2)
+    full, _ = full_logits_logps(model, batch)
+    ours, _ = batch_logps(model, batch, 4)
+    assert torch.allclose(ours, full, rtol=1e-5, atol=1e-4)
+
+
+def test_sequence_index_sums_per_sequence(tiny_model, tokenizer):
+    """A packed-style batch: sequence_index maps tokens to sequences; with one sequence per row
+    and rows mapped to indices [1, 0, 2, 3], the sums are the row sums permuted."""
+    batch = _batch(len(tokenizer), seed=4)
+    rows, _ = batch_logps(tiny_model, batch, 4)
+    index = torch.tensor([1, 0, 2, 3]).unsqueeze(1).expand_as(batch.input_ids).clone()
+    index[batch.attention_mask == 0] = -1
+    packed = Batch(batch.input_ids, batch.attention_mask, batch.response_mask, sequence_index=index, num_sequences=4)
+    sums, counts = batch_logps(tiny_model, packed, 4)
+    assert torch.allclose(sums, rows[[1, 0, 2, 3]]) and counts.tolist() == [13.0, 14.0, 9.0, 1.0]

@@ -1,0 +1,181 @@
+"""Train one method × seed of an experiment: the function the runner calls.
+
+`train_method(cfg, method_label, seed, run_dir)` runs every iteration the method needs
+(`iteration_plan`: `shared.iterations` for self-play losses, else 1) into
+
+    <run_dir>/<method>/seed-<s>/provenance.json
+    <run_dir>/<method>/seed-<s>/iter-<k>/{checkpoint/, metrics.jsonl, generations.jsonl,
+                                          ref_logps.pt, summary.json, DONE}
+    <run_dir>/shared/<hash>/{generations.jsonl, ref_logps.pt, DONE}   (shared across methods)
+
+and returns one `IterationResult` per iteration. It is idempotent: a finished iteration
+(DONE) is skipped, an unfinished one resumes from its last saved state; an iteration
+folder trained with a different configuration is an error, never silently reused.
+Iteration k starts from iteration k-1's checkpoint, which is also its reference and
+(self-play) its generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from harness.config import ExperimentConfig, shared_hash
+from harness.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
+from harness.strict import ConfigError, to_plain
+from trainers.losses import LOSSES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    """One trained iteration: its number, its checkpoint folder and its iteration folder."""
+
+    iteration: int
+    checkpoint: Path
+    folder: Path
+
+
+def iteration_plan(cfg: ExperimentConfig, method_label: str) -> int:
+    """Number of training iterations of a method: shared.iterations for self-play losses, else 1."""
+    method = cfg.method(method_label)
+    return cfg.shared.iterations if LOSSES.self_play(method.loss) else 1
+
+
+def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
+    """Hash of what determines a method's training (evaluation settings, the seed list and
+    the number of iterations excluded, so changing them keeps finished iterations)."""
+    shared = {k: v for k, v in to_plain(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
+    method = cfg.method(method_label)
+    return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed})
+
+
+def _validate(cfg: ExperimentConfig, method_label: str) -> None:
+    from trainers.selfplay import check_generation_backend
+
+    method = cfg.method(method_label)
+    index = [m.label for m in cfg.methods].index(method_label)
+    try:
+        LOSSES.validate(method.loss, method.params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"methods[{index}].params: {err}") from None
+    t = cfg.shared.train
+    for key, value, low in (("batch_size", t.batch_size, 1), ("grad_accum", t.grad_accum, 1), ("epochs", t.epochs, 1),
+                            ("save_every", t.save_every, 1), ("log_every", t.log_every, 1),
+                            ("logprob_chunk", t.logprob_chunk, 1), ("max_prompt_length", t.max_prompt_length, 1)):
+        if value < low:
+            raise ConfigError(f"shared.train.{key}: must be >= {low}, got {value}")
+    if t.max_prompt_length >= t.max_length:
+        raise ConfigError(f"shared.train.max_prompt_length ({t.max_prompt_length}) must be < "
+                          f"shared.train.max_length ({t.max_length})")
+    if cfg.shared.iterations < 1:
+        raise ConfigError(f"shared.iterations: must be >= 1, got {cfg.shared.iterations}")
+    check_generation_backend(cfg, method)
+
+
+def make_accelerator(precision: str) -> Any:
+    """The Accelerator of this process (bf16 autocast where the precision resolves to bf16)."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # generation and reference scoring run before training; give collectives hours, not 30 min
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+
+
+def _precision(cfg: ExperimentConfig) -> str:
+    import torch
+
+    from harness.models import pick_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16" if pick_dtype(cfg.shared.train.precision, device) == torch.bfloat16 else "fp32"
+
+
+def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: Path,
+                  data_dir: str | None) -> tuple[Any, dict[str, str]]:
+    """Load data and tokenizer once for every iteration; returns (MethodContext, data files)."""
+    from harness.datadir import data_dir as resolve_data_dir
+    from harness.models import load_tokenizer
+    from trainers.data import data_file, encode_examples, load_examples
+    from trainers.selfplay import MethodContext
+
+    method, s = cfg.method(method_label), cfg.shared
+    root = resolve_data_dir(data_dir, s.data_dir)
+    preference = s.preference_data if (s.preference_data is not None and LOSSES.needs_pairs(method.loss)
+                                       and not LOSSES.self_play(method.loss)) else None
+    data_cfg = preference or s.train_data
+    files = {"train_data" if preference is None else "preference_data": data_file(data_cfg, root)}
+    examples = load_examples(data_cfg, root)
+    tokenizer = load_tokenizer(s.model, s.model_revision)
+    lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}
+    real = encode_examples(tokenizer, examples, **lengths)
+    rejected = None
+    if preference is not None:
+        for ex in examples:
+            if ex.rejected is None:
+                raise ConfigError(f"{ex.source}: shared.preference_data rows need a rejected response "
+                                  f"(format 'preference')")
+        rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples], **lengths)
+    precision = _precision(cfg)
+    ctx = MethodContext(cfg, method, seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
+                        rejected, precision)
+    return ctx, {k: str(v) for k, v in files.items() if v is not None}
+
+
+def _finished(folder: Path, key: str) -> bool:
+    """DONE with the same training key (or a complete checkpoint + summary: mark it DONE)."""
+    if is_done(folder):
+        done_key = (read_json(folder / "DONE") or {}).get("key")
+        if done_key not in (None, key):
+            raise ConfigError(f"{folder} was trained with another configuration (key {done_key}, now {key}); "
+                              f"use another --output or delete that folder")
+        return True
+    summary = folder / "summary.json"
+    if summary.is_file() and (folder / "checkpoint" / "config.json").is_file():
+        if read_json(summary).get("train_key") == key:
+            mark_done(folder, {"key": key})
+            return True
+    return False
+
+
+def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: Path, *,
+                 data_dir: str | None = None) -> list[IterationResult]:
+    """Train every iteration of `method_label` with `seed` under `run_dir`; idempotent."""
+    import time
+
+    from harness.provenance import collect
+    from trainers.loop import LoopRun, train_iteration
+    from trainers.selfplay import prepare_inputs
+
+    _validate(cfg, method_label)
+    started = time.time()
+    root = Path(run_dir) / method_label / f"seed-{seed}"
+    key = train_key(cfg, method_label, seed)
+    n_iter = iteration_plan(cfg, method_label)
+    folders = [root / f"iter-{k}" for k in range(1, n_iter + 1)]
+    results = [IterationResult(k, f / "checkpoint", f) for k, f in enumerate(folders, 1)]
+    if all(_finished(f, key) for f in folders):
+        return results
+    ctx, files = build_context(cfg, method_label, seed, Path(run_dir), data_dir)
+    acc = ctx.accelerator
+    if acc.is_main_process:
+        atomic_write_json(root / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
+                          | {"method": method_label, "train_key": key, "shared_hash": shared_hash(cfg)})
+    reference = cfg.shared.model
+    for k, folder in enumerate(folders, 1):
+        if not _finished(folder, key):
+            if acc.is_main_process:
+                folder.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            inputs = prepare_inputs(ctx, k, reference, folder)
+            extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
+                     "shared_hash": shared_hash(cfg), "reference": reference}
+            train_iteration(LoopRun(ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
+        reference = str(folder / "checkpoint")
+    return results

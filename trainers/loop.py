@@ -1,0 +1,241 @@
+"""The one training loop: every method (SFT, DPO, SPIN, every GSIL member) runs through
+`train_iteration`; the loss is the only difference (`compute_loss(method.loss, ...)`).
+
+One call trains one iteration of one method × seed, on `accelerate` (data parallel when
+launched with several processes), reading top to bottom:
+
+1. plan: global batch = batch_size × grad_accum × processes; optimizer steps per epoch
+   = ceil(examples / global batch) (the last step wraps around to the start of the
+   epoch's order); total = steps × epochs, capped by train.max_steps. The data order is a
+   permutation seeded by (seed, iteration, epoch).
+2. model: the policy (fp32 weights; bf16 autocast where `precision` resolves to bf16),
+   optional gradient checkpointing and LoRA; AdamW or RMSprop (`OPTIMIZERS`), linear,
+   cosine or constant schedule with warm-up (`SCHEDULES`).
+3. resume: `iter-<k>/state/` (saved every train.save_every steps) restores weights,
+   optimizer, scheduler, RNG and counters; metrics.jsonl is cut back to that step.
+4. steps: per micro-batch one forward of the real (+ generated) sequences through
+   `trainers.logprobs.batch_logps`, the loss on per-sequence log-probs and the cached
+   reference log-probs, backward (gradients synchronised on the last micro-batch only);
+   clip, step, log one metrics.jsonl line per optimizer step.
+5. finish: Hugging Face checkpoint (LoRA merged), summary.json, DONE (written last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from harness.registry import Registry
+from harness.strict import ConfigError
+from trainers.data import COLLATORS, Batch, TrainItem
+from trainers.logprobs import LogpsModule, batch_logps
+from trainers.losses import LossInputs, compute_loss
+from trainers.reference import RefLogps
+from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.add("adamw", lambda params, c: torch.optim.AdamW(
+    params, lr=c.lr, betas=(c.betas[0], c.betas[1]), eps=c.eps, weight_decay=c.weight_decay))
+OPTIMIZERS.add("rmsprop", lambda params, c: torch.optim.RMSprop(
+    params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay))
+
+# learning-rate multiplier at optimizer step s (0-based) given warm-up and total steps (as transformers' schedules)
+SCHEDULES: Registry[Callable[[int, int, int], float]] = Registry("schedule")
+SCHEDULES.add("linear", lambda s, w, n: s / max(1, w) if s < w else max(0.0, (n - s) / max(1, n - w)))
+SCHEDULES.add("cosine", lambda s, w, n: s / max(1, w) if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, n - w))))
+SCHEDULES.add("constant", lambda s, w, n: s / max(1, w) if s < w else 1.0)
+
+
+@dataclass
+class LoopRun:
+    """Everything one iteration's loop needs (assembled by trainers.api)."""
+
+    ctx: Any  # trainers.selfplay.MethodContext
+    iteration: int
+    folder: Path  # <run_dir>/<method>/seed-<s>/iter-<k>
+    init_model: str  # what the policy starts from: the starting model or the previous checkpoint
+    items: list[TrainItem]
+    ref: RefLogps | None
+    key: str  # training-configuration hash; a saved state with another key is not resumed
+    summary: dict[str, Any]  # extra summary fields (generated_tokens, hashes, ...)
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, iteration: int, epoch: int) -> tuple[int, ...]:
+    """The data order of one epoch: a permutation seeded by (seed, iteration, epoch)."""
+    g = torch.Generator().manual_seed(int(hash_obj(["order", seed, iteration, epoch]), 16) % (2**63))
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def step_indices(n: int, per_step: int, seed: int, iteration: int, step: int, steps_per_epoch: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based); the last step of an epoch wraps around."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    order = epoch_order(n, seed, iteration, epoch)
+    return [order[(pos * per_step + j) % n] for j in range(per_step)]
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing of the decoder layers (any transformers version)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_policy(name: str, ctx: Any) -> Any:
+    """The trainable policy: fp32 weights, optional gradient checkpointing and LoRA."""
+    from harness.models import load_model
+
+    t = ctx.cfg.shared.train
+    revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
+    model, _ = load_model(name, revision=revision, dtype=torch.float32, device=str(ctx.accelerator.device))
+    model.config.use_cache = False
+    if t.gradient_checkpointing:
+        enable_checkpointing(model)
+    if t.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                          target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) -> tuple[Any, int]:
+    """One micro-batch: per-sequence log-probs of real (+ generated) in one forward, then the loss."""
+    ctx, t = run.ctx, run.ctx.cfg.shared.train
+    pairs = run.ref is not None
+    seqs = [it.real for it in items] + ([it.gen for it in items] if pairs else [])  # type: ignore[misc]
+    collator = COLLATORS.get("packed" if getattr(t, "packing", False) else "padded")
+    batch: Batch = collator(seqs, ctx.tokenizer.pad_token_id).to(device)
+    logps, n_tokens = batch_logps(model, batch, t.logprob_chunk)
+    b = len(items)
+    inputs = LossInputs(logps[:b].float(), real_tokens=n_tokens[:b])
+    if run.ref is not None:
+        ref_real, ref_gen = run.ref.take([it.index for it in items])
+        inputs = LossInputs(logps[:b].float(), ref_real.to(device), logps[b:].float(),
+                            None if ref_gen is None else ref_gen.to(device), n_tokens[:b])
+    return compute_loss(ctx.method.loss, inputs, ctx.method.params), batch.tokens
+
+
+def train_iteration(run: LoopRun) -> dict[str, Any]:
+    """Train one iteration (resuming from its last saved state); returns its summary."""
+    ctx, acc, t, opt = run.ctx, run.ctx.accelerator, run.ctx.cfg.shared.train, run.ctx.cfg.shared.optimizer
+    from accelerate.utils import gather_object, set_seed
+
+    # 1. plan
+    n, per_device = len(run.items), t.batch_size
+    per_step = per_device * t.grad_accum * acc.num_processes
+    steps_per_epoch = math.ceil(n / per_step)
+    total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
+    # 2. model, optimizer, schedule
+    set_seed(int(hash_obj(["init", ctx.seed, run.iteration]), 16) % (2**31))
+    model = load_policy(run.init_model, ctx)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS.get(opt.name)(params, opt)
+    warmup = math.ceil(ctx.cfg.shared.schedule.warmup_ratio * total)
+    schedule = functools.partial(SCHEDULES.get(ctx.cfg.shared.schedule.name), w=warmup, n=total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s))
+    wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)
+    # 3. resume
+    state_dir, metrics_file = run.folder / "state", run.folder / "metrics.jsonl"
+    recover_dir(state_dir)
+    info: dict[str, Any] = {"step": 0, "tokens": 0, "wall_time_s": 0.0}
+    if (state_dir / "info.json").is_file():
+        info = load_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                          process_index=acc.process_index)
+        if (info.get("key"), info.get("global_batch"), info.get("total")) != (run.key, per_step, total):
+            raise ConfigError(f"{state_dir}: saved by a run with another configuration or number of processes "
+                              f"(global batch {info.get('global_batch')} vs {per_step}); delete {run.folder} to restart")
+        log.info("resuming %s from step %d/%d", run.folder, info["step"], total)
+    if acc.is_main_process:
+        kept = [r for r in read_jsonl(metrics_file, repair=True) if r["step"] <= info["step"]]
+        atomic_write_text(metrics_file, "".join(_line(r) for r in kept))
+    # 4. optimizer steps
+    started = time.time() - info["wall_time_s"]
+    bar = tqdm(total=total, initial=info["step"], desc=f"{ctx.method.label} iter {run.iteration}", disable=None)
+    record: dict[str, Any] = {}
+    for step in range(info["step"], total):
+        indices = step_indices(n, per_step, ctx.seed, run.iteration, step, steps_per_epoch)
+        sums: dict[str, float] = defaultdict(float)
+        tokens = 0
+        for micro in range(t.grad_accum):
+            at = (micro * acc.num_processes + acc.process_index) * per_device
+            items = [run.items[i] for i in indices[at : at + per_device]]
+            sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(wrapped)
+            with sync:
+                out, used = forward_loss(run, wrapped, items, acc.device)
+                acc.backward(out.loss / t.grad_accum)
+            tokens += used
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                sums[k] += float(v.detach()) / t.grad_accum
+        grad_norm = acc.clip_grad_norm_(params, opt.max_grad_norm if opt.max_grad_norm else math.inf)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), reduction="mean")
+        info["tokens"] += int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
+        info["step"] = step + 1
+        record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens": info["tokens"], **dict(zip(sums, means.tolist()))}
+        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total):
+            append_jsonl(metrics_file, [record])
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if (step + 1) % t.save_every == 0 and step + 1 < total:
+            info.update(key=run.key, global_batch=per_step, total=total, wall_time_s=time.time() - started)
+            rngs = gather_object([rng_state()])
+            if acc.is_main_process:
+                save_state(state_dir, model=acc.unwrap_model(wrapped).model, optimizer=optimizer,
+                           scheduler=scheduler, rng=rngs, info=info)
+        kill_hook("step", step + 1)
+    bar.close()
+    # 5. checkpoint, summary, DONE
+    info["wall_time_s"] = time.time() - started
+    return finish(run, acc.unwrap_model(wrapped).model, total, info, record)
+
+
+def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """Write the checkpoint and summary.json, drop the resumable state, then DONE (last)."""
+    ctx, acc = run.ctx, run.ctx.accelerator
+    if not last and (run.folder / "metrics.jsonl").is_file():  # resumed at the very end
+        last = (read_jsonl(run.folder / "metrics.jsonl") or [{}])[-1]
+    summary = {
+        "method": ctx.method.label, "loss": ctx.method.loss, "params": dict(ctx.method.params),
+        "seed": ctx.seed, "iteration": run.iteration, "steps": total, "train_tokens": info["tokens"],
+        "wall_time_s": round(info["wall_time_s"], 3), "init_model": run.init_model, "examples": len(run.items),
+        "processes": acc.num_processes, "train_key": run.key, "final": last, **run.summary,
+    }
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
+            "method", "loss", "params", "seed", "iteration", "steps", "init_model")})
+        atomic_write_json(run.folder / "summary.json", summary)
+        shutil.rmtree(run.folder / "state", ignore_errors=True)
+        mark_done(run.folder, {"key": run.key})
+    acc.wait_for_everyone()
+    return summary
+
+
+def _line(rec: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(rec) + "\n"

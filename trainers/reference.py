@@ -1,0 +1,101 @@
+"""Reference-model log-probs, computed once per iteration before training and cached.
+
+The reference of iteration k (the starting model for k = 1, iteration k-1's checkpoint
+after) is fixed for the whole iteration, so the log-probs of every real and generated
+response under it are computed up front (`reference_logps`), saved as `ref_logps.pt`
+(`save_ref` / `load_ref`, keyed by a hash of the model and the token ids) and the model is
+freed before the policy is trained. The same chunked forward as training is used
+(`trainers.logprobs.batch_logps`), under the same autocast, so the log ratio of the
+untrained policy is zero up to float rounding (batches differ in padding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from trainers.data import EncodedSeq, TrainItem, collate
+from trainers.logprobs import batch_logps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefLogps:
+    """Reference log-probs by example index: real[i], gen[i] (gen is None for SFT)."""
+
+    real: torch.Tensor  # [N] float32
+    gen: torch.Tensor | None = None  # [N] float32
+    key: str = ""  # hash of what they were computed from
+
+    def take(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return self.real[idx], None if self.gen is None else self.gen[idx]
+
+
+@torch.no_grad()
+def sequences_logps(model: Any, seqs: Sequence[EncodedSeq], *, batch_size: int, chunk: int, pad_id: int,
+                    autocast: Any = None, desc: str = "reference log-probs") -> torch.Tensor:
+    """Summed response log-probs of `seqs` under `model` (eval mode, no gradients), [N] float32.
+    Sequences are batched by similar length to waste little on padding."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    out = torch.zeros(len(seqs), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(seqs), desc=desc, disable=None)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([seqs[i] for i in idx], pad_id).to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logps, _ = batch_logps(model, batch, chunk)
+        out[torch.as_tensor(idx)] = logps.float().cpu()
+        bar.update(len(idx))
+    bar.close()
+    model.train(was_training)
+    return out
+
+
+def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, chunk: int, pad_id: int,
+                    autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real [len(items)], gen [len(items)] or None) in the order of `items`."""
+    real = sequences_logps(model, [it.real for it in items], batch_size=batch_size, chunk=chunk, pad_id=pad_id,
+                           autocast=autocast, desc="reference log-probs (real)")
+    if any(it.gen is None for it in items):
+        return real, None
+    gen = sequences_logps(model, [it.gen for it in items if it.gen is not None], batch_size=batch_size,
+                          chunk=chunk, pad_id=pad_id, autocast=autocast, desc="reference log-probs (generated)")
+    return real, gen
+
+
+def save_ref(path: str | Path, ref: RefLogps) -> None:
+    """Write ref_logps.pt atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"real": ref.real, "gen": ref.gen, "key": ref.key}, tmp)
+    os.replace(tmp, path)
+
+
+def load_ref(path: str | Path, key: str | None = None) -> RefLogps:
+    """Read ref_logps.pt; with `key`, check it was computed from the same inputs."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    ref = RefLogps(data["real"], data["gen"], data.get("key", ""))
+    if key is not None and ref.key != key:
+        raise ValueError(f"{path}: reference log-probs were computed from other inputs (key {ref.key} != {key})")
+    return ref
+
+
+def free_model(model: Any) -> None:
+    """Drop a model's parameters from memory (and the CUDA cache)."""
+    for p in model.parameters():
+        p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,260 @@
+"""Inputs of one training iteration: self-play generations and reference log-probs.
+
+For iteration k of a method, `prepare_inputs` returns the `TrainItem`s (real sequence
+and, for pairwise losses, the generated or rejected one) and the reference log-probs:
+
+- SFT: the demonstrations only; no reference, no generation.
+- DPO with `shared.preference_data`: (chosen, rejected) pairs scored by the starting model.
+- Self-play (GSIL, SPIN) and DPO on demonstrations: the reference of iteration k (the
+  starting model for k = 1, iteration k-1's checkpoint after) generates one response per
+  training prompt through `harness.generation.make_generator` (`shared.generation`), then
+  scores both responses; the model is freed before training.
+
+Work whose inputs are identical across methods is done once: iteration 1's generations by
+the starting model and its log-probs serve SPIN, DPO and every GSIL member. It lives in
+`<run_dir>/shared/<hash>/` (hash of the model, precision, token ids and generation
+settings), guarded by a file lock and completed by a DONE marker, and is copied into each
+iteration folder. Later iterations work in `iter-<k>/inputs/`.
+
+With several processes (accelerate launch), every process generates and scores a shard of
+the prompts; the results are gathered to the main process, which alone writes files.
+Generations are appended chunk by chunk to `generations.partial.jsonl`, so a killed run
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl
+from harness.strict import ConfigError, to_plain
+from trainers.data import EncodedSeq, Example, TrainItem, encode
+from trainers.losses import LOSSES
+from trainers.reference import RefLogps, free_model, load_ref, reference_logps, save_ref
+from trainers.state import kill_hook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MethodContext:
+    """What every iteration of one method × seed shares (built once by trainers.api)."""
+
+    cfg: Any  # ExperimentConfig
+    method: Any  # MethodConfig
+    seed: int
+    run_dir: Path
+    tokenizer: Any
+    accelerator: Any
+    examples: list[Example]  # demonstrations, or preference pairs (DPO on preference data)
+    real: list[EncodedSeq]
+    rejected: list[EncodedSeq] | None  # preference data: the rejected side
+    precision: str  # "bf16" or "fp32": how models run (part of cache keys)
+
+
+@dataclass
+class IterationInputs:
+    items: list[TrainItem]
+    ref: RefLogps | None
+    generated_tokens: int = 0
+    inputs_hash: str | None = None
+
+
+def tokens_digest(seqs: Sequence[EncodedSeq | None]) -> str:
+    """sha256 of token ids and response boundaries (fast: bytes, not JSON)."""
+    h = hashlib.sha256()
+    for s in seqs:
+        if s is None:
+            h.update(b"none;")
+            continue
+        h.update(torch.tensor([s.response_start, *s.input_ids], dtype=torch.int64).numpy().tobytes())
+        h.update(b";")
+    return h.hexdigest()
+
+
+def check_generation_backend(cfg: Any, method: Any) -> None:
+    """A server backend serves one fixed model, so it cannot generate for iteration 2+."""
+    gen = cfg.shared.generation
+    if LOSSES.self_play(method.loss) and cfg.shared.iterations > 1 and gen.backend == "openai":
+        raise ConfigError(
+            "shared.generation.backend: 'openai' serves one fixed model, but self-play iteration 2+ must "
+            "generate with the previous iteration's checkpoint; use backend 'hf' or 'vllm' "
+            "(or shared.iterations: 1)")
+
+
+@contextmanager
+def main_locked(accelerator: Any, lock_path: Path) -> Iterator[None]:
+    """Main process holds an exclusive file lock (another run may share the folder) while
+    all processes of this run work inside the block."""
+    fh = None
+    if accelerator.is_main_process:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "w")  # noqa: SIM115 - held across the block
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    accelerator.wait_for_everyone()
+    try:
+        yield
+    finally:
+        accelerator.wait_for_everyone()
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+def _load_reference(ctx: MethodContext, name: str) -> Any:
+    from harness.models import load_model
+
+    revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
+    model, _ = load_model(name, revision=revision, dtype=torch.float32, device=str(ctx.accelerator.device))
+    return model
+
+
+def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_seed: int) -> None:
+    """Generate one response per example (sharded over processes, appended chunk by chunk)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    from harness.generation import make_generator
+
+    acc, gcfg = ctx.accelerator, ctx.cfg.shared.generation
+    partial = work / "generations.partial.jsonl"
+    done = [{r["index"] for r in read_jsonl(partial, repair=True)}] if acc.is_main_process else [None]
+    if acc.num_processes > 1:
+        broadcast_object_list(done)
+    todo = [i for i in range(len(ctx.examples)) if i not in done[0]]
+    shard = todo[acc.process_index :: acc.num_processes]
+    chunk = max(1, gcfg.batch_size) * 4
+    generator = make_generator(gcfg, model=model, tokenizer=ctx.tokenizer, model_name=reference)
+    written = len(done[0])
+    for c in range(math.ceil(math.ceil(len(todo) / acc.num_processes) / chunk)):
+        mine = shard[c * chunk : (c + 1) * chunk]
+        with acc.autocast():
+            comps = generator.generate([ctx.examples[i].prompt for i in mine], seed=gen_seed + (mine[0] if mine else 0),
+                                       desc="self-play generation") if mine else []
+        recs = [{"index": i, "prompt": ctx.examples[i].prompt, "response": comp.text, "tokens": comp.tokens,
+                 "finish_reason": comp.finish_reason, "real": ctx.examples[i].response}
+                for i, comp in zip(mine, comps)]
+        recs = gather_object(recs)
+        if acc.is_main_process:
+            append_jsonl(partial, recs)
+        written += len(recs)
+        kill_hook("generated", written)
+
+
+def _encode_generated(ctx: MethodContext, records: list[dict[str, Any]]) -> list[EncodedSeq]:
+    t = ctx.cfg.shared.train
+    return [encode(ctx.tokenizer, r["prompt"], r["response"], max_prompt_length=t.max_prompt_length,
+                   max_length=t.max_length) for r in records]
+
+
+def _score(ctx: MethodContext, model: Any, items: list[TrainItem], work: Path, key: str) -> None:
+    """Reference log-probs of every item, sharded over processes; main writes ref_logps.pt."""
+    from accelerate.utils import gather_object
+
+    acc, t = ctx.accelerator, ctx.cfg.shared.train
+    mine = items[acc.process_index :: acc.num_processes]
+    real, gen = reference_logps(model, mine, batch_size=t.batch_size, chunk=t.logprob_chunk,
+                                pad_id=ctx.tokenizer.pad_token_id, autocast=acc.autocast)
+    rows = [(it.index, float(real[j]), None if gen is None else float(gen[j])) for j, it in enumerate(mine)]
+    rows = gather_object(rows)
+    if acc.is_main_process:
+        rows.sort()
+        real_all = torch.tensor([r[1] for r in rows], dtype=torch.float32)
+        gen_all = None if rows[0][2] is None else torch.tensor([r[2] for r in rows], dtype=torch.float32)
+        save_ref(work / "ref_logps.pt", RefLogps(real_all, gen_all, key))
+
+
+def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: bool, gen_seed: int) -> None:
+    """Fill `work` with generations.jsonl (if generating) and ref_logps.pt, then DONE."""
+    acc = ctx.accelerator
+    model = _load_reference(ctx, reference)
+    if generate:
+        _generate(ctx, model, reference, work, gen_seed)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            recs = sorted(read_jsonl(work / "generations.partial.jsonl"), key=lambda r: r["index"])
+            if [r["index"] for r in recs] != list(range(len(ctx.examples))):
+                raise RuntimeError(f"{work}: generations do not cover every example exactly once")
+            atomic_write_text(work / "generations.jsonl", "".join(_jsonl_line(r) for r in recs))
+            (work / "generations.partial.jsonl").unlink()
+        acc.wait_for_everyone()
+    items = _items(ctx, work, generate)
+    _score(ctx, model, items, work, key)
+    free_model(model)
+    if acc.is_main_process:
+        mark_done(work, {"key": key, "reference": reference})
+
+
+def _jsonl_line(rec: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(rec) + "\n"
+
+
+def _items(ctx: MethodContext, work: Path, generated: bool) -> list[TrainItem]:
+    if generated:
+        gen = _encode_generated(ctx, read_jsonl(work / "generations.jsonl"))
+    else:
+        gen = list(ctx.rejected) if ctx.rejected is not None else []
+    return [TrainItem(i, ctx.real[i], gen[i]) for i in range(len(ctx.real))]
+
+
+def inputs_key(ctx: MethodContext, reference: str, generate: bool) -> str:
+    """Hash of everything the iteration inputs depend on (shared across methods when equal)."""
+    s = ctx.cfg.shared
+    gen = to_plain(s.generation) if generate else None
+    sampled = generate and s.generation.temperature > 0
+    return hash_obj({
+        "reference": reference, "revision": s.model_revision if reference == s.model else None,
+        "precision": ctx.precision, "real": tokens_digest(ctx.real),
+        "rejected": tokens_digest(ctx.rejected) if ctx.rejected is not None else None,
+        "generation": gen, "seed": ctx.seed if sampled else None,
+    })
+
+
+def _transfer(work: Path, folder: Path, shared: bool) -> None:
+    """Put the iteration's generations.jsonl and ref_logps.pt into its folder: copied from
+    the shared folder (it serves other methods too), moved from the iteration's own."""
+    for name in ("generations.jsonl", "ref_logps.pt"):
+        if (work / name).is_file() and not (folder / name).is_file():
+            if shared:
+                tmp = folder / f".{name}.tmp"
+                shutil.copyfile(work / name, tmp)
+                tmp.rename(folder / name)
+            else:
+                (work / name).rename(folder / name)
+
+
+def prepare_inputs(ctx: MethodContext, iteration: int, reference: str, folder: Path) -> IterationInputs:
+    """Items and reference log-probs for `iteration`, trained from / scored by `reference`."""
+    acc = ctx.accelerator
+    if not LOSSES.needs_pairs(ctx.method.loss):
+        return IterationInputs([TrainItem(i, s) for i, s in enumerate(ctx.real)], None)
+    generate = ctx.rejected is None
+    key = inputs_key(ctx, reference, generate)
+    shared = iteration == 1 and reference == ctx.cfg.shared.model
+    work = ctx.run_dir / "shared" / key if shared else folder / "inputs"
+    gen_seed = int(hash_obj([ctx.seed, iteration]), 16) % (2**31)
+    if acc.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    with main_locked(acc, work / ".lock"):
+        if not is_done(work):
+            _build(ctx, work, reference, key, generate, gen_seed)
+    if acc.is_main_process:
+        _transfer(work, folder, shared)
+    acc.wait_for_everyone()
+    ref = load_ref(folder / "ref_logps.pt", key)
+    items = _items(ctx, folder, generate)
+    tokens = sum(r["tokens"] for r in read_jsonl(folder / "generations.jsonl")) if generate else 0
+    return IterationInputs(items, ref, tokens, key)

@@ -1,0 +1,119 @@
+"""Crash-safe training state: resumable snapshots, final checkpoints, the kill test hook.
+
+- `save_state` writes `iter-<k>/state/` every `train.save_every` optimizer steps: trainable
+  weights, optimizer, scheduler, every process's RNG states and the loop's counters (step,
+  tokens, wall time). It is written to a temporary folder and swapped in by rename, so a
+  crash at any moment leaves either the old or the new snapshot, never a torn one.
+- `load_state` restores it; `save_checkpoint` writes the Hugging Face checkpoint (LoRA
+  adapters merged first) the same way.
+- `kill_hook(event, count)`: when the environment variable GSIL_TEST_KILL is
+  "<event>:<count>" (e.g. "step:3", "generated:4"), the process SIGKILLs itself there. The
+  resume tests use it to die at a known point exactly as `kill -9` would.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.io import atomic_write_json, read_json
+
+KILL_ENV = "GSIL_TEST_KILL"
+
+
+def kill_hook(event: str, count: int) -> None:
+    """SIGKILL this process if GSIL_TEST_KILL == f"{event}:{count}" (test hook)."""
+    if os.environ.get(KILL_ENV) == f"{event}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `dest` (old copy kept as
+    `<dest>.old` until the swap is done, and recovered by `recover_dir` after a crash)."""
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(dest: Path) -> None:
+    """After a crash between the two renames of atomic_dir, bring `<dest>.old` back;
+    drop temporary folders left by killed processes."""
+    old = dest.with_name(dest.name + ".old")
+    if not dest.exists() and old.exists():
+        old.rename(dest)
+    for tmp in dest.parent.glob(f"{dest.name}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The parameters being trained (all of them, or only LoRA adapters), on the CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_state(dest: Path, *, model: Any, optimizer: Any, scheduler: Any, rng: list[dict[str, Any]],
+               info: dict[str, Any]) -> None:
+    """Snapshot everything needed to continue exactly (main process only)."""
+    with atomic_dir(dest) as tmp:
+        torch.save(trainable_state(model), tmp / "model.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng, tmp / "rng.pt")
+        atomic_write_json(tmp / "info.json", info)
+
+
+def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process_index: int) -> dict[str, Any]:
+    """Restore a snapshot written by save_state; returns its info (step, tokens, ...)."""
+    weights = torch.load(src / "model.pt", map_location="cpu", weights_only=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        raise ValueError(f"{src}: saved weights do not match the model's trainable parameters "
+                         f"(was LoRA or the model changed?)")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"{src}: unexpected weights {unexpected[:3]}")
+    optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(src / "scheduler.pt", map_location="cpu", weights_only=False))
+    rng = torch.load(src / "rng.pt", map_location="cpu", weights_only=False)
+    set_rng_state(rng[process_index])
+    return dict(read_json(src / "info.json"))
+
+
+def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> None:
+    """Hugging Face checkpoint that AutoModelForCausalLM.from_pretrained loads; LoRA adapters
+    are merged into the weights first. `meta` is written beside it as gsil_meta.json."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "gsil_meta.json", meta)
