@@ -128,7 +128,7 @@ class EvalConfig:
     samples_per_task: int = 1  # code tasks: completions per problem (pass@k for k <= this)
     sample_temperature: float = 0.8  # code tasks: temperature of the samples_per_task sampled completions (pass@k)
     code_timeout: float = 10.0  # code tasks: seconds per sandboxed program (EvalPlus: at least 4x the canonical time)
-    code_memory_mb: int = 2048  # code tasks: address-space limit (RLIMIT_AS) per sandboxed program
+    code_memory_mb: int = 4096  # code tasks: address-space limit (RLIMIT_AS) per sandboxed program (EvalPlus: 4 GiB)
     code_workers: int | None = None  # code tasks: programs run in parallel (null = CPU count)
     lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
     lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own

@@ -1,0 +1,159 @@
+"""The Task interface, the task registry, per-sample records and the task folder.
+
+A task loads its documents (first `limit`), turns them into generation requests,
+scores the outputs and aggregates per-item scores into metrics with 95% intervals:
+
+    docs = task.load(ctx)                  # documents, in a stable order
+    samples = task.evaluate(docs, ctx)     # requests -> (cached) generations -> scored Samples
+    metrics = task.aggregate(samples, ctx) # {name: Metric}
+
+`run_task` drives one task into its folder `<out>/<task>/`: samples.jsonl (one line per
+item: id, prompt, output, extracted, reference, scores, plus task fields),
+metrics.json (task, model, primary, metrics {name: value, ci_low, ci_high, n, stderr,
+ci_method}, config), provenance.json, then DONE last. A folder whose DONE records the
+same evaluation key (model identity + task + limit + settings) is skipped; anything
+else is recomputed, reusing the generation/judgment caches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, is_done, mark_done, read_json
+from harness.registry import Registry
+from harness.strict import to_plain
+from tasks.stats import Metric
+
+log = logging.getLogger(__name__)
+
+
+class TaskError(ValueError):
+    """A task cannot run with the given input; the message says what to fix."""
+
+
+@dataclass
+class Sample:
+    """One scored item; `id` is stable across models so runs pair item by item."""
+
+    id: str
+    prompt: Any
+    output: Any
+    extracted: Any
+    reference: Any
+    scores: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        rec = {"id": self.id, "prompt": self.prompt, "output": self.output, "extracted": self.extracted,
+               "reference": self.reference, "scores": self.scores}
+        rec.update(self.extra)
+        return rec
+
+
+@dataclass
+class TaskResult:
+    samples: list[Sample]
+    metrics: dict[str, Metric]
+    info: dict[str, Any] = field(default_factory=dict)  # task-specific metrics.json fields
+    complete: bool = True  # False: some items failed transiently (e.g. judge errors); no DONE, rerun retries
+
+
+class Task(Protocol):
+    """What every registered task provides."""
+
+    name: ClassVar[str]
+    primary: ClassVar[str]  # the metric reports lead with
+
+    def load(self, ctx: Any) -> list[dict[str, Any]]: ...
+
+    def evaluate(self, docs: list[dict[str, Any]], ctx: Any) -> TaskResult | list[Sample]: ...
+
+    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]: ...
+
+
+TaskFactory = Callable[[], Task]
+TASKS: Registry[TaskFactory] = Registry("task")
+
+
+def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
+    """Class decorator: `@register_task("humaneval", completions=True)`; sets `cls.name`."""
+
+    def deco(cls: Any) -> Any:
+        cls.name = name
+        TASKS.add(name, cls, **meta)
+        return cls
+
+    return deco
+
+
+def _config_record(task: Task, ctx: Any) -> dict[str, Any]:
+    return {"eval": to_plain(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
+            "chat": ctx.chat if ctx.completions is None else None,
+            "completions": str(ctx.completions) if ctx.completions else None}
+
+
+def evaluation_key(task: Task, ctx: Any) -> str:
+    """What a finished task folder must match to be reused as is."""
+    return hash_obj({"task": task.name, "model": ctx.identity(), "config": _config_record(task, ctx)})
+
+
+def write_result(folder: Path, task: Task, ctx: Any, result: TaskResult, key: str, started: float) -> dict[str, Any]:
+    """samples.jsonl, metrics.json, provenance.json (atomic), then DONE when the result is complete."""
+    from harness.provenance import collect
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".samples.jsonl.tmp"
+    tmp.unlink(missing_ok=True)
+    append_jsonl(tmp, (s.to_json() for s in result.samples))
+    tmp.replace(folder / "samples.jsonl")
+    metrics = {
+        "task": task.name, "model": ctx.model, "primary": task.primary,
+        "metrics": {k: m.to_json() for k, m in result.metrics.items()},
+        "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
+    }
+    if not result.complete:
+        metrics["incomplete"] = True
+    atomic_write_json(folder / "metrics.json", metrics)
+    prov = collect(ctx.cfg, data_files=getattr(ctx, "data_files", {}).get(task.name, {}), started=started)
+    prov["model_identity"] = ctx.identity()
+    atomic_write_json(folder / "provenance.json", prov)
+    if result.complete:
+        mark_done(folder, {"key": key, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    else:
+        (folder / "DONE").unlink(missing_ok=True)
+        log.warning("%s: incomplete (see samples.jsonl); rerun to retry the failed items, cached work is reused",
+                    task.name)
+    return metrics
+
+
+def run_task(task: Task, ctx: Any, folder: Path) -> dict[str, Any]:
+    """Run one task into `folder` unless an identical finished run is already there."""
+    key = evaluation_key(task, ctx)
+    if is_done(folder) and (folder / "metrics.json").is_file():
+        done = read_json(folder / "DONE")
+        if done.get("key") == key:
+            log.info("%s: done already (%s), skipping", task.name, folder)
+            return read_json(folder / "metrics.json")
+        log.info("%s: %s holds a different evaluation; recomputing (caches are reused)", task.name, folder)
+        (folder / "DONE").unlink()
+    started = time.time()
+    ctx.task_folder = folder
+    docs = task.load(ctx)
+    if ctx.limit is not None:
+        docs = docs[: ctx.limit]
+    if not docs:
+        raise TaskError(f"{task.name}: no documents to evaluate")
+    out = task.evaluate(docs, ctx)
+    result = out if isinstance(out, TaskResult) else TaskResult(out, {})
+    if not result.metrics:
+        result.metrics = task.aggregate(result.samples, ctx)
+    return write_result(folder, task, ctx, result, key, started)
+
+
+def write_text_log(folder: Path, name: str, text: str) -> None:
+    atomic_write_text(folder / name, text)

@@ -1,0 +1,167 @@
+"""What every task needs from one evaluation: the model (loaded once, lazily), its
+identity, the data directory, and generation through a crash-safe cache.
+
+The cache (`generations.jsonl`, append-only) is keyed by a hash of the model identity,
+the prompt, the stop sequences, the seed and the generation settings. Generation runs
+in chunks and each chunk is appended as soon as it is done, so a crash keeps what was
+finished and a repeated evaluation regenerates nothing it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from harness.config import EvalConfig, GenerationConfig
+from harness.generation import Completion, Generator, Prompt, make_generator
+from harness.io import append_jsonl, hash_obj, read_jsonl, sha256_file
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model")
+
+
+def model_identity(model: str, gen: GenerationConfig, revision: str | None = None) -> dict[str, Any]:
+    """A fingerprint that changes when the weights change: a local folder's file names,
+    sizes and modification times; a Hub id with its revision; a server's URL + model."""
+    if gen.backend == "openai":
+        return {"backend": "openai", "base_url": gen.base_url, "model": gen.api_model or model}
+    from harness.models import resolve
+
+    src = resolve(model)
+    ident: dict[str, Any] = {"backend": gen.backend, "model": model, "revision": revision}
+    folder = Path(src)
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        ident["files"] = hash_obj([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return ident
+
+
+class CachedGenerator:
+    """A Generator wrapper that reads and appends `path` (JSONL) keyed by request hash."""
+
+    def __init__(self, inner: Generator, identity: dict[str, Any], gen: GenerationConfig, path: Path,
+                 chunk: int | None = None) -> None:
+        self.inner, self.identity, self.gen, self.path = inner, identity, gen, path
+        self.chunk = chunk or max(1, gen.batch_size) * 4
+        self._cache: dict[str, dict[str, Any]] | None = None
+
+    def _settings(self) -> dict[str, Any]:
+        g = self.gen
+        return {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p}
+
+    def key(self, prompt: Prompt, stop: Sequence[str] | None, seed: int) -> str:
+        return hash_obj({"model": self.identity, "prompt": prompt, "stop": list(stop or []), "seed": seed,
+                         "gen": self._settings()})
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._cache is None:
+            self._cache = {r["key"]: r for r in read_jsonl(self.path, repair=True) if "key" in r}
+        return self._cache
+
+    def generate(self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0,
+                 desc: str = "generate") -> list[Completion]:
+        cache = self._load()
+        keys = [self.key(p, stop, seed) for p in prompts]
+        todo: dict[str, Prompt] = {}
+        for k, p in zip(keys, prompts):
+            if k not in cache and k not in todo:
+                todo[k] = p
+        if len(todo) < len(keys):
+            log.info("%s: %d of %d generations from the cache", desc, len(keys) - len(todo), len(keys))
+        items = list(todo.items())
+        for start in range(0, len(items), self.chunk):
+            part = items[start : start + self.chunk]
+            outs = self.inner.generate([p for _, p in part], stop=stop, seed=seed, desc=desc)
+            recs = [{"key": k, "prompt": p, "seed": seed, "text": c.text, "tokens": c.tokens,
+                     "finish_reason": c.finish_reason} for (k, p), c in zip(part, outs)]
+            append_jsonl(self.path, recs)
+            cache.update((r["key"], r) for r in recs)
+        return [Completion(cache[k]["text"], cache[k]["tokens"], cache[k]["finish_reason"]) for k in keys]
+
+
+@dataclass
+class EvalContext:
+    """One evaluation of one model (or one completions file) on some tasks."""
+
+    model: str
+    cfg: EvalConfig
+    data_dir: Path | None = None
+    limit: int | None = None
+    model_obj: Any = None
+    tokenizer: Any = None
+    completions: Path | None = None
+    revision: str | None = None
+    task_folder: Path | None = None
+    data_files: dict[str, dict[str, str]] = field(default_factory=dict)
+    _identity: dict[str, Any] | None = None
+    _generators: dict[str, CachedGenerator] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            if self.completions is not None:
+                self._identity = {"completions": str(self.completions), "sha256": sha256_file(self.completions)}
+            else:
+                self._identity = model_identity(self.model, self.cfg.generation, self.revision)
+        return self._identity
+
+    def record_data(self, task: str, label: str, path: str | Path) -> None:
+        self.data_files.setdefault(task, {})[label] = str(path)
+
+    def cache_dir(self) -> Path:
+        """Where this task's append-only caches live."""
+        if self.cfg.cache_dir:
+            assert self.task_folder is not None
+            return Path(self.cfg.cache_dir).expanduser() / self.task_folder.name
+        assert self.task_folder is not None, "cache_dir() is only available while a task runs"
+        return self.task_folder / "cache"
+
+    def hf(self) -> tuple[Any, Any]:
+        """The loaded Hugging Face model and tokenizer (loaded once, on the best device)."""
+        if self.model_obj is None:
+            import torch
+
+            from harness.models import load_model, pick_dtype
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            log.info("loading %s on %s", self.model, device)
+            self.model_obj, self.tokenizer = load_model(
+                self.model, revision=self.revision, dtype=pick_dtype("auto", device), device=device)
+        if self.tokenizer is None:
+            from harness.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.model, self.revision)
+        return self.model_obj, self.tokenizer
+
+    def get_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            from harness.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.model, self.revision)
+        return self.tokenizer
+
+    @property
+    def chat(self) -> bool:
+        """Chat prompts: the chat template is on and the model has one (servers: assumed)."""
+        if not self.cfg.chat_template:
+            return False
+        if self.cfg.generation.backend == "openai":
+            return True
+        return bool(getattr(self.get_tokenizer(), "chat_template", None))
+
+    def generator(self, **overrides: Any) -> CachedGenerator:
+        """The cached generator for the current task (settings overridden by `overrides`)."""
+        gen_cfg = replace(self.cfg.generation, **overrides)
+        path = self.cache_dir() / "generations.jsonl"
+        key = hash_obj([str(path), gen_cfg])
+        if key not in self._generators:
+            if gen_cfg.backend == "hf":
+                model, tok = self.hf()
+                inner = make_generator(gen_cfg, model=model, tokenizer=tok, model_name=self.model)
+            else:
+                inner = make_generator(gen_cfg, model_name=self.model, tokenizer=self.tokenizer)
+            self._generators[key] = CachedGenerator(inner, self.identity(), gen_cfg, path)
+        return self._generators[key]
