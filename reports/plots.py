@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.rundata import BASE, RunData  # noqa: E402
 from reports.tables import Comparison  # noqa: E402
@@ -151,7 +152,7 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
         ax.set_title(f"{task} ({per_iter.metric_of(task)})")
         ax.set_xlabel("iteration (0 = starting model)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06, 1, 1))

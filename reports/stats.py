@@ -15,7 +15,7 @@ byte-identical (a resumed run's tables equal an uninterrupted run's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +151,7 @@ def paired_bootstrap(base: Mapping[str, float], cand: Mapping[str, float], *, n_
     return PairedDiff(float(d.mean()), lo, hi, p, len(ids), float(a.mean()), float(b.mean()))
 
 
-def mean_over_seeds(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+def mean_over_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Average per-item scores over seeds, on the items every seed scored."""
     if not per_seed:
         return {}
