@@ -43,7 +43,7 @@ from harness.strict import ConfigError
 from trainers.data import COLLATORS, Batch, TrainItem
 from trainers.logprobs import LogpsModule, batch_logps
 from trainers.losses import LossInputs, compute_loss
-from trainers.reference import RefLogps
+from trainers.reference import RefLogps, load_causal_lm
 from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,9 @@ def enable_checkpointing(model: Any) -> None:
 
 def load_policy(name: str, ctx: Any) -> Any:
     """The trainable policy: fp32 weights, optional gradient checkpointing and LoRA."""
-    from harness.models import load_model
-
     t = ctx.cfg.shared.train
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
-    model, _ = load_model(name, revision=revision, dtype=torch.float32, device=str(ctx.accelerator.device))
+    model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device)
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_checkpointing(model)
@@ -206,7 +204,7 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
             if acc.is_main_process:
                 save_state(state_dir, model=acc.unwrap_model(wrapped).model, optimizer=optimizer,
                            scheduler=scheduler, rng=rngs, info=info)
-        kill_hook("step", step + 1)
+        kill_hook("step", step + 1, run.iteration)
     bar.close()
     # 5. checkpoint, summary, DONE
     info["wall_time_s"] = time.time() - started
@@ -229,6 +227,7 @@ def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dic
         save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
             "method", "loss", "params", "seed", "iteration", "steps", "init_model")})
         atomic_write_json(run.folder / "summary.json", summary)
+        kill_hook("finished", run.iteration)
         shutil.rmtree(run.folder / "state", ignore_errors=True)
         mark_done(run.folder, {"key": run.key})
     acc.wait_for_everyone()

@@ -93,6 +93,20 @@ def load_ref(path: str | Path, key: str | None = None) -> RefLogps:
     return ref
 
 
+def load_causal_lm(name: str, *, revision: str | None, device: Any) -> Any:
+    """A causal LM in fp32 on `device` (mixed precision comes from autocast), without
+    reloading its tokenizer (trainers.api loads that once per method)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.models import ModelError, resolve
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=torch.float32)
+    except OSError as err:
+        raise ModelError(f"model {name!r}: cannot load ({err})") from None
+    return model.to(device)
+
+
 def free_model(model: Any) -> None:
     """Drop a model's parameters from memory (and the CUDA cache)."""
     for p in model.parameters():

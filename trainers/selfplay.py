@@ -41,7 +41,7 @@ from harness.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_
 from harness.strict import ConfigError, to_plain
 from trainers.data import EncodedSeq, Example, TrainItem, encode
 from trainers.losses import LOSSES
-from trainers.reference import RefLogps, free_model, load_ref, reference_logps, save_ref
+from trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
 from trainers.state import kill_hook
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,8 @@ def main_locked(accelerator: Any, lock_path: Path) -> Iterator[None]:
 
 
 def _load_reference(ctx: MethodContext, name: str) -> Any:
-    from harness.models import load_model
-
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
-    model, _ = load_model(name, revision=revision, dtype=torch.float32, device=str(ctx.accelerator.device))
-    return model
+    return load_causal_lm(name, revision=revision, device=ctx.accelerator.device).eval()
 
 
 def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_seed: int) -> None:

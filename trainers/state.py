@@ -7,7 +7,8 @@
 - `load_state` restores it; `save_checkpoint` writes the Hugging Face checkpoint (LoRA
   adapters merged first) the same way.
 - `kill_hook(event, count)`: when the environment variable GSIL_TEST_KILL is
-  "<event>:<count>" (e.g. "step:3", "generated:4"), the process SIGKILLs itself there. The
+  "<event>:<count>" (e.g. "step:3", "generated:4"; "step@2:3" for step 3 of iteration 2
+  only), the process SIGKILLs itself there. The
   resume tests use it to die at a known point exactly as `kill -9` would.
 """
 
@@ -29,9 +30,11 @@ from harness.io import atomic_write_json, read_json
 KILL_ENV = "GSIL_TEST_KILL"
 
 
-def kill_hook(event: str, count: int) -> None:
-    """SIGKILL this process if GSIL_TEST_KILL == f"{event}:{count}" (test hook)."""
-    if os.environ.get(KILL_ENV) == f"{event}:{count}":
+def kill_hook(event: str, count: int, iteration: int | None = None) -> None:
+    """SIGKILL this process if GSIL_TEST_KILL is f"{event}:{count}", or f"{event}@{iteration}:{count}"
+    to target one self-play iteration (test hook)."""
+    wanted = os.environ.get(KILL_ENV)
+    if wanted and wanted in (f"{event}:{count}", f"{event}@{iteration}:{count}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
