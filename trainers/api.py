@@ -18,6 +18,7 @@ Iteration k starts from iteration k-1's checkpoint, which is also its reference 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,20 @@ def make_accelerator(precision: str) -> Any:
     """The Accelerator of this process (bf16 autocast where the precision resolves to bf16)."""
     from datetime import timedelta
 
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    # generation and reference scoring run before training; give collectives hours, not 30 min
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
+    # then becomes data parallel over gloo instead of N independent single-process runs.
+    # Generation and reference scoring run before training: give collectives hours, not 30 min.
+    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available(),
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != acc.num_processes:
+        raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
+                           "the processes would train independently and overwrite each other's files")
+    return acc
 
 
 def _precision(cfg: ExperimentConfig) -> str:
