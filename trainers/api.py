@@ -88,8 +88,17 @@ def make_accelerator(precision: str) -> Any:
     # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
     # then becomes data parallel over gloo instead of N independent single-process runs.
     # Generation and reference scoring run before training: give collectives hours, not 30 min.
-    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available(),
-                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    kwargs = {"mixed_precision": "bf16" if precision == "bf16" else "no", "cpu": not torch.cuda.is_available(),
+              "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=12))]}
+    try:
+        acc = Accelerator(**kwargs)  # type: ignore[arg-type]
+    except ValueError as err:  # a single process already made an Accelerator with other settings (e.g. TRL)
+        from accelerate.state import AcceleratorState, PartialState
+
+        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        acc = Accelerator(**kwargs)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != acc.num_processes:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
