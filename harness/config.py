@@ -187,6 +187,7 @@ class ExperimentConfig:
     methods: list[MethodConfig]
     shared: SharedConfig = field(default_factory=SharedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (e.g. new losses, tasks)
 
     def method(self, label: str) -> MethodConfig:
         for m in self.methods:
@@ -228,12 +229,31 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     if overrides:
         data = apply_overrides(data, overrides)
     cfg = build(ExperimentConfig, data, loc)
+    import_plugins(cfg.plugins, Path(path).resolve().parent, loc)
     _check_methods(cfg, loc)
     return cfg
 
 
+def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
+    """Import plugin modules (which register losses, tasks, ...): from the config file's
+    folder, the working directory, or anywhere on sys.path."""
+    import importlib
+    import sys
+
+    for extra in (str(config_dir) if config_dir else None, str(Path.cwd())):
+        if extra and extra not in sys.path:
+            sys.path.append(extra)
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            where = loc.at(f"plugins[{i}]") if loc else "plugins"
+            raise ConfigError(f"{where}: plugins[{i}]: cannot import {name!r} ({err})") from None
+
+
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     cfg = build(ExperimentConfig, data, Located(source))
+    import_plugins(cfg.plugins)
     _check_methods(cfg, Located(source))
     return cfg
 

@@ -102,3 +102,28 @@ def test_openai_generator_against_llama_server(llama_server):
     out = gen.generate([[{"role": "user", "content": "What is 2+3?"}], "def add(a, b):\n"], stop=["\n\n"])
     assert "5" in out[0].text and out[0].tokens > 0
     assert isinstance(out[1].text, str) and out[1].tokens > 0
+
+
+def test_plugin_module_registers_a_new_loss(tmp_path):
+    """A new loss variant is one decorated function in a plugin module plus a config line."""
+    import torch
+
+    from trainers.losses import LOSSES, LossInputs, compute_loss
+
+    (tmp_path / "my_losses_plugin.py").write_text(
+        "import torch\n"
+        "from trainers.losses import LossInputs, LossOutput, gsil_output, register_loss\n\n"
+        "@register_loss('gsil-squared-hinge-test', self_play=True)\n"
+        "def f(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:\n"
+        "    z_real, z_gen = a * x.r_real + b, a * x.r_gen + b\n"
+        "    return gsil_output(x, torch.relu(1 - z_real) ** 2, torch.relu(1 + z_gen) ** 2)\n"
+    )
+    p = _write(tmp_path, "name: x\nplugins: [my_losses_plugin]\nmethods:\n  - loss: gsil-squared-hinge-test\n    params: {a: 1.0, b: 0.0}\n")
+    cfg = load_experiment(p)
+    assert LOSSES.self_play("gsil-squared-hinge-test")
+    z = torch.tensor([0.5])
+    out = compute_loss(cfg.methods[0].loss, LossInputs(z, torch.zeros(1), -z, torch.zeros(1)), cfg.methods[0].params)
+    assert torch.allclose(out.loss, torch.tensor(0.25 + 0.25))  # (1-0.5)^2 + (1-0.5)^2
+    p2 = _write(tmp_path, "name: x\nplugins: [no_such_plugin_mod]\nmethods:\n  - loss: sft\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml:2: plugins\[0\]: cannot import 'no_such_plugin_mod'"):
+        load_experiment(p2)
