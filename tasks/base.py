@@ -144,7 +144,7 @@ def run_task(task: Task, ctx: Any, folder: Path) -> dict[str, Any]:
     started = time.time()
     ctx.task_folder = folder
     docs = task.load(ctx)
-    if ctx.limit is not None:
+    if ctx.limit is not None and not getattr(task, "applies_limit", False):
         docs = docs[: ctx.limit]
     if not docs:
         raise TaskError(f"{task.name}: no documents to evaluate")

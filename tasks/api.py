@@ -1,0 +1,79 @@
+"""The evaluation entry point the runner calls for every checkpoint (and `gsil-bench eval` uses).
+
+    evaluate(model, ["gsm8k", "humaneval", "mt_bench"], eval_cfg, out_dir, limit=2)
+    -> {"gsm8k": <metrics.json content>, ...}
+
+Each task writes `<out_dir>/<task>/` (see tasks.base). Idempotent: a task folder whose
+DONE marker records the same evaluation is skipped. Task names are ours (TASKS) or any
+lm-eval task, checked up front with a did-you-mean. A failing task does not stop the
+others; the first error is raised after all tasks ran, so finished work is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness.config import EvalConfig
+from harness.datadir import data_dir as resolve_data_dir
+from tasks import gsm8k, humaneval, mbpp, mt_bench  # noqa: F401  (registers the tasks)
+from tasks.base import TASKS, Task, TaskError, run_task
+from tasks.context import EvalContext
+from tasks.lmeval import LmEvalTask, check_task_name
+
+log = logging.getLogger(__name__)
+
+
+def make_task(name: str) -> Task:
+    """Our task by name, else the lm-eval task of that name (pass-through)."""
+    if name in TASKS:
+        return TASKS.get(name)()
+    check_task_name(name, TASKS.names())
+    return LmEvalTask(name)  # type: ignore[return-value]
+
+
+def _check(names: list[str], cfg: EvalConfig, completions: Path | None) -> None:
+    if not names:
+        raise TaskError("no tasks given")
+    if len(set(names)) != len(names):
+        raise TaskError(f"a task is named twice in {names}")
+    for name in names:
+        check_task_name(name, TASKS.names())
+    if completions is not None:
+        bad = [n for n in names if n not in TASKS or not TASKS.meta(n).get("completions")]
+        if bad:
+            code = [n for n in TASKS.names() if TASKS.meta(n).get("completions")]
+            raise TaskError(f"--completions scores code tasks only ({', '.join(code)}), not {', '.join(bad)}")
+        if not completions.is_file():
+            raise FileNotFoundError(f"completions file {completions} not found")
+    if "mt_bench" in names and cfg.judge.backend == "openai" and not cfg.judge.base_url:
+        raise TaskError("mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
+                        "(a local Hugging Face model), or eval.judge.base_url in the config")
+    if cfg.samples_per_task < 1:
+        raise TaskError(f"eval.samples_per_task must be >= 1, got {cfg.samples_per_task}")
+
+
+def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: Path, *,
+             data_dir: str | None = None, limit: int | None = None, model_obj: Any = None,
+             tokenizer: Any = None, completions: str | Path | None = None,
+             revision: str | None = None) -> dict[str, dict]:
+    """Score `model` (a name/folder, optionally already loaded as `model_obj`/`tokenizer`)
+    on `task_names`; return each task's metrics.json content."""
+    comp = Path(completions) if completions is not None else None
+    _check(task_names, eval_cfg, comp)
+    ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir),
+                      limit=limit if limit is not None else eval_cfg.limit, model_obj=model_obj,
+                      tokenizer=tokenizer, completions=comp, revision=revision)
+    out_dir = Path(out_dir)
+    results: dict[str, dict] = {}
+    first_error: BaseException | None = None
+    for name in task_names:
+        try:
+            results[name] = run_task(make_task(name), ctx, out_dir / name)
+        except (TaskError, FileNotFoundError, RuntimeError, ValueError) as err:
+            log.error("%s failed: %s", name, err)
+            first_error = first_error or err
+    if first_error is not None:
+        raise first_error
+    return results

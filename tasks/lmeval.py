@@ -1,0 +1,235 @@
+"""Any lm-evaluation-harness task, run on our model object, with per-sample records.
+
+`LmEvalTask(name, lm_task)` runs `lm_eval.simple_evaluate` with the task exactly as lm-eval
+defines it (prompts, few-shot sampling, filters, metrics). The only change: a task whose
+data set is one we hold locally (`LOCAL_DATASETS`, e.g. openai/gsm8k) reads the files of
+the data directory instead of the Hub, by overriding `dataset_path`/`dataset_kwargs` in
+the config loaded from lm-eval's own YAML. Groups and tags are passed through by name.
+
+The model: our loaded Hugging Face model through `HFLM(pretrained=model, tokenizer=tok)`,
+or, for the `openai` generation backend, lm-eval's local-(chat-)completions client on the
+same server, or lm-eval's vLLM model (registry `LM_BACKENDS`). lm-eval's response cache
+(`use_cache`, a SQLite file per model identity) makes reruns free.
+
+Metrics keep lm-eval's values; intervals come from the per-sample scores (Wilson for
+0/1 scores, t otherwise) when their mean reproduces lm-eval's value, else from lm-eval's
+own stderr (normal interval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.io import atomic_write_json, hash_obj
+from harness.registry import Registry, did_you_mean
+from tasks.base import Sample, TaskError, TaskResult
+from tasks.stats import Z95, Metric, sample_stderr, summarize
+
+log = logging.getLogger(__name__)
+
+# (Hub dataset_path, dataset_name) -> {split: file relative to the data directory}
+LOCAL_DATASETS: dict[tuple[str, str | None], dict[str, str]] = {
+    ("openai/gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+    ("gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+}
+LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
+
+
+def lm_eval_version() -> str:
+    return metadata.version("lm-eval")
+
+
+@lru_cache(maxsize=1)
+def task_index() -> dict[str, tuple[str, str | None]]:
+    """lm-eval's task/group/tag names -> (kind, yaml path); built once (slow) and cached on disk."""
+    from harness.models import cache_root
+
+    path = cache_root() / "lm_eval" / f"index-{lm_eval_version()}.json"
+    if path.is_file():
+        return {k: (v[0], v[1]) for k, v in json.loads(path.read_text()).items()}
+    from lm_eval.tasks import TaskManager
+
+    log.info("indexing lm-eval tasks (once per lm-eval version)")
+    index = {name: (e.kind.name, str(e.yaml_path) if e.yaml_path else None)
+             for name, e in TaskManager().task_index.items()}
+    atomic_write_json(path, index)
+    return index
+
+
+def check_task_name(name: str, ours: list[str]) -> None:
+    """Raise TaskError with a did-you-mean when `name` is neither ours nor lm-eval's."""
+    if name in ours:
+        return
+    index = task_index()
+    if name not in index:
+        raise TaskError(f"unknown task {name!r}{did_you_mean(name, ours + sorted(index))}; ours: "
+                        f"{', '.join(ours)}; or any lm-eval task (lm-eval ls tasks)")
+
+
+def task_spec(lm_task: str, data_dir: Path | None) -> tuple[Any, dict[str, str]]:
+    """The spec passed to lm-eval (a config dict for a single task, the name for groups and
+    tags) and the local data files it reads."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    kind, yaml_path = task_index()[lm_task]
+    if kind not in ("TASK", "PY_TASK") or yaml_path is None:
+        return lm_task, {}
+    cfg = load_yaml(Path(yaml_path), resolve_func=True)
+    files = LOCAL_DATASETS.get((cfg.get("dataset_path"), cfg.get("dataset_name")))
+    local = {split: data_dir / rel for split, rel in (files or {}).items()} if data_dir else {}
+    if local and all(p.is_file() for p in local.values()):
+        cfg.update(dataset_path="json", dataset_name=None,
+                   dataset_kwargs={**(cfg.get("dataset_kwargs") or {}), "data_files": {k: str(v) for k, v in local.items()}})
+        return cfg, {f"{split}": str(p) for split, p in local.items()}
+    if files:
+        log.info("%s: local files not found under %s; lm-eval reads the Hub", lm_task, data_dir)
+    return cfg, {}
+
+
+@LM_BACKENDS.register("hf")
+def _hf_lm(ctx: Any) -> Any:
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = ctx.hf()
+    device = str(next(model.parameters()).device)
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=ctx.cfg.generation.batch_size, device=device)
+
+
+@LM_BACKENDS.register("openai")
+def _api_lm(ctx: Any) -> Any:
+    from lm_eval.api.registry import get_model
+
+    gen = ctx.cfg.generation
+    chat = ctx.chat
+    cls = get_model("local-chat-completions" if chat else "local-completions")
+    key = os.environ.get(gen.api_key_env)
+    return cls(base_url=f"{gen.base_url.rstrip('/')}/{'chat/completions' if chat else 'completions'}",
+               model=gen.api_model or ctx.model, tokenizer_backend=None, tokenized_requests=False,
+               num_concurrent=gen.concurrency, max_retries=gen.max_retries, timeout=int(gen.timeout),
+               **({"auth_token": key} if key else {}))
+
+
+@LM_BACKENDS.register("vllm")
+def _vllm_lm(ctx: Any) -> Any:
+    from lm_eval.api.registry import get_model
+
+    from harness.models import resolve
+
+    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto")
+
+
+class LmEvalTask:
+    """One lm-eval task (or group) under our name; `chat`: None = EvalConfig.lm_eval_chat_template."""
+
+    applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
+
+    def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
+                 primary: str | None = None) -> None:
+        self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
+        self._spec: Any = None
+
+    @property
+    def primary(self) -> str:
+        return self._primary or ""
+
+    def load(self, ctx: Any) -> list[dict[str, Any]]:
+        self._spec, files = task_spec(self.lm_task, ctx.data_dir)
+        for split, path in files.items():
+            ctx.record_data(self.name, split, path)
+        return [{"lm_eval_task": self.lm_task}]  # documents are lm-eval's; it applies `limit`
+
+    def apply_chat(self, ctx: Any) -> bool:
+        want = self.chat_pref if self.chat_pref is not None else ctx.cfg.lm_eval_chat_template
+        return bool(want and ctx.chat)
+
+    def evaluate(self, docs: list[dict[str, Any]], ctx: Any) -> TaskResult:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        chat = self.apply_chat(ctx)
+        lm = LM_BACKENDS.get(ctx.cfg.generation.backend)(ctx)
+        cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ctx.identity())}"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=ctx.cfg.num_fewshot,
+            gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
+            log_samples=True, use_cache=str(cache), task_manager=tm,
+        )
+        if out is None:
+            raise TaskError(f"{self.name}: lm-eval returned no results")
+        samples = lm_eval_samples(out)
+        metrics = lm_eval_metrics(out, samples)
+        if not self._primary:
+            self._primary = next(iter(metrics), "")
+        info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
+            "task": self.lm_task, "apply_chat_template": chat, "n-shot": out.get("n-shot"),
+            "versions": out.get("versions"), "n-samples": out.get("n-samples"), "results": out.get("results"),
+            "configs": out.get("configs")}}
+        return TaskResult(samples, metrics, info=json.loads(json.dumps(info, default=str)))
+
+    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]:
+        raise NotImplementedError("lm-eval aggregates its own metrics")
+
+
+def _num(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
+    """One Sample per (task, document) from lm-eval's logged samples (one entry per filter)."""
+    leaves = list(out.get("samples", {}))
+    merged: dict[tuple[str, int], Sample] = {}
+    for leaf in leaves:
+        for rec in out["samples"][leaf]:
+            key = (leaf, int(rec["doc_id"]))
+            s = merged.get(key)
+            if s is None:
+                args = rec.get("arguments") or [[None]]
+                resps = rec.get("resps") or [[None]]
+                sid = str(rec["doc_id"]) if len(leaves) == 1 else f"{leaf}/{rec['doc_id']}"
+                s = merged[key] = Sample(sid, args[0][0], resps[0][0] if len(resps[0]) == 1 else resps[0], {},
+                                         rec.get("target"), {}, {"doc": rec.get("doc")})
+            flt = rec.get("filter", "none")
+            filtered = rec.get("filtered_resps")
+            s.extracted[flt] = filtered[0] if isinstance(filtered, list) and len(filtered) == 1 else filtered
+            for m in rec.get("metrics", []):
+                v = _num(rec.get(m))
+                if v is not None:
+                    name = f"{m}/{flt}" if len(leaves) == 1 else f"{leaf}/{m}/{flt}"
+                    s.scores[name] = v
+    return [merged[k] for k in sorted(merged)]
+
+
+def lm_eval_metrics(out: dict[str, Any], samples: list[Sample]) -> dict[str, Metric]:
+    """lm-eval's reported values, with intervals (see the module docstring)."""
+    metrics: dict[str, Metric] = {}
+    results = out.get("results", {})
+    single = len(out.get("samples", {})) == 1
+    for leaf, res in results.items():
+        for key, value in res.items():
+            if "," not in key or "_stderr" in key or _num(value) is None:
+                continue
+            metric, flt = key.split(",", 1)
+            name = f"{metric}/{flt}" if single and leaf in out.get("samples", {}) else f"{leaf}/{metric}/{flt}"
+            per_item = [s.scores[name] for s in samples if name in s.scores]
+            value = float(value)
+            stderr = _num(res.get(f"{metric}_stderr,{flt}"))
+            if per_item and abs(sum(per_item) / len(per_item) - value) < 1e-9:
+                m = summarize(per_item)
+                metrics[name] = Metric(value, m.ci_low, m.ci_high, m.n, sample_stderr(per_item), m.ci_method)
+            else:
+                n = len(per_item) or int(res.get("sample_len") or 0)
+                lo, hi = (value - Z95 * stderr, value + Z95 * stderr) if stderr is not None else (None, None)
+                metrics[name] = Metric(value, lo, hi, n, stderr, "normal (lm-eval stderr)" if stderr else "none")
+    return metrics
