@@ -216,6 +216,8 @@ def test_clear_errors(tiny_model_dir, data_dir, tmp_path):
         train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}]), "spn", 0, tmp_path)
     with pytest.raises(ConfigError, match=r"shared.train.batch_size: must be >= 1"):
         train_method(make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"batch_size": 0}), "sft", 0, tmp_path)
+    with pytest.raises(ConfigError, match=r"shared.generation.backend: unknown generation backend 'hff'.*'hf'"):
+        train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}], generation={"backend": "hff"}), "spin", 0, tmp_path)
     with pytest.raises(ConfigError, match=r"shared.generation.backend: 'openai' serves one fixed model"):
         train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}], iterations=2, generation={"backend": "openai"}),
                      "spin", 0, tmp_path)

@@ -72,6 +72,13 @@ def _validate(cfg: ExperimentConfig, method_label: str) -> None:
     if t.max_prompt_length >= t.max_length:
         raise ConfigError(f"shared.train.max_prompt_length ({t.max_prompt_length}) must be < "
                           f"shared.train.max_length ({t.max_length})")
+    from harness.generation import GENERATORS
+
+    if cfg.shared.generation.backend not in GENERATORS:
+        try:
+            GENERATORS.get(cfg.shared.generation.backend)
+        except KeyError as err:
+            raise ConfigError(f"shared.generation.backend: {err.args[0]}") from None
     if cfg.shared.iterations < 1:
         raise ConfigError(f"shared.iterations: must be >= 1, got {cfg.shared.iterations}")
     check_generation_backend(cfg, method)
@@ -139,7 +146,8 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
             if ex.rejected is None:
                 raise ConfigError(f"{ex.source}: shared.preference_data rows need a rejected response "
                                   f"(format 'preference')")
-        rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples], **lengths)
+        rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples
+                                               if ex.rejected is not None], **lengths)
     precision = _precision(cfg)
     ctx = MethodContext(cfg, method, seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
                         rejected, precision)

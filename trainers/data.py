@@ -347,8 +347,10 @@ class Batch:
     num_sequences: int | None = None  # with sequence_index: how many sequences (default: max index + 1)
 
     def to(self, device: Any) -> Batch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.response_mask),
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
                      move(self.position_ids), move(self.sequence_index), self.num_sequences)
 
     @property

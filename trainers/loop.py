@@ -120,7 +120,7 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) 
     """One micro-batch: per-sequence log-probs of real (+ generated) in one forward, then the loss."""
     ctx, t = run.ctx, run.ctx.cfg.shared.train
     pairs = run.ref is not None
-    seqs = [it.real for it in items] + ([it.gen for it in items] if pairs else [])  # type: ignore[misc]
+    seqs = [it.real for it in items] + ([it.gen for it in items if it.gen is not None] if pairs else [])
     collator = COLLATORS.get("packed" if getattr(t, "packing", False) else "padded")
     batch: Batch = collator(seqs, ctx.tokenizer.pad_token_id).to(device)
     logps, n_tokens = batch_logps(model, batch, t.logprob_chunk)
@@ -149,8 +149,8 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS.get(opt.name)(params, opt)
     warmup = math.ceil(ctx.cfg.shared.schedule.warmup_ratio * total)
-    schedule = functools.partial(SCHEDULES.get(ctx.cfg.shared.schedule.name), w=warmup, n=total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s))
+    schedule = SCHEDULES.get(ctx.cfg.shared.schedule.name)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)
     # 3. resume
     state_dir, metrics_file = run.folder / "state", run.folder / "metrics.jsonl"
@@ -167,6 +167,8 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
         kept = [r for r in read_jsonl(metrics_file, repair=True) if r["step"] <= info["step"]]
         atomic_write_text(metrics_file, "".join(_line(r) for r in kept))
     # 4. optimizer steps
+    log.info("%s iteration %d: %d examples, global batch %d (%d x %d accumulation x %d processes), %d steps",
+             ctx.method.label, run.iteration, n, per_step, per_device, t.grad_accum, acc.num_processes, total)
     started = time.time() - info["wall_time_s"]
     bar = tqdm(total=total, initial=info["step"], desc=f"{ctx.method.label} iter {run.iteration}", disable=None)
     record: dict[str, Any] = {}
@@ -206,6 +208,7 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
                            scheduler=scheduler, rng=rngs, info=info)
         kill_hook("step", step + 1, run.iteration)
     bar.close()
+    log.info("%s iteration %d: trained %d steps, %d tokens", ctx.method.label, run.iteration, total, info["tokens"])
     # 5. checkpoint, summary, DONE
     info["wall_time_s"] = time.time() - started
     return finish(run, acc.unwrap_model(wrapped).model, total, info, record)

@@ -125,14 +125,16 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
 
     acc, gcfg = ctx.accelerator, ctx.cfg.shared.generation
     partial = work / "generations.partial.jsonl"
-    done = [{r["index"] for r in read_jsonl(partial, repair=True)}] if acc.is_main_process else [None]
+    found: list[set[int] | None] = [{r["index"] for r in read_jsonl(partial, repair=True)}] \
+        if acc.is_main_process else [None]
     if acc.num_processes > 1:
-        broadcast_object_list(done)
-    todo = [i for i in range(len(ctx.examples)) if i not in done[0]]
+        broadcast_object_list(found)
+    done = found[0] or set()
+    todo = [i for i in range(len(ctx.examples)) if i not in done]
     shard = todo[acc.process_index :: acc.num_processes]
     chunk = max(1, gcfg.batch_size) * 4
     generator = make_generator(gcfg, model=model, tokenizer=ctx.tokenizer, model_name=reference)
-    written = len(done[0])
+    written = len(done)
     for c in range(math.ceil(math.ceil(len(todo) / acc.num_processes) / chunk)):
         mine = shard[c * chunk : (c + 1) * chunk]
         with acc.autocast():
