@@ -260,3 +260,26 @@ def test_real_embedded_model_gsil_end_to_end(data_dir, tmp_path):
     assert abs(metrics[0]["rewards/real"]) < 1e-2  # policy == reference at the first step
     model = AutoModelForCausalLM.from_pretrained(res.checkpoint)
     assert model.config.model_type == "llama" and sum(p.numel() for p in model.parameters()) > 100e6
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_training_on_gpu(tiny_model_dir, tmp_path):
+    """On a bf16-capable GPU, precision 'auto' trains under bf16 autocast with fp32 weights; the
+    reference (scored under the same autocast) matches the policy at the first step."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    data = tmp_path / "demo.jsonl"
+    data.write_text("".join(json.dumps({"q": f"What is {i} plus {i}?", "a": f"{i} + {i} = {2 * i}."}) + "\n"
+                            for i in range(16)))
+    cfg = make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}], iterations=2,
+                   train_data={"path": str(data), "format": "fields", "prompt_field": "q", "response_field": "a"},
+                   train={"batch_size": 4, "max_steps": 3, "gradient_checkpointing": True})
+    results = train_method(cfg, "gsil-logistic", 0, tmp_path / "run")
+    for res in results:
+        summary = read_json(res.folder / "summary.json")
+        assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        first = read_jsonl(res.folder / "metrics.jsonl")[0]
+        assert abs(first["rewards/real"]) < 0.05 and abs(first["rewards/generated"]) < 0.05
+    from transformers import AutoModelForCausalLM
+
+    assert next(AutoModelForCausalLM.from_pretrained(results[-1].checkpoint).parameters()).dtype == torch.float32

@@ -223,7 +223,8 @@ def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dic
         "method": ctx.method.label, "loss": ctx.method.loss, "params": dict(ctx.method.params),
         "seed": ctx.seed, "iteration": run.iteration, "steps": total, "train_tokens": info["tokens"],
         "wall_time_s": round(info["wall_time_s"], 3), "init_model": run.init_model, "examples": len(run.items),
-        "processes": acc.num_processes, "train_key": run.key, "final": last, **run.summary,
+        "processes": acc.num_processes, "precision": ctx.precision, "train_key": run.key, "final": last,
+        **run.summary,
     }
     acc.wait_for_everyone()
     if acc.is_main_process:
