@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/performance.md, in one command on a CUDA machine:
+#   bash benchmarks/run_gpu.sh [checks] [training] [generation]     (default: all three)
+# Results (JSON) and logs go to $OUT (default runs/gpu). On a machine without network,
+# carry wheels in .whl/ (transformers, trl, datasets, dill, multiprocess) and the tokenizer and
+# GSM8K in .bench_assets/{tokenizer,data/gsm8k}; they are used when present.
+set -u -o pipefail
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+[ -d .bench_assets/data ] && export GSIL_DATA_DIR=${GSIL_DATA_DIR:-$PWD/.bench_assets/data}
+PY=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__); from trainers.packing import _varlen_fn; print('varlen', _varlen_fn())"
+} 2>&1 | tee "$OUT/env.txt"
+parts=${*:-checks training generation}
+for part in $parts; do
+  case $part in
+    checks) timeout 240 $PY -m benchmarks.gpu_checks --out "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/checks.log" ;;
+    training) timeout 480 $PY -m benchmarks.training --device cuda --warmup 2 --steps 8 --out "$OUT/training.json" 2>&1 \
+      | grep -v "it/s\]$\|examples/s\]$" | tee "$OUT/training.log" ;;
+    generation) timeout 540 $PY -m benchmarks.generation --device cuda --out "$OUT/generation.json" 2>&1 \
+      | tee "$OUT/generation.log" ;;
+    generation-reference) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-360m \
+      --configs hf-default --reference --out "$OUT/generation_reference.json" 2>&1 | tee "$OUT/generation_reference.log" ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
