@@ -93,7 +93,9 @@ class HFGenerator:
         try:
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                input_ids, mask = left_pad([ids[i] for i in idx], self._pad_id())
+                # a compiled step wants one shape for the whole call: pad every batch to the longest prompt
+                width = max(len(i) for i in ids) if cfg.compile else None
+                input_ids, mask = left_pad([ids[i] for i in idx], self._pad_id(), width)
                 with torch.no_grad():
                     new = self._decode(input_ids, mask, seed + start)
                 for row, i in enumerate(idx):
@@ -191,7 +193,20 @@ class StaticDecoder:
 
         device = next(self.model.parameters()).device
         mode = "reduce-overhead" if device.type == "cuda" else None
-        return torch.compile(self._forward_last, mode=mode, fullgraph=True)
+        full = torch.compile(self._forward_last, mode=mode, fullgraph=True)
+
+        def step(*args: Any) -> Any:
+            try:
+                return full(*args)
+            except Exception as err:  # a graph break this model needs: compile with breaks instead
+                if self._step is not step:
+                    raise
+                log.warning("decode step does not compile as one graph (%s); compiling with graph breaks",
+                            str(err).splitlines()[0][:200])
+                self._step = torch.compile(self._forward_last, mode=mode, fullgraph=False)
+                return self._step(*args)
+
+        return step
 
     def _get_cache(self, batch: int, length: int) -> Any:
         from transformers import StaticCache
