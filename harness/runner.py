@@ -149,14 +149,22 @@ def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located
 
 
 def _validate_tasks(cfg: ExperimentConfig, root: Path | None, loc: Located | None) -> dict[str, str]:
-    """Every eval task exists and its data files are present; returns them for hashing."""
-    from tasks.api import check_tasks
+    """Every eval task exists (ours or lm-eval's), its settings are usable (e.g. mt_bench
+    has a judge) and its documents load (local files, else the Hub); returns the data
+    files the tasks read, for provenance."""
+    from tasks import api as tasks_api
+    from tasks.context import EvalContext
 
+    ev = cfg.shared.eval
     try:
-        return {f"eval/{k}": str(v) for k, v in check_tasks(cfg.shared.eval.tasks, cfg.shared.eval, root).items()}
+        tasks_api._check(ev.tasks, ev, None)  # the up-front checks evaluate() makes
+        ctx = EvalContext(model=cfg.shared.model, cfg=ev, data_dir=root, limit=ev.limit)
+        for name in ev.tasks:
+            tasks_api.make_task(name).load(ctx)
     except (KeyError, FileNotFoundError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) else str(err)
         raise ConfigError(f"{_where(loc, 'shared.eval.tasks')}: shared.eval.tasks: {msg}") from None
+    return {f"eval/{task}/{label}": path for task, files in ctx.data_files.items() for label, path in files.items()}
 
 
 RESUMABLE_CHANGES = ("eval", "seeds", "iterations")  # shared keys a run folder may change between sessions
@@ -325,14 +333,17 @@ def _locked(root: Path) -> Iterator[None]:
 
 def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
     _check_same_experiment(cfg, root)
-    plan = read_json(root / "plan.json") if (root / "plan.json").is_file() else {}
-    plan = {"run_id": plan.get("run_id") or uuid.uuid4().hex, "experiment": cfg.name,
-            "created": plan.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
-            "status": "running", "sessions": plan.get("sessions", 0) + 1}
+    old = read_json(root / "plan.json") if (root / "plan.json").is_file() else {}
+    plan = {"run_id": old.get("run_id") or uuid.uuid4().hex, "experiment": cfg.name,
+            "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
+            "status": "running", "sessions": old.get("sessions", 0) + 1}
+    previous = {s["id"]: s for s in old.get("steps", [])}
     run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
     atomic_write_text(root / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
     for s in run.steps:
         s.status = "done" if STEPS.get(s.kind).done(run, s) else "pending"
+        if s.status == "done" and s.id in previous:  # keep when and how long it ran
+            s.started, s.wall_time_s = previous[s.id].get("started"), previous[s.id].get("wall_time_s")
     run.save_plan()
     return run
 

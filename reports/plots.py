@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.rundata import BASE, RunData  # noqa: E402
+from reports.stats import Interval  # noqa: E402
 from reports.tables import Comparison  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,15 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, 
     return fig, flat[:n]
 
 
+def _below(iv: Interval) -> float:
+    """Error-bar length below the value (intervals may exclude their value by float rounding)."""
+    return max(0.0, iv.value - iv.ci_low)
+
+
+def _above(iv: Interval) -> float:
+    return max(0.0, iv.ci_high - iv.value)
+
+
 def family_members(run: RunData, family: str) -> list[str]:
     """Methods whose loss belongs to `family` (the loss name's prefix before '-')."""
     return [m for m in run.methods if m != BASE and run.loss_of(m).split("-")[0] == family]
@@ -77,7 +87,7 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             if cell is None:
                 continue
             iv = cell.interval
-            err = [[iv.value - iv.ci_low], [iv.ci_high - iv.value]]
+            err = [[_below(iv)], [_above(iv)]]
             ax.bar(x, iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
             drawn.append(iv.value)
         for ref, style in ((comp.baseline, "--"), (BASE, ":")):
@@ -148,7 +158,7 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
                 continue
             x = np.array([p[0] for p in pts], dtype=float) + (j - len(methods) / 2) * 0.02  # dodge overlaps
             y = np.array([p[1].value for p in pts])
-            err = np.array([[p[1].value - p[1].ci_low for p in pts], [p[1].ci_high - p[1].value for p in pts]])
+            err = np.array([[_below(p[1]) for p in pts], [_above(p[1]) for p in pts]])
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
         ax.set_title(f"{task} ({per_iter.metric_of(task)})")
         ax.set_xlabel("iteration (0 = starting model)")

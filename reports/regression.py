@@ -148,7 +148,7 @@ def forest_plot(result: CompareResult, path: Path) -> Path | None:
         d = c.diff
         assert d is not None
         color = {"drop": "#b3261e", "gain": "#137333"}.get(c.status, "#555555")
-        ax.errorbar(d.diff, y, xerr=[[d.diff - d.ci_low], [d.ci_high - d.diff]], fmt="o", color=color, capsize=3)
+        ax.errorbar(d.diff, y, xerr=[[max(0.0, d.diff - d.ci_low)], [max(0.0, d.ci_high - d.diff)]], fmt="o", color=color, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(pts)), [f"{c.method} / {c.task}" for c in pts])
     ax.invert_yaxis()

@@ -68,6 +68,11 @@ class EvalResult:
         except KeyError:
             raise RunDataError(f"{self.folder / 'metrics.json'}: no metric {name!r}") from None
 
+    @property
+    def scored(self) -> bool:
+        """The primary metric has a value (a judge that parsed no rating leaves it null)."""
+        return (self.metrics.get("metrics", {}).get(self.primary) or {}).get("value") is not None
+
     def item_scores(self, name: str | None = None) -> dict[str, float]:
         """Per-item scores of metric `name` (default: primary) keyed by sample id;
         empty when samples.jsonl lacks that score."""
@@ -139,8 +144,8 @@ class RunData:
         return self.plan.get("shared_hash") or (self.provenance.get("shared_hash"))
 
     def find(self, method: str, task: str, iteration: int | None = None) -> list[EvalResult]:
-        """Results of `method` on `task` at `iteration` (default: the method's last), all seeds."""
-        rows = [e for e in self.evals if e.method == method and e.task == task]
+        """Scored results of `method` on `task` at `iteration` (default: the method's last), all seeds."""
+        rows = [e for e in self.evals if e.method == method and e.task == task and e.scored]
         if not rows:
             return []
         it = max(e.iteration for e in rows) if iteration is None else iteration

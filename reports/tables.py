@@ -64,7 +64,7 @@ class Comparison:
         for (_, _, t), c in self.cells.items():
             if t == task:
                 return c.metric
-        return ""
+        return next((e.primary for e in self.run.evals if e.task == task), "")
 
     def n_of(self, task: str) -> int:
         return max((c.interval.n for (_, _, t), c in self.cells.items() if t == task), default=0)
@@ -104,6 +104,8 @@ def _mark_best(comp: Comparison) -> None:
             continue
         pick = max if higher_is_better(cells[0].metric) else min
         best = pick(c.interval.value for c in cells)
+        if all(np.isclose(c.interval.value, best, rtol=0, atol=1e-12) for c in cells):
+            continue  # a column where every method ties has no best
         for c in cells:
             c.best = bool(np.isclose(c.interval.value, best, rtol=0, atol=1e-12))
 
@@ -200,7 +202,8 @@ def legend(comp: Comparison) -> str:
         f"{comp.n_boot} resamples, alpha={comp.alpha})."
         if comp.baseline in comp.run.methods else f"No significance marks: baseline `{comp.baseline}` is not in this run."
     )
-    return f"Mean [{int(round(100 * (1 - comp.alpha)))}% interval over {over}]; {ns}. Bold: best per column. {marks}"
+    return (f"Mean [{int(round(100 * (1 - comp.alpha)))}% interval over {over}]; {ns}. Bold: best per column. {marks} "
+            "–: no score (not evaluated, or no item could be scored, e.g. no parseable judge rating).")
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

@@ -126,3 +126,18 @@ def test_report_of_a_partial_run_and_a_missing_baseline(tmp_path):
     md = (write_report(root, baseline="dpo", n_boot=200).parent / "tables.md").read_text()
     assert "spin (iter 1 of 2)" in md and "Baseline `dpo` is not in this run" in md
     assert tables.UP not in md.split("## Every iteration")[0]
+
+
+def test_an_unscored_task_shows_a_dash(tmp_path):
+    """A judge that parsed no rating leaves the metric null: the cell is '–', nothing breaks."""
+    root = write_run(tmp_path / "r")
+    for folder in (root / "eval").glob("*/**/mt_bench"):
+        rec = json.loads((folder / "metrics.json").read_text())
+        rec["metrics"]["score"].update(value=None, ci_low=None, ci_high=None)
+        atomic_write_json(folder / "metrics.json", rec)
+    md = (write_report(root, n_boot=200).parent / "tables.md").read_text()
+    table = md.split("\n\n")[2]
+    rows = table.splitlines()[2:]
+    assert "mt_bench (score)" in table and len(rows) == 5
+    assert all(row.split("|")[-2].strip() == "–" for row in rows)
+
