@@ -71,7 +71,7 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     for name in task_names:
         try:
             results[name] = run_task(make_task(name), ctx, out_dir / name)
-        except (TaskError, FileNotFoundError, RuntimeError, ValueError) as err:
+        except (TaskError, OSError, RuntimeError, ValueError) as err:
             log.error("%s failed: %s", name, err)
             first_error = first_error or err
     if first_error is not None:

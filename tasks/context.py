@@ -40,6 +40,16 @@ def model_identity(model: str, gen: GenerationConfig, revision: str | None = Non
     return ident
 
 
+def weights_fingerprint(model: Any) -> str:
+    """A cheap fingerprint of an in-memory model's weights (per-tensor sum and sum of squares)."""
+    import torch
+
+    with torch.no_grad():
+        stats = [(n, round(float(p.float().sum()), 6), round(float(p.float().pow(2).sum()), 6))
+                 for n, p in model.named_parameters()]
+    return hash_obj(stats)
+
+
 class CachedGenerator:
     """A Generator wrapper that reads and appends `path` (JSONL) keyed by request hash."""
 
@@ -101,11 +111,19 @@ class EvalContext:
     _generators: dict[str, CachedGenerator] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
+        """What caches are keyed by: the completions file, or the model (an in-memory model by its
+        weights, since a name alone may label different weights) and its chat template."""
         if self._identity is None:
             if self.completions is not None:
-                self._identity = {"completions": str(self.completions), "sha256": sha256_file(self.completions)}
+                ident = {"completions": str(self.completions), "sha256": sha256_file(self.completions)}
+            elif self.model_obj is not None:
+                ident = {"backend": self.cfg.generation.backend, "model": self.model,
+                         "weights": weights_fingerprint(self.model_obj)}
             else:
-                self._identity = model_identity(self.model, self.cfg.generation, self.revision)
+                ident = model_identity(self.model, self.cfg.generation, self.revision)
+            if self.completions is None and self.cfg.generation.backend != "openai":
+                ident["chat_template"] = hash_obj(getattr(self.get_tokenizer(), "chat_template", None))
+            self._identity = ident
         return self._identity
 
     def record_data(self, task: str, label: str, path: str | Path) -> None:

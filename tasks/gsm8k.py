@@ -19,7 +19,8 @@ from __future__ import annotations
 from tasks.base import TASKS
 from tasks.lmeval import LmEvalTask
 
-TASKS.add("gsm8k", lambda: LmEvalTask("gsm8k", "gsm8k", chat=None, primary="exact_match/strict-match"),
-          backend="lm-eval")
+TASKS.add("gsm8k", lambda: LmEvalTask("gsm8k", "gsm8k", chat=None, primary="exact_match/strict-match",
+                                      yaml="gsm8k/gsm8k.yaml"), backend="lm-eval")
 TASKS.add("gsm8k_chat", lambda: LmEvalTask("gsm8k_chat", "gsm8k_cot_zeroshot", chat=True,
-                                           primary="exact_match/flexible-extract"), backend="lm-eval")
+                                           primary="exact_match/flexible-extract",
+                                           yaml="gsm8k/gsm8k-cot-zeroshot.yaml"), backend="lm-eval")

@@ -49,9 +49,12 @@ def lm_eval_version() -> str:
 @lru_cache(maxsize=1)
 def task_index() -> dict[str, tuple[str, str | None]]:
     """lm-eval's task/group/tag names -> (kind, yaml path); built once (slow) and cached on disk."""
+    import lm_eval
+
     from harness.models import cache_root
 
-    path = cache_root() / "lm_eval" / f"index-{lm_eval_version()}.json"
+    where = hash_obj(str(Path(lm_eval.__file__).resolve().parent))  # a moved environment re-indexes
+    path = cache_root() / "lm_eval" / f"index-{lm_eval_version()}-{where}.json"
     if path.is_file():
         return {k: (v[0], v[1]) for k, v in json.loads(path.read_text()).items()}
     from lm_eval.tasks import TaskManager
@@ -73,15 +76,26 @@ def check_task_name(name: str, ours: list[str]) -> None:
                         f"{', '.join(ours)}; or any lm-eval task (lm-eval ls tasks)")
 
 
-def task_spec(lm_task: str, data_dir: Path | None) -> tuple[Any, dict[str, str]]:
+def builtin_yaml(relative: str) -> Path:
+    """A task YAML shipped with lm-eval (lm_eval/tasks/<relative>)."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / relative
+
+
+def task_spec(lm_task: str, data_dir: Path | None, yaml_path: Path | None = None) -> tuple[Any, dict[str, str]]:
     """The spec passed to lm-eval (a config dict for a single task, the name for groups and
-    tags) and the local data files it reads."""
+    tags) and the local data files it reads. `yaml_path` skips the index lookup."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    kind, yaml_path = task_index()[lm_task]
-    if kind not in ("TASK", "PY_TASK") or yaml_path is None:
-        return lm_task, {}
-    cfg = load_yaml(Path(yaml_path), resolve_func=True)
+    if yaml_path is None:
+        kind, found = task_index()[lm_task]
+        if kind not in ("TASK", "PY_TASK") or found is None:
+            return lm_task, {}
+        yaml_path = Path(found)
+    cfg = load_yaml(yaml_path, resolve_func=True)
+    if cfg.get("task") != lm_task:
+        raise TaskError(f"{yaml_path} defines task {cfg.get('task')!r}, not {lm_task!r}")
     files = LOCAL_DATASETS.get((cfg.get("dataset_path"), cfg.get("dataset_name")))
     local = {split: data_dir / rel for split, rel in (files or {}).items()} if data_dir else {}
     if local and all(p.is_file() for p in local.values()):
@@ -131,8 +145,9 @@ class LmEvalTask:
     applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
-                 primary: str | None = None) -> None:
+                 primary: str | None = None, yaml: str | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
+        self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
         self._spec: Any = None
 
     @property
@@ -140,7 +155,7 @@ class LmEvalTask:
         return self._primary or ""
 
     def load(self, ctx: Any) -> list[dict[str, Any]]:
-        self._spec, files = task_spec(self.lm_task, ctx.data_dir)
+        self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
         for split, path in files.items():
             ctx.record_data(self.name, split, path)
         return [{"lm_eval_task": self.lm_task}]  # documents are lm-eval's; it applies `limit`
