@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 import traceback
@@ -126,6 +127,20 @@ def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located
                           f"label{did_you_mean(cfg.report.baseline, labels)}; labels: {', '.join(labels)} (or {BASE})")
     if not cfg.shared.seeds:
         raise ConfigError(f"{_where(loc, 'shared.seeds')}: shared.seeds: at least one seed is required")
+    from harness.models import ModelError, resolve
+
+    try:
+        resolve(cfg.shared.model)
+    except ModelError as err:
+        raise ConfigError(f"{_where(loc, 'shared.model')}: shared.model: {err}") from None
+    from trainers import api as trainers_api
+
+    for m in cfg.methods:  # the training settings every method needs (trainers' own checks)
+        try:
+            trainers_api._validate(cfg, m.label)
+        except ConfigError as err:
+            key = re.match(r"[\w.\[\]]*", str(err)).group(0)  # type: ignore[union-attr]  # the key it names first
+            raise ConfigError(f"{_where(loc, key)}: {err}") from None
     from harness.datadir import data_dir as resolve_data_dir
     from trainers.data import DATA_FORMATS, data_file
 

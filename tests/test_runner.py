@@ -41,7 +41,8 @@ def tiny_experiment(model_dir: Path, **eval_over) -> dict:
             "generation": {"max_new_tokens": 8, "batch_size": 4},
             "iterations": 2,
             "seeds": [0],
-            "eval": {"tasks": ["gsm8k", "humaneval"], "limit": 3, "generation": {"max_new_tokens": 16, "batch_size": 4},
+            "eval": {"tasks": ["gsm8k", "humaneval"], "limit": 3, "lm_eval_gen_kwargs": "max_gen_toks=16",
+                     "generation": {"max_new_tokens": 16, "batch_size": 4},
                      **eval_over},
         },
         "methods": [
@@ -96,6 +97,19 @@ def test_validation_names_the_key_and_line(tmp_path, tiny_model_dir, data_dir):
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "trian" in t)
     with pytest.raises(ConfigError, match=rf"exp.yaml:{line}: shared.train_data.path: data file 'gsm8k/trian.jsonl' "
                                           "not found"):
+        _validate_file(path, data_dir)
+
+
+def test_model_and_training_settings_are_checked_before_work(tmp_path, tiny_model_dir, data_dir):
+    data = tiny_experiment(tiny_model_dir)
+    data["shared"]["model"] = str(tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match=r"exp.yaml:\d+: shared.model: model .*no-such-model"):
+        _validate_file(write_cfg(tmp_path, data), data_dir)
+    data = tiny_experiment(tiny_model_dir)
+    data["shared"]["train"]["max_prompt_length"] = 256
+    path = write_cfg(tmp_path, data)
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "max_prompt_length" in t)
+    with pytest.raises(ConfigError, match=rf"exp.yaml:{line}: shared.train.max_prompt_length \(256\) must be <"):
         _validate_file(path, data_dir)
 
 
