@@ -32,9 +32,10 @@ KILL_ENV = "GSIL_TEST_KILL"
 
 def kill_hook(event: str, count: int, iteration: int | None = None) -> None:
     """SIGKILL this process if GSIL_TEST_KILL is f"{event}:{count}", or f"{event}@{iteration}:{count}"
-    to target one self-play iteration (test hook)."""
+    to target one self-play iteration (test hook). In a multi-process launch only the main process
+    (RANK 0) kills itself, after finishing its own writes; the launcher then stops the others."""
     wanted = os.environ.get(KILL_ENV)
-    if wanted and wanted in (f"{event}:{count}", f"{event}@{iteration}:{count}"):
+    if wanted and os.environ.get("RANK", "0") == "0" and wanted in (f"{event}:{count}", f"{event}@{iteration}:{count}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
