@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, is_done, mark_done, read_json
 from harness.registry import Registry
@@ -66,8 +66,11 @@ class TaskResult:
 class Task(Protocol):
     """What every registered task provides."""
 
-    name: ClassVar[str]
-    primary: ClassVar[str]  # the metric reports lead with
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def primary(self) -> str: ...  # the metric reports lead with
 
     def load(self, ctx: Any) -> list[dict[str, Any]]: ...
 

@@ -133,7 +133,8 @@ class CodeTask:
             group = [prompts[i] for i in idx]
             for i, c in zip(idx, greedy.generate(group, stop=stop, seed=0, desc=f"{self.name} greedy")):
                 outs[i].append((c.text, False))
-            for seed in range(1, n + 1) if sampler else ():
+            for seed in range(1, n + 1) if sampler is not None else ():
+                assert sampler is not None
                 for i, c in zip(idx, sampler.generate(group, stop=stop, seed=seed, desc=f"{self.name} sample {seed}")):
                     outs[i].append((c.text, False))
         return prompts, outs
@@ -194,7 +195,7 @@ class CodeTask:
         if not todo:
             return {}
         with ThreadPoolExecutor(max_workers=max(1, ctx.cfg.code_workers or os.cpu_count() or 1)) as pool:
-            futs = {p.id: (pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.base_input),
+            futs = {p.id: (pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.base_input or []),
                            pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.plus_input or []))
                     for p in todo}
             return {pid: (a.result(), b.result()) for pid, (a, b) in tqdm(futs.items(), desc=f"{self.name} expected",

@@ -89,7 +89,7 @@ class CachedGenerator:
             recs = [{"key": k, "prompt": p, "seed": seed, "text": c.text, "tokens": c.tokens,
                      "finish_reason": c.finish_reason} for (k, p), c in zip(part, outs)]
             append_jsonl(self.path, recs)
-            cache.update((r["key"], r) for r in recs)
+            cache.update({str(r["key"]): r for r in recs})
         return [Completion(cache[k]["text"], cache[k]["tokens"], cache[k]["finish_reason"]) for k in keys]
 
 

@@ -180,7 +180,7 @@ class JudgmentStore:
                 fresh.append({"key": k, "judge": judge.identity, "prompt_name": name, "messages": messages,
                               "raw": reply.text, "rating": parse_rating(reply.text)})
             append_jsonl(self.path, fresh)
-            cache.update((r["key"], r) for r in fresh)
+            cache.update({str(r["key"]): r for r in fresh})
         out = []
         for k, (name, messages) in zip(keys, requests):
             if k in cache:

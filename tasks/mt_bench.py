@@ -17,7 +17,7 @@ temperature 0.7, which we do not, for reproducible comparisons).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from tasks.base import Sample, TaskError, TaskResult, register_task
 from tasks.data import load_rows
@@ -35,14 +35,15 @@ class JudgeError(TaskError):
     """The judge produced no judgment at all."""
 
 
-def _plain(turns: list[tuple[str, str]]) -> str:
+def _plain(turns: list[tuple[str, str | None]]) -> str:
     """A transcript for models without a chat template."""
     return "".join(f"User: {q}\nAssistant:" + (f" {a}\n" if a is not None else "") for q, a in turns)
 
 
 @register_task("mt_bench")
 class MTBench:
-    primary = "score"
+    name: ClassVar[str]
+    primary: ClassVar[str] = "score"
 
     def load(self, ctx: Any) -> list[dict[str, Any]]:
         questions = load_rows(ctx, self.name, "mt_bench/question.jsonl", required=("question_id", "category", "turns"))
