@@ -21,12 +21,18 @@ parts=${*:-checks training generation}
 for part in $parts; do
   case $part in
     checks) timeout 240 $PY -m benchmarks.gpu_checks --out "$OUT/gpu_checks.json" 2>&1 | tee "$OUT/checks.log" ;;
+    decode-check) timeout 150 $PY -m benchmarks.gpu_checks --only compiled_decode --out "$OUT/decode_check.json" 2>&1 \
+      | tee -a "$OUT/run.log" ;;
     training) timeout 480 $PY -m benchmarks.training --device cuda --warmup 2 --steps 8 --out "$OUT/training.json" 2>&1 \
       | grep -v "it/s\]$\|examples/s\]$" | tee "$OUT/training.log" ;;
     generation) timeout 540 $PY -m benchmarks.generation --device cuda --out "$OUT/generation.json" 2>&1 \
       | tee "$OUT/generation.log" ;;
+    generation-360m|generation-1.7b) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-${part#generation-} \
+      --configs hf-default static-compiled --out "$OUT/$part.json" 2>&1 | tee -a "$OUT/run.log" ;;
+    training-1.7b-b32) timeout 150 $PY -m benchmarks.training --device cuda --models smollm2-1.7b --contestants gsil \
+      --methods dpo --batch 32 --warmup 2 --steps 6 --out "$OUT/$part.json" 2>&1 | grep -v "it/s\]$" | tee -a "$OUT/run.log" ;;
     generation-reference) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-360m \
-      --configs hf-default --reference --out "$OUT/generation_reference.json" 2>&1 | tee "$OUT/generation_reference.log" ;;
+      --configs hf-default --reference --out "$OUT/generation_reference.json" 2>&1 | tee -a "$OUT/run.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done
