@@ -58,8 +58,9 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
              data_dir: str | None = None, limit: int | None = None, model_obj: Any = None,
              tokenizer: Any = None, completions: str | Path | None = None,
              revision: str | None = None) -> dict[str, dict]:
-    """Score `model` (a name/folder, optionally already loaded as `model_obj`/`tokenizer`)
-    on `task_names`; return each task's metrics.json content."""
+    """Score `model` (a name/folder, optionally already loaded as `model_obj`/`tokenizer`, which
+    must then hold that model's weights) on `task_names`; return each task's metrics.json content.
+    `completions`: score a code-completions file instead of generating (code tasks only)."""
     comp = Path(completions) if completions is not None else None
     _check(task_names, eval_cfg, comp)
     ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir),

@@ -40,6 +40,15 @@ def model_identity(model: str, gen: GenerationConfig, revision: str | None = Non
     return ident
 
 
+def _is_local_folder(model: str) -> bool:
+    from harness.models import ModelError, resolve
+
+    try:
+        return Path(resolve(model)).is_dir()
+    except ModelError:
+        return False
+
+
 def weights_fingerprint(model: Any) -> str:
     """A cheap fingerprint of an in-memory model's weights (per-tensor sum and sum of squares)."""
     import torch
@@ -111,15 +120,17 @@ class EvalContext:
     _generators: dict[str, CachedGenerator] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        """What caches are keyed by: the completions file, or the model (an in-memory model by its
-        weights, since a name alone may label different weights) and its chat template."""
+        """What caches are keyed by: the completions file, or the model and its chat template. A
+        model folder is identified by its files (whether or not `model_obj` holds it already, so
+        the runner's in-memory evaluation and a later CLI run share caches); an in-memory model
+        under any other name by a fingerprint of its weights (a name alone may label any weights)."""
         if self._identity is None:
             if self.completions is not None:
                 ident = {"completions": str(self.completions), "sha256": sha256_file(self.completions)}
-            elif self.model_obj is not None:
+            elif self.model_obj is not None and not _is_local_folder(self.model):
                 ident = {"backend": self.cfg.generation.backend, "model": self.model,
                          "weights": weights_fingerprint(self.model_obj)}
-            else:
+            else:  # a checkpoint folder (loaded or not: `model_obj` holds its weights) or a Hub id
                 ident = model_identity(self.model, self.cfg.generation, self.revision)
             if self.completions is None and self.cfg.generation.backend != "openai":
                 ident["chat_template"] = hash_obj(getattr(self.get_tokenizer(), "chat_template", None))

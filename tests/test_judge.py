@@ -175,17 +175,32 @@ def test_mt_bench_protocol_with_the_llama_server_judge(tmp_path, data_dir, llama
     from harness.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
-    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=64, batch_size=4),
-                     judge=JudgeConfig(backend="openai", base_url=llama_server, model="smollm2", max_tokens=128,
-                                       timeout=120, concurrency=1))
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=48, batch_size=4),
+                     judge=JudgeConfig(backend="openai", base_url=llama_server, model="smollm2", max_tokens=96,
+                                       timeout=600, concurrency=1))
     res = evaluate("embedded:smollm2-135m-instruct", ["mt_bench"], cfg, tmp_path / "out", data_dir=str(data_dir),
-                   limit=3, model_obj=model, tokenizer=tok)["mt_bench"]
+                   limit=2, model_obj=model, tokenizer=tok)["mt_bench"]
     m = res["metrics"]
-    rated = 6 - m["missing"]["value"]
-    assert m["missing"]["n"] == 6 and (rated == 0 or 1 <= m["score"]["value"] <= 10)
+    rated = 4 - m["missing"]["value"]
+    assert m["missing"]["n"] == 4 and not res.get("incomplete") and (rated == 0 or 1 <= m["score"]["value"] <= 10)
     samples = [json.loads(line) for line in (tmp_path / "out/mt_bench/samples.jsonl").read_text().splitlines()]
-    assert [s["id"] for s in samples] == ["81", "82", "83"]
+    assert [s["id"] for s in samples] == ["81", "82"]
     for s in samples:
         assert len(s["output"]) == 2 and all(j["raw"] for j in s["judgments"])
         assert s["judgments"][1]["prompt_name"] == "single-v1-multi-turn"
         assert s["output"][0] in s["judgments"][1]["messages"][1]["content"]  # turn 2 judged with turn 1 shown
+
+
+@pytest.mark.slow
+def test_openai_generation_backend_through_lm_eval_and_our_tasks(tmp_path, data_dir, llama_server):
+    """The model itself behind an OpenAI-compatible server: lm-eval's local-chat-completions
+    client for GSM8K, harness.generation's openai backend for HumanEval."""
+    cfg = EvalConfig(generation=GenerationConfig(backend="openai", base_url=llama_server, api_model="smollm2",
+                                                 max_new_tokens=32, timeout=600),
+                     lm_eval_gen_kwargs="max_gen_toks=32")
+    res = evaluate("smollm2", ["gsm8k_chat", "humaneval"], cfg, tmp_path, data_dir=str(data_dir), limit=1)
+    assert res["gsm8k_chat"]["lm_eval"]["apply_chat_template"] is True
+    assert res["humaneval"]["metrics"]["pass@1"]["n"] == 1
+    gsm = json.loads((tmp_path / "gsm8k_chat/samples.jsonl").read_text().splitlines()[0])
+    he = json.loads((tmp_path / "humaneval/samples.jsonl").read_text().splitlines()[0])
+    assert gsm["output"].strip() and he["output"].strip() and isinstance(he["prompt"], list)

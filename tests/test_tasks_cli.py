@@ -67,3 +67,18 @@ def test_generation_cache_survives_a_torn_line_and_regenerates_only_whats_missin
     other = Counting(HFGenerator(tiny_model, tokenizer, cfg))  # another model identity: nothing reused
     CachedGenerator(other, {"model": "u"}, cfg, path).generate(prompts[:1], stop=["\n"])
     assert other.asked == 1
+
+
+def test_other_weights_under_the_same_name_are_not_served_from_the_cache(tmp_path, data_dir, tokenizer):
+    from harness.config import EvalConfig
+    from harness.models import tiny_llama
+    from tasks.api import evaluate
+
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=4), code_workers=1)
+    out = tmp_path / "out"
+    for seed in (0, 0, 1):
+        evaluate("policy", ["humaneval"], cfg, out, data_dir=str(data_dir), limit=1,
+                 model_obj=tiny_llama(tokenizer, seed=seed), tokenizer=tokenizer)
+    lines = (out / "humaneval/cache/generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # seed 0 generated once (the rerun was skipped), seed 1 generated anew
+    assert json.loads((out / "humaneval/provenance.json").read_text())["model_identity"]["weights"]
