@@ -83,8 +83,9 @@ def build_model(shape_name: str, tokenizer: Any, device: torch.device, dtype: to
         hidden_size=s.hidden, intermediate_size=s.intermediate, num_hidden_layers=s.layers,
         num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, attn_implementation="sdpa",
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
+    config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -105,7 +106,7 @@ def data_dir() -> Path:
 
 def gsm8k_rows(n: int, split: str = "train") -> list[dict[str, str]]:
     path = data_dir() / "gsm8k" / f"{split}.jsonl"
-    rows = []
+    rows: list[dict[str, str]] = []
     with path.open() as fh:
         for i, line in enumerate(fh):
             if len(rows) >= n:

@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{report['hardware']}; batch {args.batch}, {args.max_new_tokens} new tokens, greedy")
     print(f"measured ceilings: bf16 matmul {ceil.matmul_tflops} TFLOP/s, copy {ceil.bandwidth_gbs} GB/s")
     print(table(rows, device.type == "cuda"))
-    best = max(rows, key=lambda r: r["speedup_vs_default"] if r["config"] in configs else 0)
-    print(f"fastest={best['config']} speedup_vs_default={best['speedup_vs_default']:.2f}")
+    for shape in models:
+        best = max((r for r in rows if r["model"] == shape), key=lambda r: r["speedup_vs_default"])
+        print(f"{shape}: fastest={best['config']} speedup_vs_default={best['speedup_vs_default']:.2f}")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,7 @@ def summarise(result: dict[str, Any], pairs: list[dict[str, Any]], spec: dict[st
     if len(times) != len(timed) or not times:
         raise SystemExit(f"{spec['shape']} {spec['kind']}: expected {len(timed)} step times, got {len(times)}")
     toks = [sum(len(p["real"]) + len(p["gen"]) for p in bt) for bt in timed]
+    padded = [2 * len(bt) * max(len(p[k]) for p in bt for k in ("real", "gen")) for bt in timed]
     flops = [3 * common.forward_flops(cfg, [len(p[k]) for p in bt for k in ("real", "gen")],
                                       [len(p[k]) - p[k + "_start"] for p in bt for k in ("real", "gen")])
              for bt in timed]
@@ -240,7 +241,8 @@ def summarise(result: dict[str, Any], pairs: list[dict[str, Any]], spec: dict[st
     row = {**result, "examples_per_s": spec["batch"] / median(times),
            "tokens_per_s": median([n / t for n, t in zip(toks, times)]),
            "examples_per_s_total": spec["batch"] * len(times) / sum(times), "tokens": sum(toks),
-           "time_s": sum(times), "model_tflops": median([f / t for f, t in zip(flops, times)]) / 1e12}
+           "time_s": sum(times), "model_tflops": median([f / t for f, t in zip(flops, times)]) / 1e12,
+           "padding_fraction": 1 - sum(toks) / sum(padded)}  # of the same batches right-padded
     if ceil.matmul_tflops:
         row["mfu"] = row["model_tflops"] / ceil.matmul_tflops
     return row

@@ -59,7 +59,7 @@ def trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     class SequentialDPOTrainer(DPOTrainer):
         def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
-            return SequentialSampler(self.train_dataset)
+            return SequentialSampler(self.train_dataset)  # type: ignore[arg-type]
 
     device = torch.device(spec["device"])
     tok = common.load_tokenizer()

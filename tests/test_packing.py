@@ -199,7 +199,8 @@ def test_gradient_checkpointing_keeps_sequences_apart(tokenizer, gsm8k_seqs):
     for ckpt in (False, True):
         model = tiny_llama(tokenizer).train()
         if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         logps, _ = packed_logps(model, pack(gsm8k_seqs), chunk=64)
         (logps * torch.linspace(-1, 1, len(gsm8k_seqs))).sum().backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})

@@ -198,10 +198,11 @@ def token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.T
     """Per-row log-probability of `targets` under a linear LM head, chunked: [M] float32."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    weight, bias = head.weight, getattr(head, "bias", None)
+    weight: torch.Tensor = head.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = getattr(head, "bias", None)
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
-    return _ChunkedLogProb.apply(hidden, weight, bias, targets, chunk)
+    return _ChunkedLogProb.apply(hidden, weight, bias, targets, chunk)  # type: ignore[no-any-return]
 
 
 # --- per-sequence attention for packed rows ------------------------------------------
@@ -351,7 +352,7 @@ def packed_logps(model: Any, packed: PackedBatch, chunk: int = 4096) -> tuple[to
     chunk of the LM head (memory O(chunk x vocab))."""
     backbone, head = _split_model(model)
     impl = enable_packed_attention(model)
-    device = head.weight.device
+    device: torch.device = head.weight.device  # type: ignore[assignment]
     packed = packed.to(device)
     kwargs: dict[str, Any] = {}
     if impl.startswith(PACKED_PREFIX) or impl.startswith("flash_attention"):
