@@ -190,6 +190,7 @@ def test_losses_and_gradients_match_padded(tokenizer, gsm8k_seqs, loss):
         assert ((g_pack[name] - g).abs().max() / scale) < 1e-4, name
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
 def test_gradient_checkpointing_keeps_sequences_apart(tokenizer, gsm8k_seqs):
     """With gradient checkpointing the backward recomputes attention: gradients must
     equal the non-checkpointed ones (a mask-less recompute would mix sequences)."""
@@ -199,8 +200,7 @@ def test_gradient_checkpointing_keeps_sequences_apart(tokenizer, gsm8k_seqs):
     for ckpt in (False, True):
         model = tiny_llama(tokenizer).train()
         if ckpt:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # as the loop
         logps, _ = packed_logps(model, pack(gsm8k_seqs), chunk=64)
         (logps * torch.linspace(-1, 1, len(gsm8k_seqs))).sum().backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
