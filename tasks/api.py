@@ -33,7 +33,8 @@ def make_task(name: str) -> Task:
     return LmEvalTask(name)  # type: ignore[return-value]
 
 
-def _check(names: list[str], cfg: EvalConfig, completions: Path | None) -> None:
+def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = None) -> None:
+    """The up-front checks `evaluate` makes (names, settings), without loading anything."""
     if not names:
         raise TaskError("no tasks given")
     if len(set(names)) != len(names):
@@ -54,6 +55,9 @@ def _check(names: list[str], cfg: EvalConfig, completions: Path | None) -> None:
         raise TaskError(f"eval.samples_per_task must be >= 1, got {cfg.samples_per_task}")
 
 
+_check = check_tasks  # the name the runner used first
+
+
 def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: Path, *,
              data_dir: str | None = None, limit: int | None = None, model_obj: Any = None,
              tokenizer: Any = None, completions: str | Path | None = None,
@@ -62,7 +66,7 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     must then hold that model's weights) on `task_names`; return each task's metrics.json content.
     `completions`: score a code-completions file instead of generating (code tasks only)."""
     comp = Path(completions) if completions is not None else None
-    _check(task_names, eval_cfg, comp)
+    check_tasks(task_names, eval_cfg, comp)
     ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir),
                       limit=limit if limit is not None else eval_cfg.limit, model_obj=model_obj,
                       tokenizer=tokenizer, completions=comp, revision=revision)
