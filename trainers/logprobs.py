@@ -86,12 +86,25 @@ def token_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, tor
 
 
 def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of response-token log-probs [B], response token counts [B]) computed chunk-wise."""
+    """(sum of response-token log-probs [B], response token counts [B]) computed chunk-wise.
+
+    A packed batch (one row with restarting `position_ids` and `sequence_index`, from the
+    "packed" collator) goes through trainers.packing, whose attention stays inside each
+    sequence; its head chunk is `chunk` positions per packed sequence, the same memory as a
+    padded batch's. Other batches with a `sequence_index` (one sequence per row) are summed
+    per index here."""
+    n = None
+    if batch.sequence_index is not None:
+        n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
+        if batch.position_ids is not None and batch.input_ids.shape[0] == 1:
+            from trainers.packing import batch_packed_logps
+
+            logps_sum, counts = batch_packed_logps(model, batch, chunk * max(1, n))
+            return logps_sum, counts.to(torch.float32)
     logps, mask, first = token_logps(model, batch, chunk)
-    if batch.sequence_index is None:
+    if batch.sequence_index is None or n is None:
         return logps.sum(dim=1), mask.sum(dim=1)
     index = batch.sequence_index[:, 1:][:, first:]
-    n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
     keep = index >= 0
     sums = logps.new_zeros(n).index_add(0, index[keep], logps[keep])
     counts = mask.new_zeros(n).index_add(0, index[keep], mask[keep])

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import trainers.packing  # noqa: F401  (registers the "packed" collator)
 from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
 from harness.registry import Registry
 from harness.strict import ConfigError
@@ -121,7 +122,7 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) 
     ctx, t = run.ctx, run.ctx.cfg.shared.train
     pairs = run.ref is not None
     seqs = [it.real for it in items] + ([it.gen for it in items if it.gen is not None] if pairs else [])
-    collator = COLLATORS.get("packed" if getattr(t, "packing", False) else "padded")
+    collator = COLLATORS.get("packed" if t.packing else "padded")
     batch: Batch = collator(seqs, ctx.tokenizer.pad_token_id).to(device)
     logps, n_tokens = batch_logps(model, batch, t.logprob_chunk)
     b = len(items)
