@@ -76,7 +76,7 @@ def llama_server(tmp_path_factory):
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path(EMBEDDED)),
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1",
              "--model_alias", "smollm2"],
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
