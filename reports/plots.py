@@ -132,6 +132,7 @@ def training_curves(run: RunData, path: Path) -> Path | None:
                         marker="." if len(pts) < 30 else None)
         ax.set_title(title)
         ax.set_xlabel("optimizer step (iterations concatenated)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         h, lab = ax.get_legend_handles_labels()
