@@ -107,6 +107,14 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
                           or "<p class=note>No training metrics yet.</p>", "training-section"))
     cost_html = tables.to_html(tables.cost_display(costs), "costs") if len(costs) else "<p class=note>No training summaries yet.</p>"
     body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>", "cost-section"))
+    failed = [st for st in run.plan.get("steps", []) if st.get("status") in ("failed", "blocked")]
+    if failed:
+        rows = "".join(f"<tr><td>{H.esc(st['id'])}</td><td>{H.esc(st['status'])}</td><td>{H.esc(st.get('error') or '')}</td></tr>"
+                       for st in failed)
+        body.insert(2, H.section("Unfinished steps", '<p class="bad">These steps did not finish; their results are '
+                                 "missing below. Rerun the same command to retry them.</p>"
+                                 f'<table id="failed"><tr><th>step</th><th>status</th><th>error</th></tr>{rows}</table>',
+                                 "failed-section"))
     body.append(H.details("resolved configuration (config.yaml)", yaml.safe_dump(run.config, sort_keys=False)))
     return H.page(f"{run.name} — gsil-bench report", "\n".join(body))
 

@@ -123,8 +123,15 @@ def test_write_report_outputs(run_dir):
 def test_report_of_a_partial_run_and_a_missing_baseline(tmp_path):
     root = write_run(tmp_path / "r")
     shutil.rmtree(root / "eval" / "spin" / "seed-0" / "iter-2")  # spin's last iteration not evaluated yet
-    md = (write_report(root, baseline="dpo", n_boot=200).parent / "tables.md").read_text()
+    plan = json.loads((root / "plan.json").read_text())
+    for step in plan["steps"]:
+        if step["id"] == "eval/spin/seed-0/iter-2":
+            step.update(status="failed", error="RuntimeError: out of memory")
+    atomic_write_json(root / "plan.json", plan)
+    page = write_report(root, baseline="dpo", n_boot=200)
+    md = (page.parent / "tables.md").read_text()
     assert "spin (iter 1 of 2)" in md and "Baseline `dpo` is not in this run" in md
+    assert 'id="failed"' in page.read_text() and "out of memory" in page.read_text()
     assert tables.UP not in md.split("## Every iteration")[0]
 
 
