@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 def _stats_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
-                        help="bootstrap resamples (default: the run's report.bootstrap, else 2000)")
-    parser.add_argument("--alpha", type=float, default=None, help="significance level (default 0.05)")
+                        help="bootstrap resamples (default: the (candidate) run's report.bootstrap, else 2000)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="significance level (default: the (candidate) run's report.alpha, else 0.05)")
 
 
 def configure_report(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +119,7 @@ def _compare(args: argparse.Namespace) -> int:
         log.warning("no earlier finished run of this experiment in %s: nothing to compare against", args.last)
         return 0
     log.info("baseline %s, candidate %s", args.baseline, args.candidate)
-    result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap or 2000, alpha=args.alpha or 0.05,
+    result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap, alpha=args.alpha,
                           tolerance=args.tolerance)
     md, page = write_compare(result, args.output or args.candidate / "compare")
     print(md.read_text())

@@ -77,11 +77,15 @@ def _status(metric: str, d: PairedDiff | None, tolerance: float) -> str:
     return "gain" if sign > 0 and abs(d.diff) > tolerance else "ok"
 
 
-def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData, *, n_boot: int = 2000,
-                 alpha: float = 0.05, tolerance: float = 0.0) -> CompareResult:
-    """Pair every (method, task) of `baseline` with `candidate` (final iterations)."""
+def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData, *, n_boot: int | None = None,
+                 alpha: float | None = None, tolerance: float = 0.0) -> CompareResult:
+    """Pair every (method, task) of `baseline` with `candidate` (final iterations);
+    n_boot/alpha default to the candidate's report block (else 2000 / 0.05)."""
     base = baseline if isinstance(baseline, RunData) else load_run(baseline)
     cand = candidate if isinstance(candidate, RunData) else load_run(candidate)
+    rc = cand.config.get("report") or {}
+    n_boot = int(n_boot or rc.get("bootstrap") or 2000)
+    alpha = float(alpha or rc.get("alpha") or 0.05)
     result = CompareResult(base, cand, alpha, n_boot, tolerance)
     for method in base.methods:
         for task in base.tasks:
