@@ -68,6 +68,17 @@ def _above(iv: Interval) -> float:
     return max(0.0, iv.ci_high - iv.value)
 
 
+def _scale_for_spread(ax: plt.Axes) -> None:
+    """Symmetric-log y axis when the methods' curves differ by more than 20x in size (e.g.
+    a token-mean SFT loss beside a summed IPO loss), so every curve stays readable."""
+    data = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    sizes = [float(np.nanmax(np.abs(y))) for y in data if y.size]
+    sizes = [v for v in sizes if v > 0]
+    if len(sizes) > 1 and max(sizes) > 20 * min(sizes):
+        ax.set_yscale("symlog", linthresh=max(min(sizes), 1e-3))
+        ax.set_title(ax.get_title() + " (symlog)")
+
+
 def family_members(run: RunData, family: str) -> list[str]:
     """Methods whose loss belongs to `family` (the loss name's prefix before '-')."""
     return [m for m in run.methods if m != BASE and run.loss_of(m).split("-")[0] == family]
@@ -131,40 +142,55 @@ def training_curves(run: RunData, path: Path) -> Path | None:
                 ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
                         marker="." if len(pts) < 30 else None)
         ax.set_title(title)
+        if key == "loss":
+            _scale_for_spread(ax)
         ax.set_xlabel("optimizer step (iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        h, lab = ax.get_legend_handles_labels()
-        handles += [hh for hh, ll in zip(h, lab) if ll not in labels]
-        labels += [ll for ll in lab if ll not in labels]
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    _figure_legend(fig, axes)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 
 def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
-    methods = [m for m in per_iter.run.methods if m != BASE]
-    if not methods or not per_iter.cells:
+    cells = per_iter.cells
+    methods = [m for m in per_iter.run.methods if m != BASE and any(k[0] == m for k in cells)]
+    tasks = [t for t in per_iter.tasks if any(k[2] == t for k in cells)]
+    if not methods or not tasks:
         return None
-    fig, axes = _grid(len(per_iter.tasks))
+    fig, axes = _grid(len(tasks))
     colors = _colors(methods)
-    for ax, task in zip(axes, per_iter.tasks):
-        base = next((c for (m, _, t), c in per_iter.cells.items() if m == BASE and t == task), None)
+    for ax, task in zip(axes, tasks):
+        base = next((c.interval for (m, _, t), c in cells.items() if m == BASE and t == task), None)
+        if base is not None:
+            ax.errorbar([0], [base.value], yerr=[[_below(base)], [_above(base)]], color="black", marker="s",
+                        markersize=5, capsize=3, label=BASE)
         for j, m in enumerate(methods):
-            pts = sorted((it, c.interval) for (mm, it, t), c in per_iter.cells.items() if mm == m and t == task)
-            if base is not None:
-                pts = [(0, base.interval)] + pts
+            pts = sorted((it, c.interval) for (mm, it, t), c in cells.items() if mm == m and t == task)
             if not pts:
                 continue
-            x = np.array([p[0] for p in pts], dtype=float) + (j - len(methods) / 2) * 0.02  # dodge overlaps
+            dodge = (j - (len(methods) - 1) / 2) * 0.03  # overlapping methods stay visible
+            x = np.array([p[0] for p in pts], dtype=float) + dodge
             y = np.array([p[1].value for p in pts])
             err = np.array([[_below(p[1]) for p in pts], [_above(p[1]) for p in pts]])
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
+            if base is not None:  # from the starting model to the first iteration
+                ax.plot([0, x[0]], [base.value, y[0]], color=colors[m], linewidth=0.8, linestyle=":")
         ax.set_title(f"{task} ({per_iter.metric_of(task)})")
         ax.set_xlabel("iteration (0 = starting model)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    _figure_legend(fig, axes)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
+
+
+def _figure_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
+    """One legend below the panels with every label any panel drew."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02))
