@@ -102,3 +102,16 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_mode
     w0 = load_file(tiny_model_dir / "model.safetensors")
     for key in w0:
         assert (wa[key] - wb[key]).norm() <= 1e-3 * (wa[key] - w0[key]).norm() + 1e-6, key
+
+
+def test_accelerate_cpu_launch_of_several_processes_is_refused_with_the_working_command(tiny_model_dir, data_dir, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` runs ONE process (accelerate's multi-CPU path
+    needs MPI): gsil-bench says so and names the launch that works, instead of training alone."""
+    cfg = _config(tmp_path, tiny_model_dir)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *_cli_module(), str(cfg),
+           "--method", "gsil-logistic", "--output", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(data_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "starts a single process" in proc.stderr and "--multi_gpu --num_processes N" in proc.stderr
+    assert not (tmp_path / "out" / "gsil-logistic" / "seed-0" / "iter-1" / "DONE").exists()

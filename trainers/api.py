@@ -107,10 +107,27 @@ def make_accelerator(precision: str) -> Any:
         AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if _cpu_launch_without_processes():
+        from harness.cli import UserError
+
+        raise UserError(
+            "`accelerate launch --cpu --num_processes N` starts a single process (accelerate's multi-CPU "
+            "launcher needs MPI and --mpirun_hostfile), so N processes were asked for but one runs. For data "
+            "parallel training on CPU use `accelerate launch --multi_gpu --num_processes N -m harness.cli ...` "
+            "or `torchrun --nproc_per_node N -m harness.cli ...` (without CUDA they form one gloo group)."
+        )
     if world != acc.num_processes:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     return acc
+
+
+def _cpu_launch_without_processes() -> bool:
+    """accelerate's simple launcher with --cpu and --num_processes > 1 sets MASTER_ADDR and
+    ACCELERATE_USE_CPU but starts one process with no WORLD_SIZE: detect that request."""
+    env = os.environ
+    return (env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_ADDR" in env
+            and "WORLD_SIZE" not in env)
 
 
 def _precision(cfg: ExperimentConfig) -> str:
