@@ -172,8 +172,8 @@ def _validate_tasks(cfg: ExperimentConfig, root: Path | None, loc: Located | Non
 
     ev = cfg.shared.eval
     try:
-        tasks_api._check(ev.tasks, ev, None)  # the up-front checks evaluate() makes
-        ctx = EvalContext(model=cfg.shared.model, cfg=ev, data_dir=root, limit=ev.limit)
+        tasks_api.check_tasks(ev.tasks, ev)  # the up-front checks evaluate() makes
+        ctx = EvalContext(model=cfg.shared.model, cfg=ev, data_dir=root, limit=ev.limit, revision=cfg.shared.model_revision)
         for name in ev.tasks:
             tasks_api.make_task(name).load(ctx)
     except (KeyError, FileNotFoundError, ValueError) as err:
@@ -321,7 +321,9 @@ def _eval(run: Run, step: Step) -> None:
     todo = [t for t in run.cfg.shared.eval.tasks if t in rec.get("stale", []) or not is_done(out / t)]
     todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
     if todo:
-        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, limit=run.cfg.shared.eval.limit)
+        revision = run.cfg.shared.model_revision if step.method == BASE else None  # a pinned Hub base model
+        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, limit=run.cfg.shared.eval.limit,
+                 revision=revision)
     missing = [t for t in run.cfg.shared.eval.tasks if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
