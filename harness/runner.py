@@ -137,7 +137,7 @@ def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located
 
     for m in cfg.methods:  # the training settings every method needs (trainers' own checks)
         try:
-            trainers_api._validate(cfg, m.label)
+            trainers_api.validate_method(cfg, m.label)
         except ConfigError as err:
             key = re.match(r"[\w.\[\]]*", str(err)).group(0)  # type: ignore[union-attr]  # the key it names first
             raise ConfigError(f"{_where(loc, key)}: {err}") from None

@@ -54,7 +54,7 @@ def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed})
 
 
-def _validate(cfg: ExperimentConfig, method_label: str) -> None:
+def validate_method(cfg: ExperimentConfig, method_label: str) -> None:
     from trainers.selfplay import check_generation_backend
 
     method = cfg.method(method_label)
@@ -196,7 +196,7 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     from trainers.loop import LoopRun, train_iteration
     from trainers.selfplay import prepare_inputs
 
-    _validate(cfg, method_label)
+    validate_method(cfg, method_label)
     started = time.time()
     root = Path(run_dir) / method_label / f"seed-{seed}"
     key = train_key(cfg, method_label, seed)
