@@ -99,7 +99,7 @@ def _convert_gguf(gguf: Path, key: str) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # the weights are already de-quantized to float; drop the GGUF quantizer marker
         # so the model saves as a plain safetensors checkpoint
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -176,7 +176,7 @@ def load_model(
     except OSError as err:
         raise ModelError(f"model {name!r}: cannot load ({err})") from None
     if device:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tok
 
