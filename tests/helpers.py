@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.io import append_jsonl, read_jsonl
+from core.io import append_jsonl, read_jsonl
 
 
 def data_rows(data_dir: Path, rel: str) -> list[dict]:
