@@ -105,6 +105,7 @@ class GenerationConfig:
     timeout: float = 120.0  # seconds per request (server backends)
     max_retries: int = 3
     concurrency: int = 4  # simultaneous requests (server backends)
+    tensor_parallel_size: int = 1  # backend "vllm": GPUs one model is split over (vLLM's tensor_parallel_size)
 
 
 @dataclass(frozen=True)

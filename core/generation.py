@@ -338,7 +338,7 @@ class VLLMGenerator:
         from vllm import LLM
 
         self.cfg, self.tok = cfg, tokenizer
-        self.llm = LLM(model=model_path, tokenizer=model_path)
+        self.llm = LLM(model=model_path, tokenizer=model_path, tensor_parallel_size=cfg.tensor_parallel_size)
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"

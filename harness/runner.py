@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, shared_hash
 from core.errors import ConfigError
@@ -44,6 +43,7 @@ from core.provenance import collect
 from core.registry import Registry
 from core.strict import Located, to_plain
 from harness.validate import validate
+from harness.workers import is_claimed, read_record, this_worker, work_through, write_record
 from reports.index import RunIndex, default_index
 from reports.report import write_report
 from tasks.api import evaluate
@@ -56,7 +56,8 @@ SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "
 
 @dataclass
 class Step:
-    """One unit of work; `status` is pending, running, done, failed or blocked."""
+    """One unit of work; `status` is pending, running, done, failed or blocked; `worker`
+    the process that ran it (host:pid[:rank]); its record is <step folder>/step.json."""
 
     id: str
     kind: str  # a STEPS entry: train, eval
@@ -68,6 +69,7 @@ class Step:
     started: str | None = None
     wall_time_s: float | None = None
     error: str | None = None
+    worker: str | None = None
 
 
 @dataclass
@@ -87,7 +89,31 @@ class Run:
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
 
+    def folder(self, step: Step) -> Path:
+        """Where a step's claim and record live: the method x seed folder (train) or the eval folder."""
+        if step.kind == "train":
+            assert step.seed is not None
+            return self.layout.seed_dir(step.method, step.seed)
+        return self.layout.eval_dir(step.method, step.seed, step.iteration)
+
+    def refresh(self) -> None:
+        """Every step's status from the disk: DONE markers, else its record (any process's)."""
+        for s in self.steps:
+            rec = read_record(self.folder(s))
+            for key in ("started", "wall_time_s", "error", "worker"):
+                if key in rec:
+                    setattr(s, key, rec[key])
+            if STEPS.get(s.kind).done(self, s):
+                s.status, s.error = "done", None
+            elif rec.get("status") == "running" and not is_claimed(self.folder(s)):
+                s.status = "pending"  # its process ended without finishing: the next one takes it
+            else:
+                s.status = rec.get("status", "pending")
+
     def save_plan(self) -> None:
+        if not self.plan.get("run_id"):  # a launch worker before the main process wrote the plan
+            return
+        self.refresh()
         self.plan["steps"] = [asdict(s) for s in self.steps]
         self.plan["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(self.layout.plan, self.plan)
@@ -266,10 +292,10 @@ STEPS.add("eval", StepKind(_eval_done, _eval))
 def _locked(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     with open(RunLayout(root).lock, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # shared: several `gsil-bench run` processes may work through one folder (harness.workers)
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"{root}: another gsil-bench run is using this folder") from None
+            raise ConfigError(f"{root}: another gsil-bench command holds this folder exclusively") from None
         yield
 
 
@@ -280,13 +306,8 @@ def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
     plan = {"run_id": old.get("run_id") or uuid.uuid4().hex, "experiment": cfg.name,
             "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
             "status": "running", "sessions": old.get("sessions", 0) + 1}
-    previous = {s["id"]: s for s in old.get("steps", [])}
     run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
     atomic_write_text(layout.config, yaml.safe_dump(to_plain(cfg), sort_keys=False))
-    for s in run.steps:
-        s.status = "done" if STEPS.get(s.kind).done(run, s) else "pending"
-        if s.status == "done" and s.id in previous:  # keep when and how long it ran
-            s.started, s.wall_time_s = previous[s.id].get("started"), previous[s.id].get("wall_time_s")
     run.save_plan()
     return run
 
@@ -303,25 +324,51 @@ def _write_provenance(run: Run, data_files: dict[str, str], started: float) -> N
     atomic_write_json(path, rec)
 
 
-def _execute(run: Run, step: Step, fail_fast: bool) -> None:
-    if step.depends and run.step(step.depends).status != "done":
-        step.status, step.error = "blocked", f"{step.depends} did not finish"
-        return
-    step.status, step.started = "running", time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    run.save_plan()
+def _execute(run: Run, step: Step, fail_fast: bool) -> bool:
+    """Run one step (claimed by this process), keeping its record; True when it finished."""
+    folder, worker = run.folder(step), this_worker().id
     t0 = time.time()
-    log.info("step %s: start", step.id)
+    rec: dict[str, Any] = {"id": step.id, "status": "running", "worker": worker,
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "wall_time_s": None, "error": None}
+    write_record(folder, rec)
+    log.info("step %s: start (%s)", step.id, worker)
     try:
         STEPS.get(step.kind).execute(run, step)
-        step.status, step.error = "done", None
+        rec.update(status="done")
     except Exception as err:  # recorded; the other steps go on unless fail_fast
-        step.status, step.error = "failed", f"{type(err).__name__}: {err}"
+        rec.update(status="failed", error=f"{type(err).__name__}: {err}")
         log.error("step %s failed:\n%s", step.id, traceback.format_exc())
         if fail_fast:
             raise
     finally:
-        step.wall_time_s = round(time.time() - t0, 3)
+        rec.update(wall_time_s=round(time.time() - t0, 3), ended=time.time())
+        if rec["status"] == "running":  # fail_fast re-raised
+            rec["status"] = "failed"
+        write_record(folder, rec)
         run.save_plan()
+    return rec["status"] == "done"
+
+
+def _ready(run: Run, step: Step, since: float) -> bool | None:
+    """True when the step's training finished; None when it failed this session; else False."""
+    if not step.depends:
+        return True
+    dep = run.step(step.depends)
+    if STEPS.get(dep.kind).done(run, dep):
+        return True
+    rec = read_record(run.folder(dep))
+    if rec.get("status") in ("failed", "blocked") and float(rec.get("ended", 0)) >= since:
+        write_record(run.folder(step), {"id": step.id, "status": "blocked", "error": f"{dep.id} did not finish",
+                                        "ended": time.time(), "worker": this_worker().id})
+        return None
+    return False
+
+
+def _work(run: Run, steps: list[Step], since: float, fail_fast: bool) -> None:
+    """Claim and run `steps` until none is left to any process (harness.workers)."""
+    work_through(steps, folder=run.folder, done=lambda s: STEPS.get(s.kind).done(run, s),
+                 ready=lambda s: _ready(run, s, since), execute=lambda s: _execute(run, s, fail_fast), since=since)
 
 
 def _world() -> tuple[int, int]:
@@ -329,14 +376,25 @@ def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _train_as_worker(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> int:
-    """A non-main process of a multi-GPU launch: take part in every unfinished training
-    step (train_method distributes it); the main process evaluates and reports."""
-    run = Run(cfg, root, data_dir, {}, plan_steps(cfg))
+def _launch_worker(cfg: ExperimentConfig, root: Path, data_dir: str | None, since: float) -> int:
+    """A non-main process of a multi-process launch: train every unfinished step together with
+    the others (train_method distributes it), then claim evaluation steps like every process."""
+    plan = read_json(RunLayout(root).plan) if RunLayout(root).plan.is_file() else {}
+    run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
     for step in run.steps:
         if step.kind == "train" and not _train_done(run, step):
             STEPS.get("train").execute(run, step)
+    _use_local_device()
+    _work(run, [s for s in run.steps if s.kind == "eval"], since, fail_fast=False)
     return 0
+
+
+def _use_local_device() -> None:
+    """Each process of a launch evaluates on its own GPU (LOCAL_RANK)."""
+    import torch
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
 def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | None = None,
@@ -345,26 +403,32 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
     """Run (or resume) every step, write the report and index the run. Returns 0 when
     every step finished, 1 when some failed (their results are left out of the report).
 
-    Under a multi-process launch (accelerate launch, torchrun) every process trains,
-    training comes first, and the main process alone evaluates, reports and indexes;
-    any failure stops the run (a lone failing process would leave the others waiting)."""
+    Steps are claimed one at a time (harness.workers), so several processes share the work:
+    - under a multi-process launch (accelerate launch, torchrun) every process trains each
+      training step together (data parallel; a failure stops the launch), then every process
+      claims evaluation steps, and the main process writes the report once none is left;
+    - independent `gsil-bench run` processes on the same folder (same config) claim whole
+      steps, training included; each writes the report when nothing is left to any of them."""
     started = time.time()
     root = Path(root)
     if data_files is None:  # not validated by the caller (harness.validate.load_and_validate)
         data_files = validate(cfg, loc, data_dir=data_dir)
     rank, world = _world()
     if world > 1 and rank != 0:
-        return _train_as_worker(cfg, root, data_dir)
-    fail_fast = fail_fast or world > 1
+        return _launch_worker(cfg, root, data_dir, started)
     with _locked(root):
         run = _open_run(cfg, root, data_dir)
         _write_provenance(run, data_files, started)
         todo = [s for s in run.steps if s.status != "done"]
-        if world > 1:
-            todo.sort(key=lambda s: s.kind != "train")  # stable: every training step first
         log.info("%s: %d steps, %d done, %d to do", root, len(run.steps), len(run.steps) - len(todo), len(todo))
-        for step in tqdm(todo, desc="run", unit="step", disable=None):
-            _execute(run, step, fail_fast)
+        if world > 1:  # training together first, in order; then evaluation claimed step by step
+            for step in [s for s in todo if s.kind == "train"]:
+                _execute(run, step, fail_fast=True)
+            _use_local_device()
+            _work(run, [s for s in todo if s.kind == "eval"], started, fail_fast)
+        else:
+            _work(run, todo, started, fail_fast)
+        run.save_plan()
         failed = [s.id for s in run.steps if s.status in ("failed", "blocked")]
         run.plan["status"] = "failed" if failed else "done"
         run.save_plan()

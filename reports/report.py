@@ -106,7 +106,11 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
     body.append(H.section("Training curves", H.figure(figs["training"], "training metrics per step", "fig-training")
                           or "<p class=note>No training metrics yet.</p>", "training-section"))
     cost_html = tables.to_html(tables.cost_display(costs), "costs") if len(costs) else "<p class=note>No training summaries yet.</p>"
-    body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>", "cost-section"))
+    workers = tables.worker_frame(run)
+    worker_html = ("<h3>Processes</h3>" + tables.to_html(workers, "workers", "process")
+                   + "<p class=note>Finished steps per process (host:pid[:rank]) and their wall time.</p>") if len(workers) else ""
+    body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>" + worker_html,
+                          "cost-section"))
     failed = [st for st in run.plan.get("steps", []) if st.get("status") in ("failed", "blocked")]
     if failed:
         rows = "".join(f"<tr><td>{H.esc(st['id'])}</td><td>{H.esc(st['status'])}</td><td>{H.esc(st.get('error') or '')}</td></tr>"

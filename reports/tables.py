@@ -230,11 +230,11 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     )
 
 
-def to_html(frame: pd.DataFrame, table_id: str) -> str:
+def to_html(frame: pd.DataFrame, table_id: str, index_name: str = "method") -> str:
     f = frame.copy()
     f.index = [html.escape(str(i)) for i in f.index]
     f.columns = [html.escape(str(c)) for c in f.columns]
-    f = f.rename_axis("method").reset_index()
+    f = f.rename_axis(index_name).reset_index()
     return f.to_html(escape=False, table_id=table_id, classes="results", border=0, index=False)
 
 
@@ -269,3 +269,19 @@ def cost_display(frame: pd.DataFrame) -> pd.DataFrame:
     if "wall time (s)" in f:
         f["wall time (s)"] = f["wall time (s)"].map(lambda v: f"{v:,.1f}")
     return f
+
+
+def worker_frame(run: RunData) -> pd.DataFrame:
+    """Who ran what: per process (host:pid[:rank]), its steps by kind and their wall time."""
+    rows: dict[str, dict[str, float]] = {}
+    for st in run.plan.get("steps", []):
+        if st.get("status") != "done" or not st.get("worker"):
+            continue
+        row = rows.setdefault(str(st["worker"]), {"train steps": 0, "eval steps": 0, "wall time (s)": 0.0})
+        row[f"{st.get('kind', 'eval')} steps"] = row.get(f"{st.get('kind', 'eval')} steps", 0) + 1
+        row["wall time (s)"] += float(st.get("wall_time_s") or 0.0)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if len(frame):
+        frame.index.name = "process"
+        frame["wall time (s)"] = frame["wall time (s)"].round(1)
+    return frame

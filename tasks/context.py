@@ -156,19 +156,16 @@ class EvalContext:
         if self.model_obj is None:
             import torch
 
-
             device = "cuda" if torch.cuda.is_available() else "cpu"
             log.info("loading %s on %s", self.model, device)
             self.model_obj, self.tokenizer = load_model(
                 self.model, revision=self.revision, dtype=pick_dtype("auto", device), device=device)
         if self.tokenizer is None:
-
             self.tokenizer = load_tokenizer(self.model, self.revision)
         return self.model_obj, self.tokenizer
 
     def get_tokenizer(self) -> Any:
         if self.tokenizer is None:
-
             self.tokenizer = load_tokenizer(self.model, self.revision)
         return self.tokenizer
 

@@ -137,8 +137,8 @@ def _api_lm(ctx: EvalContext) -> Any:
 def _vllm_lm(ctx: EvalContext) -> Any:
     from lm_eval.api.registry import get_model
 
-
-    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto")
+    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto",
+                             tensor_parallel_size=ctx.cfg.generation.tensor_parallel_size)
 
 
 class LmEvalTask:
