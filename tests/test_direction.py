@@ -100,8 +100,8 @@ def test_sft_step1_loss_is_the_starting_models_nll(all_methods_run, start_model,
 
 @pytest.mark.parametrize("label", PAIRWISE)
 def test_training_raises_real_over_generated(all_methods_run, start_model, tokenizer, label):
-    """On the training items, the trained checkpoint's mean r(real) - r(generated) is positive,
-    and the logged step-1 rewards are those of the starting model (about 0)."""
+    """On the training items, the trained checkpoint's mean r(real) - r(generated) is positive
+    (r against the starting model, the reference of iteration 1)."""
     _, _, results = all_methods_run
     res = results[label][0]
     gens = read_jsonl(res.folder / "generations.jsonl")
