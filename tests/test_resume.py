@@ -75,8 +75,12 @@ def _same_files(got: Path, want: Path) -> None:
     """The resumed iteration equals the uninterrupted one byte for byte (timings aside)."""
     assert (got / "DONE").is_file() and not (got / "state").exists() and not (got / "inputs").exists()
     assert _trajectory(got) == _trajectory(want)  # nothing duplicated or lost
-    for name in ("generations.jsonl", "ref_logps.pt", "checkpoint/model.safetensors", "checkpoint/gsil_meta.json"):
+    for name in ("metrics.jsonl", "generations.jsonl", "ref_logps.pt", "checkpoint/model.safetensors",
+                 "checkpoint/gsil_meta.json"):
         assert (got / name).read_bytes() == (want / name).read_bytes(), name
+    timing = {"wall_time_s"}
+    summary, base = read_json(got / "summary.json"), read_json(want / "summary.json")
+    assert {k: v for k, v in summary.items() if k not in timing} == {k: v for k, v in base.items() if k not in timing}
 
 
 def test_kill9_mid_training_resumes_to_the_same_result(base_run, data_dir, tmp_path):
