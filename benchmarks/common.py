@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.registry import Registry
+from core.registry import Registry
 
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ class Shape:
 
 
 SHAPES: Registry[Shape] = Registry("model shape")
-SHAPES.add("tiny", Shape(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=128))  # harness.models.tiny_llama
+SHAPES.add("tiny", Shape(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=128))  # core.models.tiny_llama
 SHAPES.add("smollm2-360m", Shape(hidden=960, layers=32, heads=15, kv_heads=5, intermediate=2560))
 SHAPES.add("smollm2-1.7b", Shape(hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192))
 
@@ -65,7 +65,7 @@ def load_tokenizer() -> Any:
     if Path(folder).is_dir():
         tok = AutoTokenizer.from_pretrained(str(folder))
     else:
-        from harness.models import load_tokenizer as load
+        from core.models import load_tokenizer as load
 
         tok = load("embedded:smollm2-135m-instruct")
     if tok.pad_token is None:
@@ -123,9 +123,9 @@ def gsm8k_rows(n: int, split: str = "train") -> list[dict[str, str]]:
 def own_responses(key: str, model: Any, tokenizer: Any, questions: list[str], *, max_new_tokens: int,
                   batch_size: int, fast: bool) -> list[str]:
     """The model's greedy responses to `questions`, generated once and cached under CACHE."""
-    from harness.config import GenerationConfig
-    from harness.generation import HFGenerator
-    from harness.io import atomic_write_text
+    from core.config import GenerationConfig
+    from core.generation import HFGenerator
+    from core.io import atomic_write_text
 
     path = CACHE / f"responses-{key}-n{len(questions)}-t{max_new_tokens}.jsonl"
     if path.is_file():

@@ -82,7 +82,7 @@ def check_compiled_decode(shape: str = "smollm2-360m", n: int = 16, new: int = 6
     compiled step is no further from float32 than the eager bf16 step is."""
     import copy
 
-    from harness.generation import StaticDecoder, left_pad, render_prompt
+    from core.generation import StaticDecoder, left_pad, render_prompt
 
     tok = common.load_tokenizer()
     model = common.build_model(shape, tok, torch.device("cuda"), torch.bfloat16, seed=0).eval()
@@ -134,7 +134,7 @@ def main() -> None:
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         print(name, json.dumps(report[name]))
     if args.out:
-        from harness.io import atomic_write_json
+        from core.io import atomic_write_json
 
         atomic_write_json(args.out, report)
 

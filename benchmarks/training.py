@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gsil-bench-train-") as tmp:
         for shape in args.models:
             rows.extend(run_shape(args, shape, device, ceil, Path(tmp)))
-    from harness.provenance import collect
+    from core.provenance import collect
 
     report = {"command": " ".join(["python -m benchmarks.training", *(argv or sys.argv[1:])]),
               "hardware": common.hardware_line(device), "ceilings": common.as_dict(ceil), "rows": rows,
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                                     data_files={"gsm8k_train": str(common.data_dir() / "gsm8k" / "train.jsonl")},
                                     started=started)}
     if args.out:
-        from harness.io import atomic_write_json
+        from core.io import atomic_write_json
 
         atomic_write_json(args.out, report)
     print(f"\n{report['hardware']}; batch {args.batch} pairs, {args.steps} timed steps after {args.warmup}")

@@ -1,38 +1,44 @@
 """The `gsil-bench` command: run, train, eval, report, compare.
 
-Each subcommand lives beside the code it drives; this file only dispatches. A
-subcommand module provides `configure_<name>(parser)` and `run_<name>(args) -> int`,
-imported lazily so `gsil-bench --help` stays fast.
+Each subcommand is a module of `harness.commands` with `configure(parser)` and
+`run(args) -> int`. Every error the user can fix (a `core.errors.GsilError`: config
+key, data file, model, task, run folder) is printed as one line (a validation error:
+one line per problem) and exits 2, with no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from types import ModuleType
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("harness.runner", "train every method of an experiment, evaluate every checkpoint, write the report"),
-    "train": ("trainers.cli", "train one method of an experiment config"),
-    "eval": ("tasks.cli", "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"),
-    "report": ("reports.cli", "write comparison tables, ablation plots and the HTML report of a run folder"),
-    "compare": ("reports.cli", "nightly regression: compare a candidate run against a baseline run"),
-}
+from core.errors import GsilError
+from harness import __version__
+from harness.commands import compare, report, run, train
+from harness.commands import eval as eval_cmd
 
+COMMANDS: dict[str, ModuleType] = {"run": run, "train": train, "eval": eval_cmd, "report": report, "compare": compare}
 
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback."""
+EXAMPLES = """examples:
+  gsil-bench run configs/smoke.yaml                          every method on the embedded model, then the report
+  gsil-bench run configs/smoke.yaml shared.eval.limit=8      the same with an override (YAML keys, on every command)
+  gsil-bench train configs/smoke.yaml --method gsil-logistic --seed 0
+  gsil-bench eval --model runs/smoke/spin/seed-0/iter-2/checkpoint --tasks gsm8k,humaneval --limit 20
+  gsil-bench report runs/smoke
+  gsil-bench compare --last runs/runs.sqlite runs/nightly   exits 1 on a significant drop
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsil-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gsil-bench", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"gsil-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        getattr(importlib.import_module(module), f"configure_{name}")(p)
+    for name, module in COMMANDS.items():
+        module.configure(sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -43,14 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    module = COMMANDS[args.command][0]
-    fn = getattr(importlib.import_module(module), f"run_{args.command}")
-    from harness.models import ModelError
-    from harness.strict import ConfigError
-
     try:
-        return int(fn(args) or 0)
-    except (UserError, ConfigError, ModelError, FileNotFoundError) as err:
+        return int(COMMANDS[args.command].run(args) or 0)
+    except (GsilError, FileNotFoundError) as err:
         print(f"gsil-bench {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,7 @@
 (each self-play iteration, and the starting model once as `base`), write the report
 and index the run.
 
-    gsil-bench run CONFIG [--output DIR] [--data-dir DIR] [--index FILE] [key=value ...]
+    gsil-bench run CONFIG [--output DIR] [--data-dir DIR] [--index FILE] [KEY=VALUE ...]   (harness/commands/run.py)
 
 The run is a list of steps (plan.json): `eval/base/iter-0`, then per method and
 seed `train/<method>/seed-<s>` followed by `eval/<method>/seed-<s>/iter-<k>`. A step
@@ -12,18 +12,17 @@ Models with identical weights (e.g. two methods whose first iteration is the sam
 computation, shared by the trainers) are evaluated once: the eval step copies the
 finished task folders of the first evaluation of that model.
 
-Everything is validated before any work starts: config keys (file:line), method
-labels, the report baseline, eval task names and data files.
+Everything is validated before any work starts, in one pass (harness.validate): config
+keys (file:line), method labels and losses, the report baseline, the model, data files,
+eval task names and their documents.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import logging
 import os
-import re
 import shutil
 import time
 import traceback
@@ -37,13 +36,20 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from harness.config import ExperimentConfig, MethodConfig, load_experiment, shared_hash
-from harness.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
-from harness.registry import Registry, did_you_mean
-from harness.strict import ConfigError, Located, load_yaml, to_plain
+from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, shared_hash
+from core.errors import ConfigError
+from core.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
+from core.layout import BASE, RunLayout
+from core.provenance import collect
+from core.registry import Registry
+from core.strict import Located, to_plain
+from harness.validate import validate
+from reports.index import RunIndex, default_index
+from reports.report import write_report
+from tasks.api import evaluate
+from trainers.api import iteration_plan, train_method
 
 log = logging.getLogger(__name__)
-BASE = "base"
 # checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)
 SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE")
 
@@ -74,13 +80,17 @@ class Run:
     plan: dict[str, Any]
     steps: list[Step] = field(default_factory=list)
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.root)
+
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
 
     def save_plan(self) -> None:
         self.plan["steps"] = [asdict(s) for s in self.steps]
         self.plan["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(self.root / "plan.json", self.plan)
+        atomic_write_json(self.layout.plan, self.plan)
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,6 @@ STEPS: Registry[StepKind] = Registry("step kind")
 
 def plan_steps(cfg: ExperimentConfig) -> list[Step]:
     """Every step of an experiment, in execution order."""
-    from trainers.api import iteration_plan
-
     steps = [Step(f"eval/{BASE}/iter-0", "eval", BASE, None, 0)]
     for m in cfg.methods:
         for seed in cfg.shared.seeds:
@@ -110,78 +118,6 @@ def plan_steps(cfg: ExperimentConfig) -> list[Step]:
     return steps
 
 
-def _where(loc: Located | None, key: str) -> str:
-    return loc.at(key) if loc else "<config>"
-
-
-def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located | None = None) -> dict[str, str]:
-    """Check what load_experiment cannot: reserved labels, the report baseline, eval
-    task names and data files. Returns the data files to hash for provenance."""
-    labels = [m.label for m in cfg.methods]
-    for i, m in enumerate(cfg.methods):
-        if m.label == BASE:
-            raise ConfigError(f"{_where(loc, f'methods[{i}]')}: methods[{i}]: the label {BASE!r} is reserved for "
-                              "the starting model; give the method another `name`")
-    if cfg.report.baseline not in [*labels, BASE]:
-        raise ConfigError(f"{_where(loc, 'report.baseline')}: report.baseline: {cfg.report.baseline!r} is not a method "
-                          f"label{did_you_mean(cfg.report.baseline, labels)}; labels: {', '.join(labels)} (or {BASE})")
-    if not cfg.shared.seeds:
-        raise ConfigError(f"{_where(loc, 'shared.seeds')}: shared.seeds: at least one seed is required")
-    from harness.models import ModelError, resolve
-
-    try:
-        resolve(cfg.shared.model)
-    except ModelError as err:
-        raise ConfigError(f"{_where(loc, 'shared.model')}: shared.model: {err}") from None
-    from trainers import api as trainers_api
-
-    for m in cfg.methods:  # the training settings every method needs (trainers' own checks)
-        try:
-            trainers_api.validate_method(cfg, m.label)
-        except ConfigError as err:
-            key = re.match(r"[\w.\[\]]*", str(err)).group(0)  # type: ignore[union-attr]  # the key it names first
-            raise ConfigError(f"{_where(loc, key)}: {err}") from None
-    from harness.datadir import data_dir as resolve_data_dir
-    from trainers.data import DATA_FORMATS, data_file
-
-    root = resolve_data_dir(data_dir, cfg.shared.data_dir)
-    files: dict[str, str] = {}
-    for key in ("train_data", "preference_data"):
-        dcfg = getattr(cfg.shared, key)
-        if dcfg is None:
-            continue
-        try:
-            DATA_FORMATS.get(dcfg.format)
-            path = data_file(dcfg, root)
-        except KeyError as err:
-            raise ConfigError(f"{_where(loc, f'shared.{key}.format')}: shared.{key}.format: {err.args[0]}") from None
-        except FileNotFoundError as err:
-            raise ConfigError(f"{_where(loc, f'shared.{key}.path')}: shared.{key}.path: {err}") from None
-        if path is not None:
-            files[key] = str(path)
-    files.update(_validate_tasks(cfg, root, loc))
-    return files
-
-
-def _validate_tasks(cfg: ExperimentConfig, root: Path | None, loc: Located | None) -> dict[str, str]:
-    """Every eval task exists (ours or lm-eval's), its settings are usable (e.g. mt_bench
-    has a judge) and its documents load (local files, else the Hub); returns the data
-    files the tasks read, for provenance."""
-    from tasks import api as tasks_api
-    from tasks.context import EvalContext
-
-    ev = cfg.shared.eval
-    try:
-        tasks_api.check_tasks(ev.tasks, ev)  # the up-front checks evaluate() makes
-        ctx = EvalContext(model=cfg.shared.model, cfg=ev, data_dir=root, limit=ev.limit, revision=cfg.shared.model_revision)
-        for name in ev.tasks:
-            tasks_api.make_task(name).load(ctx)
-    except (KeyError, FileNotFoundError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) else str(err)
-        raise ConfigError(f"{_where(loc, 'shared.eval.tasks')}: shared.eval.tasks: {msg}") from None
-    return {f"eval/{task}/{label}": path for task, files in ctx.data_files.items() for label, path in files.items()}
-
-
 RESUMABLE_CHANGES = ("eval", "seeds", "iterations")  # shared keys a run folder may change between sessions
 
 
@@ -189,11 +125,9 @@ def _check_same_experiment(cfg: ExperimentConfig, root: Path) -> None:
     """A run folder may be resumed or extended (new methods, seeds, iterations, eval
     settings: finished training is reused, evaluations are redone where their settings
     changed) but not switched to another training configuration."""
-    path = root / "config.yaml"
+    path = RunLayout(root).config
     if not path.is_file():
         return
-    from harness.config import experiment_from_dict
-
     try:
         prev = experiment_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
     except ConfigError as err:
@@ -213,23 +147,16 @@ def _check_same_experiment(cfg: ExperimentConfig, root: Path) -> None:
 # --- the two step kinds -----------------------------------------------------------------------
 
 
-def _iter_dir(run: Run, method: str, seed: int | None, k: int) -> Path:
-    return run.root / method / f"seed-{seed}" / f"iter-{k}"
-
-
 def _eval_dir(run: Run, step: Step) -> Path:
-    if step.method == BASE:
-        return run.root / "eval" / BASE / "iter-0"
-    return run.root / "eval" / step.method / f"seed-{step.seed}" / f"iter-{step.iteration}"
+    return run.layout.eval_dir(step.method, step.seed, step.iteration)
 
 
 def _train_done(run: Run, step: Step) -> bool:
-    return all(is_done(_iter_dir(run, step.method, step.seed, k)) for k in range(1, step.iteration + 1))
+    assert step.seed is not None
+    return all(is_done(run.layout.iter_dir(step.method, step.seed, k)) for k in range(1, step.iteration + 1))
 
 
 def _train(run: Run, step: Step) -> None:
-    from trainers.api import train_method
-
     assert step.seed is not None
     train_method(run.cfg, step.method, step.seed, run.root, data_dir=run.data_dir)
 
@@ -252,7 +179,8 @@ def _checkpoint(run: Run, step: Step) -> str:
     (trainers.api writes it to <method>/seed-<s>/iter-<k>/checkpoint)."""
     if step.method == BASE:
         return run.cfg.shared.model
-    path = _iter_dir(run, step.method, step.seed, step.iteration) / "checkpoint"
+    assert step.seed is not None
+    path = run.layout.checkpoint(step.method, step.seed, step.iteration)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint of {step.method} seed {step.seed} iteration {step.iteration} "
                                 f"not found at {path}")
@@ -313,8 +241,6 @@ def _reuse_identical(run: Run, step: Step, rec: dict[str, Any], task: str, out: 
 def _eval(run: Run, step: Step) -> None:
     """Score the step's model on every task not finished yet with these settings; tasks
     whose settings changed since they finished are recomputed (tasks reuse their caches)."""
-    from tasks.api import evaluate
-
     out = _eval_dir(run, step)
     out.mkdir(parents=True, exist_ok=True)
     rec = _model_record(run, step, out)
@@ -322,8 +248,7 @@ def _eval(run: Run, step: Step) -> None:
     todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
     if todo:
         revision = run.cfg.shared.model_revision if step.method == BASE else None  # a pinned Hub base model
-        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, limit=run.cfg.shared.eval.limit,
-                 revision=revision)
+        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, revision=revision)
     missing = [t for t in run.cfg.shared.eval.tasks if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
@@ -340,7 +265,7 @@ STEPS.add("eval", StepKind(_eval_done, _eval))
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
+    with open(RunLayout(root).lock, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -350,13 +275,14 @@ def _locked(root: Path) -> Iterator[None]:
 
 def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
     _check_same_experiment(cfg, root)
-    old = read_json(root / "plan.json") if (root / "plan.json").is_file() else {}
+    layout = RunLayout(root)
+    old = read_json(layout.plan) if layout.plan.is_file() else {}
     plan = {"run_id": old.get("run_id") or uuid.uuid4().hex, "experiment": cfg.name,
             "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
             "status": "running", "sessions": old.get("sessions", 0) + 1}
     previous = {s["id"]: s for s in old.get("steps", [])}
     run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
-    atomic_write_text(root / "config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    atomic_write_text(layout.config, yaml.safe_dump(to_plain(cfg), sort_keys=False))
     for s in run.steps:
         s.status = "done" if STEPS.get(s.kind).done(run, s) else "pending"
         if s.status == "done" and s.id in previous:  # keep when and how long it ran
@@ -366,9 +292,7 @@ def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
 
 
 def _write_provenance(run: Run, data_files: dict[str, str], started: float) -> None:
-    from harness.provenance import collect
-
-    path = run.root / "provenance.json"
+    path = run.layout.provenance
     sessions = read_json(path).get("sessions", []) if path.is_file() else []
     rec = collect(run.cfg, seed=None, data_files=data_files, started=started)
     now = {"time": rec["time"], "argv": rec["argv"], "git": rec["git"], "wall_time_s": rec["wall_time_s"]}
@@ -416,7 +340,8 @@ def _train_as_worker(cfg: ExperimentConfig, root: Path, data_dir: str | None) ->
 
 
 def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | None = None,
-                   index: str | Path | None = None, loc: Located | None = None, fail_fast: bool = False) -> int:
+                   index: str | Path | None = None, loc: Located | None = None, fail_fast: bool = False,
+                   data_files: dict[str, str] | None = None) -> int:
     """Run (or resume) every step, write the report and index the run. Returns 0 when
     every step finished, 1 when some failed (their results are left out of the report).
 
@@ -425,7 +350,8 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
     any failure stops the run (a lone failing process would leave the others waiting)."""
     started = time.time()
     root = Path(root)
-    data_files = validate(cfg, data_dir=data_dir, loc=loc)
+    if data_files is None:  # not validated by the caller (harness.validate.load_and_validate)
+        data_files = validate(cfg, loc, data_dir=data_dir)
     rank, world = _world()
     if world > 1 and rank != 0:
         return _train_as_worker(cfg, root, data_dir)
@@ -443,33 +369,10 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
         run.plan["status"] = "failed" if failed else "done"
         run.save_plan()
         _write_provenance(run, data_files, started)
-        from reports.report import write_report
-
         page = write_report(root)
-        from harness.store import RunIndex, default_index
-
         RunIndex(index or default_index(root)).add_run(root)
     if failed:
         log.error("%d step(s) did not finish: %s (rerun the same command to retry them)", len(failed), ", ".join(failed))
         return 1
     log.info("done: %s", page)
     return 0
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def configure_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="experiment YAML (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. shared.eval.limit=8")
-    parser.add_argument("--output", type=Path, help="run folder (default: runs/<experiment name>)")
-    parser.add_argument("--data-dir", help="data directory (default: shared.data_dir, else $GSIL_DATA_DIR)")
-    parser.add_argument("--index", type=Path, help="SQLite run index (default: <run folder's parent>/runs.sqlite)")
-    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed step")
-
-
-def run_run(args: argparse.Namespace) -> int:
-    cfg = load_experiment(args.config, args.overrides)
-    _, loc = load_yaml(args.config)
-    root = args.output or Path("runs") / cfg.name
-    return run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast)

@@ -19,9 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.io import atomic_write_text  # noqa: E402
+from core.io import atomic_write_text  # noqa: E402
 from reports import html as H  # noqa: E402
-from reports.rundata import RunData, higher_is_better, load_run  # noqa: E402
+from reports.rundata import RunData, load_run  # noqa: E402
 from reports.stats import PairedDiff, paired_bootstrap  # noqa: E402
 from reports.tables import aggregate, fmt  # noqa: E402
 
@@ -68,10 +68,10 @@ class CompareResult:
         return self.baseline.shared_hash == self.candidate.shared_hash
 
 
-def _status(metric: str, d: PairedDiff | None, tolerance: float) -> str:
+def _status(higher_is_better: bool, d: PairedDiff | None, tolerance: float) -> str:
     if d is None:
         return "unpaired"
-    sign = d.sign if higher_is_better(metric) else -d.sign
+    sign = d.sign if higher_is_better else -d.sign
     if sign < 0 and abs(d.diff) > tolerance:
         return "drop"
     return "gain" if sign > 0 and abs(d.diff) > tolerance else "ok"
@@ -102,7 +102,7 @@ def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData
             c_iv, c_items = aggregate(c_res, n_boot=n_boot, alpha=alpha)
             d = paired_bootstrap(b_items, c_items, n_boot=n_boot, alpha=alpha) if b_items and c_items else None
             result.changes.append(Change(method, task, metric, b_res[0].iteration, c_res[0].iteration, b_iv.value,
-                                         c_iv.value, d, _status(metric, d, tolerance)))
+                                         c_iv.value, d, _status(b_res[0].higher_is_better, d, tolerance)))
     return result
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from harness.io import atomic_write_text
+from core.io import atomic_write_text
 from reports import html as H
 from reports import plots, tables
 from reports.rundata import RunData, load_run

@@ -13,7 +13,6 @@ RunDataError naming the file.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,21 +21,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.io import is_done, read_json, read_jsonl
-
-BASE = "base"  # the starting model's label in every table
-SEED_DIR = re.compile(r"^seed-(\d+)$")
-ITER_DIR = re.compile(r"^iter-(\d+)$")
-# metrics where a smaller value is better; every other metric: larger is better
-LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "loss", "brier"})
+from core.errors import GsilError
+from core.io import is_done, read_json, read_jsonl
+from core.layout import BASE, RunLayout
 
 
-class RunDataError(ValueError):
+class RunDataError(GsilError, ValueError):
     """A run folder file that cannot be read; the message names the file."""
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric.split(",")[0] not in LOWER_IS_BETTER
 
 
 def _load_json(path: Path) -> Any:
@@ -67,6 +60,12 @@ class EvalResult:
             return dict(self.metrics["metrics"][name])
         except KeyError:
             raise RunDataError(f"{self.folder / 'metrics.json'}: no metric {name!r}") from None
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The primary metric's direction, as its task declared it in metrics.json
+        (files written before the field existed: larger is better)."""
+        return bool(self.metric().get("higher_is_better", True))
 
     @property
     def scored(self) -> bool:
@@ -170,40 +169,27 @@ class RunData:
 
 
 def _eval_results(root: Path) -> list[EvalResult]:
-    """Walk eval/<method>/[seed-<s>/]iter-<k>/<task>/ for completed tasks."""
+    """Every completed task folder under eval/ (the layout walks them)."""
     out: list[EvalResult] = []
-    ev = root / "eval"
-    if not ev.is_dir():
-        return out
-    for metrics_path in sorted(ev.glob("*/**/metrics.json")):
-        task_dir = metrics_path.parent
-        parts = task_dir.relative_to(ev).parts
-        if len(parts) not in (3, 4) or not is_done(task_dir) or parts[0].startswith((".", "_")):
+    for where, task in RunLayout(root).eval_task_dirs():
+        if not is_done(where.folder):
             continue
-        seed_m = SEED_DIR.match(parts[1]) if len(parts) == 4 else None
-        iter_m = ITER_DIR.match(parts[-2])
-        if iter_m is None or (len(parts) == 4 and seed_m is None):
-            continue
+        metrics_path = where.folder / "metrics.json"
         metrics = _load_json(metrics_path)
         if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
             raise RunDataError(f"{metrics_path}: expected an object with a 'metrics' mapping")
-        seed = int(seed_m.group(1)) if seed_m else None
-        out.append(EvalResult(parts[0], seed, int(iter_m.group(1)), parts[-1], task_dir, metrics))
+        out.append(EvalResult(where.method, where.seed, where.iteration, task, where.folder, metrics))
     return out
 
 
 def _train_iterations(root: Path) -> list[TrainIteration]:
     out: list[TrainIteration] = []
-    for summary_path in sorted(root.glob("*/seed-*/iter-*/summary.json")):
-        folder = summary_path.parent
-        method = folder.parent.parent.name
-        seed_m, iter_m = SEED_DIR.match(folder.parent.name), ITER_DIR.match(folder.name)
-        if method in ("eval", "report", "shared") or seed_m is None or iter_m is None:
-            continue
+    for where in RunLayout(root).train_iteration_dirs():
+        summary_path = where.folder / "summary.json"
         summary = _load_json(summary_path)
         if not isinstance(summary, dict):
             raise RunDataError(f"{summary_path}: expected a JSON object")
-        out.append(TrainIteration(method, int(seed_m.group(1)), int(iter_m.group(1)), folder, summary))
+        out.append(TrainIteration(where.method, where.seed or 0, where.iteration, where.folder, summary))
     return out
 
 
@@ -212,14 +198,15 @@ def load_run(run_dir: str | Path) -> RunData:
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run folder {root} does not exist")
-    if not (root / "config.yaml").is_file() and not (root / "eval").is_dir():
+    layout = RunLayout(root)
+    if not layout.config.is_file() and not (root / "eval").is_dir():
         raise FileNotFoundError(f"{root} is not a run folder (no config.yaml and no eval/)")
     config: dict[str, Any] = {}
-    if (root / "config.yaml").is_file():
+    if layout.config.is_file():
         try:
-            config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+            config = yaml.safe_load(layout.config.read_text()) or {}
         except yaml.YAMLError as err:
-            raise RunDataError(f"{root / 'config.yaml'}: invalid YAML: {err}") from None
-    plan = _load_json(root / "plan.json") if (root / "plan.json").is_file() else {}
-    prov = _load_json(root / "provenance.json") if (root / "provenance.json").is_file() else {}
+            raise RunDataError(f"{layout.config}: invalid YAML: {err}") from None
+    plan = _load_json(layout.plan) if layout.plan.is_file() else {}
+    prov = _load_json(layout.provenance) if layout.provenance.is_file() else {}
     return RunData(root, config, plan, prov, _eval_results(root), _train_iterations(root))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from reports.rundata import BASE, EvalResult, RunData, higher_is_better
+from reports.rundata import BASE, EvalResult, RunData
 from reports.stats import (
     Interval,
     PairedDiff,
@@ -36,6 +36,7 @@ UP, DOWN = "▲", "▼"
 class Cell:
     interval: Interval
     metric: str
+    higher_is_better: bool = True  # the metric's direction, from metrics.json
     vs_baseline: PairedDiff | None = None
     best: bool = False
 
@@ -45,7 +46,7 @@ class Cell:
         if self.vs_baseline is None:
             return 0
         s = self.vs_baseline.sign
-        return s if higher_is_better(self.metric) else -s
+        return s if self.higher_is_better else -s
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _mark_best(comp: Comparison) -> None:
         cells = [c for (_, _, t), c in comp.cells.items() if t == task]
         if len(cells) < 2:
             continue
-        pick = max if higher_is_better(cells[0].metric) else min
+        pick = max if cells[0].higher_is_better else min
         best = pick(c.interval.value for c in cells)
         if all(np.isclose(c.interval.value, best, rtol=0, atol=1e-12) for c in cells):
             continue  # a column where every method ties has no best
@@ -131,7 +132,7 @@ def build_comparison(run: RunData, *, baseline: str = "sft", n_boot: int = 2000,
             if not res:
                 continue
             interval, items = aggregate(res, n_boot=n_boot, alpha=alpha)
-            cell = Cell(interval, res[0].primary)
+            cell = Cell(interval, res[0].primary, res[0].higher_is_better)
             is_base_row = method == baseline and it == run.final_iteration(baseline)
             if not per_iteration and not is_base_row and items and base_items.get(task):
                 cell.vs_baseline = paired_bootstrap(base_items[task], items, n_boot=n_boot, alpha=alpha)

@@ -12,11 +12,13 @@ others; the first error is raised after all tasks ran, so finished work is kept.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import EvalConfig
-from harness.datadir import data_dir as resolve_data_dir
+from core.config import EvalConfig
+from core.datadir import data_dir as resolve_data_dir
+from core.errors import Problem
 from tasks import gsm8k, humaneval, mbpp, mt_bench  # noqa: F401  (registers the tasks)
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
@@ -33,29 +35,45 @@ def make_task(name: str) -> Task:
     return LmEvalTask(name)  # type: ignore[return-value]
 
 
-def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = None) -> None:
-    """The up-front checks `evaluate` makes (names, settings), without loading anything."""
+def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = None) -> list[Problem]:
+    """Every problem with the task names and settings (keys relative to the eval block:
+    `eval.tasks`, `eval.judge.base_url`, ...), without loading anything."""
+    out: list[Problem] = []
     if not names:
-        raise TaskError("no tasks given")
+        out.append(Problem("eval.tasks", "no tasks given"))
     if len(set(names)) != len(names):
-        raise TaskError(f"a task is named twice in {names}")
+        out.append(Problem("eval.tasks", f"a task is named twice in {names}"))
     for name in names:
-        check_task_name(name, TASKS.names())
+        try:
+            check_task_name(name, TASKS.names())
+        except TaskError as err:
+            out.append(Problem("eval.tasks", str(err)))
     if completions is not None:
         bad = [n for n in names if n not in TASKS or not TASKS.meta(n).get("completions")]
         if bad:
             code = [n for n in TASKS.names() if TASKS.meta(n).get("completions")]
-            raise TaskError(f"--completions scores code tasks only ({', '.join(code)}), not {', '.join(bad)}")
+            out.append(Problem("", f"--completions scores code tasks only ({', '.join(code)}), not {', '.join(bad)}"))
         if not completions.is_file():
-            raise FileNotFoundError(f"completions file {completions} not found")
+            out.append(Problem("", f"completions file {completions} not found"))
     if "mt_bench" in names and cfg.judge.backend == "openai" and not cfg.judge.base_url:
-        raise TaskError("mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
-                        "(a local Hugging Face model), or eval.judge.base_url in the config")
+        out.append(Problem("eval.judge.base_url",
+                           "mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
+                           "(a local Hugging Face model), or eval.judge.base_url in the config"))
+    if cfg.generation.backend == "openai" and not cfg.generation.base_url:
+        out.append(Problem("eval.generation.base_url", "the openai backend needs the server's URL, "
+                                                       "e.g. http://127.0.0.1:8000/v1"))
     if cfg.samples_per_task < 1:
-        raise TaskError(f"eval.samples_per_task must be >= 1, got {cfg.samples_per_task}")
+        out.append(Problem("eval.samples_per_task", f"must be >= 1, got {cfg.samples_per_task}"))
+    if cfg.limit is not None and cfg.limit < 1:
+        out.append(Problem("eval.limit", f"must be >= 1 or null, got {cfg.limit}"))
+    return out
 
 
-_check = check_tasks  # the name the runner used first
+def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = None) -> None:
+    """task_problems as one TaskError listing all of them."""
+    problems = task_problems(names, cfg, completions)
+    if problems:
+        raise TaskError("; ".join(p.render() for p in problems))
 
 
 def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: Path, *,
@@ -66,9 +84,10 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     must then hold that model's weights) on `task_names`; return each task's metrics.json content.
     `completions`: score a code-completions file instead of generating (code tasks only)."""
     comp = Path(completions) if completions is not None else None
+    if limit is not None:  # one route: the limit lives in the eval config
+        eval_cfg = replace(eval_cfg, limit=limit)
     check_tasks(task_names, eval_cfg, comp)
-    ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir),
-                      limit=limit if limit is not None else eval_cfg.limit, model_obj=model_obj,
+    ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir), model_obj=model_obj,
                       tokenizer=tokenizer, completions=comp, revision=revision)
     out_dir = Path(out_dir)
     results: dict[str, dict] = {}

@@ -24,15 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, is_done, mark_done, read_json
-from harness.registry import Registry
-from harness.strict import to_plain
+from core.errors import GsilError
+from core.io import append_jsonl, atomic_write_json, hash_obj, is_done, mark_done, read_json
+from core.provenance import collect
+from core.registry import Registry
+from core.strict import to_plain
+from tasks.context import EvalContext
 from tasks.stats import Metric
 
 log = logging.getLogger(__name__)
 
 
-class TaskError(ValueError):
+class TaskError(GsilError, ValueError):
     """A task cannot run with the given input; the message says what to fix."""
 
 
@@ -72,11 +75,14 @@ class Task(Protocol):
     @property
     def primary(self) -> str: ...  # the metric reports lead with
 
-    def load(self, ctx: Any) -> list[dict[str, Any]]: ...
+    # True when the task applies `ctx.limit` itself (lm-eval does); else run_task cuts the documents
+    applies_limit: bool
 
-    def evaluate(self, docs: list[dict[str, Any]], ctx: Any) -> TaskResult | list[Sample]: ...
+    def load(self, ctx: EvalContext) -> list[dict[str, Any]]: ...
 
-    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]: ...
+    def evaluate(self, docs: list[dict[str, Any]], ctx: EvalContext) -> TaskResult | list[Sample]: ...
+
+    def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]: ...
 
 
 TaskFactory = Callable[[], Task]
@@ -88,26 +94,26 @@ def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
 
     def deco(cls: Any) -> Any:
         cls.name = name
+        cls.applies_limit = bool(getattr(cls, "applies_limit", False))
         TASKS.add(name, cls, **meta)
         return cls
 
     return deco
 
 
-def _config_record(task: Task, ctx: Any) -> dict[str, Any]:
+def _config_record(task: Task, ctx: EvalContext) -> dict[str, Any]:
     return {"eval": to_plain(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
             "chat": ctx.chat if ctx.completions is None else None,
             "completions": str(ctx.completions) if ctx.completions else None}
 
 
-def evaluation_key(task: Task, ctx: Any) -> str:
+def evaluation_key(task: Task, ctx: EvalContext) -> str:
     """What a finished task folder must match to be reused as is."""
     return hash_obj({"task": task.name, "model": ctx.identity(), "config": _config_record(task, ctx)})
 
 
-def write_result(folder: Path, task: Task, ctx: Any, result: TaskResult, key: str, started: float) -> dict[str, Any]:
+def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult, key: str, started: float) -> dict[str, Any]:
     """samples.jsonl, metrics.json, provenance.json (atomic), then DONE when the result is complete."""
-    from harness.provenance import collect
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".samples.jsonl.tmp"
@@ -134,7 +140,7 @@ def write_result(folder: Path, task: Task, ctx: Any, result: TaskResult, key: st
     return metrics
 
 
-def run_task(task: Task, ctx: Any, folder: Path) -> dict[str, Any]:
+def run_task(task: Task, ctx: EvalContext, folder: Path) -> dict[str, Any]:
     """Run one task into `folder` unless an identical finished run is already there."""
     key = evaluation_key(task, ctx)
     if is_done(folder) and (folder / "metrics.json").is_file():
@@ -147,7 +153,7 @@ def run_task(task: Task, ctx: Any, folder: Path) -> dict[str, Any]:
     started = time.time()
     ctx.task_folder = folder
     docs = task.load(ctx)
-    if ctx.limit is not None and not getattr(task, "applies_limit", False):
+    if ctx.limit is not None and not task.applies_limit:
         docs = docs[: ctx.limit]
     if not docs:
         raise TaskError(f"{task.name}: no documents to evaluate")
@@ -156,7 +162,3 @@ def run_task(task: Task, ctx: Any, folder: Path) -> dict[str, Any]:
     if not result.metrics:
         result.metrics = task.aggregate(result.samples, ctx)
     return write_result(folder, task, ctx, result, key, started)
-
-
-def write_text_log(folder: Path, name: str, text: str) -> None:
-    atomic_write_text(folder / name, text)

@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from harness.io import iter_jsonl_file
+from core.io import iter_jsonl_file
 from tasks.base import Sample, TaskError, TaskResult
+from tasks.context import EvalContext
 from tasks.evalplus import checker_source, expected_outputs, tests_file
 from tasks.sandbox import Limits, run_many
 from tasks.stats import Metric, pass_at_k, summarize
@@ -111,14 +112,14 @@ class CodeTask:
     dataset: ClassVar[str] = "humaneval"  # EvalPlus oracle family
     plus: ClassVar[bool] = False
 
-    def problems(self, ctx: Any) -> list[Problem]:
+    def problems(self, ctx: EvalContext) -> list[Problem]:
         raise NotImplementedError
 
-    def load(self, ctx: Any) -> list[Problem]:
+    def load(self, ctx: EvalContext) -> list[Problem]:
         return self.problems(ctx)
 
     # -- requests -> completions ------------------------------------------------------------
-    def _generate(self, docs: list[Problem], ctx: Any) -> tuple[list[Any], list[list[tuple[str, bool]]]]:
+    def _generate(self, docs: list[Problem], ctx: EvalContext) -> tuple[list[Any], list[list[tuple[str, bool]]]]:
         """Prompts and, per problem, completions [(text, whole)]: greedy first, then the samples."""
         chat = ctx.chat
         prompts: list[Any] = [[{"role": "user", "content": p.instruction}] if chat else p.prompt for p in docs]
@@ -161,11 +162,11 @@ class CodeTask:
         return [by_id[p.id] for p in docs]
 
     # -- execution ---------------------------------------------------------------------------
-    def _limits(self, ctx: Any, canonical_seconds: float = 0.0) -> Limits:
+    def _limits(self, ctx: EvalContext, canonical_seconds: float = 0.0) -> Limits:
         timeout = max(ctx.cfg.code_timeout, 4 * canonical_seconds + 1)
         return Limits(timeout=timeout, memory_mb=ctx.cfg.code_memory_mb)
 
-    def _run(self, docs: list[Problem], codes: list[list[str]], ctx: Any) -> list[list[dict[str, Any]]]:
+    def _run(self, docs: list[Problem], codes: list[list[str]], ctx: EvalContext) -> list[list[dict[str, Any]]]:
         """Execute every candidate; per problem and completion {"base": result, "plus": result?}."""
         jobs: list[tuple[int, int, str, dict[str, bytes] | None, Limits]] = []
         plus_jobs: list[tuple[int, int, str, dict[str, bytes], Limits]] = []
@@ -189,7 +190,7 @@ class CodeTask:
             self._execute(todo, results, "plus", ctx)
         return results
 
-    def _expected(self, docs: list[Problem], ctx: Any) -> dict[str, Any]:
+    def _expected(self, docs: list[Problem], ctx: EvalContext) -> dict[str, Any]:
         """EvalPlus expected outputs of every problem (base, plus), computed in parallel once."""
         todo = [p for p in docs if p.base_input is not None]
         if not todo:
@@ -201,7 +202,7 @@ class CodeTask:
             return {pid: (a.result(), b.result()) for pid, (a, b) in tqdm(futs.items(), desc=f"{self.name} expected",
                                                                             disable=None)}
 
-    def _execute(self, jobs: list[Any], results: list[list[dict[str, Any]]], kind: str, ctx: Any) -> None:
+    def _execute(self, jobs: list[Any], results: list[list[dict[str, Any]]], kind: str, ctx: EvalContext) -> None:
         by_limits: dict[Limits, list[Any]] = {}
         for job in jobs:
             by_limits.setdefault(job[4], []).append(job)
@@ -212,7 +213,7 @@ class CodeTask:
                 results[i][j][kind] = r
 
     # -- scoring ---------------------------------------------------------------------------
-    def evaluate(self, docs: list[Problem], ctx: Any) -> TaskResult:
+    def evaluate(self, docs: list[Problem], ctx: EvalContext) -> TaskResult:
         if ctx.completions is not None:
             prompts: list[Any] = [p.prompt for p in docs]
             outs = self._from_file(docs, ctx.completions)
@@ -229,7 +230,7 @@ class CodeTask:
         return r["base"].passed and (not plus or ("plus" in r and r["plus"].passed))
 
     def _sample(self, p: Problem, prompt: Any, outs: list[tuple[str, bool]], codes: list[str],
-                res: list[dict[str, Any]], ctx: Any) -> Sample:
+                res: list[dict[str, Any]], ctx: EvalContext) -> Sample:
         file_mode = ctx.completions is not None
         scores: dict[str, float] = {}
         for suffix, plus in (("", False), ("+", True)) if self.plus else (("", False),):
@@ -252,6 +253,6 @@ class CodeTask:
             extra["samples"] = [o for o, _ in outs[1:]] if not file_mode else [o for o, _ in outs]
         return Sample(p.id, prompt, outs[0][0], codes[0], p.canonical, scores, extra)
 
-    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]:
+    def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]:
         names = sorted({k for s in samples for k in s.scores}, key=lambda k: (k.rstrip("+") != "pass@1", k))
         return {k: summarize([s.scores[k] for s in samples if k in s.scores]) for k in names}

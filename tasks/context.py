@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import EvalConfig, GenerationConfig
-from harness.generation import Completion, Generator, Prompt, make_generator
-from harness.io import append_jsonl, hash_obj, read_jsonl, sha256_file
+from core.config import EvalConfig, GenerationConfig
+from core.generation import Completion, Generator, Prompt, make_generator
+from core.io import append_jsonl, hash_obj, read_jsonl, sha256_file
+from core.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ def model_identity(model: str, gen: GenerationConfig, revision: str | None = Non
     sizes and modification times; a Hub id with its revision; a server's URL + model."""
     if gen.backend == "openai":
         return {"backend": "openai", "base_url": gen.base_url, "model": gen.api_model or model}
-    from harness.models import resolve
 
     src = resolve(model)
     ident: dict[str, Any] = {"backend": gen.backend, "model": model, "revision": revision}
@@ -41,7 +41,6 @@ def model_identity(model: str, gen: GenerationConfig, revision: str | None = Non
 
 
 def _is_local_folder(model: str) -> bool:
-    from harness.models import ModelError, resolve
 
     try:
         return Path(resolve(model)).is_dir()
@@ -109,7 +108,6 @@ class EvalContext:
     model: str
     cfg: EvalConfig
     data_dir: Path | None = None
-    limit: int | None = None
     model_obj: Any = None
     tokenizer: Any = None
     completions: Path | None = None
@@ -137,6 +135,11 @@ class EvalContext:
             self._identity = ident
         return self._identity
 
+    @property
+    def limit(self) -> int | None:
+        """First N items of every task: `cfg.limit`, the only place it is set."""
+        return self.cfg.limit
+
     def record_data(self, task: str, label: str, path: str | Path) -> None:
         self.data_files.setdefault(task, {})[label] = str(path)
 
@@ -153,21 +156,18 @@ class EvalContext:
         if self.model_obj is None:
             import torch
 
-            from harness.models import load_model, pick_dtype
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             log.info("loading %s on %s", self.model, device)
             self.model_obj, self.tokenizer = load_model(
                 self.model, revision=self.revision, dtype=pick_dtype("auto", device), device=device)
         if self.tokenizer is None:
-            from harness.models import load_tokenizer
 
             self.tokenizer = load_tokenizer(self.model, self.revision)
         return self.model_obj, self.tokenizer
 
     def get_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            from harness.models import load_tokenizer
 
             self.tokenizer = load_tokenizer(self.model, self.revision)
         return self.tokenizer

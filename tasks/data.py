@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.datadir import load_hub_rows, local_file
+from core.datadir import load_hub_rows, local_file
 from tasks.base import TaskError
+from tasks.context import EvalContext
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_rows(ctx: Any, task: str, relative: str, *, also: Sequence[Path] = (),
+def load_rows(ctx: EvalContext, task: str, relative: str, *, also: Sequence[Path] = (),
               hub: tuple[str, str | None, str] | None = None, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of `relative` under the data directory, else of the first existing `also` file,
     else of the Hub data set `hub` = (name, config, split). Records the file for provenance

@@ -21,7 +21,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-from harness.models import cache_root
+from core.models import cache_root
 from tasks.sandbox import Limits, run_program
 
 log = logging.getLogger(__name__)

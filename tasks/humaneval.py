@@ -15,6 +15,7 @@ from typing import Any
 
 from tasks.base import register_task
 from tasks.code import CodeTask, Problem
+from tasks.context import EvalContext
 from tasks.data import load_rows
 
 STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Codex / human-eval completion stops
@@ -43,7 +44,7 @@ def _problem(row: dict[str, Any]) -> Problem:
 
 @register_task("humaneval", completions=True)
 class HumanEval(CodeTask):
-    def problems(self, ctx: Any) -> list[Problem]:
+    def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "humaneval/HumanEval.jsonl", also=_package_copy(),
                          hub=("openai/openai_humaneval", None, "test"),
                          required=("task_id", "prompt", "entry_point", "canonical_solution", "test"))
@@ -55,7 +56,7 @@ class HumanEvalPlus(CodeTask):
     plus = True
     dataset = "humaneval"
 
-    def problems(self, ctx: Any) -> list[Problem]:
+    def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "humaneval_plus/HumanEvalPlus.jsonl",
                          hub=("evalplus/humanevalplus", None, "test"),
                          required=("task_id", "prompt", "entry_point", "canonical_solution", "base_input",

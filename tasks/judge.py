@@ -3,7 +3,7 @@
 Backends (`JUDGES` registry): `openai`, any OpenAI-compatible endpoint (a hosted
 GPT-4-class API, vLLM serve, llama.cpp server; key from the environment) with
 timeouts, retries with back-off and a cap on concurrent requests; `hf`, a local
-Hugging Face model (e.g. embedded:smollm2-135m-instruct) through harness.generation.
+Hugging Face model (e.g. embedded:smollm2-135m-instruct) through core.generation.
 
 Every judgment is stored append-only in `judgments.jsonl` with the judge's identity,
 the judge prompt (messages), the raw judgment text and the parsed rating, keyed by a
@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.config import GenerationConfig, JudgeConfig
-from harness.io import append_jsonl, hash_obj, read_jsonl
-from harness.openai_client import EndpointError, OpenAIClient
-from harness.registry import Registry
+from core.config import GenerationConfig, JudgeConfig
+from core.generation import HFGenerator
+from core.io import append_jsonl, hash_obj, read_jsonl
+from core.models import load_model
+from core.openai_client import EndpointError, OpenAIClient
+from core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +122,8 @@ class HFJudge:
     """A local Hugging Face chat model as the judge (greedy unless judge.temperature > 0)."""
 
     def __init__(self, cfg: JudgeConfig, model: Any = None, tokenizer: Any = None) -> None:
-        from harness.generation import HFGenerator
 
         if model is None:
-            from harness.models import load_model
 
             model, tokenizer = load_model(cfg.model)
         gen = GenerationConfig(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, batch_size=8)

@@ -27,9 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write_json, hash_obj
-from harness.registry import Registry, did_you_mean
+from core.io import atomic_write_json, hash_obj
+from core.models import cache_root, resolve
+from core.registry import Registry, did_you_mean
 from tasks.base import Sample, TaskError, TaskResult
+from tasks.context import EvalContext
 from tasks.stats import Z95, Metric, sample_stderr, summarize
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,6 @@ def task_index() -> dict[str, tuple[str, str | None]]:
     """lm-eval's task/group/tag names -> (kind, yaml path); built once (slow) and cached on disk."""
     import lm_eval
 
-    from harness.models import cache_root
 
     where = hash_obj(str(Path(lm_eval.__file__).resolve().parent))  # a moved environment re-indexes
     path = cache_root() / "lm_eval" / f"index-{lm_eval_version()}-{where}.json"
@@ -108,7 +109,7 @@ def task_spec(lm_task: str, data_dir: Path | None, yaml_path: Path | None = None
 
 
 @LM_BACKENDS.register("hf")
-def _hf_lm(ctx: Any) -> Any:
+def _hf_lm(ctx: EvalContext) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     model, tok = ctx.hf()
@@ -117,13 +118,15 @@ def _hf_lm(ctx: Any) -> Any:
 
 
 @LM_BACKENDS.register("openai")
-def _api_lm(ctx: Any) -> Any:
+def _api_lm(ctx: EvalContext) -> Any:
     from lm_eval.api.registry import get_model
 
     gen = ctx.cfg.generation
     chat = ctx.chat
     cls = get_model("local-chat-completions" if chat else "local-completions")
     key = os.environ.get(gen.api_key_env)
+    if not gen.base_url:
+        raise TaskError("eval.generation.base_url: the openai backend needs the server's URL")
     return cls(base_url=f"{gen.base_url.rstrip('/')}/{'chat/completions' if chat else 'completions'}",
                model=gen.api_model or ctx.model, tokenizer_backend=None, tokenized_requests=False,
                num_concurrent=gen.concurrency, max_retries=gen.max_retries, timeout=int(gen.timeout),
@@ -131,10 +134,9 @@ def _api_lm(ctx: Any) -> Any:
 
 
 @LM_BACKENDS.register("vllm")
-def _vllm_lm(ctx: Any) -> Any:
+def _vllm_lm(ctx: EvalContext) -> Any:
     from lm_eval.api.registry import get_model
 
-    from harness.models import resolve
 
     return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto")
 
@@ -154,17 +156,17 @@ class LmEvalTask:
     def primary(self) -> str:
         return self._primary or ""
 
-    def load(self, ctx: Any) -> list[dict[str, Any]]:
+    def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
         for split, path in files.items():
             ctx.record_data(self.name, split, path)
         return [{"lm_eval_task": self.lm_task}]  # documents are lm-eval's; it applies `limit`
 
-    def apply_chat(self, ctx: Any) -> bool:
+    def apply_chat(self, ctx: EvalContext) -> bool:
         want = self.chat_pref if self.chat_pref is not None else ctx.cfg.lm_eval_chat_template
         return bool(want and ctx.chat)
 
-    def evaluate(self, docs: list[dict[str, Any]], ctx: Any) -> TaskResult:
+    def evaluate(self, docs: list[dict[str, Any]], ctx: EvalContext) -> TaskResult:
         import lm_eval
         from lm_eval.tasks import TaskManager
 
@@ -190,7 +192,7 @@ class LmEvalTask:
             "configs": out.get("configs")}}
         return TaskResult(samples, metrics, info=json.loads(json.dumps(info, default=str)))
 
-    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]:
+    def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]:
         raise NotImplementedError("lm-eval aggregates its own metrics")
 
 
@@ -231,6 +233,7 @@ def lm_eval_metrics(out: dict[str, Any], samples: list[Sample]) -> dict[str, Met
     metrics: dict[str, Metric] = {}
     results = out.get("results", {})
     single = len(out.get("samples", {})) == 1
+    directions = out.get("higher_is_better", {})
     for leaf, res in results.items():
         for key, value in res.items():
             if "," not in key or "_stderr" in key or _num(value) is None:
@@ -238,13 +241,14 @@ def lm_eval_metrics(out: dict[str, Any], samples: list[Sample]) -> dict[str, Met
             metric, flt = key.split(",", 1)
             name = f"{metric}/{flt}" if single and leaf in out.get("samples", {}) else f"{leaf}/{metric}/{flt}"
             per_item = [s.scores[name] for s in samples if name in s.scores]
+            higher = bool((directions.get(leaf) or {}).get(metric, True))  # lm-eval's own per-metric direction
             value = float(value)
             stderr = _num(res.get(f"{metric}_stderr,{flt}"))
             if per_item and abs(sum(per_item) / len(per_item) - value) < 1e-9:
                 m = summarize(per_item)
-                metrics[name] = Metric(value, m.ci_low, m.ci_high, m.n, sample_stderr(per_item), m.ci_method)
+                metrics[name] = Metric(value, m.ci_low, m.ci_high, m.n, sample_stderr(per_item), m.ci_method, higher)
             else:
                 n = len(per_item) or int(res.get("sample_len") or 0)
                 lo, hi = (value - Z95 * stderr, value + Z95 * stderr) if stderr is not None else (None, None)
-                metrics[name] = Metric(value, lo, hi, n, stderr, "normal (lm-eval stderr)" if stderr else "none")
+                metrics[name] = Metric(value, lo, hi, n, stderr, "normal (lm-eval stderr)" if stderr else "none", higher)
     return metrics

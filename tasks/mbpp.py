@@ -16,6 +16,7 @@ from typing import Any
 
 from tasks.base import register_task
 from tasks.code import CodeTask, Problem
+from tasks.context import EvalContext
 from tasks.data import load_rows
 from tasks.evalplus import mbpp_inputs
 
@@ -43,7 +44,7 @@ def _entry_point(row: dict[str, Any]) -> str:
 class Mbpp(CodeTask):
     dataset = "mbpp"
 
-    def problems(self, ctx: Any) -> list[Problem]:
+    def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "mbpp/mbpp.jsonl", hub=("google-research-datasets/mbpp", "full", "test"),
                          required=("task_id", "text", "code", "test_list"))
         by_id = {int(r["task_id"]): r for r in rows}
@@ -69,7 +70,7 @@ class MbppPlus(CodeTask):
     plus = True
     dataset = "mbpp"
 
-    def problems(self, ctx: Any) -> list[Problem]:
+    def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "mbpp_plus/MbppPlus.jsonl", hub=("evalplus/mbppplus", None, "test"),
                          required=("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
                                    "plus_input", "atol"))

@@ -20,8 +20,9 @@ import logging
 from typing import Any, ClassVar
 
 from tasks.base import Sample, TaskError, TaskResult, register_task
+from tasks.context import EvalContext
 from tasks.data import load_rows
-from tasks.judge import Judge, JudgmentStore, make_judge
+from tasks.judge import HFJudge, Judge, JudgmentStore, make_judge
 from tasks.stats import Metric, cluster_bootstrap, summarize
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class MTBench:
     name: ClassVar[str]
     primary: ClassVar[str] = "score"
 
-    def load(self, ctx: Any) -> list[dict[str, Any]]:
+    def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         questions = load_rows(ctx, self.name, "mt_bench/question.jsonl", required=("question_id", "category", "turns"))
         prompts = load_rows(ctx, self.name, "mt_bench/judge_prompts.jsonl", required=("name", "prompt_template"))
         refs = load_rows(ctx, self.name, "mt_bench/reference_answer/gpt-4.jsonl", required=("question_id", "choices"))
@@ -62,7 +63,7 @@ class MTBench:
             docs.append({**q, "reference": ref})
         return docs
 
-    def _answers(self, docs: list[dict[str, Any]], ctx: Any) -> tuple[list[str], list[str]]:
+    def _answers(self, docs: list[dict[str, Any]], ctx: EvalContext) -> tuple[list[str], list[str]]:
         gen, chat = ctx.generator(), ctx.chat
         stop = None if chat else ["\nUser:"]
         first = [[{"role": "user", "content": d["turns"][0]}] if chat else _plain([(d["turns"][0], None)]) for d in docs]
@@ -92,15 +93,14 @@ class MTBench:
                                                  answer_1=answers[0], answer_2=answers[1], **kwargs)
         return name, [{"role": "system", "content": tpl["system_prompt"]}, {"role": "user", "content": user}]
 
-    def _judge(self, ctx: Any) -> Judge:
+    def _judge(self, ctx: EvalContext) -> Judge:
         cfg = ctx.cfg.judge
         if cfg.backend == "hf" and cfg.model == ctx.model and ctx.model_obj is not None:
-            from tasks.judge import HFJudge
 
             return HFJudge(cfg, *ctx.hf())  # the evaluated model judges itself: reuse the loaded copy
         return make_judge(cfg)
 
-    def evaluate(self, docs: list[dict[str, Any]], ctx: Any) -> TaskResult:
+    def evaluate(self, docs: list[dict[str, Any]], ctx: EvalContext) -> TaskResult:
         a1, a2 = self._answers(docs, ctx)
         requests = [self.judge_messages(d, (x, y), t) for d, x, y in zip(docs, a1, a2) for t in (1, 2)]
         store = JudgmentStore(ctx.cache_dir() / "judgments.jsonl")
@@ -127,7 +127,7 @@ class MTBench:
             info["judge_error"] = errors[0]
         return TaskResult(samples, self.aggregate(samples, ctx), info, complete=not errors)
 
-    def aggregate(self, samples: list[Sample], ctx: Any) -> dict[str, Metric]:
+    def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]:
         def ratings(s: Sample) -> list[float]:
             return [r for r in s.extracted if r is not None]
 
@@ -137,5 +137,5 @@ class MTBench:
         for cat in sorted({s.extra["category"] for s in samples}):
             metrics[f"score/{cat}"] = cluster_bootstrap([ratings(s) for s in samples if s.extra["category"] == cat])
         missing = sum(s.extra["missing"] for s in samples)
-        metrics["missing"] = Metric(float(missing), None, None, 2 * len(samples), None, "count")
+        metrics["missing"] = Metric(float(missing), None, None, 2 * len(samples), None, "count", higher_is_better=False)
         return metrics

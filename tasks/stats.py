@@ -36,6 +36,7 @@ class Metric:
     n: int
     stderr: float | None
     ci_method: str
+    higher_is_better: bool = True  # the direction reports and regression checks read
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import make_cfg
 
-from harness.io import read_json, read_jsonl
+from core.io import read_json, read_jsonl
 from trainers.api import train_method
 from trainers.data import encode, load_examples
 from trainers.loop import step_indices

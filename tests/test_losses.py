@@ -170,7 +170,7 @@ def _sq_hinge(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:
 
 
 def test_new_variant_registers_and_loads_from_config(tmp_path):
-    from harness.config import load_experiment
+    from core.config import load_experiment
 
     p = tmp_path / "exp.yaml"
     p.write_text("name: x\nmethods:\n  - loss: test-gsil-sqhinge\n    params: {a: 0.5, b: 1.0}\n")
@@ -189,7 +189,7 @@ def trl_trainer(tokenizer, tmp_path_factory):
     plainly so a missing or broken trl fails the suite instead of skipping the comparison)."""
     from datasets import Dataset
 
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
            "rejected": [{"role": "assistant", "content": "bye"}]}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.config import EvalConfig, GenerationConfig, JudgeConfig
+from core.config import EvalConfig, GenerationConfig, JudgeConfig
 from tasks.base import Sample
 from tasks.context import EvalContext
 from tasks.mt_bench import MTBench, _plain

@@ -2,7 +2,7 @@
 
 The server (ModelServer below) speaks the OpenAI completions and chat-completions protocol
 and answers with the tiny random Llama and the real tokenizer, generating greedily through
-plain `model.generate` (not harness.generation), so the backend's texts, stop strings,
+plain `model.generate` (not core.generation), so the backend's texts, stop strings,
 finish reasons and token counts are checked against an independent path. Failures
 (HTTP 503, 401, a reply that is not JSON) are injected per request to check the client's
 retries, back-off and fail-fast.
@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from harness.config import GenerationConfig
-from harness.generation import HFGenerator, make_generator
-from harness.openai_client import EndpointError, OpenAIClient
+from core.config import GenerationConfig
+from core.generation import HFGenerator, make_generator
+from core.openai_client import EndpointError, OpenAIClient
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
 RAW = "Once upon a time"

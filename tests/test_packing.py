@@ -136,7 +136,7 @@ def test_no_cross_contamination(tiny_model, gsm8k_seqs):
 def test_native_transformers_packed_mask_agrees(tokenizer, gsm8k_seqs):
     """transformers' own block-diagonal mask (sdpa, restarting position ids) and our
     per-sequence attention give the same hidden states."""
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     native, ours = tiny_llama(tokenizer), tiny_llama(tokenizer)
     p = pack(gsm8k_seqs)
@@ -162,7 +162,7 @@ def _pair_inputs(seqs):
 @pytest.mark.parametrize("loss", ["gsil-logistic", "dpo", "spin", "sft"])
 def test_losses_and_gradients_match_padded(tokenizer, gsm8k_seqs, loss):
     """Loss and every parameter gradient: packed path vs padded path, same weights."""
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     real, gen = _pair_inputs(gsm8k_seqs)
     ref_real, ref_gen = torch.tensor([-80.0, -120.0, -95.0]), torch.tensor([-70.0, -140.0, -90.0])
@@ -195,7 +195,7 @@ def test_losses_and_gradients_match_padded(tokenizer, gsm8k_seqs, loss):
 def test_gradient_checkpointing_keeps_sequences_apart(tokenizer, gsm8k_seqs):
     """With gradient checkpointing the backward recomputes attention: gradients must
     equal the non-checkpointed ones (a mask-less recompute would mix sequences)."""
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     grads = []
     for ckpt in (False, True):
@@ -226,7 +226,7 @@ def test_switch_keeps_padded_and_generation_outputs(tiny_model, tokenizer):
 
 
 def test_eager_base_and_empty_response(tokenizer, gsm8k_seqs):
-    from harness.models import tiny_llama
+    from core.models import tiny_llama
 
     model = tiny_llama(tokenizer)
     model.set_attn_implementation("eager")
@@ -242,7 +242,7 @@ def test_eager_base_and_empty_response(tokenizer, gsm8k_seqs):
 @pytest.mark.slow
 def test_real_model_packed_equals_padded(data_dir, tokenizer, embedded_dir):
     """The real SmolLM2-135M-Instruct: packed == padded summed response log-probs."""
-    from harness.models import load_model
+    from core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     rows = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").open()][:4]

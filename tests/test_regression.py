@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_reports_data import write_run
 
-from harness.io import atomic_write_json, read_jsonl
-from reports.cli import configure_compare, run_compare
+from core.io import atomic_write_json, read_jsonl
+from harness.commands import compare
 from reports.regression import compare_runs
 
 FINAL = ("gsil-logistic", "seed-0", "iter-2", "gsm8k")
@@ -29,8 +29,8 @@ def main(argv):
     import argparse
 
     parser = argparse.ArgumentParser()
-    configure_compare(parser)
-    return run_compare(parser.parse_args(argv[1:]))
+    compare.configure(parser)
+    return compare.run(parser.parse_args(argv[1:]))
 
 
 def _copy(baseline, tmp_path, name="night-2"):
@@ -106,7 +106,7 @@ def test_different_shared_blocks_are_flagged(baseline, tmp_path):
 
 
 def test_compare_against_the_last_indexed_night(baseline, tmp_path):
-    from harness.store import RunIndex
+    from reports.index import RunIndex
 
     index = RunIndex(tmp_path / "runs.sqlite")
     first = _copy(baseline, tmp_path, "night-a")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_reports_data import write_run
 
-from harness.io import atomic_write_json
+from core.io import atomic_write_json
 from reports import tables
 from reports.report import config_check, write_report
 from reports.rundata import RunDataError, load_run

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import load_experiment
-from harness.runner import fingerprint, plan_steps, run_experiment, validate
-from harness.store import RunIndex
-from harness.strict import ConfigError, load_yaml
+from core.config import load_experiment
+from core.strict import ConfigError, load_yaml
+from harness.runner import fingerprint, plan_steps, run_experiment
+from harness.validate import validate
+from reports.index import RunIndex
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def test_bad_config_key_names_file_line_and_key_and_writes_nothing(tmp_path, tin
 
 def _validate_file(path: Path, data_dir: Path) -> None:
     _, loc = load_yaml(path)
-    validate(load_experiment(path), data_dir=str(data_dir), loc=loc)
+    validate(load_experiment(path), loc, data_dir=str(data_dir))
 
 
 def test_validation_names_the_key_and_line(tmp_path, tiny_model_dir, data_dir):
@@ -110,7 +111,7 @@ def test_model_and_training_settings_are_checked_before_work(tmp_path, tiny_mode
     data["shared"]["train"]["max_prompt_length"] = 256
     path = write_cfg(tmp_path, data)
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "max_prompt_length" in t)
-    with pytest.raises(ConfigError, match=rf"exp.yaml:{line}: shared.train.max_prompt_length \(256\) must be <"):
+    with pytest.raises(ConfigError, match=rf"exp.yaml:{line}: shared.train.max_prompt_length: must be < shared.train.max_length \(128\), got 256"):
         _validate_file(path, data_dir)
 
 

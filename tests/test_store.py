@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from test_reports_data import write_run
 
-from harness.store import RunIndex, default_index
+from reports.index import RunIndex, default_index
 from reports.trend import final_scores, write_trend
 
 

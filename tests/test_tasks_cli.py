@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from core.config import GenerationConfig
+from core.generation import HFGenerator
 from harness.cli import main
-from harness.config import GenerationConfig
-from harness.generation import HFGenerator
 from tasks.context import CachedGenerator
 
 
@@ -32,7 +32,7 @@ def test_clear_errors(tmp_path, data_dir, capsys):
     assert code == 2 and "unknown task 'gsm8'" in err and "did you mean 'gsm8k'" in err
     code, err = run("--tasks", "mt_bench", "--model", "x")
     assert code == 2 and "mt_bench needs a judge: --judge URL" in err
-    code, err = run("--tasks", "humaneval", "--set", "generaton.max_new_tokens=3")
+    code, err = run("--tasks", "humaneval", "shared.eval.generaton.max_new_tokens=3")
     assert code == 2 and "eval.generaton" in err and "did you mean 'generation'" in err
     code, err = run("--tasks", "gsm8k", "--completions", str(tmp_path / "none.jsonl"))
     assert code == 2 and "--completions scores code tasks only" in err
@@ -70,8 +70,8 @@ def test_generation_cache_survives_a_torn_line_and_regenerates_only_whats_missin
 
 
 def test_other_weights_under_the_same_name_are_not_served_from_the_cache(tmp_path, data_dir, tokenizer):
-    from harness.config import EvalConfig
-    from harness.models import tiny_llama
+    from core.config import EvalConfig
+    from core.models import tiny_llama
     from tasks.api import evaluate
 
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=4), code_workers=1)

@@ -11,15 +11,15 @@ from helpers import data_rows
 from harness.cli import main
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
-METRIC_KEYS = {"value", "ci_low", "ci_high", "n", "stderr", "ci_method"}
+METRIC_KEYS = {"value", "ci_low", "ci_high", "n", "stderr", "ci_method", "higher_is_better"}
 SAMPLE_KEYS = {"id", "prompt", "output", "extracted", "reference", "scores"}
 
 
 def _eval(out: Path, data_dir: Path, *extra: str) -> int:
     return main(["eval", "--model", EMBEDDED, "--tasks", "gsm8k,humaneval,mt_bench", "--limit", "2",
                  "--output", str(out), "--data-dir", str(data_dir), "--judge", EMBEDDED,
-                 "--set", "generation.max_new_tokens=8", "--set", "generation.batch_size=4",
-                 "--set", "judge.max_tokens=8", "--set", "lm_eval_gen_kwargs=max_gen_toks=8", *extra])
+                 "shared.eval.generation.max_new_tokens=8", "shared.eval.generation.batch_size=4",
+                 "shared.eval.judge.max_tokens=8", "shared.eval.lm_eval_gen_kwargs=max_gen_toks=8", *extra])
 
 
 def test_three_tasks_end_to_end_on_the_embedded_model(tmp_path, data_dir, embedded_dir, capsys):
@@ -60,14 +60,14 @@ def test_three_tasks_end_to_end_on_the_embedded_model(tmp_path, data_dir, embedd
 def test_no_chat_template_gives_completion_prompts(tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "plain"
     assert main(["eval", "--model", str(tiny_model_dir), "--tasks", "humaneval", "--limit", "1", "--output", str(out),
-                 "--data-dir", str(data_dir), "--no-chat-template", "--set", "generation.max_new_tokens=4"]) == 0
+                 "--data-dir", str(data_dir), "--no-chat-template", "shared.eval.generation.max_new_tokens=4"]) == 0
     sample = json.loads((out / "humaneval/samples.jsonl").read_text().splitlines()[0])
     assert sample["prompt"] == data_rows(data_dir, "humaneval/HumanEval.jsonl")[0]["prompt"]  # the problem's own text
     assert sample["extracted"].startswith(sample["prompt"])  # prompt + completion
     # a changed limit recomputes the task but reuses the cached generation
     gens = (out / "humaneval/cache/generations.jsonl").read_text()
     assert main(["eval", "--model", str(tiny_model_dir), "--tasks", "humaneval", "--limit", "2", "--output", str(out),
-                 "--data-dir", str(data_dir), "--no-chat-template", "--set", "generation.max_new_tokens=4"]) == 0
+                 "--data-dir", str(data_dir), "--no-chat-template", "shared.eval.generation.max_new_tokens=4"]) == 0
     lines = (out / "humaneval/cache/generations.jsonl").read_text().splitlines()
     assert len(lines) == 2 and lines[0] == gens.splitlines()[0]
     assert json.loads((out / "humaneval/metrics.json").read_text())["n_items"] == 2

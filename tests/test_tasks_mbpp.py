@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import data_rows, write_jsonl
 
-from harness.config import EvalConfig
+from core.config import EvalConfig
 from tasks.api import evaluate
 from tasks.evalplus import mbpp_inputs
 

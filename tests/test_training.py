@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import ALL_METHODS, make_cfg
 
-from harness.io import read_json, read_jsonl
+from core.io import read_json, read_jsonl
 from trainers.api import iteration_plan, train_method
 from trainers.losses import LOSSES
 
@@ -66,7 +66,7 @@ def test_rerun_is_idempotent(all_methods_run):
     assert train_method(cfg, "spin", 0, run) == results["spin"]
     assert done.stat().st_mtime_ns == stamp
     changed = make_cfg(cfg.shared.model, ALL_METHODS, optimizer={"lr": 5e-4})
-    from harness.strict import ConfigError
+    from core.strict import ConfigError
 
     with pytest.raises(ConfigError, match="trained with another configuration"):
         train_method(changed, "spin", 0, run)
@@ -77,9 +77,9 @@ def test_gsil_two_self_play_iterations(tiny_model_dir, data_dir, tmp_path):
     and scores the reference log-probs."""
     from transformers import AutoModelForCausalLM
 
-    from harness.config import GenerationConfig
-    from harness.generation import HFGenerator
-    from harness.models import load_tokenizer
+    from core.config import GenerationConfig
+    from core.generation import HFGenerator
+    from core.models import load_tokenizer
     from trainers.data import collate, encode
     from trainers.logprobs import batch_logps
 
@@ -131,8 +131,12 @@ def test_gradient_accumulation_matches_larger_batch(tiny_model_dir, data_dir, tm
     for a, b in zip(m_big, m_acc):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     w0, w_big, w_acc = _weights(tiny_model_dir), _weights(runs["big"].checkpoint), _weights(runs["acc"].checkpoint)
-    for k in w0:  # equal up to float32 summation order: tiny next to the update itself
-        assert (w_big[k] - w_acc[k]).norm() <= 1e-4 * (w_big[k] - w0[k]).norm() + 1e-7, k
+    # equal up to float32 summation order: tiny next to the update itself. Batch 4 and batch 2 run
+    # different matmul shapes, and CPU kernels (oneDNN with AMX/AVX-512) block them differently:
+    # measured 1.5e-4 of the update on an AMX Xeon, so the bound is 1e-3 (a step too many or too
+    # few, or a wrong micro-batch, moves weights by the order of the update itself)
+    for k in w0:
+        assert (w_big[k] - w_acc[k]).norm() <= 1e-3 * (w_big[k] - w0[k]).norm() + 1e-7, k
 
 
 def test_dpo_on_preference_data(tiny_model_dir, tmp_path):
@@ -167,23 +171,25 @@ def test_pinned_trajectory(tiny_model_dir, data_dir, tmp_path, method):
 
 
 def test_clear_errors(tiny_model_dir, data_dir, tmp_path):
-    from harness.models import ModelError
-    from harness.strict import ConfigError
+    from core.models import ModelError
+    from core.strict import ConfigError
+    from harness.validate import validate
     from trainers.data import DataError
 
     with pytest.raises(ModelError, match="not a local folder"):
         train_method(make_cfg("no/such/model/here", [{"loss": "sft"}]), "sft", 0, tmp_path)
-    with pytest.raises(ConfigError, match=r"methods\[0\].params: GSIL scale a must be > 0"):
-        train_method(make_cfg(tiny_model_dir, [{"loss": "gsil-kliep", "params": {"a": -1.0}}]), "gsil-kliep", 0, tmp_path)
     with pytest.raises(ConfigError, match="is not in this experiment.*did you mean 'spin'"):
         train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}]), "spn", 0, tmp_path)
+    # the training settings are checked by the validation pass every command runs first
+    with pytest.raises(ConfigError, match=r"methods\[0\].params: GSIL scale a must be > 0"):
+        validate(make_cfg(tiny_model_dir, [{"loss": "gsil-kliep", "params": {"a": -1.0}}]), scope=("train",))
     with pytest.raises(ConfigError, match=r"shared.train.batch_size: must be >= 1"):
-        train_method(make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"batch_size": 0}), "sft", 0, tmp_path)
+        validate(make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"batch_size": 0}), scope=("train",))
     with pytest.raises(ConfigError, match=r"shared.generation.backend: unknown generation backend 'hff'.*'hf'"):
-        train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}], generation={"backend": "hff"}), "spin", 0, tmp_path)
+        validate(make_cfg(tiny_model_dir, [{"loss": "spin"}], generation={"backend": "hff"}), scope=("train",))
     with pytest.raises(ConfigError, match=r"shared.generation.backend: 'openai' serves one fixed model"):
-        train_method(make_cfg(tiny_model_dir, [{"loss": "spin"}], iterations=2, generation={"backend": "openai"}),
-                     "spin", 0, tmp_path)
+        validate(make_cfg(tiny_model_dir, [{"loss": "spin"}], iterations=2, generation={"backend": "openai"}),
+                 scope=("train",))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answr": "a2"}\n')
     with pytest.raises(DataError, match=rf"{bad}:2: missing field 'answer'"):
@@ -193,7 +199,10 @@ def test_clear_errors(tiny_model_dir, data_dir, tmp_path):
 
 def test_cli_train_command(tiny_model_dir, data_dir, tmp_path, capsys):
     """`gsil-bench train CONFIG --method ... key=value`: trains; a bad override is a clear error (exit 2)."""
-    from trainers.cli import main
+    from harness.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["train", *argv])
 
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(f"name: clitest\nshared:\n  model: {tiny_model_dir}\n  train_data: {{path: gsm8k/train.jsonl, "

@@ -24,10 +24,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ExperimentConfig, shared_hash
-from harness.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
-from harness.strict import ConfigError, to_plain
-from trainers.losses import LOSSES
+from core.config import ExperimentConfig, shared_hash
+from core.datadir import data_dir as resolve_data_dir
+from core.errors import ConfigError, GsilError
+from core.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
+from core.layout import RunLayout
+from core.models import load_tokenizer, pick_dtype
+from core.provenance import collect
+from core.strict import to_plain
+from trainers.data import data_file, encode_examples, load_examples
+from trainers.inputs import MethodContext, prepare_inputs
+from trainers.loop import LoopRun, train_iteration
+from trainers.losses import LOSSES, build_loss
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +63,6 @@ def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed})
 
 
-def validate_method(cfg: ExperimentConfig, method_label: str) -> None:
-    from trainers.selfplay import check_generation_backend
-
-    method = cfg.method(method_label)
-    index = [m.label for m in cfg.methods].index(method_label)
-    try:
-        LOSSES.validate(method.loss, method.params)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"methods[{index}].params: {err}") from None
-    t = cfg.shared.train
-    for key, value, low in (("batch_size", t.batch_size, 1), ("grad_accum", t.grad_accum, 1), ("epochs", t.epochs, 1),
-                            ("save_every", t.save_every, 1), ("log_every", t.log_every, 1),
-                            ("logprob_chunk", t.logprob_chunk, 1), ("max_prompt_length", t.max_prompt_length, 1)):
-        if value < low:
-            raise ConfigError(f"shared.train.{key}: must be >= {low}, got {value}")
-    if t.max_prompt_length >= t.max_length:
-        raise ConfigError(f"shared.train.max_prompt_length ({t.max_prompt_length}) must be < "
-                          f"shared.train.max_length ({t.max_length})")
-    from harness.generation import GENERATORS
-
-    if cfg.shared.generation.backend not in GENERATORS:
-        try:
-            GENERATORS.get(cfg.shared.generation.backend)
-        except KeyError as err:
-            raise ConfigError(f"shared.generation.backend: {err.args[0]}") from None
-    if cfg.shared.iterations < 1:
-        raise ConfigError(f"shared.iterations: must be >= 1, got {cfg.shared.iterations}")
-    check_generation_backend(cfg, method)
-
-
 def make_accelerator(precision: str) -> Any:
     """The Accelerator of this process (bf16 autocast where the precision resolves to bf16)."""
     from datetime import timedelta
@@ -109,9 +87,7 @@ def make_accelerator(precision: str) -> Any:
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if _cpu_launch_without_processes():
-        from harness.cli import UserError
-
-        raise UserError(
+        raise GsilError(
             "`accelerate launch --cpu --num_processes N` starts a single process (accelerate's multi-CPU "
             "launcher needs MPI and --mpirun_hostfile), so N processes were asked for but one runs. For data "
             "parallel training on CPU use `accelerate launch --multi_gpu --num_processes N -m harness.cli ...` "
@@ -134,7 +110,6 @@ def _cpu_launch_without_processes() -> bool:
 def _precision(cfg: ExperimentConfig) -> str:
     import torch
 
-    from harness.models import pick_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return "bf16" if pick_dtype(cfg.shared.train.precision, device) == torch.bfloat16 else "fp32"
@@ -143,10 +118,6 @@ def _precision(cfg: ExperimentConfig) -> str:
 def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: Path,
                   data_dir: str | None) -> tuple[Any, dict[str, str]]:
     """Load data and tokenizer once for every iteration; returns (MethodContext, data files)."""
-    from harness.datadir import data_dir as resolve_data_dir
-    from harness.models import load_tokenizer
-    from trainers.data import data_file, encode_examples, load_examples
-    from trainers.selfplay import MethodContext
 
     method, s = cfg.method(method_label), cfg.shared
     root = resolve_data_dir(data_dir, s.data_dir)
@@ -167,7 +138,7 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
         rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples
                                                if ex.rejected is not None], **lengths)
     precision = _precision(cfg)
-    ctx = MethodContext(cfg, method, seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
+    ctx = MethodContext(cfg, method, build_loss(method.loss, method.params), seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
                         rejected, precision)
     return ctx, {k: str(v) for k, v in files.items() if v is not None}
 
@@ -197,23 +168,19 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     """Train every iteration of `method_label` with `seed` under `run_dir`; idempotent."""
     import time
 
-    from harness.provenance import collect
-    from trainers.loop import LoopRun, train_iteration
-    from trainers.selfplay import prepare_inputs
 
-    validate_method(cfg, method_label)
     started = time.time()
-    root = Path(run_dir) / method_label / f"seed-{seed}"
+    layout = RunLayout(run_dir)
     key = train_key(cfg, method_label, seed)
     n_iter = iteration_plan(cfg, method_label)
-    folders = [root / f"iter-{k}" for k in range(1, n_iter + 1)]
+    folders = [layout.iter_dir(method_label, seed, k) for k in range(1, n_iter + 1)]
     results = [IterationResult(k, f / "checkpoint", f) for k, f in enumerate(folders, 1)]
     if all(_finished(f, key) for f in folders):
         return results
     ctx, files = build_context(cfg, method_label, seed, Path(run_dir), data_dir)
     acc = ctx.accelerator
     if acc.is_main_process:
-        atomic_write_json(root / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
+        atomic_write_json(layout.seed_dir(method_label, seed) / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
                           | {"method": method_label, "train_key": key, "shared_hash": shared_hash(cfg)})
     reference = cfg.shared.model
     for k, folder in enumerate(folders, 1):

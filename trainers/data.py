@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from harness.config import DataConfig
-from harness.datadir import load_hub_rows, local_file
-from harness.io import iter_jsonl_file
-from harness.registry import Registry
-from harness.strict import ConfigError
+from core.config import DataConfig
+from core.datadir import load_hub_rows, local_file
+from core.io import iter_jsonl_file
+from core.registry import Registry
+from core.strict import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The one training loop: every method (SFT, DPO, SPIN, every GSIL member) runs through
-`train_iteration`; the loss is the only difference (`compute_loss(method.loss, ...)`).
+`train_iteration`; the loss is the only difference (`ctx.loss`, built once per method).
 
 One call trains one iteration of one method × seed, on `accelerate` (data parallel when
 launched with several processes), reading top to bottom:
@@ -38,12 +38,13 @@ import torch
 from tqdm.auto import tqdm
 
 import trainers.packing  # noqa: F401  (registers the "packed" collator)
-from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
-from harness.registry import Registry
-from harness.strict import ConfigError
+from core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from core.registry import Registry
+from core.strict import ConfigError
 from trainers.data import COLLATORS, Batch, TrainItem
+from trainers.inputs import MethodContext
 from trainers.logprobs import LogpsModule, batch_logps
-from trainers.losses import LossInputs, compute_loss
+from trainers.losses import LossInputs
 from trainers.reference import RefLogps, load_causal_lm
 from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
@@ -66,7 +67,7 @@ SCHEDULES.add("constant", lambda s, w, n: s / max(1, w) if s < w else 1.0)
 class LoopRun:
     """Everything one iteration's loop needs (assembled by trainers.api)."""
 
-    ctx: Any  # trainers.selfplay.MethodContext
+    ctx: MethodContext
     iteration: int
     folder: Path  # <run_dir>/<method>/seed-<s>/iter-<k>
     init_model: str  # what the policy starts from: the starting model or the previous checkpoint
@@ -131,7 +132,7 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) 
         ref_real, ref_gen = run.ref.take([it.index for it in items])
         inputs = LossInputs(logps[:b].float(), ref_real.to(device), logps[b:].float(),
                             None if ref_gen is None else ref_gen.to(device), n_tokens[:b])
-    return compute_loss(ctx.method.loss, inputs, ctx.method.params), batch.tokens
+    return ctx.loss(inputs), batch.tokens
 
 
 def train_iteration(run: LoopRun) -> dict[str, Any]:

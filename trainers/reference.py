@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from core.models import ModelError, resolve
 from trainers.data import EncodedSeq, TrainItem, collate
 from trainers.logprobs import batch_logps
 
@@ -97,8 +98,6 @@ def load_causal_lm(name: str, *, revision: str | None, device: Any) -> Any:
     """A causal LM in fp32 on `device` (mixed precision comes from autocast), without
     reloading its tokenizer (trainers.api loads that once per method)."""
     from transformers import AutoModelForCausalLM
-
-    from harness.models import ModelError, resolve
 
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=torch.float32)

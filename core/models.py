@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import GsilError
+from core.registry import did_you_mean
+
 log = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(GsilError, ValueError):
     """A model name that cannot be resolved or loaded; the message says why."""
 
 
@@ -55,7 +58,6 @@ def embedded_gguf_path(name: str) -> Path:
     """Path of an embedded model's GGUF file (without importing its package)."""
     key = name.removeprefix("embedded:")
     if key not in EMBEDDED:
-        from harness.registry import did_you_mean
 
         raise ModelError(
             f"unknown embedded model {name!r}{did_you_mean(name, ['embedded:' + k for k in EMBEDDED])}; "

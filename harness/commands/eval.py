@@ -3,6 +3,7 @@
     gsil-bench eval --model embedded:smollm2-135m-instruct --tasks gsm8k,humaneval,mt_bench \\
         --limit 5 --judge http://127.0.0.1:8080/v1 --judge-model gpt-4
     gsil-bench eval --tasks humaneval --completions samples.jsonl
+    gsil-bench eval --tasks arc_challenge shared.eval.num_fewshot=25 shared.eval.generation.max_new_tokens=64
 
 Prints every metric with its 95% interval when done; results are in --output.
 """
@@ -16,12 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import DEFAULT_MODEL, EvalConfig
+from core.config import DEFAULT_MODEL, EvalConfig
+from harness.commands import add_overrides
+
+HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
 EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbpp, mbpp_plus, mt_bench, or any lm-eval task"
 
 
-def configure_eval(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"Hub id, model folder, .gguf or embedded:<name> (default {DEFAULT_MODEL})")
     parser.add_argument("--tasks", default=None, help=f"{EVAL_USAGE} (default: gsm8k,humaneval,mt_bench)")
     parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs)")
@@ -32,21 +36,24 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="completion-style prompts even for chat models")
     parser.add_argument("--completions", default=None, help="score these code completions (task_id + completion JSONL)")
     parser.add_argument("--config", default=None, help="experiment YAML: take its shared.eval block (and model)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an eval setting, e.g. generation.max_new_tokens=64 or samples_per_task=10")
+    add_overrides(parser)
 
 
 def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
-    """EvalConfig from --config, --set and the flags; also the config's model and data_dir."""
-    from harness.config import load_experiment
-    from harness.strict import apply_overrides, build, to_plain
+    """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
+    `shared.eval.*`) and the flags; also the config's model and data_dir."""
+    from core.config import ExperimentConfig, experiment_from_dict, load_experiment
+    from core.strict import apply_overrides, to_plain
 
     model = data_dir = None
-    base = EvalConfig()
     if args.config:
-        exp = load_experiment(args.config)
-        base, model, data_dir = exp.shared.eval, exp.shared.model, exp.shared.data_dir
-    cfg = build(EvalConfig, apply_overrides(to_plain(base), args.overrides), prefix="eval") if args.overrides else base
+        exp = load_experiment(args.config, args.overrides)
+        model, data_dir = exp.shared.model, exp.shared.data_dir
+    else:
+        exp = ExperimentConfig(name="eval", methods=[])
+        if args.overrides:
+            exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
+    cfg = exp.shared.eval
     if args.no_chat_template:
         cfg = replace(cfg, chat_template=False)
     judge = cfg.judge
@@ -76,20 +83,15 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from harness.cli import UserError
+def run(args: argparse.Namespace) -> int:
     from tasks.api import evaluate
-    from tasks.base import TaskError
 
     cfg, cfg_model, cfg_data_dir = _eval_config(args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)
     model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
-    try:
-        results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
-                           completions=args.completions)
-    except TaskError as err:
-        raise UserError(str(err)) from None
+    results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
+                       completions=args.completions)
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
     return 1 if any(r.get("incomplete") for r in results.values()) else 0

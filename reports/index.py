@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from reports.rundata import load_run
+
 log = logging.getLogger(__name__)
 INDEX_NAME = "runs.sqlite"
 SCHEMA = """
@@ -70,7 +72,6 @@ class RunIndex:
 
     def add_run(self, run_dir: str | Path, status: str | None = None) -> str:
         """Index (or re-index) a run folder; returns its run_id."""
-        from reports.rundata import load_run
 
         run = load_run(run_dir)
         run_id = str(run.plan.get("run_id") or run.root.resolve())
@@ -121,7 +122,6 @@ class RunIndex:
     def previous_run(self, run_dir: str | Path) -> str | None:
         """The folder of the latest finished run of the same experiment indexed before
         `run_dir` (by start time), or None: the baseline of a nightly comparison."""
-        from reports.rundata import load_run
 
         run = load_run(run_dir)
         me = str(run.plan.get("run_id") or run.root.resolve())

@@ -1,4 +1,4 @@
-"""Inputs of one training iteration: self-play generations and reference log-probs.
+"""Inputs of one training iteration for every method: self-play generations and reference log-probs.
 
 For iteration k of a method, `prepare_inputs` returns the `TrainItem`s (real sequence
 and, for pairwise losses, the generated or rejected one) and the reference log-probs:
@@ -7,7 +7,7 @@ and, for pairwise losses, the generated or rejected one) and the reference log-p
 - DPO with `shared.preference_data`: (chosen, rejected) pairs scored by the starting model.
 - Self-play (GSIL, SPIN) and DPO on demonstrations: the reference of iteration k (the
   starting model for k = 1, iteration k-1's checkpoint after) generates one response per
-  training prompt through `harness.generation.make_generator` (`shared.generation`), then
+  training prompt through `core.generation.make_generator` (`shared.generation`), then
   scores both responses; the model is freed before training.
 
 Work whose inputs are identical across methods is done once: iteration 1's generations by
@@ -37,10 +37,13 @@ from typing import Any
 
 import torch
 
-from harness.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl
-from harness.strict import ConfigError, to_plain
+from core.config import ExperimentConfig, MethodConfig
+from core.generation import make_generator
+from core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl
+from core.layout import RunLayout
+from core.strict import to_plain
 from trainers.data import EncodedSeq, Example, TrainItem, encode
-from trainers.losses import LOSSES
+from trainers.losses import Loss
 from trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
 from trainers.state import kill_hook
 
@@ -51,8 +54,9 @@ log = logging.getLogger(__name__)
 class MethodContext:
     """What every iteration of one method × seed shares (built once by trainers.api)."""
 
-    cfg: Any  # ExperimentConfig
-    method: Any  # MethodConfig
+    cfg: ExperimentConfig
+    method: MethodConfig
+    loss: Loss  # the method's loss, looked up and bound once
     seed: int
     run_dir: Path
     tokenizer: Any
@@ -83,16 +87,6 @@ def tokens_digest(seqs: Sequence[EncodedSeq | None]) -> str:
     return h.hexdigest()
 
 
-def check_generation_backend(cfg: Any, method: Any) -> None:
-    """A server backend serves one fixed model, so it cannot generate for iteration 2+."""
-    gen = cfg.shared.generation
-    if LOSSES.self_play(method.loss) and cfg.shared.iterations > 1 and gen.backend == "openai":
-        raise ConfigError(
-            "shared.generation.backend: 'openai' serves one fixed model, but self-play iteration 2+ must "
-            "generate with the previous iteration's checkpoint; use backend 'hf' or 'vllm' "
-            "(or shared.iterations: 1)")
-
-
 @contextmanager
 def main_locked(accelerator: Any, lock_path: Path) -> Iterator[None]:
     """Main process holds an exclusive file lock (another run may share the folder) while
@@ -120,8 +114,6 @@ def _load_reference(ctx: MethodContext, name: str) -> Any:
 def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_seed: int) -> None:
     """Generate one response per example (sharded over processes, appended chunk by chunk)."""
     from accelerate.utils import broadcast_object_list, gather_object
-
-    from harness.generation import make_generator
 
     acc, gcfg = ctx.accelerator, ctx.cfg.shared.generation
     partial = work / "generations.partial.jsonl"
@@ -237,12 +229,12 @@ def _transfer(work: Path, folder: Path, shared: bool) -> None:
 def prepare_inputs(ctx: MethodContext, iteration: int, reference: str, folder: Path) -> IterationInputs:
     """Items and reference log-probs for `iteration`, trained from / scored by `reference`."""
     acc = ctx.accelerator
-    if not LOSSES.needs_pairs(ctx.method.loss):
+    if not ctx.loss.pairs:
         return IterationInputs([TrainItem(i, s) for i, s in enumerate(ctx.real)], None)
     generate = ctx.rejected is None
     key = inputs_key(ctx, reference, generate)
     shared = iteration == 1 and reference == ctx.cfg.shared.model
-    work = ctx.run_dir / "shared" / key if shared else folder / "inputs"
+    work = RunLayout(ctx.run_dir).shared_dir(key) if shared else folder / "inputs"
     gen_seed = int(hash_obj([ctx.seed, iteration]), 16) % (2**31)
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)

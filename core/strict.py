@@ -16,11 +16,11 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from harness.registry import did_you_mean
+from core.errors import ConfigError
+from core.registry import did_you_mean
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file, line and key."""
+__all__ = ["ConfigError", "Located", "apply_overrides", "build", "build_collecting", "load_yaml", "parse_override",
+           "to_plain"]
 
 
 class Located:
@@ -88,7 +88,11 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _convert(tp: Any, value: Any, key: str, loc: Located) -> Any:
+class _Skip(Exception):
+    """A nested block could not be built; its problems are already collected."""
+
+
+def _convert(tp: Any, value: Any, key: str, loc: Located, errors: list[str] | None = None) -> Any:
     origin = get_origin(tp)
     fail = ConfigError(f"{loc.at(key)}: {key}: expected {_type_name(tp)}, got {value!r}")
     if tp is Any:
@@ -103,7 +107,7 @@ def _convert(tp: Any, value: Any, key: str, loc: Located) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, key, loc)
+                return _convert(arg, value, key, loc, errors)
             except ConfigError:
                 continue
         raise fail
@@ -115,17 +119,22 @@ def _convert(tp: Any, value: Any, key: str, loc: Located) -> Any:
         if not isinstance(value, list | tuple):
             raise fail
         inner = get_args(tp)[0]
-        items = [_convert(inner, v, f"{key}[{i}]", loc) for i, v in enumerate(value)]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_convert(inner, v, f"{key}[{i}]", loc, errors))
+            except _Skip:
+                continue
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise fail
         inner = get_args(tp)[1]
-        return {str(k): _convert(inner, v, f"{key}.{k}", loc) for k, v in value.items()}
+        return {str(k): _convert(inner, v, f"{key}.{k}", loc, errors) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise fail
-        return build(tp, value, loc, prefix=key)  # type: ignore[arg-type]
+        return build(tp, value, loc, prefix=key, errors=errors)  # type: ignore[arg-type]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -153,8 +162,16 @@ def _convert(tp: Any, value: Any, key: str, loc: Located) -> Any:
 T = typing.TypeVar("T")
 
 
-def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "") -> T:
-    """Build dataclass `cls` from plain data, strictly (unknown/missing keys, types)."""
+def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "",
+          errors: list[str] | None = None) -> T:
+    """Build dataclass `cls` from plain data, strictly (unknown/missing keys, types).
+
+    Without `errors`, the first problem raises ConfigError. With a list, every problem
+    is appended to it (one line each, file:line first) and a key with a bad value keeps
+    its default, so one pass reports all of them; a block that cannot be built at all
+    (a required key missing) is left out of its parent."""
+    collect = errors is not None
+    errs: list[str] = errors if errors is not None else []
     loc = loc or Located("<config>")
     if data is None:
         data = {}
@@ -163,24 +180,53 @@ def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
+    n_before = len(errs)
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             hint = did_you_mean(str(key), list(fields))
-            raise ConfigError(
-                f"{loc.at(full)}: unknown key {full!r}{hint}; allowed here: {', '.join(fields)}"
-            )
-        kwargs[key] = _convert(hints[key], value, full, loc)
+            errs.append(f"{loc.at(full)}: unknown key {full!r}{hint}; allowed here: {', '.join(fields)}")
+        else:
+            try:
+                kwargs[key] = _convert(hints[key], value, full, loc, errors)
+            except ConfigError as err:
+                errs.append(str(err))
+            except _Skip:
+                pass
+        if not collect and len(errs) > n_before:
+            raise ConfigError(errs[n_before])
+    buildable = True
     for name, f in fields.items():
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if missing and name not in kwargs:
             full = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"{loc.at(prefix) if prefix else loc.file}: missing required key {full!r}")
+            if not any(f"{full!r}" in e or f" {full}:" in e or f" {full}[" in e for e in errs[n_before:]):
+                errs.append(f"{loc.at(prefix) if prefix else loc.file}: missing required key {full!r}")
+            buildable = False
+    if not collect and len(errs) > n_before:
+        raise ConfigError(errs[n_before])
+    if not buildable:
+        raise _Skip()
     try:
         obj = cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{loc.at(prefix) if prefix else loc.file}: {prefix or 'config'}: {err}") from None
+        msg = f"{loc.at(prefix) if prefix else loc.file}: {prefix or 'config'}: {err}"
+        if not collect:
+            raise ConfigError(msg) from None
+        errs.append(msg)
+        raise _Skip() from None
     return obj
+
+
+def build_collecting(cls: type[T], data: Any, loc: Located) -> tuple[T | None, list[str]]:
+    """Build `cls` collecting every problem: (the object or None, the problems, one line each)."""
+    errors: list[str] = []
+    try:
+        return build(cls, data, loc, errors=errors), errors
+    except _Skip:
+        return None, errors
+    except ConfigError as err:
+        return None, [*errors, str(err)]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from tqdm.auto import tqdm
 
-from harness.config import GenerationConfig
-from harness.registry import Registry
+from core.config import GenerationConfig
+from core.models import load_model, load_tokenizer, pick_dtype, resolve
+from core.openai_client import OpenAIClient
+from core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +276,12 @@ class StaticDecoder:
 @GENERATORS.register("hf")
 def _hf(cfg: GenerationConfig, *, model: Any = None, tokenizer: Any = None, model_name: str | None = None, **_: Any) -> Generator:
     if model is None:
-        from harness.models import load_model
 
         if model_name is None:
             raise ValueError("generation backend 'hf' needs a model or a model name")
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        from harness.models import pick_dtype
 
         model, tokenizer = load_model(model_name, dtype=pick_dtype("auto", device), device=device)
     return HFGenerator(model, tokenizer, cfg)
@@ -291,7 +291,6 @@ class OpenAIGenerator:
     """Generation through an OpenAI-compatible server (chat or completions endpoint)."""
 
     def __init__(self, cfg: GenerationConfig, model_name: str | None = None) -> None:
-        from harness.openai_client import OpenAIClient
 
         if not cfg.base_url:
             raise ValueError("generation.base_url is required for backend 'openai'")
@@ -365,7 +364,6 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
         import vllm  # noqa: F401
     except ImportError:
         raise ImportError("generation backend 'vllm' needs vLLM: pip install 'gsil-bench[vllm]'") from None
-    from harness.models import load_tokenizer, resolve
 
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
@@ -375,7 +373,3 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
 def make_generator(cfg: GenerationConfig, **kwargs: Any) -> Generator:
     """Build the configured backend; kwargs: model, tokenizer, model_name."""
     return GENERATORS.get(cfg.backend)(cfg, **kwargs)
-
-
-def with_overrides(cfg: GenerationConfig, **changes: Any) -> GenerationConfig:
-    return replace(cfg, **changes)

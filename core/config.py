@@ -9,12 +9,16 @@ ran the identical configuration. Every field is documented once, here.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
-from dataclasses import dataclass, field, replace
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.strict import ConfigError, Located, apply_overrides, build, load_yaml, to_plain
+from core.errors import ConfigError, ValidationError
+from core.registry import did_you_mean
+from core.strict import Located, apply_overrides, build_collecting, load_yaml, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -194,53 +198,41 @@ class ExperimentConfig:
         for m in self.methods:
             if m.label == label:
                 return m
-        from harness.registry import did_you_mean
-
         labels = [m.label for m in self.methods]
         raise ConfigError(f"method {label!r} is not in this experiment{did_you_mean(label, labels)}; has: {', '.join(labels)}")
 
 
-def _check_methods(cfg: ExperimentConfig, loc: Located) -> None:
-    from trainers.losses import LOSSES
-
-    seen: set[str] = set()
-    for i, m in enumerate(cfg.methods):
-        key = f"methods[{i}]"
-        if m.loss not in LOSSES:
-            try:
-                LOSSES.get(m.loss)
-            except KeyError as err:
-                raise ConfigError(f"{loc.at(key + '.loss')}: {key}.loss: {err.args[0]}") from None
-        if m.label in seen:
-            raise ConfigError(f"{loc.at(key)}: {key}: duplicate method label {m.label!r}")
-        seen.add(m.label)
-        try:
-            LOSSES.check_params(m.loss, m.params)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{loc.at(key + '.params')}: {key}.params: {err}") from None
-    if not cfg.methods:
-        raise ConfigError(f"{loc.file}: methods: at least one method is required")
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load and validate an experiment YAML; `overrides` are `key=value` strings."""
+def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
+    """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
+    every problem: (the config or None when it cannot be built, where its keys are, the
+    problems one line each with file:line). Plugins are imported so their losses and tasks
+    exist for the checks that follow (harness.validate)."""
     data, loc = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         data = apply_overrides(data, overrides)
-    cfg = build(ExperimentConfig, data, loc)
-    import_plugins(cfg.plugins, Path(path).resolve().parent, loc)
-    _check_methods(cfg, loc)
+    cfg, errors = build_collecting(ExperimentConfig, data, loc)
+    if cfg is not None:
+        try:
+            import_plugins(cfg.plugins, Path(path).resolve().parent, loc)
+        except ConfigError as err:
+            errors.append(str(err))
+    return cfg, loc, errors
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML against the schema (every schema problem in one error).
+    The checks that need the registries (losses, tasks, data, model) are harness.validate's."""
+    cfg, _, errors = parse_experiment(path, overrides)
+    if errors or cfg is None:
+        raise ValidationError(errors or [f"{path}: the experiment cannot be built"])
     return cfg
 
 
 def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
     """Import plugin modules (which register losses, tasks, ...): from the config file's
     folder, the working directory, or anywhere on sys.path."""
-    import importlib
-    import sys
-
     for extra in (str(config_dir) if config_dir else None, str(Path.cwd())):
         if extra and extra not in sys.path:
             sys.path.append(extra)
@@ -253,9 +245,11 @@ def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Loca
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    cfg = build(ExperimentConfig, data, Located(source))
+    """Build an experiment from plain data (e.g. a run folder's config.yaml), schema-checked."""
+    cfg, errors = build_collecting(ExperimentConfig, data, Located(source))
+    if errors or cfg is None:
+        raise ValidationError(errors or [f"{source}: the experiment cannot be built"])
     import_plugins(cfg.plugins)
-    _check_methods(cfg, Located(source))
     return cfg
 
 
@@ -267,7 +261,3 @@ def shared_hash(cfg: ExperimentConfig | SharedConfig) -> str:
     """sha256 (first 16 hex) of the shared block: equal hash = identical configuration."""
     shared = cfg.shared if isinstance(cfg, ExperimentConfig) else cfg
     return hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
-
-
-def with_shared(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    return replace(cfg, shared=replace(cfg.shared, **changes))

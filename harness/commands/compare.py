@@ -1,0 +1,67 @@
+"""`gsil-bench compare`: nightly regression of a candidate run against a baseline run.
+
+    gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance 0.0]
+    gsil-bench compare --last runs.sqlite CANDIDATE_RUN   (baseline: the previous finished run)
+
+Exits 1 when the candidate has a significant drop (or lacks a result the baseline has,
+unless --allow-missing), so a nightly job fails on a regression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from core.errors import GsilError
+from harness.commands.report import stats_args
+
+log = logging.getLogger(__name__)
+HELP = "nightly regression: compare a candidate run against a baseline run"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="BASELINE_RUN CANDIDATE_RUN, or only CANDIDATE_RUN with --last")
+    parser.add_argument("--last", type=Path, metavar="INDEX",
+                        help="baseline = the latest finished run of the candidate's experiment in this runs.sqlite")
+    parser.add_argument("--output", type=Path, help="where compare.md/.html go (default: CANDIDATE/compare)")
+    stats_args(parser)
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="ignore significant drops no larger than this (metric units; default 0)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="do not fail when the candidate lacks a method/task the baseline has")
+
+
+def _baseline_and_candidate(args: argparse.Namespace) -> tuple[Path | None, Path]:
+    if args.last:
+        if len(args.runs) != 1:
+            raise GsilError("with --last give only the CANDIDATE_RUN")
+        from reports.index import RunIndex
+
+        if not args.last.is_file():
+            raise FileNotFoundError(f"run index {args.last} does not exist")
+        prev = RunIndex(args.last).previous_run(args.runs[0])
+        return (Path(prev) if prev else None), args.runs[0]
+    if len(args.runs) != 2:
+        raise GsilError("give BASELINE_RUN and CANDIDATE_RUN (or --last INDEX CANDIDATE_RUN)")
+    return args.runs[0], args.runs[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    from reports.regression import compare_runs, write_compare
+
+    args.baseline, args.candidate = _baseline_and_candidate(args)
+    if args.baseline is None:
+        log.warning("no earlier finished run of this experiment in %s: nothing to compare against", args.last)
+        return 0
+    log.info("baseline %s, candidate %s", args.baseline, args.candidate)
+    result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap, alpha=args.alpha,
+                          tolerance=args.tolerance)
+    md, page = write_compare(result, args.output or args.candidate / "compare")
+    print(md.read_text())
+    log.info("comparison written to %s", page)
+    if result.drops or (result.missing and not args.allow_missing):
+        log.error("regression found: %d drop(s), %d missing", len(result.drops), len(result.missing))
+        return 1
+    return 0

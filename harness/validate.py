@@ -1,0 +1,138 @@
+"""The one validation pass: every problem of an experiment, found before any work starts.
+
+`load_and_validate(path, overrides)` parses the YAML against the schema (unknown keys,
+types, missing keys) and then checks what the registries and the files know: method
+labels and losses with their parameters (trainers.checks), the training settings, the
+model name, the data files, the evaluation tasks and their documents (tasks.api). Every
+problem is collected and reported together, each with its file:line and key, in one
+`ValidationError` (the CLI prints it and exits 2), as torchtune's config validation does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import ExperimentConfig, parse_experiment
+from core.datadir import data_dir as resolve_data_dir
+from core.errors import Problem, ValidationError
+from core.layout import RESERVED
+from core.models import ModelError, resolve
+from core.registry import did_you_mean
+from core.strict import Located
+from tasks import api as tasks_api
+from tasks.base import TaskError
+from tasks.context import EvalContext
+from trainers.checks import check_method, check_training
+from trainers.data import DATA_FORMATS, DataError, data_file
+
+SCOPES = ("train", "eval")  # what a command will do: train (methods, data) and/or eval (tasks)
+
+
+def _method_problems(cfg: ExperimentConfig) -> list[Problem]:
+    out: list[Problem] = []
+    if not cfg.methods:
+        out.append(Problem("methods", "at least one method is required"))
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.methods):
+        if m.label in RESERVED:
+            out.append(Problem(f"methods[{i}]", f"the label {m.label!r} is reserved (run-folder names: "
+                                                f"{', '.join(sorted(RESERVED))}); give the method another `name`"))
+        if m.label in seen:
+            out.append(Problem(f"methods[{i}]", f"duplicate method label {m.label!r}"))
+        seen.add(m.label)
+        out += check_method(cfg, i, m)
+    return out
+
+
+def _report_problems(cfg: ExperimentConfig) -> list[Problem]:
+    out: list[Problem] = []
+    labels = [m.label for m in cfg.methods]
+    if cfg.report.baseline not in [*labels, "base"]:
+        out.append(Problem("report.baseline", f"{cfg.report.baseline!r} is not a method label"
+                                              f"{did_you_mean(cfg.report.baseline, labels)}; labels: "
+                                              f"{', '.join(labels)} (or base)"))
+    return out
+
+
+def _data_problems(cfg: ExperimentConfig, root: Path | None, files: dict[str, str]) -> list[Problem]:
+    out: list[Problem] = []
+    for key in ("train_data", "preference_data"):
+        dcfg = getattr(cfg.shared, key)
+        if dcfg is None:
+            continue
+        try:
+            DATA_FORMATS.get(dcfg.format)
+        except KeyError as err:
+            out.append(Problem(f"shared.{key}.format", err.args[0]))
+            continue
+        try:
+            path = data_file(dcfg, root)
+        except (FileNotFoundError, DataError) as err:
+            out.append(Problem(f"shared.{key}.path", str(err)))
+            continue
+        if path is not None:
+            files[key] = str(path)
+    return out
+
+
+def _task_problems(cfg: ExperimentConfig, root: Path | None, files: dict[str, str]) -> list[Problem]:
+    """Task names and settings, then each task's documents load (local files, else the Hub)."""
+    ev = cfg.shared.eval
+    out = [Problem(f"shared.{p.key}" if p.key else "shared.eval", p.message) for p in tasks_api.task_problems(ev.tasks, ev)]
+    if out:
+        return out
+    ctx = EvalContext(model=cfg.shared.model, cfg=ev, data_dir=root, revision=cfg.shared.model_revision)
+    for name in ev.tasks:
+        try:
+            tasks_api.make_task(name).load(ctx)
+        except (KeyError, FileNotFoundError, ValueError, TaskError) as err:
+            msg = err.args[0] if isinstance(err, KeyError) else str(err)
+            out.append(Problem("shared.eval.tasks", f"{name}: {msg}"))
+    files.update({f"eval/{task}/{label}": path for task, fs in ctx.data_files.items() for label, path in fs.items()})
+    return out
+
+
+def problems(cfg: ExperimentConfig, *, data_dir: str | None = None, scope: tuple[str, ...] = SCOPES,
+             files: dict[str, str] | None = None) -> list[Problem]:
+    """Every problem the registries and files can find in a schema-valid experiment.
+    `files` (if given) receives the data files to hash for provenance."""
+    files = {} if files is None else files
+    out = _method_problems(cfg) + check_training(cfg)
+    try:
+        resolve(cfg.shared.model)
+    except ModelError as err:
+        out.append(Problem("shared.model", str(err)))
+    root = resolve_data_dir(data_dir, cfg.shared.data_dir)
+    if "train" in scope:
+        out += _data_problems(cfg, root, files)
+    if "eval" in scope:
+        out += _report_problems(cfg) + _task_problems(cfg, root, files)
+    return out
+
+
+def render(found: list[Problem], loc: Located) -> list[str]:
+    """One line per problem: file:line (of the key, or its nearest parent), key, message."""
+    return [p.render(loc.at(p.key) if p.key else loc.file) for p in found]
+
+
+def validate(cfg: ExperimentConfig, loc: Located | None = None, *, data_dir: str | None = None,
+             scope: tuple[str, ...] = SCOPES) -> dict[str, str]:
+    """Raise one ValidationError with every problem; return the data files to hash."""
+    files: dict[str, str] = {}
+    found = problems(cfg, data_dir=data_dir, scope=scope, files=files)
+    if found:
+        raise ValidationError(render(found, loc or Located("<config>")))
+    return files
+
+
+def load_and_validate(path: str | Path, overrides: list[str] | None = None, *, data_dir: str | None = None,
+                      scope: tuple[str, ...] = SCOPES) -> tuple[ExperimentConfig, Located, dict[str, str]]:
+    """Parse and check an experiment in one pass: schema problems and every other problem
+    are reported together. Returns (config, where its keys are, data files to hash)."""
+    cfg, loc, lines = parse_experiment(path, overrides)
+    files: dict[str, str] = {}
+    if cfg is not None:
+        lines += render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
+    if lines or cfg is None:
+        raise ValidationError(lines or [f"{path}: the experiment cannot be built"])
+    return cfg, loc, files
