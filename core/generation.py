@@ -317,8 +317,8 @@ class OpenAIGenerator:
             choice = resp["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
         tokens = int((resp.get("usage") or {}).get("completion_tokens", 0))
-        text, _ = truncate_at_stop(text, stop)
-        return Completion(text, tokens, "length" if choice.get("finish_reason") == "length" else "stop")
+        text, hit = truncate_at_stop(text, stop)  # a server that ignores `stop`: cut here, and it stopped
+        return Completion(text, tokens, "length" if choice.get("finish_reason") == "length" and not hit else "stop")
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"

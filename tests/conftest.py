@@ -51,6 +51,19 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer)
 
 
+@pytest.fixture(scope="session")
+def all_methods_run(tiny_model_dir, data_dir, tmp_path_factory):
+    """Every method trained 2 steps on 4 GSM8K examples from the tiny model (one run folder):
+    (config, run folder, {label: [IterationResult]})."""
+    from helpers import ALL_METHODS, make_cfg
+
+    from trainers.api import train_method
+
+    run = tmp_path_factory.mktemp("all") / "run"
+    cfg = make_cfg(tiny_model_dir, ALL_METHODS)
+    return cfg, run, {m.label: train_method(cfg, m.label, 0, run) for m in cfg.methods}
+
+
 @pytest.fixture()
 def tiny_model(tokenizer):
     from core.models import tiny_llama

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.config import EvalConfig, GenerationConfig
 from tasks.api import evaluate
@@ -71,18 +72,51 @@ def test_local_data_spec_keeps_lm_evals_task(data_dir):
     assert hub["dataset_path"] == "openai/gsm8k" and files == {}
 
 
-def test_gsm8k_equals_lm_eval_on_the_same_model(tmp_path, data_dir, tiny_model, tokenizer):
+@pytest.fixture()
+def answers_three(tokenizer):
+    """A one-layer Llama with set weights (the real tokenizer) that answers every prompt with
+    "3 3 3 ...": attention and MLP are zero, so the next token depends on the current one only;
+    after "3" it writes a space, after anything else "3". GSM8K's second test item's answer is 3,
+    so flexible-extract (the last number) scores 1 of the first 3 items and strict-match
+    ("#### 3") none: a nonzero score to compare with lm-eval's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    (three,) = tokenizer("3", add_special_tokens=False)["input_ids"]
+    (space,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.norm.weight.fill_(1.0)
+        emb = model.model.embed_tokens.weight
+        emb[:, 0] = 1.0  # every token but "3" -> direction 0 -> "3"
+        emb[three, 0], emb[three, 1] = 0.0, 1.0  # "3" -> direction 1 -> " "
+        model.lm_head.weight[three, 0] = 1.0
+        model.lm_head.weight[space, 1] = 1.0
+    return model
+
+
+def test_gsm8k_equals_lm_eval_on_the_same_model(tmp_path, data_dir, answers_three, tokenizer):
     gen = "max_gen_toks=16"
     folder = tmp_path / "yaml"
     _local_yaml(folder, data_dir, "gsm8k/gsm8k.yaml", "gsm8k_local")
-    direct = _direct(tiny_model, tokenizer, folder, "gsm8k_local", limit=3, gen_kwargs=gen, batch=4, chat=False)
+    direct = _direct(answers_three, tokenizer, folder, "gsm8k_local", limit=3, gen_kwargs=gen, batch=4, chat=False)
     cfg = EvalConfig(lm_eval_gen_kwargs=gen, generation=GenerationConfig(batch_size=4))
-    ours = evaluate("tiny", ["gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=3, model_obj=tiny_model,
-                    tokenizer=tokenizer)["gsm8k"]
+    ours = evaluate("tiny", ["gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=3,
+                    model_obj=answers_three, tokenizer=tokenizer)["gsm8k"]
     _compare(tmp_path / "out/gsm8k", ours, direct, "gsm8k_local")
     assert ours["primary"] == "exact_match/strict-match" and ours["n_items"] == 3
     assert ours["lm_eval_version"] == "0.4.13" and ours["lm_eval"]["n-shot"] == {"gsm8k": 5}
     assert ours["metrics"]["exact_match/strict-match"]["n"] == 3
+    assert ours["metrics"]["exact_match/strict-match"]["value"] == 0.0
+    assert ours["metrics"]["exact_match/flexible-extract"]["value"] == pytest.approx(1 / 3)
+    samples = [json.loads(line) for line in (tmp_path / "out/gsm8k/samples.jsonl").read_text().splitlines()]
+    assert [s["scores"]["exact_match/flexible-extract"] for s in samples] == [0.0, 1.0, 0.0]
+    assert all(s["output"].startswith("3 3 3 ") for s in samples)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ answering nonsense (real HTTP servers on loopback), plus the real llama.cpp serv
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -158,7 +159,9 @@ def test_real_llama_server_judges_one_prompt(tmp_path, llama_server):
             {"role": "user", "content": "Rate the answer '4' to 'What is 2+2?' from 1 to 10 as [[rating]]."}]
     rec = store.judge_all(judge, cfg, [("single-v1", msgs)])[0]
     assert rec["error"] is None and isinstance(rec["raw"], str) and rec["raw"].strip()
-    assert rec["rating"] == parse_rating(rec["raw"])
+    # FastChat's own patterns (llm_judge/common.py: one_score_pattern, one_score_pattern_backup), applied here
+    m = re.search(r"\[\[(\d+\.?\d*)\]\]", rec["raw"]) or re.search(r"\[(\d+\.?\d*)\]", rec["raw"])
+    assert rec["rating"] == (float(m.group(1)) if m else None)
 
     class MustNotBeCalled:
         identity = judge.identity

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import trl
 
 from trainers.losses import LOSSES, LossInputs, LossOutput, compute_loss, gsil_output, register_loss, safe_exp
 
@@ -184,8 +185,8 @@ def test_new_variant_registers_and_loads_from_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def trl_trainer(tokenizer, tmp_path_factory):
-    """A real trl.DPOTrainer around a tiny random Llama (test dependency only)."""
-    trl = pytest.importorskip("trl")
+    """A real trl.DPOTrainer around a tiny random Llama (trl: a test dependency, imported
+    plainly so a missing or broken trl fails the suite instead of skipping the comparison)."""
     from datasets import Dataset
 
     from core.models import tiny_llama

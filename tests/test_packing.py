@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from trainers import data, logprobs
 from trainers.losses import LossInputs, compute_loss
 from trainers.packing import (
     PACKED_PREFIX,
@@ -257,8 +258,6 @@ def test_real_model_packed_equals_padded(data_dir, tokenizer, embedded_dir):
 def test_loop_collator_and_batch_logps_agree(tiny_model, tokenizer, gsm8k_seqs):
     """The registered "packed" collator + batch_packed_logps equal the loop's padded
     trainers.logprobs.batch_logps on the same EncodedSeqs."""
-    data = pytest.importorskip("trainers.data")
-    logprobs = pytest.importorskip("trainers.logprobs")
     from trainers.packing import batch_packed_logps, from_batch
 
     seqs = [data.EncodedSeq(list(ids), start) for ids, start in gsm8k_seqs]

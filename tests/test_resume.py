@@ -61,12 +61,30 @@ def _same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_kill9_mid_training_resumes_to_the_same_result(tiny_model_dir, data_dir, tmp_path):
-    cfg = _config(tmp_path, tiny_model_dir)
-    base = _train(cfg, tmp_path / "base", data_dir)
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dir, data_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """One uninterrupted one-iteration run: (config file, its iter-1 folder)."""
+    tmp = tmp_path_factory.mktemp("base")
+    cfg = _config(tmp, tiny_model_dir)
+    base = _train(cfg, tmp / "base", data_dir)
     assert base.returncode == 0, base.stderr[-3000:]
-    want = tmp_path / "base" / "gsil-logistic" / "seed-0" / "iter-1"
+    return cfg, tmp / "base" / "gsil-logistic" / "seed-0" / "iter-1"
 
+
+def _same_files(got: Path, want: Path) -> None:
+    """The resumed iteration equals the uninterrupted one byte for byte (timings aside)."""
+    assert (got / "DONE").is_file() and not (got / "state").exists() and not (got / "inputs").exists()
+    assert _trajectory(got) == _trajectory(want)  # nothing duplicated or lost
+    for name in ("metrics.jsonl", "generations.jsonl", "ref_logps.pt", "checkpoint/model.safetensors",
+                 "checkpoint/gsil_meta.json"):
+        assert (got / name).read_bytes() == (want / name).read_bytes(), name
+    timing = {"wall_time_s"}
+    summary, base = read_json(got / "summary.json"), read_json(want / "summary.json")
+    assert {k: v for k, v in summary.items() if k not in timing} == {k: v for k, v in base.items() if k not in timing}
+
+
+def test_kill9_mid_training_resumes_to_the_same_result(base_run, data_dir, tmp_path):
+    cfg, want = base_run
     killed = _train(cfg, tmp_path / "run", data_dir, kill="step:3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     folder = tmp_path / "run" / "gsil-logistic" / "seed-0" / "iter-1"
@@ -77,10 +95,34 @@ def test_kill9_mid_training_resumes_to_the_same_result(tiny_model_dir, data_dir,
     again = _train(cfg, tmp_path / "run", data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from step 2/4" in again.stderr
-    assert (folder / "DONE").is_file() and not (folder / "state").exists()
-    assert _trajectory(folder) == _trajectory(want)  # step 3 redone, nothing duplicated or lost
-    assert (folder / "generations.jsonl").read_text() == (want / "generations.jsonl").read_text()
+    _same_files(folder, want)  # step 3 redone
     assert _same_weights(folder / "checkpoint", want / "checkpoint")
+
+
+def test_kill9_during_generation_and_before_done(base_run, data_dir, tmp_path):
+    """One iteration, killed after 4 of 8 self-play generations, then between the checkpoint
+    and the DONE marker: the generations continue where they stopped, the finished checkpoint
+    is not retrained, and everything equals the uninterrupted run byte for byte."""
+    cfg, want = base_run
+    folder = tmp_path / "run" / "gsil-logistic" / "seed-0" / "iter-1"
+    r = _train(cfg, tmp_path / "run", data_dir, kill="generated:4")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    (partial,) = (tmp_path / "run" / "shared").glob("*/generations.partial.jsonl")
+    kept = read_jsonl(partial)
+    assert [g["index"] for g in kept] == [0, 1, 2, 3]  # one chunk of 4 generations kept
+    assert kept == read_jsonl(want / "generations.jsonl")[:4]
+    assert not (folder / "metrics.jsonl").exists()
+
+    r = _train(cfg, tmp_path / "run", data_dir, kill="finished:1")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert not partial.exists() and (folder / "checkpoint" / "model.safetensors").is_file()
+    assert (folder / "summary.json").is_file() and not (folder / "DONE").exists()
+    stamp = (folder / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+
+    r = _train(cfg, tmp_path / "run", data_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (folder / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+    _same_files(folder, want)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ including a run killed with SIGKILL and resumed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -171,6 +172,44 @@ def _statuses(root: Path) -> dict[str, str]:
     return {s["id"]: s["status"] for s in json.loads((root / "plan.json").read_text())["steps"]}
 
 
+def _weights_sha(folder: Path) -> str:
+    """sha256 of a model folder's weight file (independent of harness.runner.fingerprint)."""
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _check_each_eval_scored_its_checkpoint(root: Path, base_model: Path) -> None:
+    """Every eval step recorded its own checkpoint (path and weight fingerprint), each task's
+    results name that model, and results were shared only between steps with equal weights."""
+    steps = [s for s in json.loads((root / "plan.json").read_text())["steps"] if s["kind"] == "eval"]
+    assert len(steps) == 6
+    weights: dict[Path, str] = {}
+    for s in steps:
+        if s["method"] == "base":
+            folder, want = root / "eval" / "base" / "iter-0", base_model
+        else:
+            folder = root / "eval" / s["method"] / f"seed-{s['seed']}" / f"iter-{s['iteration']}"
+            want = root / s["method"] / f"seed-{s['seed']}" / f"iter-{s['iteration']}" / "checkpoint"
+        rec = json.loads((folder / "model.json").read_text())
+        assert Path(rec["model"]) == want and rec["fingerprint"] == fingerprint(str(want)), s["id"]
+        weights[folder] = _weights_sha(want)
+    by_fp = {}
+    for folder in weights:
+        by_fp.setdefault(json.loads((folder / "model.json").read_text())["fingerprint"], set()).add(weights[folder])
+    assert all(len(shas) == 1 for shas in by_fp.values())  # one fingerprint, one set of weights
+    assert len(set(weights.values())) == 5  # sft and sft-again train identical weights; the rest differ
+    for folder, sha in weights.items():
+        model = json.loads((folder / "model.json").read_text())["model"]
+        for task in ("gsm8k", "humaneval"):
+            shared = folder / task / "shared_from.json"
+            if shared.is_file():  # copied from another step: only from one with the same weights
+                source = Path(json.loads(shared.read_text())["source"]).parent
+                assert source != folder and weights[source] == sha, (folder, task, source)
+            else:
+                metrics = json.loads((folder / task / "metrics.json").read_text())
+                prov = json.loads((folder / task / "provenance.json").read_text())
+                assert metrics["model"] == model and prov["model_identity"]["model"] == model, (folder, task)
+
+
 def test_tiny_run_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir):
     cfg_path = write_cfg(tmp_path, tiny_experiment(tiny_model_dir))
     root, index = tmp_path / "runs" / "tiny", tmp_path / "runs" / "runs.sqlite"
@@ -193,6 +232,7 @@ def test_tiny_run_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir)
     assert json.loads((again / "model.json").read_text())["fingerprint"] == \
         json.loads((root / "eval" / "sft" / "seed-0" / "iter-1" / "model.json").read_text())["fingerprint"]
     assert (again / "gsm8k" / "shared_from.json").is_file()
+    _check_each_eval_scored_its_checkpoint(root, tiny_model_dir)
     # every evaluated model is in the index, with the experiment's hash
     rows = RunIndex(index).metrics(primary_only=True)
     assert len(rows) == 2 * (1 + 1 + 1 + 1 + 2) and set(rows.shared_hash) == {prov["shared_hash"]}

@@ -7,6 +7,7 @@ sessions, process-group kill, marker sweep) is what is tested; the guard is test
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -101,9 +102,14 @@ def test_escaped_children_are_killed():
 
 
 def test_killing_its_own_group_cannot_reach_the_harness():
+    sibling = subprocess.Popen(["sleep", "60"])  # a process in the harness's own group
+    assert os.getpgid(sibling.pid) == os.getpgid(0)
     r = run_program("import os, signal\nos.killpg(0, signal.SIGKILL)", RAW)
     assert r.status == "crashed" and r.returncode == -9
-    assert os.getpgid(0) != 0  # we are alive and well
+    alive = sibling.poll() is None  # a killpg reaching the harness's group would have killed it
+    sibling.kill()
+    sibling.wait()
+    assert alive
 
 
 def test_guard_blocks_signalling_and_deleting():

@@ -4,15 +4,14 @@ clear errors, and one GSIL run on the real embedded SmolLM2."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ALL_METHODS, make_cfg
 
-from core.config import experiment_from_dict
 from core.io import read_json, read_jsonl
 from trainers.api import iteration_plan, train_method
 from trainers.losses import LOSSES
@@ -20,46 +19,10 @@ from trainers.losses import LOSSES
 PINNED = Path(__file__).parent / "pinned"
 REGEN = os.environ.get("GSIL_REGEN_PINNED") == "1"  # GSIL_REGEN_PINNED=1 pytest ... rewrites tests/pinned/*.json
 
-ALL_METHODS = [
-    {"loss": "sft"}, {"loss": "dpo"}, {"loss": "dpo-hinge"}, {"loss": "dpo-ipo"}, {"loss": "spin"},
-    {"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}, {"loss": "gsil-brier", "params": {"a": 0.5, "b": 0.0}},
-    {"loss": "gsil-hinge", "params": {"a": 0.5, "b": 0.0}}, {"loss": "gsil-kliep", "params": {"a": 0.5, "b": 0.0}},
-    {"loss": "gsil-lsif", "params": {"a": 0.5, "b": 0.0}},
-]
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def make_cfg(model, methods, **shared):
-    """A tiny CPU experiment on GSM8K demonstrations."""
-    base = {
-        "model": str(model),
-        "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
-        "optimizer": {"name": "adamw", "lr": 1e-3},
-        "schedule": {"name": "constant", "warmup_ratio": 0.0},
-        "train": {"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "logprob_chunk": 32, "max_steps": 2},
-        "generation": {"max_new_tokens": 6, "batch_size": 4},
-        "iterations": 1,
-    }
-    return experiment_from_dict({"name": "t", "methods": methods, "shared": _merge(base, shared)})
-
-
 def _weights(folder):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(folder).state_dict()
-
-
-@pytest.fixture(scope="module")
-def all_methods_run(tiny_model_dir, data_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("all") / "run"
-    cfg = make_cfg(tiny_model_dir, ALL_METHODS)
-    return cfg, run, {m.label: train_method(cfg, m.label, 0, run) for m in cfg.methods}
 
 
 @pytest.mark.parametrize("label", [m.get("loss") for m in ALL_METHODS])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,10 @@ def _finished(folder: Path, key: str) -> bool:
     summary = folder / "summary.json"
     if summary.is_file() and (folder / "checkpoint" / "config.json").is_file():
         if read_json(summary).get("train_key") == key:
+            # killed between the checkpoint and DONE: the resumable state (weights + optimizer
+            # moments, several times the model's size) is no longer needed
+            for leftover in folder.glob("state*"):
+                shutil.rmtree(leftover, ignore_errors=True)
             mark_done(folder, {"key": key})
             return True
     return False
