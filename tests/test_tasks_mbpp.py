@@ -37,15 +37,18 @@ def test_mbpp_test_split_and_reference_programs(tmp_path, data_dir):
 
 
 def test_mbpp_setup_code_follows_the_solution(tmp_path, data_dir):
+    from tasks.checker import check
     from tasks.context import EvalContext
     from tasks.mbpp import Mbpp
-    from tasks.sandbox import Limits, run_program
+    from tasks.sandbox import Limits
 
     problems = {p.id: p for p in Mbpp().load(EvalContext("x", CFG, data_dir=data_dir))}
     assert len(problems) == 500 and min(int(k.split("/")[1]) for k in problems) == 11
     p = problems["Mbpp/367"]
     assert "[BEGIN]" in p.prompt and p.stop == ["[DONE]"] and p.prompt.count("[DONE]") == 3
-    assert run_program(p.canonical + "\n" + p.tests, Limits(timeout=5)).passed
+    job = {"kind": "asserts", "source": p.canonical, "entry": p.entry_point, "tests": p.tests, "setup": p.setup,
+           "limits": Limits(timeout=5)}
+    assert check(job, "bwrap")["status"] == "passed"
 
 
 def test_mbpp_plus_input_types_are_restored():
