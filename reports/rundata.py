@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.io import is_done, read_json, read_jsonl
+from harness.io import is_done, read_json, read_jsonl, read_jsonl_strict
 
 BASE = "base"  # the starting model's label in every table
 SEED_DIR = re.compile(r"^seed-(\d+)$")
@@ -79,7 +79,11 @@ class EvalResult:
         name = name or self.primary
         out: dict[str, float] = {}
         path = self.folder / "samples.jsonl"
-        for lineno, rec in enumerate(read_jsonl(path), 1):
+        try:
+            records = read_jsonl_strict(path) if path.is_file() else []
+        except ValueError as err:  # written whole and atomically: a bad line means damage, not a crash
+            raise RunDataError(str(err)) from None
+        for lineno, rec in enumerate(records, 1):
             scores = rec.get("scores") or {}
             if name not in scores or scores[name] is None:
                 continue

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import DEFAULT_MODEL, EvalConfig
+from harness.io import FolderBusy, busy_ancestor
 
 EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbpp, mbpp_plus, mt_bench, or any lm-eval task"
 
@@ -86,10 +87,13 @@ def run_eval(args: argparse.Namespace) -> int:
     model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
+    busy = busy_ancestor(out)
+    if busy is not None:
+        raise UserError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
     try:
         results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
                            completions=args.completions)
-    except TaskError as err:
+    except (TaskError, FolderBusy) as err:
         raise UserError(str(err)) from None
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
     return 1 if any(r.get("incomplete") for r in results.values()) else 0
