@@ -19,7 +19,6 @@ labels, the report baseline, eval task names and data files.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import logging
 import os
@@ -38,7 +37,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from harness.config import ExperimentConfig, MethodConfig, load_experiment, shared_hash
-from harness.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
+from harness.io import FolderBusy, atomic_write_json, atomic_write_text, folder_lock, hash_obj, is_done, read_json
 from harness.registry import Registry, did_you_mean
 from harness.strict import ConfigError, Located, load_yaml, to_plain
 
@@ -339,13 +338,12 @@ STEPS.add("eval", StepKind(_eval_done, _eval))
 
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another gsil-bench run is using this folder") from None
-        yield
+    """The folder lock `eval` takes too (harness.io.folder_lock)."""
+    try:
+        with folder_lock(root):
+            yield
+    except FolderBusy as err:
+        raise ConfigError(str(err)) from None
 
 
 def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
