@@ -17,7 +17,10 @@ it. The checker that sends the requests treats every reply as untrusted plain da
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import os
+import struct
 import sys
 import types
 
@@ -56,6 +59,16 @@ def _call(ns: dict, req: dict) -> dict:
     return {"ok": wire.encode(out)}
 
 
+def _reply(fd: int, reply: dict) -> None:
+    body = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
+    if len(body) > wire.DIGEST_OVER and "ok" in reply:  # body is b'{"ok":' + value + b'}'
+        body = json.dumps({"ok": {"H": [hashlib.sha256(body[6:-1]).hexdigest(), len(body) - 7]}}).encode()
+    os.write(fd, struct.pack(">I", len(body)))
+    view = memoryview(body)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def main() -> None:
     req_fd, resp_fd = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -82,8 +95,8 @@ def main() -> None:
         except BaseException as err:  # the candidate's exception, reported as data
             reply = _error(err)
         try:
-            wire.write_frame(resp_fd, reply)
-        except wire.WireError as err:
+            _reply(resp_fd, reply)
+        except (wire.WireError, ValueError, RecursionError) as err:
             wire.write_frame(resp_fd, _error(err))
         sys.stdout.flush()
         sys.stderr.flush()

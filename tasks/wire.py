@@ -7,7 +7,9 @@ Values are rebuilt from scratch on the receiving side, so an object that overrid
 nothing a candidate program defines ever runs in the process that decides the verdict.
 
 Encoding: scalars are JSON scalars (ints beyond JSON-friendly size as hex); every other
-value is a one-key object {tag: payload}. Frames are a 4-byte big-endian length and that
+value is a one-key object {tag: payload}. A call's result whose encoding exceeds
+`DIGEST_OVER` crosses as a `Digest` (sha256 of the encoding): huge outputs (MBPP+
+`combinations_colors` returns ~1 GB) are then compared exactly by digest. Frames are a 4-byte big-endian length and that
 many bytes of UTF-8 JSON; a frame over `MAX_FRAME` is refused before it is read.
 
 This module is stdlib-only: it is also loaded inside the sandbox by `sandbox_server`.
@@ -23,6 +25,7 @@ import struct
 from typing import Any
 
 MAX_FRAME = 256 << 20
+DIGEST_OVER = 16 << 20  # a call's result encoded larger than this crosses as a Digest
 MAX_DEPTH = 100
 _BIG = 1 << 1000
 
@@ -41,6 +44,25 @@ class Ref:
 
     def __repr__(self) -> str:
         return f"<sandbox object {self.name}>"
+
+
+class Digest:
+    """Stands for a value whose encoding exceeded `DIGEST_OVER` bytes: the sha256 of that
+    encoding. Equal only to a Digest of the same encoding (exact, order-sensitive)."""
+
+    __slots__ = ("hex", "size")
+
+    def __init__(self, hex_: str, size: int) -> None:
+        self.hex, self.size = hex_, size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and (other.hex, other.size) == (self.hex, self.size)
+
+    def __hash__(self) -> int:
+        return hash(self.hex)
+
+    def __repr__(self) -> str:
+        return f"<value of {self.size} bytes, sha256 {self.hex[:12]}>"
 
 
 def encode(x: Any, depth: int = 0) -> Any:
@@ -108,6 +130,8 @@ def decode(x: Any, depth: int = 0, refs: dict[str, Any] | None = None) -> Any:
         return complex(float(re_), float(im))
     if tag == "F" and v in ("nan", "inf", "-inf"):
         return float(v)
+    if tag == "H" and isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int):
+        return Digest(v[0], v[1])
     if tag == "I" and isinstance(v, str):
         return int(v, 16)
     if tag == "R" and isinstance(v, str):
