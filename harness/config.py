@@ -116,6 +116,7 @@ class JudgeConfig:
     concurrency: int = 4
     max_tokens: int = 1024
     temperature: float = 0.0
+    rating_rule: Literal["verdict", "fastchat"] = "verdict"  # verdict: a judgment with several different [[x]] ratings (e.g. one quoting the answer) is "ambiguous", not scored; fastchat: FastChat's first match (exact comparisons with published numbers)
 
 
 @dataclass(frozen=True)
