@@ -111,19 +111,35 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]
 
 
 def iter_jsonl_file(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) from a user's JSONL file; bad lines raise ValueError
-    naming the file and line."""
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+    """Yield (line number, record) from a user's JSONL file, blank lines skipped; bad lines
+    (binary, invalid JSON, not an object) raise ValueError naming the file and line."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            rec = parse_json_line(raw, path, lineno)
+            if rec is not None:
+                yield lineno, rec
+
+
+def parse_json_line(raw: bytes, path: str | Path, lineno: int) -> Any:
+    """One JSONL line as a dict (None for a blank line); ValueError naming the file and line
+    for binary data, invalid JSON or anything but an object."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (a binary file?)") from None
+    if not line.strip():
+        return None
+    if "\0" in line:
+        raise ValueError(f"{path}:{lineno}: contains NUL bytes (a binary file?)")
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{lineno}: JSON nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    return rec
 
 
 def read_jsonl_strict(path: str | Path) -> list[dict[str, Any]]:

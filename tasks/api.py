@@ -53,6 +53,8 @@ def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = No
     if "mt_bench" in names and cfg.judge.backend == "openai" and not cfg.judge.base_url:
         raise TaskError("mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
                         "(a local Hugging Face model), or eval.judge.base_url in the config")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise TaskError(f"eval.limit must be a positive number of items, got {cfg.limit}")
     if cfg.samples_per_task < 1:
         raise TaskError(f"eval.samples_per_task must be >= 1, got {cfg.samples_per_task}")
 
@@ -69,6 +71,8 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     `completions`: score a code-completions file instead of generating (code tasks only)."""
     comp = Path(completions) if completions is not None else None
     check_tasks(task_names, eval_cfg, comp)
+    if limit is not None and limit < 1:
+        raise TaskError(f"--limit must be a positive number of items, got {limit}")
     ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir),
                       limit=limit if limit is not None else eval_cfg.limit, model_obj=model_obj,
                       tokenizer=tokenizer, completions=comp, revision=revision)

@@ -25,7 +25,7 @@ EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbp
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"Hub id, model folder, .gguf or embedded:<name> (default {DEFAULT_MODEL})")
     parser.add_argument("--tasks", default=None, help=f"{EVAL_USAGE} (default: gsm8k,humaneval,mt_bench)")
-    parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs)")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs; >= 1)")
     parser.add_argument("--output", default=None, help="output folder (default runs/eval/<model>)")
     parser.add_argument("--judge", default=None, help="MT-Bench judge: an http(s) URL (OpenAI-compatible) or a model name (local)")
     parser.add_argument("--judge-model", default=None, help="model name sent to the judge endpoint (default gpt-4)")

@@ -147,7 +147,11 @@ class CodeTask:
     def _from_file(self, docs: list[Problem], path: Path) -> list[list[tuple[str, bool]]]:
         by_id: dict[str, list[tuple[str, bool]]] = {}
         known = {p.id for p in docs}
-        for lineno, rec in iter_jsonl_file(path):
+        try:
+            records = list(iter_jsonl_file(path))
+        except ValueError as err:  # binary, invalid JSON or not an object, with the line number
+            raise TaskError(str(err)) from None
+        for lineno, rec in records:
             tid = rec.get("task_id")
             if "completion" in rec:
                 text, whole = rec["completion"], False

@@ -18,6 +18,7 @@ Iteration k starts from iteration k-1's checkpoint, which is also its reference 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,6 +70,9 @@ def validate_method(cfg: ExperimentConfig, method_label: str) -> None:
                             ("logprob_chunk", t.logprob_chunk, 1), ("max_prompt_length", t.max_prompt_length, 1)):
         if value < low:
             raise ConfigError(f"shared.train.{key}: must be >= {low}, got {value}")
+    lr = cfg.shared.optimizer.lr
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"shared.optimizer.lr: must be a finite number > 0, got {lr}")
     if t.max_prompt_length >= t.max_length:
         raise ConfigError(f"shared.train.max_prompt_length ({t.max_prompt_length}) must be < "
                           f"shared.train.max_length ({t.max_length})")

@@ -98,9 +98,10 @@ def load_causal_lm(name: str, *, revision: str | None, device: Any) -> Any:
     reloading its tokenizer (trainers.api loads that once per method)."""
     from transformers import AutoModelForCausalLM
 
-    from harness.models import ModelError, resolve
+    from harness.models import ModelError, check_weights, resolve
 
     try:
+        check_weights(resolve(name))
         model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=torch.float32)
     except OSError as err:
         raise ModelError(f"model {name!r}: cannot load ({err})") from None
