@@ -133,3 +133,14 @@ def test_mbpp_setup_code_objects_stay_in_the_sandbox(data_dir):
            "limits": L}
     wrong = {**job, "source": p.canonical.replace("return True", "return False", 1)}
     assert [v["status"] for v in check_many([job, wrong], mode="bwrap", workers=2)] == ["passed", "failed"]
+
+
+def test_the_weaker_process_mode_scores_the_same_and_says_so(tmp_path, data_dir):
+    rows = data_rows(data_dir, "humaneval/HumanEval.jsonl")[:3]
+    comp = write_jsonl(tmp_path / "c.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]}
+                                              for r in rows[:2]] + [{"task_id": rows[2]["task_id"],
+                                                                     "completion": "    return None\n"}])
+    cfg = EvalConfig(code_workers=2, code_timeout=5.0, code_sandbox="process")
+    res = evaluate("p", ["humaneval"], cfg, tmp_path / "o", data_dir=str(data_dir), completions=comp, limit=3)
+    assert res["humaneval"]["sandbox"] == "process"
+    assert res["humaneval"]["metrics"]["pass@1"]["value"] == pytest.approx(2 / 3)
