@@ -23,6 +23,7 @@ from tasks import gsm8k, humaneval, mbpp, mt_bench  # noqa: F401  (registers the
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
 from tasks.lmeval import LmEvalTask, check_task_name
+from tasks.sandbox import SandboxUnavailable, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = No
                         "(a local Hugging Face model), or eval.judge.base_url in the config")
     if cfg.limit is not None and cfg.limit < 1:
         raise TaskError(f"eval.limit must be a positive number of items, got {cfg.limit}")
+    if any(n in TASKS and TASKS.meta(n).get("completions") for n in names):  # code tasks run model-written code
+        try:
+            resolve_mode(cfg.code_sandbox)
+        except SandboxUnavailable as err:
+            raise TaskError(str(err)) from None
     if cfg.samples_per_task < 1:
         raise TaskError(f"eval.samples_per_task must be >= 1, got {cfg.samples_per_task}")
 

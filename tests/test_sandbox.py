@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from tasks.sandbox import Limits, SandboxUnavailable, _probe, resolve_mode, run_program
 
 RAW = Limits(timeout=5.0, memory_mb=512)
@@ -188,16 +189,23 @@ def test_parallel_programs_do_not_see_each_other():
     assert {i: r.split()[0] for i, r in results.items()} == {0: "0", 1: "1", 2: "2"}
 
 
-def test_refuses_in_one_line_without_isolation_and_names_the_opt_in(monkeypatch, tmp_path):
+def test_refuses_in_one_line_without_isolation_and_names_the_opt_in(monkeypatch, tmp_path, data_dir, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on the PATH
     _probe.cache_clear()
+    comp = tmp_path / "c.jsonl"
+    comp.write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n')
     try:
         with pytest.raises(SandboxUnavailable) as err:
             resolve_mode("bwrap")
+        code = main(["eval", "--tasks", "humaneval", "--completions", str(comp), "--limit", "1",
+                     "--output", str(tmp_path / "o"), "--data-dir", str(data_dir)])
     finally:
         _probe.cache_clear()
     msg = str(err.value)
     assert "\n" not in msg and "bubblewrap" in msg and "eval.code_sandbox=process" in msg
+    cli = capsys.readouterr().err
+    assert code == 2 and "cannot isolate model-written code" in cli and "Traceback" not in cli
+    assert not (tmp_path / "o" / "humaneval").exists()  # refused before any work
     with pytest.raises(SandboxUnavailable, match="unknown code sandbox 'docker'"):
         resolve_mode("docker")
 
