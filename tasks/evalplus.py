@@ -99,10 +99,14 @@ def expected_outputs(problems: Sequence[Any], *, mode: str, workers: int | None,
                                          "limits": Limits(timeout=timeout, memory_mb=4096, file_mb=2048)}))
         out[p.id] = pair
     verdicts = check_many([t[3] for t in todo], mode=mode, workers=workers, desc="canonical outputs") if todo else []
+    failed = []
     for (pid, k, path, _), v in zip(todo, verdicts):
         if v["status"] != "passed":
-            raise RuntimeError(f"{pid}: the canonical solution failed on its own test inputs ({v['status']}): "
-                               f"{v['detail']} {v.get('output', '')[-500:]}")
+            failed.append(f"{pid}: the canonical solution failed on its own test inputs ({v['status']}): "
+                          f"{v['detail']} {v.get('output', '')[-500:]}")
+            continue
         out[pid][k] = (v["outputs"], v["canonical_seconds"])
-        atomic_write_json(path, {"outputs": v["outputs"], "seconds": v["canonical_seconds"]})
+        atomic_write_json(path, {"outputs": v["outputs"], "seconds": v["canonical_seconds"]})  # kept for reruns
+    if failed:
+        raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     return {pid: (pair[0], pair[1]) for pid, pair in out.items()}

@@ -8,8 +8,10 @@ nothing a candidate program defines ever runs in the process that decides the ve
 
 Encoding: scalars are JSON scalars (ints beyond JSON-friendly size as hex); every other
 value is a one-key object {tag: payload}. A call's result whose encoding exceeds
-`DIGEST_OVER` crosses as a `Digest` (sha256 of the encoding): huge outputs (MBPP+
-`combinations_colors` returns ~1 GB) are then compared exactly by digest. Frames are a 4-byte big-endian length and that
+`DIGEST_OVER`, or a container of more than `BIG_LEN` items (digest of its repr), crosses
+as a `Digest`: huge outputs (MBPP+ `combinations_colors` returns ~1 GB) are then compared
+exactly (and order-sensitively) by digest, which a wrong answer cannot match without
+knowing the expected output it never sees. Frames are a 4-byte big-endian length and that
 many bytes of UTF-8 JSON; a frame over `MAX_FRAME` is refused before it is read.
 
 This module is stdlib-only: it is also loaded inside the sandbox by `sandbox_server`.
@@ -26,6 +28,7 @@ from typing import Any
 
 MAX_FRAME = 256 << 20
 DIGEST_OVER = 16 << 20  # a call's result encoded larger than this crosses as a Digest
+BIG_LEN = 100_000  # a result container longer than this crosses as a Digest of its repr
 MAX_DEPTH = 100
 _BIG = 1 << 1000
 
@@ -47,8 +50,8 @@ class Ref:
 
 
 class Digest:
-    """Stands for a value whose encoding exceeded `DIGEST_OVER` bytes: the sha256 of that
-    encoding. Equal only to a Digest of the same encoding (exact, order-sensitive)."""
+    """Stands for a huge value: the sha256 of its encoding (or repr). Equal only to a
+    Digest of the same text (exact, order-sensitive)."""
 
     __slots__ = ("hex", "size")
 
