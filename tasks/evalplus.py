@@ -87,7 +87,7 @@ def expected_outputs(problems: Sequence[Any], *, mode: str, workers: int | None,
         pair: list[Any] = [None, None]
         for k, inputs in enumerate((p.base_input or [], p.plus_input or [])):
             not_none = p.id.startswith("Mbpp/") and p.entry_point in MBPP_NOT_NONE
-            key = hashlib.sha256(json.dumps([p.id, p.canonical, p.entry_point, repr(inputs), not_none, "wire-1"])
+            key = hashlib.sha256(json.dumps([p.id, p.canonical, p.entry_point, repr(inputs), not_none, "wire-2"])
                                  .encode()).hexdigest()[:24]
             path = cache_root() / "evalplus" / f"{key}.json"
             if path.is_file():
