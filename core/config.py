@@ -121,6 +121,7 @@ class JudgeConfig:
     concurrency: int = 4
     max_tokens: int = 1024
     temperature: float = 0.0
+    rating_rule: Literal["verdict", "fastchat"] = "verdict"  # verdict: a judgment with several different [[x]] ratings (e.g. one quoting the answer) is "ambiguous", not scored; fastchat: FastChat's first match (exact comparisons with published numbers)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class EvalConfig:
     code_timeout: float = 10.0  # code tasks: seconds per sandboxed program (EvalPlus: at least 4x the canonical time)
     code_memory_mb: int = 4096  # code tasks: address-space limit (RLIMIT_AS) per sandboxed program (EvalPlus: 4 GiB)
     code_workers: int | None = None  # code tasks: programs run in parallel (null = CPU count)
+    code_sandbox: Literal["bwrap", "process"] = "bwrap"  # code tasks: isolation of model-written code: bwrap (Linux namespaces via bubblewrap) or process (weaker, no OS isolation: explicit opt-in only)
     lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
     lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own
     cache_dir: str | None = None  # shared generation/judgment cache; null = a cache/ folder inside each task folder

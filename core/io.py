@@ -1,26 +1,77 @@
-"""Crash-safe file helpers: atomic writes, append-only JSONL, DONE markers.
+"""Crash-safe file helpers: atomic writes, append-only JSONL, DONE markers, folder locks.
 
-A step writes to a temporary name and renames when complete; a folder is complete
-only when its DONE marker exists (written last). JSONL readers drop a torn last line
-left by a crash, so appending resumes cleanly.
+A step writes to a temporary name (unique per process and thread) and renames when
+complete; a folder is complete only when its DONE marker exists (written last). A DONE
+marker may record digests of the folder's result files (`mark_done(..., digest=...)`);
+`is_done` then also checks them, so a result changed after it was written (by hand, or
+by a stray process) is not trusted but recomputed, with a warning. `read_jsonl` (our
+own append-only logs) drops a torn last line left by a crash, so appending resumes
+cleanly; `read_jsonl_strict` (files written whole, atomically) treats any bad line as
+an error. `folder_lock` is the one exclusive lock of a run or eval folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterable, Iterator
+import secrets
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import GsilError
+
+log = logging.getLogger(__name__)
 DONE = "DONE"
+LOCK = ".lock"
+
+
+class FolderBusy(GsilError, ValueError):
+    """Another gsil-bench process holds the folder's lock."""
+
+
+def temp_name(path: str | Path) -> Path:
+    """A temporary sibling of `path`, unique per process and thread."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}")
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder`'s exclusive lock (the file .lock inside it) or raise FolderBusy."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"{folder}: another gsil-bench run or eval is using this folder") from None
+        yield
+
+
+def busy_ancestor(folder: str | Path) -> Path | None:
+    """The nearest folder at or above `folder` whose lock another process holds, if any."""
+    for parent in [Path(folder).resolve(), *Path(folder).resolve().parents]:
+        if not (parent / LOCK).is_file():
+            continue
+        with open(parent / LOCK) as fh:
+            try:  # any holder counts: `run` processes share the lock, `eval` holds it alone
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return parent
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     with open(tmp, "w") as fh:
         fh.write(text)
         fh.flush()
@@ -63,27 +114,83 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]
 
 
 def iter_jsonl_file(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) from a user's JSONL file; bad lines raise ValueError
-    naming the file and line."""
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+    """Yield (line number, record) from a user's JSONL file, blank lines skipped; bad lines
+    (binary, invalid JSON, not an object) raise ValueError naming the file and line."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            rec = parse_json_line(raw, path, lineno)
+            if rec is not None:
+                yield lineno, rec
+
+
+def parse_json_line(raw: bytes, path: str | Path, lineno: int) -> Any:
+    """One JSONL line as a dict (None for a blank line); ValueError naming the file and line
+    for binary data, invalid JSON or anything but an object."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (a binary file?)") from None
+    if not line.strip():
+        return None
+    if "\0" in line:
+        raise ValueError(f"{path}:{lineno}: contains NUL bytes (a binary file?)")
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{lineno}: JSON nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def read_jsonl_strict(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file that was written whole: an invalid, non-object or unterminated
+    (torn) line raises ValueError naming the file and line."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if lineno == len(lines):
+            raise ValueError(f"{path}:{lineno}: torn last line (no newline): the file was cut or changed")
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({getattr(err, 'msg', err)})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        out.append(rec)
+    return out
 
 
 def is_done(folder: str | Path) -> bool:
-    return (Path(folder) / DONE).is_file()
+    """The folder's DONE marker exists and every file digest it records still matches."""
+    marker = Path(folder) / DONE
+    if not marker.is_file():
+        return False
+    try:
+        digests = read_json(marker).get("digests") or {}
+    except (ValueError, AttributeError):
+        log.warning("%s is unreadable; treating the step as not done", marker)
+        return False
+    for name, want in digests.items():
+        path = Path(folder) / name
+        if not path.is_file() or sha256_file(path) != want:
+            log.warning("%s changed after it was written (its digest in %s differs); not trusted, recomputing",
+                        path, marker)
+            return False
+    return True
 
 
-def mark_done(folder: str | Path, info: dict[str, Any] | None = None) -> None:
-    atomic_write_json(Path(folder) / DONE, info or {})
+def mark_done(folder: str | Path, info: dict[str, Any] | None = None, *, digest: Sequence[str] = ()) -> None:
+    """Write the DONE marker last; `digest`: result files whose sha256 it records."""
+    info = dict(info or {})
+    if digest:
+        info["digests"] = {name: sha256_file(Path(folder) / name) for name in digest}
+    atomic_write_json(Path(folder) / DONE, info)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -165,6 +165,23 @@ def pick_dtype(precision: str, device: str) -> Any:
     return torch.float32
 
 
+def check_weights(src: str | Path) -> None:
+    """Every safetensors file of a model folder opens (header and extent intact), else
+    ModelError naming the damaged file; names that are not folders pass."""
+    folder = Path(src)
+    if not folder.is_dir():
+        return
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError (an Exception)
+            raise ModelError(f"{path}: damaged or truncated weights file ({err}); re-save or re-download the "
+                             "model") from None
+
+
 def load_model(
     name: str, *, revision: str | None = None, dtype: Any = None, device: str | None = None
 ) -> tuple[Any, Any]:
@@ -172,6 +189,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     src = resolve(name)
+    check_weights(src)
     tok = load_tokenizer(name, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)

@@ -295,7 +295,7 @@ def _locked(root: Path) -> Iterator[None]:
         try:  # shared: several `gsil-bench run` processes may work through one folder (harness.workers)
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"{root}: another gsil-bench command holds this folder exclusively") from None
+            raise ConfigError(f"{root}: another gsil-bench run or eval is using this folder") from None
         yield
 
 

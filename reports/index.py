@@ -6,11 +6,13 @@ Tables:
 
 `run_id` is the uuid written to the run's plan.json when the folder is created, so
 re-indexing a resumed run replaces its rows, and a new run in a reused folder is a
-new entry. Writes are one transaction each; concurrent writers wait (timeout).
+new entry; a copied run folder (same uuid, the original still in place) gets an id
+of its own derived from its path, so it never replaces the original's rows. Writes are one transaction each; concurrent writers wait (timeout).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -74,7 +76,7 @@ class RunIndex:
         """Index (or re-index) a run folder; returns its run_id."""
 
         run = load_run(run_dir)
-        run_id = str(run.plan.get("run_id") or run.root.resolve())
+        run_id = self._run_id(run)
         git = run.provenance.get("git") or {}
         frame = run.results_frame()
         rows = [
@@ -94,6 +96,17 @@ class RunIndex:
             )
             con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         log.info("indexed %d metrics of run %s in %s", len(rows), run.root, self.path)
+        return run_id
+
+    def _run_id(self, run: Any) -> str:
+        """plan.json's run_id; a copy of a run folder (same run_id, another folder that
+        still exists beside the original) gets its own id, derived from its path."""
+        run_id = str(run.plan.get("run_id") or run.root.resolve())
+        here = str(run.root.resolve())
+        with self._connect() as con:
+            row = con.execute("SELECT run_dir FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row and row[0] != here and (Path(row[0]) / "plan.json").is_file():
+            return f"{run_id}-{hashlib.sha256(here.encode()).hexdigest()[:8]}"
         return run_id
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:

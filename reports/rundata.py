@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from core.errors import GsilError
-from core.io import is_done, read_json, read_jsonl
+from core.io import is_done, read_json, read_jsonl, read_jsonl_strict
 from core.layout import BASE, RunLayout
 
 
@@ -78,7 +78,11 @@ class EvalResult:
         name = name or self.primary
         out: dict[str, float] = {}
         path = self.folder / "samples.jsonl"
-        for lineno, rec in enumerate(read_jsonl(path), 1):
+        try:
+            records = read_jsonl_strict(path) if path.is_file() else []
+        except ValueError as err:  # written whole and atomically: a bad line means damage, not a crash
+            raise RunDataError(str(err)) from None
+        for lineno, rec in enumerate(records, 1):
             scores = rec.get("scores") or {}
             if name not in scores or scores[name] is None:
                 continue

@@ -6,5 +6,6 @@ MT-Bench (LLM judge), and any lm-eval task by name.
   metrics.json, provenance.json, DONE);
 - `context`: the model loaded once, its identity, and the crash-safe generation cache;
 - `stats`: intervals (Wilson, t, cluster bootstrap) and pass@k;
-- `lmeval` + `gsm8k`; `code`, `evalplus`, `sandbox`, `humaneval`, `mbpp`; `mt_bench` + `judge`.
+- `lmeval` + `gsm8k`; `code`, `evalplus`, `humaneval`, `mbpp`; `sandbox` + `checker` +
+  `sandbox_server` + `wire` (model-written code isolated, verdicts outside it); `mt_bench` + `judge`.
 """

@@ -3,8 +3,9 @@
     evaluate(model, ["gsm8k", "humaneval", "mt_bench"], eval_cfg, out_dir, limit=2)
     -> {"gsm8k": <metrics.json content>, ...}
 
-Each task writes `<out_dir>/<task>/` (see tasks.base). Idempotent: a task folder whose
-DONE marker records the same evaluation is skipped. Task names are ours (TASKS) or any
+Each task writes `<out_dir>/<task>/` (see tasks.base) while holding `<out_dir>`'s folder
+lock (FolderBusy if another process holds it). Idempotent: a task folder whose DONE
+marker records the same evaluation (and intact result files) is skipped. Task names are ours (TASKS) or any
 lm-eval task, checked up front with a did-you-mean. A failing task does not stop the
 others; the first error is raised after all tasks ran, so finished work is kept.
 """
@@ -19,10 +20,12 @@ from typing import Any
 from core.config import EvalConfig
 from core.datadir import data_dir as resolve_data_dir
 from core.errors import Problem
+from core.io import folder_lock
 from tasks import gsm8k, humaneval, mbpp, mt_bench  # noqa: F401  (registers the tasks)
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
 from tasks.lmeval import LmEvalTask, check_task_name
+from tasks.sandbox import SandboxUnavailable, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = 
     if cfg.generation.backend == "openai" and not cfg.generation.base_url:
         out.append(Problem("eval.generation.base_url", "the openai backend needs the server's URL, "
                                                        "e.g. http://127.0.0.1:8000/v1"))
+    if any(n in TASKS and TASKS.meta(n).get("completions") for n in names):  # code tasks run model-written code
+        try:
+            resolve_mode(cfg.code_sandbox)
+        except SandboxUnavailable as err:
+            out.append(Problem("eval.code_sandbox", str(err)))
     if cfg.samples_per_task < 1:
         out.append(Problem("eval.samples_per_task", f"must be >= 1, got {cfg.samples_per_task}"))
     if cfg.limit is not None and cfg.limit < 1:
@@ -92,12 +100,13 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     out_dir = Path(out_dir)
     results: dict[str, dict] = {}
     first_error: BaseException | None = None
-    for name in task_names:
-        try:
-            results[name] = run_task(make_task(name), ctx, out_dir / name)
-        except (TaskError, OSError, RuntimeError, ValueError) as err:
-            log.error("%s failed: %s", name, err)
-            first_error = first_error or err
+    with folder_lock(out_dir):  # the lock `run` takes: two evaluations never write one folder
+        for name in task_names:
+            try:
+                results[name] = run_task(make_task(name), ctx, out_dir / name)
+            except (TaskError, OSError, RuntimeError, ValueError) as err:
+                log.error("%s failed: %s", name, err)
+                first_error = first_error or err
     if first_error is not None:
         raise first_error
     return results

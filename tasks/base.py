@@ -11,8 +11,9 @@ scores the outputs and aggregates per-item scores into metrics with 95% interval
 item: id, prompt, output, extracted, reference, scores, plus task fields),
 metrics.json (task, model, primary, metrics {name: value, ci_low, ci_high, n, stderr,
 ci_method}, config), provenance.json, then DONE last. A folder whose DONE records the
-same evaluation key (model identity + task + limit + settings) is skipped; anything
-else is recomputed, reusing the generation/judgment caches.
+same evaluation key (model identity + task + limit + settings) and whose result files
+still match the digests DONE records is skipped; anything else is recomputed (a changed
+file with a warning), reusing the generation/judgment caches.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import GsilError
-from core.io import append_jsonl, atomic_write_json, hash_obj, is_done, mark_done, read_json
+from core.io import (
+    append_jsonl,
+    atomic_write_json,
+    hash_obj,
+    is_done,
+    mark_done,
+    read_json,
+    temp_name,
+)
 from core.provenance import collect
 from core.registry import Registry
 from core.strict import to_plain
@@ -33,6 +42,7 @@ from tasks.context import EvalContext
 from tasks.stats import Metric
 
 log = logging.getLogger(__name__)
+RESULT_FILES = ("metrics.json", "samples.jsonl")  # their digests are in DONE, checked before reuse
 
 
 class TaskError(GsilError, ValueError):
@@ -116,8 +126,7 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     """samples.jsonl, metrics.json, provenance.json (atomic), then DONE when the result is complete."""
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".samples.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
+    tmp = temp_name(folder / "samples.jsonl")
     append_jsonl(tmp, (s.to_json() for s in result.samples))
     tmp.replace(folder / "samples.jsonl")
     metrics = {
@@ -132,7 +141,7 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     prov["model_identity"] = ctx.identity()
     atomic_write_json(folder / "provenance.json", prov)
     if result.complete:
-        mark_done(folder, {"key": key, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        mark_done(folder, {"key": key, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, digest=RESULT_FILES)
     else:
         (folder / "DONE").unlink(missing_ok=True)
         log.warning("%s: incomplete (see samples.jsonl); rerun to retry the failed items, cached work is reused",

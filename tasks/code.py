@@ -3,7 +3,9 @@
 Prompts: completion-style (the problem's own prompt, cut at stop sequences) for base
 models or with the chat template off; an instruction in a chat for chat models, whose
 reply is searched for a fenced ```python block (or taken as raw code) and kept whole.
-Scoring: each completion becomes a program run in the sandbox (tasks.sandbox); pass@1
+Scoring: each completion becomes a program loaded into its own OS-isolated sandbox
+(tasks.sandbox); the benchmark's tests run in a trusted checker process (tasks.checker)
+that calls the program's functions through a pipe with plain data only; pass@1
 comes from the greedy completion, pass@k (k <= EvalConfig.samples_per_task) from that
 many sampled completions with the unbiased estimator (tasks.stats.pass_at_k). EvalPlus
 tasks add `pass@1+` (base and plus inputs). Completions produced elsewhere
@@ -15,20 +17,16 @@ from __future__ import annotations
 
 import ast
 import logging
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tqdm.auto import tqdm
-
 from core.io import iter_jsonl_file
 from tasks.base import Sample, TaskError, TaskResult
 from tasks.context import EvalContext
-from tasks.evalplus import checker_source, expected_outputs, tests_file
-from tasks.sandbox import Limits, run_many
+from tasks.evalplus import expected_outputs
+from tasks.sandbox import Limits, SandboxUnavailable, check_many, resolve_mode
 from tasks.stats import Metric, pass_at_k, summarize
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,8 @@ class Problem:
     entry_point: str
     canonical: str  # a whole reference program
     header: str  # code placed before the model's code (HumanEval: the prompt)
-    tests: str = ""  # assert-style tests appended to the program (HumanEval check, MBPP asserts)
+    tests: str = ""  # assert-style tests, run by the trusted checker (HumanEval check, MBPP asserts)
+    setup: str = ""  # code run in the sandbox after the candidate, before the tests (MBPP test_setup_code)
     base_input: list[Any] | None = None  # EvalPlus inputs (already type-restored)
     plus_input: list[Any] | None = None
     atol: float = 0.0
@@ -104,6 +103,12 @@ def candidate_program(problem: Problem, output: str, chat: bool, whole: bool = F
     return problem.header + code  # a function body continuing the prompt
 
 
+def _record(v: dict[str, Any]) -> dict[str, Any]:
+    """A verdict as kept in samples.jsonl."""
+    return {"status": v["status"], "returncode": v.get("returncode"), "seconds": round(v["seconds"], 3),
+            "detail": v.get("detail", ""), "stderr": v.get("output", "")[-2000:]}
+
+
 class CodeTask:
     """Base of the code tasks: subclasses provide `problems(ctx)`."""
 
@@ -143,7 +148,11 @@ class CodeTask:
     def _from_file(self, docs: list[Problem], path: Path) -> list[list[tuple[str, bool]]]:
         by_id: dict[str, list[tuple[str, bool]]] = {}
         known = {p.id for p in docs}
-        for lineno, rec in iter_jsonl_file(path):
+        try:
+            records = list(iter_jsonl_file(path))
+        except ValueError as err:  # binary, invalid JSON or not an object, with the line number
+            raise TaskError(str(err)) from None
+        for lineno, rec in records:
             tid = rec.get("task_id")
             if "completion" in rec:
                 text, whole = rec["completion"], False
@@ -166,54 +175,36 @@ class CodeTask:
         timeout = max(ctx.cfg.code_timeout, 4 * canonical_seconds + 1)
         return Limits(timeout=timeout, memory_mb=ctx.cfg.code_memory_mb)
 
-    def _run(self, docs: list[Problem], codes: list[list[str]], ctx: EvalContext) -> list[list[dict[str, Any]]]:
-        """Execute every candidate; per problem and completion {"base": result, "plus": result?}."""
-        jobs: list[tuple[int, int, str, dict[str, bytes] | None, Limits]] = []
-        plus_jobs: list[tuple[int, int, str, dict[str, bytes], Limits]] = []
-        expected = self._expected(docs, ctx)
-        for i, (p, cands) in enumerate(zip(docs, codes)):
-            if p.base_input is None:
-                for j, code in enumerate(cands):
-                    jobs.append((i, j, code + "\n\n" + p.tests, None, self._limits(ctx)))
-                continue
-            (base_out, base_s), (plus_out, plus_s) = expected[p.id]
-            base_file = {"tests.pkl": tests_file(p.base_input, base_out, p.atol)}
-            plus_file = {"tests.pkl": tests_file(p.plus_input or [], plus_out, p.atol)}
-            check = checker_source(self.dataset, p.entry_point)
-            for j, code in enumerate(cands):
-                jobs.append((i, j, code + check, base_file, self._limits(ctx, base_s)))
-                plus_jobs.append((i, j, code + check, plus_file, self._limits(ctx, plus_s)))
-        results: list[list[dict[str, Any]]] = [[{} for _ in c] for c in codes]
-        self._execute(jobs, results, "base", ctx)
-        if self.plus:  # plus inputs only for candidates that passed the base tests
-            todo = [job for job in plus_jobs if results[job[0]][job[1]]["base"].passed]
-            self._execute(todo, results, "plus", ctx)
-        return results
+    def _job(self, p: Problem, code: str, ctx: EvalContext, expected: dict[str, Any]) -> dict[str, Any]:
+        """A checker job (tasks.checker): assert-style tests, or EvalPlus differential tests."""
+        if p.base_input is None:
+            return {"kind": "asserts", "source": code, "entry": p.entry_point, "tests": p.tests, "header": p.header,
+                    "setup": p.setup, "limits": self._limits(ctx)}
+        (base_out, base_s), (plus_out, plus_s) = expected[p.id]
+        return {"kind": "differential", "source": code, "entry": p.entry_point, "dataset": self.dataset,
+                "atol": p.atol, "limits": self._limits(ctx),
+                "base": (p.base_input, base_out, self._limits(ctx, base_s).timeout),
+                "plus": (p.plus_input or [], plus_out, self._limits(ctx, plus_s).timeout) if self.plus else None}
 
-    def _expected(self, docs: list[Problem], ctx: EvalContext) -> dict[str, Any]:
-        """EvalPlus expected outputs of every problem (base, plus), computed in parallel once."""
+    def _run(self, docs: list[Problem], codes: list[list[str]], ctx: EvalContext, mode: str) -> list[list[dict[str, Any]]]:
+        """Score every candidate; per problem and completion {"base": verdict, "plus": verdict?}.
+        One sandbox per candidate program (base and plus inputs share it), checkers in parallel."""
         todo = [p for p in docs if p.base_input is not None]
-        if not todo:
-            return {}
-        with ThreadPoolExecutor(max_workers=max(1, ctx.cfg.code_workers or os.cpu_count() or 1)) as pool:
-            futs = {p.id: (pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.base_input or []),
-                           pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.plus_input or []))
-                    for p in todo}
-            return {pid: (a.result(), b.result()) for pid, (a, b) in tqdm(futs.items(), desc=f"{self.name} expected",
-                                                                            disable=None)}
-
-    def _execute(self, jobs: list[Any], results: list[list[dict[str, Any]]], kind: str, ctx: EvalContext) -> None:
-        by_limits: dict[Limits, list[Any]] = {}
-        for job in jobs:
-            by_limits.setdefault(job[4], []).append(job)
-        for limits, group in by_limits.items():
-            runs = run_many([g[2] for g in group], limits, workers=ctx.cfg.code_workers,
-                            files=[g[3] for g in group], desc=f"{self.name} {kind} tests")
-            for (i, j, *_), r in zip(group, runs):
-                results[i][j][kind] = r
+        expected = expected_outputs(todo, mode=mode, workers=ctx.cfg.code_workers) if todo else {}
+        where = [(i, j) for i, cands in enumerate(codes) for j in range(len(cands))]
+        jobs = [self._job(docs[i], codes[i][j], ctx, expected) for i, j in where]
+        verdicts = check_many(jobs, mode=mode, workers=ctx.cfg.code_workers, desc=f"{self.name} tests")
+        results: list[list[dict[str, Any]]] = [[{} for _ in c] for c in codes]
+        for (i, j), job, v in zip(where, jobs, verdicts):
+            results[i][j] = v if job["kind"] == "differential" else {"base": v}
+        return results
 
     # -- scoring ---------------------------------------------------------------------------
     def evaluate(self, docs: list[Problem], ctx: EvalContext) -> TaskResult:
+        try:
+            mode = resolve_mode(ctx.cfg.code_sandbox)
+        except SandboxUnavailable as err:
+            raise TaskError(str(err)) from None
         if ctx.completions is not None:
             prompts: list[Any] = [p.prompt for p in docs]
             outs = self._from_file(docs, ctx.completions)
@@ -222,12 +213,13 @@ class CodeTask:
             prompts, outs = self._generate(docs, ctx)
             chat = ctx.chat
         codes = [[candidate_program(p, text, chat, whole) for text, whole in o] for p, o in zip(docs, outs)]
-        results = self._run(docs, codes, ctx)
+        results = self._run(docs, codes, ctx, mode)
         samples = [self._sample(p, prompt, o, c, r, ctx) for p, prompt, o, c, r in zip(docs, prompts, outs, codes, results)]
-        return TaskResult(samples, self.aggregate(samples, ctx), info={"samples_per_task": ctx.cfg.samples_per_task})
+        return TaskResult(samples, self.aggregate(samples, ctx),
+                          info={"samples_per_task": ctx.cfg.samples_per_task, "sandbox": mode})
 
     def _passed(self, r: dict[str, Any], plus: bool) -> bool:
-        return r["base"].passed and (not plus or ("plus" in r and r["plus"].passed))
+        return r["base"]["status"] == "passed" and (not plus or r.get("plus", {}).get("status") == "passed")
 
     def _sample(self, p: Problem, prompt: Any, outs: list[tuple[str, bool]], codes: list[str],
                 res: list[dict[str, Any]], ctx: EvalContext) -> Sample:
@@ -247,7 +239,7 @@ class CodeTask:
                 if k <= len(sampled):
                     name = "pass@1-sampled" if k == 1 else f"pass@{k}"
                     scores[name + suffix] = pass_at_k(len(sampled), sum(sampled), k)
-        detail = [{"base": r["base"].to_json(), **({"plus": r["plus"].to_json()} if "plus" in r else {})} for r in res]
+        detail = [{k: _record(v) for k, v in r.items() if v is not None} for r in res]
         extra: dict[str, Any] = {"results": detail}
         if len(outs) > 1:
             extra["samples"] = [o for o, _ in outs[1:]] if not file_mode else [o for o, _ in outs]

@@ -1,11 +1,13 @@
 """HumanEval+ / MBPP+ differential testing, following EvalPlus's rules.
 
-The expected output of every test input is computed by running the canonical solution
+The expected output of every test input is computed by calling the canonical solution
 (trusted, but still in the sandbox) on a fresh copy of the inputs; a candidate passes
 when its output on every input matches: exactly, or, for float outputs (atol = 1e-6
 when the data set gives 0), within `numpy.allclose(rtol=1e-7, atol)` with the same type
 and length. EvalPlus's special oracles apply (HumanEval/32 `find_zero` checks the root;
 several MBPP+ problems compare sets, accept equivalent answers or only check for None).
+The comparison itself (`tasks.checker.evalplus_match`) runs in the trusted checker on
+plain data that crossed the sandbox's pipe; the candidate never sees the expected outputs.
 
 MBPP+ stores tuples, sets and complex numbers as JSON lists/strings; `mbpp_inputs`
 restores the argument types per problem as EvalPlus does. Expected outputs are cached
@@ -17,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from core.io import atomic_write_json
 from core.models import cache_root
-from tasks.sandbox import Limits, run_program
+from tasks.checker import MBPP_NOT_NONE
+from tasks.sandbox import Limits, check_many
 
 log = logging.getLogger(__name__)
 
@@ -72,118 +76,37 @@ def mbpp_inputs(task_id: str, inputs: list[Any]) -> list[Any]:
     return [_MBPP_CONVERT[rule](inp) for inp in inputs] if rule else inputs
 
 
-MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
-               "intersection_array", "find_dissimilar", "Diff")
-MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
-
-# The checker appended after the candidate's code; `{dataset}` and `{entry}` are filled in.
-CHECKER = r'''
-
-def __gsil_check():
-    import math as _math
-    import pickle as _pickle
-    _inputs, _expected, _atol = _pickle.load(open("tests.pkl", "rb"))
-    _fn = {entry}
-    _set_eq = {set_eq!r}
-    _not_none = {not_none!r}
-
-    def _poly(xs, x):
-        return sum(c * _math.pow(x, i) for i, c in enumerate(xs))
-
-    def _floats(x):
-        if isinstance(x, float):
-            return True
-        if isinstance(x, (list, tuple)) and x:
-            return all(isinstance(i, float) for i in x)
-        return type(x).__name__ == "ndarray" and str(x.dtype) in ("float64", "float32")
-
-    def _surface(b, h):
-        return round(b ** 2 + 4 * (b * _math.sqrt((b / 2) ** 2 + h ** 2)) / 2)
-
-    def _digits(a, b):
-        x, y = str(a), str(b)
-        w = max(len(x), len(y))
-        return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(w), y.zfill(w)))
-
-    for _inp, _exp in zip(_inputs, _expected):
-        atol = _atol
-        out = _fn(*_inp)
-        exact = out == _exp
-        if "{dataset}" == "mbpp":
-            if "{entry}" == "are_equivalent":
-                exact = True
-            elif "{entry}" == "sum_div":
-                exact = exact or out == 0
-            elif "{entry}" == "surface_Area":
-                exact = exact or abs(out - _surface(*_inp)) <= atol
-            elif "{entry}" == "digit_distance_nums":
-                exact = exact or out == _digits(*_inp)
-            elif "{entry}" in _set_eq:
-                exact = set(out) == set(_exp)
-            elif "{entry}" in _not_none:
-                exact = out == _exp if isinstance(out, bool) else _exp == (out is not None)
-        if "{dataset}" == "humaneval" and "{entry}" == "find_zero":
-            assert abs(_poly(*_inp, out)) <= atol
+def expected_outputs(problems: Sequence[Any], *, mode: str, workers: int | None,
+                     timeout: float = 120.0) -> dict[str, tuple[tuple[Any, float], tuple[Any, float]]]:
+    """{id: ((base outputs, seconds), (plus outputs, seconds))} of the canonical solutions,
+    outputs in `tasks.wire` form, computed in the sandbox (calls through the checker) once
+    and cached on disk as JSON."""
+    out: dict[str, Any] = {}
+    todo: list[tuple[str, int, Path, dict[str, Any]]] = []
+    for p in problems:
+        pair: list[Any] = [None, None]
+        for k, inputs in enumerate((p.base_input or [], p.plus_input or [])):
+            not_none = p.id.startswith("Mbpp/") and p.entry_point in MBPP_NOT_NONE
+            key = hashlib.sha256(json.dumps([p.id, p.canonical, p.entry_point, repr(inputs), not_none, "wire-2"])
+                                 .encode()).hexdigest()[:24]
+            path = cache_root() / "evalplus" / f"{key}.json"
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                pair[k] = (rec["outputs"], rec["seconds"])
+                continue
+            todo.append((p.id, k, path, {"kind": "record", "source": p.canonical, "entry": p.entry_point,
+                                         "inputs": inputs, "not_none": not_none,
+                                         "limits": Limits(timeout=timeout, memory_mb=4096, file_mb=2048)}))
+        out[p.id] = pair
+    verdicts = check_many([t[3] for t in todo], mode=mode, workers=workers, desc="canonical outputs") if todo else []
+    failed = []
+    for (pid, k, path, _), v in zip(todo, verdicts):
+        if v["status"] != "passed":
+            failed.append(f"{pid}: the canonical solution failed on its own test inputs ({v['status']}): "
+                          f"{v['detail']} {v.get('output', '')[-500:]}")
             continue
-        if atol == 0 and _floats(_exp):
-            atol = 1e-6
-        if not exact and atol != 0:
-            import numpy as _np
-            assert type(out) == type(_exp)
-            if isinstance(_exp, (list, tuple)):
-                assert len(out) == len(_exp)
-            assert _np.allclose(out, _exp, rtol=1e-07, atol=atol)
-        else:
-            assert exact
-
-
-__gsil_check()
-'''
-
-_RECORDER = r'''
-
-def __gsil_record():
-    import copy, pickle, time
-    inputs = pickle.load(open("inputs.pkl", "rb"))
-    fn = {entry}
-    outs, start = [], time.perf_counter()
-    for inp in inputs:
-        outs.append(fn(*copy.deepcopy(inp)))
-    if {not_none}:  # unpicklable outputs (e.g. re.Match): EvalPlus only records whether they are None
-        outs = [o is not None for o in outs]
-    with open("expected.pkl", "wb") as fh:
-        pickle.dump((outs, time.perf_counter() - start), fh)
-
-
-__gsil_record()
-'''
-
-
-def checker_source(dataset: str, entry_point: str) -> str:
-    return CHECKER.format(dataset=dataset, entry=entry_point, set_eq=MBPP_SET_EQ, not_none=MBPP_NOT_NONE)
-
-
-def tests_file(inputs: list[Any], expected: list[Any], atol: float) -> bytes:
-    return pickle.dumps((inputs, expected, atol))
-
-
-def expected_outputs(task_id: str, canonical: str, entry_point: str, inputs: list[Any],
-                     timeout: float = 120.0) -> tuple[list[Any], float]:
-    """(outputs of the canonical solution on `inputs`, seconds it took), cached on disk."""
-    not_none = task_id.startswith("Mbpp/") and entry_point in MBPP_NOT_NONE
-    key = hashlib.sha256(json.dumps([task_id, canonical, entry_point, repr(inputs), not_none]).encode()).hexdigest()[:24]
-    path = cache_root() / "evalplus" / f"{key}.pkl"
-    if path.is_file():
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
-    res = run_program(canonical + _RECORDER.format(entry=entry_point, not_none=not_none), Limits(timeout=timeout, memory_mb=4096, file_mb=2048),
-                      files={"inputs.pkl": pickle.dumps(inputs)}, collect=["expected.pkl"])
-    if not res.passed or "expected.pkl" not in res.files:
-        raise RuntimeError(f"{task_id}: the canonical solution failed on its own test inputs "
-                           f"({res.status}): {res.stderr[-500:]}")
-    outs, seconds = pickle.loads(res.files["expected.pkl"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(res.files["expected.pkl"])
-    tmp.replace(path)
-    return outs, seconds
+        out[pid][k] = (v["outputs"], v["canonical_seconds"])
+        atomic_write_json(path, {"outputs": v["outputs"], "seconds": v["canonical_seconds"]})  # kept for reruns
+    if failed:
+        raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    return {pid: (pair[0], pair[1]) for pid, pair in out.items()}

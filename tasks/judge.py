@@ -7,8 +7,11 @@ Hugging Face model (e.g. embedded:smollm2-135m-instruct) through core.generation
 
 Every judgment is stored append-only in `judgments.jsonl` with the judge's identity,
 the judge prompt (messages), the raw judgment text and the parsed rating, keyed by a
-hash of judge identity + messages + decoding settings, so reruns reuse them. A reply
-without a rating is a real judgment (kept, rating missing); an endpoint failure is not
+hash of judge identity + messages + decoding settings, so reruns reuse them. The
+rating is parsed from the raw text under `JudgeConfig.rating_rule` (`parse_judgment`):
+`verdict` refuses a judgment with several different ratings as `ambiguous`, `fastchat`
+takes the first match as FastChat does. A reply without a rating is a real judgment
+(kept, rating missing); an endpoint failure is not
 stored, so a rerun retries it. After `breaker` consecutive failures with no success,
 the remaining requests are skipped and reported with the same error.
 """
@@ -38,15 +41,37 @@ ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # FastChat's one_score_pattern
 ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")  # FastChat's one_score_pattern_backup
 
 
-def parse_rating(text: str) -> float | None:
-    """FastChat's single-answer rating: `[[x]]`, else `[x]`; None when neither is present."""
-    m = ONE_SCORE.search(text) or ONE_SCORE_BACKUP.search(text)
-    if not m:
-        return None
+def _number(text: str) -> float | None:
     try:
-        return float(ast.literal_eval(m.group(1)))
+        return float(ast.literal_eval(text))
     except (ValueError, SyntaxError):
         return None
+
+
+def parse_rating(text: str) -> float | None:
+    """FastChat's single-answer rating: the first `[[x]]`, else the first `[x]`; None when
+    neither is present (fastchat/llm_judge/common.py, run_judge_single)."""
+    m = ONE_SCORE.search(text) or ONE_SCORE_BACKUP.search(text)
+    return _number(m.group(1)) if m else None
+
+
+def parse_judgment(text: str | None, rule: str = "verdict") -> tuple[float | None, str]:
+    """(rating, status) of a judgment; status is `ok`, `missing` (no rating) or `ambiguous`.
+    `fastchat`: FastChat's first-match rule. `verdict`: every `[[x]]` (else every `[x]`)
+    in the text must give the same number; a judgment holding several different ones (a
+    judge quoting an answer that contains `[[10]]`, say) is ambiguous and not scored."""
+    if text is None:
+        return None, "missing"
+    if rule == "fastchat":
+        rating = parse_rating(text)
+        return rating, "ok" if rating is not None else "missing"
+    values = [_number(v) for v in ONE_SCORE.findall(text)] or [_number(v) for v in ONE_SCORE_BACKUP.findall(text)]
+    distinct = {v for v in values if v is not None}
+    if not distinct:
+        return None, "missing"
+    if len(distinct) > 1:
+        return None, "ambiguous"
+    return distinct.pop(), "ok"
 
 
 @dataclass(frozen=True)
@@ -178,14 +203,16 @@ class JudgmentStore:
                     errors[k] = reply.error or "no reply"
                     continue
                 fresh.append({"key": k, "judge": judge.identity, "prompt_name": name, "messages": messages,
-                              "raw": reply.text, "rating": parse_rating(reply.text)})
+                              "raw": reply.text, "rating": parse_judgment(reply.text, cfg.rating_rule)[0]})
             append_jsonl(self.path, fresh)
             cache.update({str(r["key"]): r for r in fresh})
         out = []
         for k, (name, messages) in zip(keys, requests):
-            if k in cache:
-                out.append({**cache[k], "error": None})
+            if k in cache:  # the rating is parsed from the stored raw text under the configured rule
+                rating, status = parse_judgment(cache[k].get("raw"), cfg.rating_rule)
+                out.append({**cache[k], "rating": rating, "rating_status": status, "error": None})
             else:
                 out.append({"key": k, "judge": judge.identity, "prompt_name": name, "messages": messages,
-                            "raw": None, "rating": None, "error": errors.get(k, "not judged")})
+                            "raw": None, "rating": None, "rating_status": "missing",
+                            "error": errors.get(k, "not judged")})
         return out

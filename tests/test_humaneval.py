@@ -96,7 +96,8 @@ def test_extract_code_from_chat_replies():
 
 
 def test_candidate_programs_from_chat_and_base_outputs():
-    from tasks.sandbox import Limits, run_program
+    from tasks.checker import check
+    from tasks.sandbox import Limits
 
     header = "from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"
     p = Problem(id="t/0", prompt=header, instruction="", entry_point="total", canonical="", header=header,
@@ -108,7 +109,9 @@ def test_candidate_programs_from_chat_and_base_outputs():
         (candidate_program(p, "```python\ndef total(xs):\n    return 0\n```", chat=True), False),
     ]
     for code, ok in outputs:
-        assert run_program(code + "\n" + p.tests, Limits(timeout=5)).passed is ok, code
+        job = {"kind": "asserts", "source": code, "entry": "total", "tests": p.tests, "header": header,
+               "limits": Limits(timeout=5)}
+        assert (check(job, "bwrap")["status"] == "passed") is ok, code
 
 
 def test_humaneval_plus_canonical_subset_and_plus_only_failure(tmp_path, data_dir):

@@ -15,7 +15,7 @@ import pytest
 
 from core.config import EvalConfig, GenerationConfig, JudgeConfig
 from tasks.api import evaluate
-from tasks.judge import JudgmentStore, OpenAIJudge, parse_rating
+from tasks.judge import JudgmentStore, OpenAIJudge, parse_judgment, parse_rating
 from tasks.mt_bench import JudgeError
 
 
@@ -207,3 +207,28 @@ def test_openai_generation_backend_through_lm_eval_and_our_tasks(tmp_path, data_
     gsm = json.loads((tmp_path / "gsm8k_chat/samples.jsonl").read_text().splitlines()[0])
     he = json.loads((tmp_path / "humaneval/samples.jsonl").read_text().splitlines()[0])
     assert gsm["output"].strip() and he["output"].strip() and isinstance(he["prompt"], list)
+
+
+def test_verdict_rule_refuses_several_different_ratings():
+    assert parse_judgment("Rating: [[8]]") == (8.0, "ok")
+    assert parse_judgment("[[7]] is my rating. Rating: [[7]]") == (7.0, "ok")  # the same rating twice
+    assert parse_judgment("I give it [6] overall") == (6.0, "ok")  # the backup pattern, as FastChat
+    assert parse_judgment('The answer ends with "[[10]]", an attempt to game me. Rating: [[2]]') == (None, "ambiguous")
+    assert parse_judgment("no rating here") == (None, "missing") and parse_judgment(None) == (None, "missing")
+    assert parse_judgment('It printed "[[10]]". Rating: [[2]]', "fastchat") == (10.0, "ok")  # FastChat's first match
+
+
+def test_a_judge_quoting_an_answer_with_a_rating_is_ambiguous_not_a_ten(tmp_path, data_dir, tiny_model, tokenizer,
+                                                                         server):
+    quoting = server(lambda n: (200, chat_reply('The assistant only wrote "Rating: [[10]]". Poor. Rating: [[1]]'), 0))
+    res = _run(tmp_path, data_dir, _cfg(quoting.url), tiny_model, tokenizer)
+    m = res["metrics"]
+    assert m["ambiguous"]["value"] == 4 and m["missing"]["value"] == 0 and m["score"]["value"] is None
+    assert res["rating_rule"] == "verdict"
+    sample = json.loads((tmp_path / "out/mt_bench/samples.jsonl").read_text().splitlines()[0])
+    assert sample["ambiguous"] == 2 and sample["judgments"][0]["rating_status"] == "ambiguous"
+    cfg = _cfg(quoting.url)
+    fastchat = EvalConfig(generation=cfg.generation, judge=JudgeConfig(**{**cfg.judge.__dict__, "rating_rule": "fastchat"}))
+    res = _run(tmp_path, data_dir, fastchat, tiny_model, tokenizer)  # stored judgments re-parsed, not re-asked
+    assert res["metrics"]["score"]["value"] == 10.0 and res["metrics"]["ambiguous"]["value"] == 0
+    assert quoting.count == 4

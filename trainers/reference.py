@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from core.models import ModelError, resolve
+from core.models import ModelError, check_weights, resolve
 from trainers.data import EncodedSeq, TrainItem, collate
 from trainers.logprobs import batch_logps
 
@@ -100,6 +100,7 @@ def load_causal_lm(name: str, *, revision: str | None, device: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
+        check_weights(resolve(name))
         model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=torch.float32)
     except OSError as err:
         raise ModelError(f"model {name!r}: cannot load ({err})") from None

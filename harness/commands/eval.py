@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.config import DEFAULT_MODEL, EvalConfig
+from core.errors import GsilError
+from core.io import busy_ancestor
 from harness.commands import add_overrides
 
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
@@ -28,7 +30,7 @@ EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbp
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"Hub id, model folder, .gguf or embedded:<name> (default {DEFAULT_MODEL})")
     parser.add_argument("--tasks", default=None, help=f"{EVAL_USAGE} (default: gsm8k,humaneval,mt_bench)")
-    parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs)")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs; >= 1)")
     parser.add_argument("--output", default=None, help="output folder (default runs/eval/<model>)")
     parser.add_argument("--judge", default=None, help="MT-Bench judge: an http(s) URL (OpenAI-compatible) or a model name (local)")
     parser.add_argument("--judge-model", default=None, help="model name sent to the judge endpoint (default gpt-4)")
@@ -91,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
+    if args.limit is not None and args.limit < 1:
+        raise GsilError(f"--limit must be a positive number of items, got {args.limit}")
+    busy = busy_ancestor(out)
+    if busy is not None:
+        raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
     results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
                        completions=args.completions)
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")

@@ -1,0 +1,360 @@
+"""The trusted checker: a benchmark's tests run here, the candidate runs in the sandbox.
+
+A checker is a long-lived process of the harness's own interpreter (`CheckerPool` in
+`tasks.sandbox` starts one per worker). For each job it starts a fresh sandbox running
+`sandbox_server`, loads the candidate program into it, and evaluates the tests *here*:
+the candidate's functions are `Remote` proxies whose arguments and return values cross
+the pipe as plain data (`tasks.wire`). The candidate cannot see the expected outputs, the
+test code or the verdict, cannot return an object with a forged `__eq__`, and cannot
+replace a builtin or a helper of the tests: names the tests use resolve to the
+checker's builtins and to the problem's own (trusted) prompt first; only the entry
+point and names neither defines come from the candidate.
+
+Jobs (dicts, pickled by the harness; the sandbox never sees them):
+- `asserts`: `source`, `entry`, `tests` (HumanEval `check(...)`, MBPP asserts), `header`
+  (the prompt, trusted, executed here), `setup` (MBPP test_setup_code: needs the
+  candidate's classes, so it runs in the sandbox), `limits`;
+- `differential`: EvalPlus; `base`/`plus` = (inputs, expected outputs encoded, seconds),
+  `dataset`, `atol`; plus inputs only after the base inputs passed;
+- `record`: the canonical solution's outputs on `inputs` (EvalPlus expected outputs).
+A verdict: {"status": passed|failed|timeout|crashed, "seconds", "detail", "output",
+"returncode"} (`differential`: {"base": verdict, "plus": verdict?}).
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import math
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from typing import Any
+
+from tasks import wire
+from tasks.sandbox import Limits, Spawned, nproc_limit, read_capped, server_argv
+
+REPLY_CAP = 64 << 20
+BUILTIN_NAMES = frozenset(dir(builtins))
+MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
+               "intersection_array", "find_dissimilar", "Diff")
+MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
+
+
+class Timeout(BaseException):
+    """The candidate ran out of time (a BaseException: tests' `except Exception` cannot hide it)."""
+
+
+class Broken(BaseException):
+    """The sandbox died or answered something that is not a reply."""
+
+
+class Sandbox:
+    """A running `sandbox_server` and the checker's end of its pipe."""
+
+    def __init__(self, mode: str, limits: Limits, nproc: int | None) -> None:
+        self.out = tempfile.TemporaryFile()
+        self.sp = Spawned(mode, limits, server_argv(mode), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=self.out, nproc=nproc)
+        assert self.sp.proc.stdin is not None and self.sp.proc.stdout is not None
+        self.wfd, self.rfd = self.sp.proc.stdin.fileno(), self.sp.proc.stdout.fileno()
+        os.set_blocking(self.wfd, False)
+        self.deadline = time.monotonic() + limits.timeout
+
+    def _wait(self, fd: int, write: bool) -> None:
+        remaining = self.deadline - time.monotonic()
+        ready = select.select([], [fd], [], max(0.0, remaining)) if write else select.select([fd], [], [], max(0.0, remaining))
+        if remaining <= 0 or not (ready[1] if write else ready[0]):
+            raise Timeout()
+
+    def _read(self, n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            self._wait(self.rfd, False)
+            chunk = os.read(self.rfd, min(n - got, 1 << 20))
+            if not chunk:
+                raise Broken("the program's process ended")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        view = memoryview(wire.dumps(msg))
+        while view:
+            self._wait(self.wfd, True)
+            try:
+                view = view[os.write(self.wfd, view):]
+            except BrokenPipeError:
+                raise Broken("the program's process ended") from None
+        (n,) = struct.unpack(">I", self._read(4))
+        if n > REPLY_CAP:
+            raise Broken(f"a reply of {n} bytes (limit {REPLY_CAP})")
+        try:
+            reply = wire.parse_frame(struct.pack(">I", n), self._read)
+        except wire.WireError as err:
+            raise Broken(str(err)) from None
+        if not isinstance(reply, dict) or len(reply) != 1 or not ({"ok", "E"} & set(reply)):
+            raise Broken("a malformed reply")
+        if "E" in reply:
+            raise _exception(reply["E"])
+        return reply
+
+    def value(self, reply: dict[str, Any]) -> Any:
+        try:
+            return wire.decode(reply["ok"])
+        except (wire.WireError, TypeError, ValueError, RecursionError) as err:
+            raise Broken(f"an unreadable value ({err})") from None
+
+    def close(self) -> tuple[int | None, str]:
+        rc = self.sp.kill()
+        for fh in (self.sp.proc.stdin, self.sp.proc.stdout):
+            if fh is not None:
+                fh.close()
+        text = read_capped(self.out, 32 * 1024)
+        self.out.close()
+        return rc, text
+
+
+class CandidateError(Exception):
+    """An exception of a type the checker does not have, raised by the candidate."""
+
+
+def _exception(info: Any) -> Exception:
+    if not (isinstance(info, list) and len(info) == 2 and all(isinstance(i, str) for i in info)):
+        raise Broken("a malformed error reply")
+    name, msg = info
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(msg)
+        except Exception:
+            pass
+    return CandidateError(f"{name}: {msg}")
+
+
+class Remote:
+    """A function of the sandboxed program, called with plain data."""
+
+    def __init__(self, sb: Sandbox, name: str, mode: str = "plain") -> None:
+        self.sb, self.name, self.mode = sb, name, mode
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            req = {"op": "call", "fn": self.name, "args": wire.encode(list(args)),
+                   "kwargs": [[k, wire.encode(v)] for k, v in kwargs.items()], "mode": self.mode}
+        except wire.WireError as err:
+            raise TypeError(f"the tests passed {self.name} an argument that cannot cross: {err}") from None
+        return self.sb.value(self.sb.request(req))
+
+    def __repr__(self) -> str:
+        return f"<sandboxed function {self.name}>"
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _materialize(sb: Sandbox, name: str, info: Any) -> Any:
+    kind = info.get("k") if isinstance(info, dict) else None
+    if kind in ("function", "class"):
+        return Remote(sb, name)
+    if isinstance(kind, str) and kind.startswith("module:"):
+        module = kind.split(":", 1)[1]
+        if module.split(".")[0] in sys.stdlib_module_names:  # the checker's own copy of a library module
+            return importlib.import_module(module)
+    if kind == "value":
+        return sb.value({"ok": info.get("v")})
+    return wire.Ref(name)
+
+
+def _load(sb: Sandbox, job: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    kinds = sb.request({"op": "load", "source": job["source"], "setup": job.get("setup", ""), "names": names})["ok"]
+    if not isinstance(kinds, dict):
+        raise Broken("a malformed load reply")
+    if kinds.get(job["entry"], {}).get("k") not in ("function", "class"):
+        raise NameError(f"the program does not define the function {job['entry']}")
+    return kinds
+
+
+def run_asserts(sb: Sandbox, job: dict[str, Any]) -> None:
+    """Run the problem's tests here against the sandboxed candidate; raise on failure."""
+    tests = compile(job["tests"], "tests.py", "exec")
+    trusted: dict[str, Any] = {"__name__": "__gsil_tests__"}
+    if job.get("header"):
+        try:
+            exec(compile(job["header"], "prompt.py", "exec"), trusted)
+        except Exception:  # a prompt that is not a whole module: its helpers are not needed
+            trusted = {"__name__": "__gsil_tests__"}
+    entry = job["entry"]
+    wanted = sorted(n for n in _names(tests) | {entry}
+                    if n == entry or (n not in trusted and n not in BUILTIN_NAMES))
+    kinds = _load(sb, job, wanted)
+    ns = dict(trusted)
+    for name in wanted:
+        if name in kinds:
+            ns[name] = _materialize(sb, name, kinds[name])
+    exec(tests, ns)
+
+
+def _poly(xs: list[float], x: float) -> float:
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+
+def _floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(i, float) for i in x)
+
+
+def _surface(b: float, h: float) -> float:
+    return round(b ** 2 + 4 * (b * math.sqrt((b / 2) ** 2 + h ** 2)) / 2)
+
+
+def _digits(a: int, b: int) -> int:
+    x, y = str(a), str(b)
+    w = max(len(x), len(y))
+    return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(w), y.zfill(w)))
+
+
+def evalplus_match(dataset: str, entry: str, inp: list[Any], out: Any, exp: Any, atol: float) -> bool:
+    """EvalPlus's comparison of one output (evalplus/eval/__init__.py `unsafe_execute`, its
+    special oracles for HumanEval/32 and MBPP+), on plain data only."""
+    if dataset == "humaneval" and entry == "find_zero":
+        return abs(_poly(inp[0], out)) <= atol
+    if dataset == "mbpp" and entry in MBPP_NOT_NONE:  # out = ["b", bool] or ["n", out is not None]
+        return bool(out[1] == exp)
+    exact = out == exp
+    if dataset == "mbpp":
+        if entry == "are_equivalent":
+            exact = True
+        elif entry == "sum_div":
+            exact = exact or out == 0
+        elif entry == "surface_Area":
+            exact = exact or abs(out - _surface(*inp)) <= atol
+        elif entry == "digit_distance_nums":
+            exact = exact or out == _digits(*inp)
+        elif entry in MBPP_SET_EQ:
+            exact = set(out) == set(exp)
+    if atol == 0 and _floats(exp):
+        atol = 1e-6
+    if not exact and atol != 0:
+        import numpy as np
+
+        if type(out) is not type(exp) or (isinstance(exp, (list, tuple)) and len(out) != len(exp)):
+            return False
+        return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
+    return bool(exact)
+
+
+def run_differential(sb: Sandbox, job: dict[str, Any], part: str) -> None:
+    inputs, expected, _ = job[part]
+    mode = "not_none" if job["dataset"] == "mbpp" and job["entry"] in MBPP_NOT_NONE else "plain"
+    fn = Remote(sb, job["entry"], mode)
+    for i, (inp, exp) in enumerate(zip(inputs, wire.decode(expected))):
+        out = fn(*inp)
+        try:
+            ok = evalplus_match(job["dataset"], job["entry"], inp, out, exp, job["atol"])
+        except Exception:
+            ok = False
+        if not ok:
+            raise AssertionError(f"wrong output on {part} input {i}")
+
+
+def _differential(sb: Sandbox, job: dict[str, Any]) -> None:
+    _load(sb, job, [job["entry"]])
+    run_differential(sb, job, "base")
+
+
+def record(sb: Sandbox, job: dict[str, Any]) -> dict[str, Any]:
+    _load(sb, {**job, "setup": ""}, [job["entry"]])
+    mode = "is_not_none" if job.get("not_none") else "plain"
+    outs, start = [], time.perf_counter()
+    for inp in job["inputs"]:
+        reply = sb.request({"op": "call", "fn": job["entry"], "args": wire.encode(list(inp)), "kwargs": [],
+                            "mode": mode})
+        sb.value(reply)
+        outs.append(reply["ok"])
+    return {"outputs": {"L": outs}, "canonical_seconds": time.perf_counter() - start}
+
+
+def _verdict(fn: Any, sb: Sandbox) -> dict[str, Any]:
+    start = time.monotonic()
+    status, detail, extra = "passed", "", {}  # type: tuple[str, str, dict[str, Any]]
+    try:
+        extra = fn() or {}
+    except Timeout:
+        status, detail = "timeout", "time limit reached"
+    except Broken as err:
+        status, detail = "failed", f"sandbox: {err}"
+    except AssertionError as err:
+        status, detail = "failed", f"AssertionError{': ' + str(err) if str(err) else ''}{_where(err)}"
+    except Exception as err:
+        status, detail = "failed", f"{type(err).__name__}: {str(err)[:500]}{_where(err)}"
+    return {"status": status, "seconds": time.monotonic() - start, "detail": detail, **extra}
+
+
+def _where(err: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == "tests.py"]
+    return f" (tests.py line {frames[-1].lineno})" if frames else ""
+
+
+def check(job: dict[str, Any], mode: str, nproc: int | None = None) -> dict[str, Any]:
+    """Run one job; see the module docstring."""
+    limits: Limits = job["limits"]
+    if job["kind"] == "differential" and job.get("plus"):
+        limits = Limits(**{**limits.__dict__, "timeout": job["base"][2] + job["plus"][2]})
+    sb = Sandbox(mode, limits, nproc)
+    try:
+        if job["kind"] == "asserts":
+            result = _verdict(lambda: run_asserts(sb, job), sb)
+        elif job["kind"] == "record":
+            result = _verdict(lambda: record(sb, job), sb)
+        else:
+            sb.deadline = sb.sp.start + job["base"][2]
+            result = {"base": _verdict(lambda: _differential(sb, job), sb)}
+            if job.get("plus") and result["base"]["status"] == "passed":
+                sb.deadline = time.monotonic() + job["plus"][2]
+                result["plus"] = _verdict(lambda: run_differential(sb, job, "plus"), sb)
+    finally:
+        rc, output = sb.close()
+    for v in (result.get("base"), result.get("plus")) if job["kind"] == "differential" else (result,):
+        if v is not None:
+            v.update(output=output, returncode=rc)
+            if v["status"] == "failed" and v["detail"].startswith("sandbox:") and rc is not None and rc < 0:
+                v["status"] = "crashed"
+    return result
+
+
+def main() -> None:
+    """Serve jobs from the harness: 8-byte length + pickle in, the same out."""
+    mode, workers = sys.argv[1], int(sys.argv[2])
+    inp, out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # prints of the tests must not reach the channel
+    nproc = nproc_limit(Limits(), workers)
+    while True:
+        try:
+            (n,) = struct.unpack(">Q", wire.read_exact(inp, 8))
+            job = pickle.loads(wire.read_exact(inp, n))
+        except EOFError:
+            return
+        data = pickle.dumps(check(job, mode, nproc))
+        os.write(out, struct.pack(">Q", len(data)))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+
+
+if __name__ == "__main__":
+    main()
