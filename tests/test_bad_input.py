@@ -78,5 +78,5 @@ def test_a_negative_limit(tmp_path, data_dir, capsys):
     code, line = _eval(capsys, "--tasks", "humaneval", "--limit", "-3", "--output", str(tmp_path / "o"),
                        "--data-dir", str(data_dir), "--completions", str(write_jsonl(tmp_path / "c.jsonl", [])))
     assert code == 2 and "--limit must be a positive number of items, got -3" in line, line
-    code, line = _eval(capsys, "--tasks", "humaneval", "--set", "limit=-1", "--output", str(tmp_path / "o"))
-    assert code == 2 and "eval.limit must be a positive number of items, got -1" in line, line
+    code, line = _eval(capsys, "--tasks", "humaneval", "shared.eval.limit=-1", "--output", str(tmp_path / "o"))
+    assert code == 2 and "eval.limit: must be >= 1 or null, got -1" in line, line
