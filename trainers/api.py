@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ExperimentConfig, shared_hash
+from harness.config import ExperimentConfig, for_method, iteration_config, shared_hash
 from harness.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
 from harness.strict import ConfigError, to_plain
 from trainers.losses import LOSSES
@@ -51,12 +51,14 @@ def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     the number of iterations excluded, so changing them keeps finished iterations)."""
     shared = {k: v for k, v in to_plain(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
     method = cfg.method(method_label)
-    return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed})
+    extra = {k: to_plain(getattr(method, k)) for k in ("per_iteration", "overrides") if getattr(method, k)}
+    return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed, **extra})
 
 
 def validate_method(cfg: ExperimentConfig, method_label: str) -> None:
     from trainers.selfplay import check_generation_backend
 
+    cfg = for_method(cfg, method_label)
     method = cfg.method(method_label)
     index = [m.label for m in cfg.methods].index(method_label)
     try:
@@ -82,6 +84,16 @@ def validate_method(cfg: ExperimentConfig, method_label: str) -> None:
     if cfg.shared.iterations < 1:
         raise ConfigError(f"shared.iterations: must be >= 1, got {cfg.shared.iterations}")
     check_generation_backend(cfg, method)
+    check_encoding(cfg)
+
+
+def check_encoding(cfg: ExperimentConfig) -> None:
+    """shared.train.packing: the packed collator attends every token, so it cannot keep the masked EOS
+    tokens of encoding "spin"."""
+    s = cfg.shared
+    if s.train.packing and "spin" in (s.train_data.encoding, s.preference_data and s.preference_data.encoding):
+        raise ConfigError("shared.train.packing: cannot be combined with encoding 'spin' (its EOS tokens are "
+                          "masked from attention inside the sequence); set packing: false")
 
 
 def make_accelerator(precision: str) -> Any:
@@ -144,7 +156,8 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
     """Load data and tokenizer once for every iteration; returns (MethodContext, data files)."""
     from harness.datadir import data_dir as resolve_data_dir
     from harness.models import load_tokenizer
-    from trainers.data import data_file, encode_examples, load_examples
+    from trainers.data import data_file, load_examples
+    from trainers.official import encode_all
     from trainers.selfplay import MethodContext
 
     method, s = cfg.method(method_label), cfg.shared
@@ -156,18 +169,18 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
     examples = load_examples(data_cfg, root)
     tokenizer = load_tokenizer(s.model, s.model_revision)
     lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}
-    real = encode_examples(tokenizer, examples, **lengths)
+    real = encode_all(data_cfg.encoding, tokenizer, examples, **lengths)
     rejected = None
     if preference is not None:
         for ex in examples:
             if ex.rejected is None:
                 raise ConfigError(f"{ex.source}: shared.preference_data rows need a rejected response "
                                   f"(format 'preference')")
-        rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples
+        rejected = encode_all(data_cfg.encoding, tokenizer, [replace(ex, response=ex.rejected) for ex in examples
                                                if ex.rejected is not None], **lengths)
     precision = _precision(cfg)
     ctx = MethodContext(cfg, method, seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
-                        rejected, precision)
+                        rejected, precision, data_cfg.encoding)
     return ctx, {k: str(v) for k, v in files.items() if v is not None}
 
 
@@ -197,6 +210,9 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     from trainers.selfplay import prepare_inputs
 
     validate_method(cfg, method_label)
+    base_hash = shared_hash(cfg)  # the experiment's shared block; the method's overrides are recorded beside it
+    overrides = dict(cfg.method(method_label).overrides)
+    cfg = for_method(cfg, method_label)
     started = time.time()
     root = Path(run_dir) / method_label / f"seed-{seed}"
     key = train_key(cfg, method_label, seed)
@@ -209,16 +225,21 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     acc = ctx.accelerator
     if acc.is_main_process:
         atomic_write_json(root / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
-                          | {"method": method_label, "train_key": key, "shared_hash": shared_hash(cfg)})
+                          | {"method": method_label, "train_key": key, "shared_hash": base_hash,
+                             "overrides": overrides})
     reference = cfg.shared.model
     for k, folder in enumerate(folders, 1):
         if not _finished(folder, key):
             if acc.is_main_process:
                 folder.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
-            inputs = prepare_inputs(ctx, k, reference, folder)
+            it_cfg, it_method = iteration_config(cfg, method_label, k)
+            it_ctx = replace(ctx, cfg=it_cfg, method=it_method)
+            inputs = prepare_inputs(it_ctx, k, reference, folder)
             extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
-                     "shared_hash": shared_hash(cfg), "reference": reference}
-            train_iteration(LoopRun(ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
+                     "shared_hash": base_hash, "overrides": overrides, "reference": reference,
+                     "lr": it_cfg.shared.optimizer.lr, "epochs": it_cfg.shared.train.epochs,
+                     "pairs": len(inputs.items)}
+            train_iteration(LoopRun(it_ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
         reference = str(folder / "checkpoint")
     return results
