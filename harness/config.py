@@ -301,10 +301,8 @@ def method_shared(cfg: ExperimentConfig, label: str, loc: Located | None = None)
         if parts[-1] not in node:
             raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: no shared key {dotted!r}")
         node[parts[-1]] = value
-    try:
-        return build(SharedConfig, data, Located(f"methods[{index}].overrides"), prefix="shared")
-    except ConfigError as err:
-        raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: methods[{index}].overrides: {err}") from None
+    where = loc.at(f"methods[{index}].overrides")
+    return build(SharedConfig, data, Located(where), prefix=f"methods[{index}].overrides -> shared")
 
 
 def for_method(cfg: ExperimentConfig, label: str) -> ExperimentConfig:
