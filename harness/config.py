@@ -143,6 +143,9 @@ class EvalConfig:
     lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
     lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own
     cache_dir: str | None = None  # shared generation/judgment cache; null = a cache/ folder inside each task folder
+    # task mt_bench_fastchat: FastChat's conversation template by name ("zephyr"; FastChat picks it from the model
+    # id); null = the model's own chat template
+    fastchat_template: str | None = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
