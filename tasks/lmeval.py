@@ -39,6 +39,15 @@ LOCAL_DATASETS: dict[tuple[str, str | None], dict[str, str]] = {
     ("openai/gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
     ("gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
 }
+# Open LLM Leaderboard data sets (tasks.protocols): read from the Hub in real use; files under
+# <data dir>/openllm/<name>/<split>.jsonl, in each data set's own format, win when present (offline tests)
+for _hub, _name, _dir, _splits in (
+    ("allenai/ai2_arc", "ARC-Challenge", "arc_challenge", ("train", "validation", "test")),
+    ("Rowan/hellaswag", None, "hellaswag", ("train", "validation")),
+    ("truthfulqa/truthful_qa", "multiple_choice", "truthfulqa_mc", ("validation",)),
+    ("allenai/winogrande", "winogrande_xl", "winogrande", ("train", "validation")),
+):
+    LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
 LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
 
 
@@ -96,6 +105,11 @@ def task_spec(lm_task: str, data_dir: Path | None, yaml_path: Path | None = None
     cfg = load_yaml(yaml_path, resolve_func=True)
     if cfg.get("task") != lm_task:
         raise TaskError(f"{yaml_path} defines task {cfg.get('task')!r}, not {lm_task!r}")
+    return localize(cfg, lm_task, data_dir)
+
+
+def localize(cfg: dict[str, Any], lm_task: str, data_dir: Path | None) -> tuple[Any, dict[str, str]]:
+    """A task config reading our local files for its data set when they are all present (else the Hub)."""
     files = LOCAL_DATASETS.get((cfg.get("dataset_path"), cfg.get("dataset_name")))
     local = {split: data_dir / rel for split, rel in (files or {}).items()} if data_dir else {}
     if local and all(p.is_file() for p in local.values()):
@@ -145,9 +159,12 @@ class LmEvalTask:
     applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
-                 primary: str | None = None, yaml: str | None = None) -> None:
+                 primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
+        self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
+        self.config = config  # a whole lm-eval task config (a protocol's own task), instead of lm-eval's YAML
         self._spec: Any = None
 
     @property
@@ -155,7 +172,10 @@ class LmEvalTask:
         return self._primary or ""
 
     def load(self, ctx: Any) -> list[dict[str, Any]]:
-        self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
+        if self.config is not None:
+            self._spec, files = localize(dict(self.config), self.lm_task, ctx.data_dir)
+        else:
+            self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
         for split, path in files.items():
             ctx.record_data(self.name, split, path)
         return [{"lm_eval_task": self.lm_task}]  # documents are lm-eval's; it applies `limit`
@@ -173,8 +193,9 @@ class LmEvalTask:
         cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ctx.identity())}"
         cache.parent.mkdir(parents=True, exist_ok=True)
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
+        fewshot = self.fewshot if self.fewshot is not None else ctx.cfg.num_fewshot
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=ctx.cfg.num_fewshot,
+            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
             gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
             log_samples=True, use_cache=str(cache), task_manager=tm,
         )

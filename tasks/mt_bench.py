@@ -11,7 +11,8 @@ Metrics: `score` (FastChat's: the mean of all parsed turn ratings; 95% interval 
 question-level cluster bootstrap), `score/turn1`, `score/turn2` (t intervals),
 `score/<category>`, and `missing` (turns without a rating). Answers use
 EvalConfig.generation (greedy by default; FastChat samples some categories at
-temperature 0.7, which we do not, for reproducible comparisons).
+temperature 0.7, which this task does not, for reproducible comparisons; the task
+`mt_bench_fastchat` in tasks.protocols answers exactly as FastChat does).
 """
 
 from __future__ import annotations
@@ -92,8 +93,12 @@ class MTBench:
                                                  answer_1=answers[0], answer_2=answers[1], **kwargs)
         return name, [{"role": "system", "content": tpl["system_prompt"]}, {"role": "user", "content": user}]
 
+    def judge_config(self, ctx: Any) -> Any:
+        """The judge settings (EvalConfig.judge; a protocol may fix some)."""
+        return ctx.cfg.judge
+
     def _judge(self, ctx: Any) -> Judge:
-        cfg = ctx.cfg.judge
+        cfg = self.judge_config(ctx)
         if cfg.backend == "hf" and cfg.model == ctx.model and ctx.model_obj is not None:
             from tasks.judge import HFJudge
 
@@ -104,7 +109,7 @@ class MTBench:
         a1, a2 = self._answers(docs, ctx)
         requests = [self.judge_messages(d, (x, y), t) for d, x, y in zip(docs, a1, a2) for t in (1, 2)]
         store = JudgmentStore(ctx.cache_dir() / "judgments.jsonl")
-        records = store.judge_all(self._judge(ctx), ctx.cfg.judge, requests, desc="mt_bench judge")
+        records = store.judge_all(self._judge(ctx), self.judge_config(ctx), requests, desc=f"{self.name} judge")
         errors = [r["error"] for r in records if r["error"]]
         if errors and len(errors) == len(records):
             raise JudgeError(f"mt_bench: the judge gave no judgment for any of the {len(records)} requests: "
