@@ -221,6 +221,9 @@ class ReportConfig:
     baseline: str = "sft"  # method label the significance marks compare against
     bootstrap: int = 2000  # paired-bootstrap resamples
     alpha: float = 0.05
+    # published numbers (CSV: model, iteration, one column per task; docs/reproduction.md) shown beside ours,
+    # with our value minus the published one; relative to the data directory, or absolute
+    published: str | None = None
 
 
 @dataclass(frozen=True)
