@@ -14,6 +14,8 @@ official file they follow (tests/test_protocols.py pins them byte for byte). `PR
   "Question" (:82), answer = the "#### (\\-?[0-9\\.\\,]+)" match, stripped, commas removed (:36, :85-91), exact
   string equality with the gold answer extracted the same way (:94-97). lm-eval 0.4's strict-match differs:
   it stops only at "Question:" and also ignores "$" and a trailing "." (lm_eval/tasks/gsm8k/gsm8k.yaml).
+- `openllm_gsm8k_v040`: SPIN's GSM8K, lm-eval v0.4.0's gsm8k.yaml (46c7966, lines 1-37): until "\n\n",
+  "Question:"; "#### N" filter; exact match ignoring case, ",", "$" and the text before "#### ".
 - `humaneval_gsil`: HumanEval as GSIL scored it, through the Eurus scripts (OpenBMB/Eurus
   fd72db1861ef009fede0dbe5bcc9893c9012dacf, eval/Coding/human_eval/evaluate_human_eval.py): the instruction
   of :74-81 in the chat template, then the forced " ```python\\ndef" (:86-90); temperature 0.2 (:23), one
@@ -80,6 +82,29 @@ GSM8K_V03: dict[str, Any] = {
 }
 
 
+# SPIN's GSM8K: lm-eval v0.4.0 (46c796644913cd99da7eee868e64f9ed6af33407, SPIN README.md:247)
+# lm_eval/tasks/gsm8k/gsm8k.yaml:1-37; lm-eval 0.4.13's own gsm8k.yaml stops at other strings and ignores a trailing "."
+GSM8K_V040: dict[str, Any] = {
+    "task": "gsm8k_v0.4.0",
+    "dataset_path": "openai/gsm8k",  # v0.4.0 says "gsm8k", the same Hub data set under its old name
+    "dataset_name": "main",
+    "output_type": "generate_until",
+    "training_split": "train",
+    "fewshot_split": "train",
+    "test_split": "test",
+    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_target": "{{answer}}",
+    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
+                     "ignore_punctuation": False, "regexes_to_ignore": [",", r"\$", r"(?s).*#### "]}],
+    "generation_kwargs": {"until": ["\n\n", "Question:"], "do_sample": False, "temperature": 0.0},
+    "repeats": 1,
+    "num_fewshot": 5,
+    "filter_list": [{"name": "get-answer", "filter": [
+        {"function": "regex", "regex_pattern": r"#### (\-?[0-9\.\,]+)"}, {"function": "take_first"}]}],
+    "metadata": {"version": 1.0, "source": "lm-evaluation-harness v0.4.0 lm_eval/tasks/gsm8k/gsm8k.yaml"},
+}
+
+
 def _openllm(name: str, lm_task: str, yaml: str | None, fewshot: int, primary: str) -> None:
     TASKS.add(name, lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot),
               backend="lm-eval", protocol="open_llm_v1")
@@ -95,9 +120,13 @@ def _gsm8k_v03() -> LmEvalTask:
 
 
 TASKS.add("openllm_gsm8k", _gsm8k_v03, backend="lm-eval", protocol="open_llm_v1")
+TASKS.add("openllm_gsm8k_v040", lambda: LmEvalTask("openllm_gsm8k_v040", "gsm8k_v0.4.0", chat=False,
+                                                   primary="exact_match/get-answer", fewshot=5, config=GSM8K_V040),
+          backend="lm-eval", protocol="open_llm_v1_spin")
 
 PROTOCOLS: dict[str, list[str]] = {
-    "open_llm_v1": [*OPEN_LLM_V1, "openllm_gsm8k"],
+    "open_llm_v1": [*OPEN_LLM_V1, "openllm_gsm8k"],  # GSIL (lm-eval 0.3 GSM8K)
+    "open_llm_v1_spin": [*OPEN_LLM_V1, "openllm_gsm8k_v040"],  # SPIN (lm-eval v0.4.0 GSM8K)
     "humaneval_gsil": ["humaneval_gsil"],
     "mt_bench_fastchat": ["mt_bench_fastchat"],
 }

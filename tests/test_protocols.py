@@ -143,6 +143,20 @@ def test_gsm8k_v03_scoring_equals_the_old_harness(completion):
         assert bool(ours) == _v03_is_correct(completion, gold), (completion, gold)
 
 
+def test_gsm8k_v040_is_spins_yaml():
+    """lm-eval v0.4.0 (46c7966, SPIN README.md:247) lm_eval/tasks/gsm8k/gsm8k.yaml, values copied from the file."""
+    from tasks.protocols import GSM8K_V040
+
+    assert GSM8K_V040["generation_kwargs"]["until"] == ["\n\n", "Question:"]  # :23-25
+    assert GSM8K_V040["metric_list"][0]["regexes_to_ignore"] == [",", "\\$", "(?s).*#### "]  # :18-21
+    assert GSM8K_V040["metric_list"][0]["ignore_case"] is True  # :16
+    assert GSM8K_V040["filter_list"][0]["filter"][0]["regex_pattern"] == "#### (\\-?[0-9\\.\\,]+)"  # :34
+    assert (GSM8K_V040["doc_to_text"], GSM8K_V040["doc_to_target"], GSM8K_V040["num_fewshot"]) == (
+        "Question: {{question}}\nAnswer:", "{{answer}}", 5)  # :10-11, :29
+    task = TASKS.get("openllm_gsm8k_v040")()
+    assert task.fewshot == 5 and task.primary == "exact_match/get-answer" and task.chat_pref is False
+
+
 def test_gsm8k_v03_runs_through_lm_eval(tmp_path, data_dir, tiny_model, tokenizer):
     cfg = EvalConfig(lm_eval_gen_kwargs="max_gen_toks=16", generation=GenerationConfig(batch_size=4))
     out = evaluate("tiny", ["openllm_gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=2,
