@@ -280,7 +280,7 @@ OVERRIDABLE = ("optimizer", "schedule", "train", "generation", "self_play")
 
 def check_overrides(cfg: ExperimentConfig, loc: Located) -> None:
     """methods[i].overrides: every key dotted below an overridable shared block, and the result valid."""
-    for i, m in enumerate(cfg.methods):
+    for m in cfg.methods:
         if m.overrides:
             method_shared(cfg, m.label, loc)
 
@@ -337,10 +337,10 @@ def check_self_play(cfg: ExperimentConfig, loc: Located) -> None:
         raise ConfigError(f"{loc.at('shared.self_play.schedule')}: shared.self_play.schedule: an iteration "
                           f"appears twice ({seen})")
     for i, m in enumerate(cfg.methods):
-        for j, it in enumerate(m.per_iteration):
+        for j, per in enumerate(m.per_iteration):
             key = f"methods[{i}].per_iteration[{j}]"
-            if it.iteration < 1:
-                raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {it.iteration}")
+            if per.iteration < 1:
+                raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {per.iteration}")
 
 
 def check_schedule(cfg: ExperimentConfig, loc: Located) -> None:

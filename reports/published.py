@@ -113,7 +113,7 @@ def published_frame(run: RunData, rows: list[PublishedRow], *, n_boot: int, alph
             avg = sum(ours_by_col[c] for c in LEADERBOARD) / len(LEADERBOARD)
             for rec in out:
                 if rec["model"] == row.model and rec["iteration"] == row.iteration and rec["column"] == "average":
-                    rec.update(task="open_llm_v1 average", ours=avg, diff=avg - rec["published"])
+                    rec.update(task="open_llm_v1 average", ours=avg, diff=avg - row.values["average"])
     return pd.DataFrame(out)
 
 

@@ -16,9 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import pandas as pd
+import yaml
 
 from harness.datadir import data_dir
 from harness.io import atomic_write_text

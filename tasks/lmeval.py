@@ -110,7 +110,7 @@ def task_spec(lm_task: str, data_dir: Path | None, yaml_path: Path | None = None
 
 def localize(cfg: dict[str, Any], lm_task: str, data_dir: Path | None) -> tuple[Any, dict[str, str]]:
     """A task config reading our local files for its data set when they are all present (else the Hub)."""
-    files = LOCAL_DATASETS.get((cfg.get("dataset_path"), cfg.get("dataset_name")))
+    files = LOCAL_DATASETS.get((str(cfg.get("dataset_path")), cfg.get("dataset_name")))
     local = {split: data_dir / rel for split, rel in (files or {}).items()} if data_dir else {}
     if local and all(p.is_file() for p in local.values()):
         cfg.update(dataset_path="json", dataset_name=None,

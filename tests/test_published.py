@@ -35,7 +35,7 @@ def test_report_shows_published_rows_and_differences(tmp_path, data_dir):
     by = {(r["model"], int(r["iteration"]), r["column"]): r for r in rows}
     # SPIN iteration 2 (the paper's iteration 1) against our spin iteration 2, on GSM8K
     rec = by[("SPIN", 2, "gsm8k")]
-    (ours,) = [json.loads((run.root / f"eval/spin/seed-0/iter-2/gsm8k/metrics.json").read_text())]
+    (ours,) = [json.loads((run.root / "eval/spin/seed-0/iter-2/gsm8k/metrics.json").read_text())]
     m = ours["metrics"]["exact_match"]
     published = float(table[("SPIN", 2)]["gsm8k"]) / 100
     assert float(rec["published"]) == pytest.approx(published)

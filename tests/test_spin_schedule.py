@@ -128,3 +128,11 @@ def test_per_iteration_params_are_checked():
     methods = [{"loss": "spin", "per_iteration": [{"iteration": 2, "params": {"betta": 5.0}}]}]
     with pytest.raises(ConfigError, match=r"methods\[0\].per_iteration\[0\].params"):
         experiment_from_dict({"name": "x", "methods": methods, "shared": {"model": "m"}})
+
+
+def test_packing_refuses_the_official_encoding():
+    from trainers.api import validate_method
+
+    cfg = spin_cfg("m", train={"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "packing": True})
+    with pytest.raises(ConfigError, match=r"^shared.train.packing: cannot be combined with encoding 'spin'"):
+        validate_method(cfg, "spin")

@@ -40,8 +40,8 @@ import torch
 from harness.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
 from harness.strict import ConfigError, to_plain
 from trainers.data import EncodedSeq, Example, TrainItem
-from trainers.official import encode_with, fit, raw_prompt
 from trainers.losses import LOSSES
+from trainers.official import encode_with, fit, raw_prompt
 from trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
 from trainers.state import kill_hook
 
