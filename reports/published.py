@@ -30,7 +30,7 @@ COLUMNS: dict[str, tuple[tuple[str, ...], float]] = {
     "arc_challenge": (("openllm_arc",), 100.0),
     "hellaswag": (("openllm_hellaswag",), 100.0),
     "truthfulqa_mc2": (("openllm_truthfulqa",), 100.0),
-    "mmlu": (("openllm_mmlu",), 100.0),
+    "mmlu": (("openllm_mmlu_v040", "openllm_mmlu"), 100.0),
     "winogrande": (("openllm_winogrande",), 100.0),
     "gsm8k": (("openllm_gsm8k_v040", "openllm_gsm8k", "gsm8k"), 100.0),  # SPIN: lm-eval v0.4.0; GSIL: 0.3
     "humaneval": (("humaneval_gsil", "humaneval"), 100.0),

@@ -160,11 +160,12 @@ class LmEvalTask:
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
                  primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, subject_mean: str | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
         self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
         self.config = config  # a whole lm-eval task config (a protocol's own task), instead of lm-eval's YAML
+        self.subject_mean = subject_mean  # a group's metric ("acc/none"): also its unweighted mean over subtasks
         self._spec: Any = None
 
     @property
@@ -203,6 +204,9 @@ class LmEvalTask:
             raise TaskError(f"{self.name}: lm-eval returned no results")
         samples = lm_eval_samples(out)
         metrics = lm_eval_metrics(out, samples)
+        if self.subject_mean:
+            metrics[f"subjects/{self.subject_mean}"] = subject_mean(metrics, list(out.get("samples", {})),
+                                                                    self.subject_mean)
         if not self._primary:
             self._primary = next(iter(metrics), "")
         info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
@@ -245,6 +249,22 @@ def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
                     name = f"{m}/{flt}" if len(leaves) == 1 else f"{leaf}/{m}/{flt}"
                     s.scores[name] = v
     return [merged[k] for k in sorted(merged)]
+
+
+def subject_mean(metrics: dict[str, Metric], leaves: list[str], name: str) -> Metric:
+    """The unweighted mean of `name` over a group's leaf tasks (the Open LLM Leaderboard v1's MMLU: the mean
+    of the 57 subjects), with a normal interval from the subjects' standard errors."""
+    found = [metrics[f"{leaf}/{name}"] for leaf in leaves if f"{leaf}/{name}" in metrics]
+    values = [m.value for m in found if m.value is not None]
+    if not values:
+        raise TaskError(f"no {name} among the subtasks {leaves[:3]}...")
+    value = sum(values) / len(values)
+    errs = [m.stderr for m in found]
+    if any(e is None for e in errs):
+        return Metric(value, None, None, sum(m.n for m in found), None, "none")
+    stderr = (sum(e * e for e in errs if e is not None) ** 0.5) / len(values)
+    return Metric(value, value - Z95 * stderr, value + Z95 * stderr, sum(m.n for m in found), stderr,
+                  "normal (subject stderrs)")
 
 
 def lm_eval_metrics(out: dict[str, Any], samples: list[Sample]) -> dict[str, Metric]:

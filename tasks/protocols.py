@@ -6,7 +6,8 @@ official file they follow (tests/test_protocols.py pins them byte for byte). `PR
 - `open_llm_v1` (Open LLM Leaderboard v1, what SPIN and GSIL report; few-shot counts of GSIL
   eval/eval.sh:22,34,47,56-59,70,83 at tengxiao1/GSIL bf269e0 and SPIN README.md:247 at uclaml/SPIN a12ba80):
   `openllm_arc` (arc_challenge, 25-shot, acc_norm), `openllm_hellaswag` (10, acc_norm), `openllm_truthfulqa`
-  (truthfulqa_mc2, 0, mc2 = lm-eval 0.4's acc), `openllm_mmlu` (5, acc), `openllm_winogrande` (5, acc),
+  (truthfulqa_mc2, 0, mc2 = lm-eval 0.4's acc), `openllm_mmlu` (5, acc: the unweighted mean of the 57 subjects, as
+  the leaderboard averaged them; `openllm_mmlu_v040`: v0.4.0's size-weighted group, SPIN), `openllm_winogrande` (5, acc),
   `openllm_gsm8k` (5, GSM8K as lm-eval 0.3 scored it, below). No chat template. The reports add their average.
 - `openllm_gsm8k`: lm-eval's GSM8K at EleutherAI/lm-evaluation-harness b281b0921b636bc36ad05c0b0b0763bd6dd43463
   (the leaderboard v1's pinned commit, setup.py version 0.3.0; GSIL's eval.sh runs this code base's main.py),
@@ -53,7 +54,7 @@ OPEN_LLM_V1: dict[str, tuple[str, str | None, int, str]] = {
     "openllm_arc": ("arc_challenge", "arc/arc_challenge.yaml", 25, "acc_norm/none"),
     "openllm_hellaswag": ("hellaswag", "hellaswag/hellaswag.yaml", 10, "acc_norm/none"),
     "openllm_truthfulqa": ("truthfulqa_mc2", "truthfulqa/truthfulqa_mc2.yaml", 0, "acc/none"),
-    "openllm_mmlu": ("mmlu", None, 5, "mmlu/acc/none"),
+    "openllm_mmlu": ("mmlu", None, 5, "subjects/acc/none"),  # the leaderboard's unweighted mean of 57 subjects
     "openllm_winogrande": ("winogrande", "winogrande/default.yaml", 5, "acc/none"),
 }
 
@@ -106,8 +107,9 @@ GSM8K_V040: dict[str, Any] = {
 
 
 def _openllm(name: str, lm_task: str, yaml: str | None, fewshot: int, primary: str) -> None:
-    TASKS.add(name, lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot),
-              backend="lm-eval", protocol="open_llm_v1")
+    mean = "acc/none" if primary.startswith("subjects/") else None
+    TASKS.add(name, lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot,
+                                       subject_mean=mean), backend="lm-eval", protocol="open_llm_v1")
 
 
 for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
@@ -120,13 +122,18 @@ def _gsm8k_v03() -> LmEvalTask:
 
 
 TASKS.add("openllm_gsm8k", _gsm8k_v03, backend="lm-eval", protocol="open_llm_v1")
+# SPIN's MMLU: lm-eval v0.4.0 weights a group's subtasks by size (lm_eval/evaluator.py:472-519 at 46c7966),
+# as 0.4.13's mmlu group does (weight_by_size: True)
+TASKS.add("openllm_mmlu_v040", lambda: LmEvalTask("openllm_mmlu_v040", "mmlu", chat=False, primary="mmlu/acc/none",
+                                                  fewshot=5), backend="lm-eval", protocol="open_llm_v1_spin")
 TASKS.add("openllm_gsm8k_v040", lambda: LmEvalTask("openllm_gsm8k_v040", "gsm8k_v0.4.0", chat=False,
                                                    primary="exact_match/get-answer", fewshot=5, config=GSM8K_V040),
           backend="lm-eval", protocol="open_llm_v1_spin")
 
 PROTOCOLS: dict[str, list[str]] = {
     "open_llm_v1": [*OPEN_LLM_V1, "openllm_gsm8k"],  # GSIL (lm-eval 0.3 GSM8K)
-    "open_llm_v1_spin": [*OPEN_LLM_V1, "openllm_gsm8k_v040"],  # SPIN (lm-eval v0.4.0 GSM8K)
+    "open_llm_v1_spin": [*(t for t in OPEN_LLM_V1 if t != "openllm_mmlu"), "openllm_mmlu_v040",
+                         "openllm_gsm8k_v040"],  # SPIN (lm-eval v0.4.0's GSM8K and MMLU weighting)
     "humaneval_gsil": ["humaneval_gsil"],
     "mt_bench_fastchat": ["mt_bench_fastchat"],
 }

@@ -58,3 +58,4 @@ def test_spin_recipe():
     assert [m.params["beta"] for _, m in plan] == [0.1, 0.1, 0.1, 5.0]  # config.yaml:16, finetune_iter3.sh:21
     assert cfg.report.published == "published/spin_zephyr_open_llm.csv"
     assert "openllm_gsm8k_v040" in s.eval.tasks and "humaneval_gsil" not in s.eval.tasks
+    assert "openllm_mmlu_v040" in s.eval.tasks and "openllm_mmlu" not in s.eval.tasks

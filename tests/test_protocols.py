@@ -79,7 +79,26 @@ def test_leaderboard_counts_and_metrics_handed_to_lm_eval():
         else:
             assert task.primary.split("/")[-2] == V04_METRIC[metric], ours
     assert TASKS.get("openllm_truthfulqa")().lm_task == "truthfulqa_mc2"
-    assert TASKS.get("openllm_mmlu")().lm_task == "mmlu"
+    mmlu, mmlu_spin = TASKS.get("openllm_mmlu")(), TASKS.get("openllm_mmlu_v040")()
+    assert (mmlu.lm_task, mmlu.subject_mean, mmlu.primary) == ("mmlu", "acc/none", "subjects/acc/none")
+    assert (mmlu_spin.lm_task, mmlu_spin.fewshot, mmlu_spin.primary) == ("mmlu", 5, "mmlu/acc/none")
+    assert sorted(PROTOCOLS["open_llm_v1_spin"]) == sorted(
+        ["openllm_arc", "openllm_hellaswag", "openllm_truthfulqa", "openllm_mmlu_v040", "openllm_winogrande",
+         "openllm_gsm8k_v040"])
+
+
+def test_mmlu_subject_mean_is_unweighted():
+    """The leaderboard v1 averages the 57 subjects; lm-eval's group weights them by size."""
+    from tasks.lmeval import subject_mean
+    from tasks.stats import Metric
+
+    metrics = {"mmlu/acc/none": Metric(0.5, 0.4, 0.6, 110, 0.05, "t"),  # the group: (0.9*10 + 0.46*100) / 110
+               "mmlu_a/acc/none": Metric(0.9, 0.7, 1.0, 10, 0.1, "wilson"),
+               "mmlu_b/acc/none": Metric(0.46, 0.36, 0.56, 100, 0.05, "wilson")}
+    m = subject_mean(metrics, ["mmlu_a", "mmlu_b"], "acc/none")
+    assert m.value == pytest.approx((0.9 + 0.46) / 2) and m.n == 110
+    assert m.stderr == pytest.approx((0.1**2 + 0.05**2) ** 0.5 / 2)
+    assert m.ci_low == pytest.approx(m.value - 1.959963984540054 * m.stderr)
 
 
 def _arc_rows(n: int, start: int) -> list[dict]:
