@@ -38,6 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from harness.config import ExperimentConfig, MethodConfig, load_experiment, shared_hash
+from harness.datadir import local_file
 from harness.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
 from harness.registry import Registry, did_you_mean
 from harness.strict import ConfigError, Located, load_yaml, to_plain
@@ -160,7 +161,16 @@ def validate(cfg: ExperimentConfig, *, data_dir: str | None = None, loc: Located
         if path is not None:
             files[key] = str(path)
     files.update(_validate_tasks(cfg, root, loc))
+    check_published(cfg, root, loc)
     return files
+
+
+def check_published(cfg: ExperimentConfig, root: Path | None, loc: Located | None = None) -> None:
+    """report.published: the CSV exists (absolute, or under the data directory)."""
+    spec = cfg.report.published
+    if spec and local_file(spec, root) is None:
+        raise ConfigError(f"{_where(loc, 'report.published')}: report.published: {spec!r} not found "
+                          f"(absolute, or under the data directory {root})")
 
 
 def _validate_tasks(cfg: ExperimentConfig, root: Path | None, loc: Located | None) -> dict[str, str]:
