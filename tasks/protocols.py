@@ -235,6 +235,13 @@ class MTBenchFastChat(MTBench):
 
     primary: ClassVar[str] = "score"
 
+    def load(self, ctx: Any) -> list[dict[str, Any]]:
+        name = ctx.cfg.fastchat_template
+        if name is not None and name not in CONVERSATIONS:
+            raise TaskError(f"eval.fastchat_template: unknown template {name!r}; known: {', '.join(CONVERSATIONS)} "
+                            "(or null for the model's chat template)")
+        return super().load(ctx)
+
     def judge_config(self, ctx: Any) -> Any:
         return replace(ctx.cfg.judge, **FASTCHAT_JUDGE)
 
@@ -244,8 +251,6 @@ class MTBenchFastChat(MTBench):
             return [[m for q, a in t for m in ([{"role": "user", "content": q}] +
                                                ([{"role": "assistant", "content": a}] if a is not None else []))]
                     for t in turns], None
-        if name not in CONVERSATIONS:
-            raise TaskError(f"eval.fastchat_template: unknown template {name!r}; known: {', '.join(CONVERSATIONS)}")
         render, stop = CONVERSATIONS[name]
         return [render(t) for t in turns], stop
 

@@ -59,3 +59,15 @@ def test_spin_recipe():
     assert cfg.report.published == "published/spin_zephyr_open_llm.csv"
     assert "openllm_gsm8k_v040" in s.eval.tasks and "humaneval_gsil" not in s.eval.tasks
     assert "openllm_mmlu_v040" in s.eval.tasks and "openllm_mmlu" not in s.eval.tasks
+
+
+def test_missing_published_file_and_unknown_conversation_fail_validation(data_dir, tmp_path):
+    from harness.strict import ConfigError
+
+    path = CONFIGS / "paper-spin.yaml"
+    cfg = load_experiment(path, ["report.published=published/nope.csv"])
+    with pytest.raises(ConfigError, match=r"paper-spin.yaml:\d+: report.published: 'published/nope.csv' not found"):
+        validate(cfg, data_dir=str(data_dir), loc=load_yaml(path)[1])
+    cfg = load_experiment(path, ["shared.eval.fastchat_template=vicuna"])
+    with pytest.raises(ConfigError, match=r"eval.fastchat_template: unknown template 'vicuna'; known: zephyr"):
+        validate(cfg, data_dir=str(data_dir), loc=load_yaml(path)[1])
