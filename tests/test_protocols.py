@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_official import ZEPHYR_TEMPLATE
 
 from harness.config import EvalConfig, GenerationConfig
 from tasks.api import evaluate
@@ -29,7 +30,6 @@ from tasks.protocols import (
     fastchat_temperature,
     zephyr_conversation,
 )
-from tests.test_official import ZEPHYR_TEMPLATE
 
 # GSIL eval/eval.sh (bf269e0), the lines that choose task and few-shot count, verbatim
 GSIL_EVAL_SH = """
