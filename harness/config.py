@@ -8,6 +8,7 @@ ran the identical configuration. Every field is documented once, here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -419,10 +420,36 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
 
 
+# fields added after run folders were recorded: left out of hashes while at their defaults, so a configuration
+# that does not use them keeps the hash (shared_hash, training keys) it had before they existed
+LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (GenerationConfig, "prompt_template"),
+                (SharedConfig, "self_play"), (EvalConfig, "fastchat_template")}
+
+
+def hash_view(obj: Any) -> Any:
+    """Plain data of `obj` for hashing: `to_plain` without LATER_FIELDS that hold their defaults."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if (type(obj), f.name) in LATER_FIELDS:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if value == default:
+                    continue
+            out[f.name] = hash_view(value)
+        return out
+    if isinstance(obj, list | tuple):
+        return [hash_view(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): hash_view(v) for k, v in obj.items()}
+    return obj
+
+
 def shared_hash(cfg: ExperimentConfig | SharedConfig) -> str:
     """sha256 (first 16 hex) of the shared block: equal hash = identical configuration."""
     shared = cfg.shared if isinstance(cfg, ExperimentConfig) else cfg
-    return hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
+    text = json.dumps(hash_view(shared), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def with_shared(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
