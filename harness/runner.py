@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from harness.config import ExperimentConfig, MethodConfig, load_experiment, shared_hash
+from harness.config import ExperimentConfig, MethodConfig, hash_view, load_experiment, shared_hash
 from harness.datadir import local_file
 from harness.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
 from harness.registry import Registry, did_you_mean
@@ -245,7 +245,7 @@ def _train(run: Run, step: Step) -> None:
 
 
 def _eval_hash(cfg: ExperimentConfig) -> str:
-    return hash_obj(to_plain(cfg.shared.eval))
+    return hash_obj(hash_view(cfg.shared.eval))
 
 
 def _eval_done(run: Run, step: Step) -> bool:
