@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.config import hash_view
 from harness.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, is_done, mark_done, read_json
 from harness.registry import Registry
-from harness.strict import to_plain
 from tasks.stats import Metric
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
 
 
 def _config_record(task: Task, ctx: Any) -> dict[str, Any]:
-    return {"eval": to_plain(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
+    return {"eval": hash_view(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
             "chat": ctx.chat if ctx.completions is None else None,
             "completions": str(ctx.completions) if ctx.completions else None}
 

@@ -71,3 +71,17 @@ def test_missing_published_file_and_unknown_conversation_fail_validation(data_di
     cfg = load_experiment(path, ["shared.eval.fastchat_template=vicuna"])
     with pytest.raises(ConfigError, match=r"eval.fastchat_template: unknown template 'vicuna'; known: zephyr"):
         validate(cfg, data_dir=str(data_dir), loc=load_yaml(path)[1])
+
+
+def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
+    """configs/smoke.yaml's shared hash and training key as main computed them before these keys existed
+    (commit 0f0b5e0): run folders and nightly baselines stay comparable; using a new key changes them."""
+    from trainers.api import train_key
+
+    cfg = load_experiment(CONFIGS / "smoke.yaml")
+    assert shared_hash(cfg) == "9c9bd810022793df"
+    assert train_key(cfg, "sft", 0) == "4c1c8dd83c43f3fb" and train_key(cfg, "spin", 0) == "9bfab2499a52665c"
+    for change in ("shared.schedule.warmup_steps=30", "shared.self_play.history=2", "shared.train_data.encoding=spin",
+                   "shared.generation.prompt_template='### {prompt}'"):
+        changed = load_experiment(CONFIGS / "smoke.yaml", [change])
+        assert shared_hash(changed) != shared_hash(cfg) and train_key(changed, "spin", 0) != train_key(cfg, "spin", 0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ExperimentConfig, for_method, iteration_config, shared_hash
+from harness.config import ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
 from harness.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
 from harness.strict import ConfigError, to_plain
 from trainers.losses import LOSSES
@@ -49,7 +49,7 @@ def iteration_plan(cfg: ExperimentConfig, method_label: str) -> int:
 def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     """Hash of what determines a method's training (evaluation settings, the seed list and
     the number of iterations excluded, so changing them keeps finished iterations)."""
-    shared = {k: v for k, v in to_plain(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
+    shared = {k: v for k, v in hash_view(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
     method = cfg.method(method_label)
     extra = {k: to_plain(getattr(method, k)) for k in ("per_iteration", "overrides") if getattr(method, k)}
     return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed, **extra})

@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 
+from harness.config import hash_view
 from harness.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
-from harness.strict import ConfigError, to_plain
+from harness.strict import ConfigError
 from trainers.data import EncodedSeq, Example, TrainItem
 from trainers.losses import LOSSES
 from trainers.official import encode_with, fit, raw_prompt
@@ -249,7 +250,7 @@ def _items(ctx: MethodContext, work: Path, generated: bool, history: list[Path])
 def inputs_key(ctx: MethodContext, reference: str, generate: bool, history: list[Path] | None = None) -> str:
     """Hash of everything the iteration inputs depend on (shared across methods when equal)."""
     s = ctx.cfg.shared
-    gen = to_plain(s.generation) if generate else None
+    gen = hash_view(s.generation) if generate else None
     sampled = generate and s.generation.temperature > 0
     return hash_obj({
         "reference": reference, "revision": s.model_revision if reference == s.model else None,
