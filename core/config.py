@@ -8,17 +8,18 @@ ran the identical configuration. Every field is documented once, here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import ConfigError, ValidationError
 from core.registry import did_you_mean
-from core.strict import Located, apply_overrides, build_collecting, load_yaml, to_plain
+from core.strict import Located, apply_overrides, build, build_collecting, load_yaml, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -36,6 +37,11 @@ class DataConfig:
     system_prompt: str | None = None  # prepended as a system message when set
     limit: int | None = None  # keep the first N rows
     offset: int = 0  # skip the first N rows (before limit)
+    # how (prompt, response) become token ids: "chat" = the chat template once, prompt cut to max_prompt_length;
+    # "spin" = the official SPIN/GSIL construction (docs/reproduction.md): empty system turn + first user turn,
+    # EOS tokens inside prompt and response masked from attention, one EOS appended, prompt cut only when
+    # prompt + longer response exceed max_length (trainers.official)
+    encoding: Literal["chat", "spin"] = "chat"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class ScheduleConfig:
 
     name: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = 0.1  # fraction of total optimizer steps spent warming up
+    warmup_steps: int | None = None  # warm-up optimizer steps; wins over warmup_ratio when set (as in transformers)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class GenerationConfig:
     """How a model generates: self-play negatives and evaluation answers."""
 
     backend: str = "hf"  # a registered generator: hf, openai, vllm
+    # self-play prompt: null = the chat template; else raw text with {prompt} (the first user turn), no chat
+    # template, e.g. the official SPIN/GSIL "### Instruction: {prompt}\n\n### Response: "
+    prompt_template: str | None = None
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
@@ -141,10 +151,30 @@ class EvalConfig:
     lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
     lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own
     cache_dir: str | None = None  # shared generation/judgment cache; null = a cache/ folder inside each task folder
+    # task mt_bench_fastchat: FastChat's conversation template by name ("zephyr"; FastChat picks it from the model
+    # id); null = the model's own chat template
+    fastchat_template: str | None = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
     )
+
+
+@dataclass(frozen=True)
+class IterationSchedule:
+    """Shared settings of one self-play iteration that differ from the shared block (SPIN's schedule)."""
+
+    iteration: int  # 1-based
+    lr: float | None = None  # optimizer learning rate of this iteration
+    epochs: int | None = None  # passes over this iteration's pairs
+
+
+@dataclass(frozen=True)
+class SelfPlayConfig:
+    """Self-play iterations beyond "one round on this iteration's pairs"."""
+
+    history: int = 1  # train iteration k on the pairs of iterations k-history+1..k (SPIN: 2)
+    schedule: list[IterationSchedule] = field(default_factory=list)  # per-iteration lr / epochs
 
 
 @dataclass(frozen=True)
@@ -161,8 +191,17 @@ class SharedConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # self-play generation
     iterations: int = 2  # self-play iterations for self-play losses (GSIL, SPIN)
+    self_play: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass(frozen=True)
+class IterationParams:
+    """A method's loss parameters for one self-play iteration (merged over `params`)."""
+
+    iteration: int  # 1-based
+    params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +211,11 @@ class MethodConfig:
     loss: str
     name: str | None = None  # label in reports (default: the loss name)
     params: dict[str, float] = field(default_factory=dict)
+    # loss parameters of single self-play iterations, e.g. [{iteration: 4, params: {beta: 5.0}}] (SPIN)
+    per_iteration: list[IterationParams] = field(default_factory=list)
+    # shared keys this method changes, dotted below `shared` (e.g. {"optimizer.name": "adamw"}); explicit,
+    # validated and shown in the report beside the shared hash, which still covers the unchanged block
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -185,6 +229,9 @@ class ReportConfig:
     baseline: str = "sft"  # method label the significance marks compare against
     bootstrap: int = 2000  # paired-bootstrap resamples
     alpha: float = 0.05
+    # published numbers (CSV: model, iteration, one column per task; docs/reproduction.md) shown beside ours,
+    # with our value minus the published one; relative to the data directory, or absolute
+    published: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +250,104 @@ class ExperimentConfig:
                 return m
         labels = [m.label for m in self.methods]
         raise ConfigError(f"method {label!r} is not in this experiment{did_you_mean(label, labels)}; has: {', '.join(labels)}")
+
+
+# shared keys a method may override (training only: model, data, seeds and evaluation stay identical)
+OVERRIDABLE = ("optimizer", "schedule", "train", "generation", "self_play")
+
+
+def check_overrides(cfg: ExperimentConfig, loc: Located) -> None:
+    """methods[i].overrides: every key dotted below an overridable shared block, and the result valid."""
+    for m in cfg.methods:
+        if m.overrides:
+            method_shared(cfg, m.label, loc)
+
+
+def method_shared(cfg: ExperimentConfig, label: str, loc: Located | None = None) -> SharedConfig:
+    """The shared block as `label` trains with it: the experiment's, with the method's explicit overrides."""
+    method = cfg.method(label)
+    if not method.overrides:
+        return cfg.shared
+    index = [m.label for m in cfg.methods].index(label)
+    loc = loc or Located("<config>")
+    data = to_plain(cfg.shared)
+    for dotted, value in method.overrides.items():
+        key = f"methods[{index}].overrides.{dotted}"
+        parts = str(dotted).split(".")
+        if parts[0] not in OVERRIDABLE:
+            raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: only keys below "
+                              f"{', '.join(OVERRIDABLE)} may differ per method")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: no shared key {dotted!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: no shared key {dotted!r}")
+        node[parts[-1]] = value
+    where = loc.at(f"methods[{index}].overrides")
+    return build(SharedConfig, data, Located(where), prefix=f"methods[{index}].overrides -> shared")
+
+
+def for_method(cfg: ExperimentConfig, label: str) -> ExperimentConfig:
+    """`cfg` with the shared block `label` trains with (its overrides applied)."""
+    shared = method_shared(cfg, label)
+    return cfg if shared is cfg.shared else replace(cfg, shared=shared)
+
+
+def check_self_play(cfg: ExperimentConfig, loc: Located) -> None:
+    """shared.self_play and methods[i].per_iteration: iterations >= 1 (entries beyond shared.iterations are
+    simply not reached, so `shared.iterations=1` tries a long recipe), values sane."""
+    sp = cfg.shared.self_play
+    if sp.history < 1:
+        raise ConfigError(f"{loc.at('shared.self_play.history')}: shared.self_play.history: must be >= 1, "
+                          f"got {sp.history}")
+    for j, it in enumerate(sp.schedule):
+        key = f"shared.self_play.schedule[{j}]"
+        if it.iteration < 1:
+            raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {it.iteration}")
+        if it.lr is not None and it.lr <= 0:
+            raise ConfigError(f"{loc.at(key)}: {key}.lr: must be > 0, got {it.lr}")
+        if it.epochs is not None and it.epochs < 1:
+            raise ConfigError(f"{loc.at(key)}: {key}.epochs: must be >= 1, got {it.epochs}")
+    seen = [it.iteration for it in sp.schedule]
+    if len(seen) != len(set(seen)):
+        raise ConfigError(f"{loc.at('shared.self_play.schedule')}: shared.self_play.schedule: an iteration "
+                          f"appears twice ({seen})")
+    for i, m in enumerate(cfg.methods):
+        for j, per in enumerate(m.per_iteration):
+            key = f"methods[{i}].per_iteration[{j}]"
+            if per.iteration < 1:
+                raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {per.iteration}")
+
+
+def check_schedule(cfg: ExperimentConfig, loc: Located) -> None:
+    """shared.schedule.warmup_steps >= 0 and shared.generation.prompt_template contains {prompt}."""
+    steps = cfg.shared.schedule.warmup_steps
+    if steps is not None and steps < 0:
+        raise ConfigError(f"{loc.at('shared.schedule.warmup_steps')}: shared.schedule.warmup_steps: "
+                          f"must be >= 0, got {steps}")
+    template = cfg.shared.generation.prompt_template
+    if template is not None and "{prompt}" not in template:
+        raise ConfigError(f"{loc.at('shared.generation.prompt_template')}: shared.generation.prompt_template: "
+                          f"must contain {{prompt}} (or be null for the chat template), got {template!r}")
+
+
+def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple[ExperimentConfig, MethodConfig]:
+    """(cfg, method) for one self-play iteration: shared.self_play.schedule's lr/epochs and the
+    method's per_iteration params applied (the experiment's own values elsewhere)."""
+    method = cfg.method(label)
+    shared = cfg.shared
+    for it in shared.self_play.schedule:
+        if it.iteration == iteration:
+            if it.lr is not None:
+                shared = replace(shared, optimizer=replace(shared.optimizer, lr=it.lr))
+            if it.epochs is not None:
+                shared = replace(shared, train=replace(shared.train, epochs=it.epochs))
+    for p in method.per_iteration:
+        if p.iteration == iteration:
+            method = replace(method, params={**method.params, **p.params})
+    return replace(cfg, shared=shared), method
 
 
 def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
@@ -260,7 +405,34 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
 
 
+# fields added after run folders were recorded: left out of hashes while at their defaults, so a configuration
+# that does not use them keeps the hash (shared_hash, training keys) it had before they existed
+LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (GenerationConfig, "prompt_template"),
+                (SharedConfig, "self_play"), (EvalConfig, "fastchat_template"), (EvalConfig, "code_sandbox"),
+                (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size")}
+
+
+def hash_view(obj: Any) -> Any:
+    """Plain data of `obj` for hashing: `to_plain` without LATER_FIELDS that hold their defaults."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if (type(obj), f.name) in LATER_FIELDS:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if value == default:
+                    continue
+            out[f.name] = hash_view(value)
+        return out
+    if isinstance(obj, list | tuple):
+        return [hash_view(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): hash_view(v) for k, v in obj.items()}
+    return obj
+
+
 def shared_hash(cfg: ExperimentConfig | SharedConfig) -> str:
     """sha256 (first 16 hex) of the shared block: equal hash = identical configuration."""
     shared = cfg.shared if isinstance(cfg, ExperimentConfig) else cfg
-    return hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
+    text = json.dumps(hash_view(shared), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, shared_hash
+from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, hash_view, shared_hash
 from core.errors import ConfigError
 from core.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
 from core.layout import BASE, RunLayout
@@ -188,7 +188,7 @@ def _train(run: Run, step: Step) -> None:
 
 
 def _eval_hash(cfg: ExperimentConfig) -> str:
-    return hash_obj(to_plain(cfg.shared.eval))
+    return hash_obj(hash_view(cfg.shared.eval))
 
 
 def _eval_done(run: Run, step: Step) -> bool:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.config import ExperimentConfig, parse_experiment
+from core.config import ExperimentConfig, check_overrides, check_schedule, check_self_play, for_method, parse_experiment
 from core.datadir import data_dir as resolve_data_dir
-from core.errors import Problem, ValidationError
+from core.datadir import local_file
+from core.errors import ConfigError, Problem, ValidationError
 from core.layout import RESERVED
 from core.models import ModelError, resolve
 from core.registry import did_you_mean
@@ -44,8 +45,35 @@ def _method_problems(cfg: ExperimentConfig) -> list[Problem]:
     return out
 
 
-def _report_problems(cfg: ExperimentConfig) -> list[Problem]:
+def _training_problems(cfg: ExperimentConfig) -> list[Problem]:
+    """The shared training settings, and each method's own view of them (its explicit overrides)."""
+    out = check_training(cfg)
+    for m in cfg.methods:
+        if m.overrides:
+            try:
+                view = for_method(cfg, m.label)
+            except ConfigError:
+                continue  # reported by check_overrides
+            out += [p for p in check_training(view) if p not in out]
+    return out
+
+
+def _structure_lines(cfg: ExperimentConfig, loc: Located) -> list[str]:
+    """The config's own cross-key checks (core.config), each already naming file:line and key."""
+    lines = []
+    for check in (check_overrides, check_self_play, check_schedule):
+        try:
+            check(cfg, loc)
+        except ConfigError as err:
+            lines.append(str(err))
+    return lines
+
+
+def _report_problems(cfg: ExperimentConfig, root: Path | None) -> list[Problem]:
     out: list[Problem] = []
+    spec = cfg.report.published
+    if spec and local_file(spec, root) is None:
+        out.append(Problem("report.published", f"{spec!r} not found (absolute, or under the data directory {root})"))
     labels = [m.label for m in cfg.methods]
     if cfg.report.baseline not in [*labels, "base"]:
         out.append(Problem("report.baseline", f"{cfg.report.baseline!r} is not a method label"
@@ -97,7 +125,7 @@ def problems(cfg: ExperimentConfig, *, data_dir: str | None = None, scope: tuple
     """Every problem the registries and files can find in a schema-valid experiment.
     `files` (if given) receives the data files to hash for provenance."""
     files = {} if files is None else files
-    out = _method_problems(cfg) + check_training(cfg)
+    out = _method_problems(cfg) + _training_problems(cfg)
     try:
         resolve(cfg.shared.model)
     except ModelError as err:
@@ -106,7 +134,7 @@ def problems(cfg: ExperimentConfig, *, data_dir: str | None = None, scope: tuple
     if "train" in scope:
         out += _data_problems(cfg, root, files)
     if "eval" in scope:
-        out += _report_problems(cfg) + _task_problems(cfg, root, files)
+        out += _report_problems(cfg, root) + _task_problems(cfg, root, files)
     return out
 
 
@@ -119,9 +147,10 @@ def validate(cfg: ExperimentConfig, loc: Located | None = None, *, data_dir: str
              scope: tuple[str, ...] = SCOPES) -> dict[str, str]:
     """Raise one ValidationError with every problem; return the data files to hash."""
     files: dict[str, str] = {}
-    found = problems(cfg, data_dir=data_dir, scope=scope, files=files)
-    if found:
-        raise ValidationError(render(found, loc or Located("<config>")))
+    loc = loc or Located("<config>")
+    lines = _structure_lines(cfg, loc) + render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
+    if lines:
+        raise ValidationError(lines)
     return files
 
 
@@ -132,7 +161,7 @@ def load_and_validate(path: str | Path, overrides: list[str] | None = None, *, d
     cfg, loc, lines = parse_experiment(path, overrides)
     files: dict[str, str] = {}
     if cfg is not None:
-        lines += render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
+        lines += _structure_lines(cfg, loc) + render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
     if lines or cfg is None:
         raise ValidationError(lines or [f"{path}: the experiment cannot be built"])
     return cfg, loc, files

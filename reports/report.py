@@ -5,6 +5,7 @@ Writes <run>/report/:
     tables.md    comparison + per-iteration tables (Markdown; deterministic for given scores)
     tables.tex   the same, paper-ready (booktabs)
     costs.md / costs.tex   training cost per method (tokens, wall time)
+    published.csv  with report.published: the paper's numbers beside ours (reports.published)
     results.csv  every metric of every evaluation, long format
     plots/ablation.png training.png iterations.png
 """
@@ -15,11 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
+from core.datadir import data_dir
 from core.io import atomic_write_text
 from reports import html as H
 from reports import plots, tables
+from reports.published import load_published, published_display, published_frame, resolve_published
 from reports.rundata import RunData, load_run
 
 log = logging.getLogger(__name__)
@@ -44,19 +48,45 @@ def config_check(run: RunData) -> tuple[bool | None, str]:
     return False, f"configuration differs between methods (run hash {expected}): {parts}"
 
 
+def method_overrides(run: RunData) -> str:
+    """The shared keys single methods change (methods[i].overrides), for the line beside the hash."""
+    parts = [f"{m.get('name') or m['loss']}: " + ", ".join(f"{k}={v}" for k, v in m["overrides"].items())
+             for m in run.config.get("methods", []) if m.get("overrides")]
+    return "per-method overrides (outside the hash): " + "; ".join(parts) if parts else ""
+
+
+def published_table(run: RunData, n_boot: int, alpha: float) -> pd.DataFrame | None:
+    """report.published beside our values (None when the config names no file)."""
+    spec = (run.config.get("report") or {}).get("published")
+    if not spec:
+        return None
+    root = data_dir((run.config.get("shared") or {}).get("data_dir"))
+    return published_frame(run, load_published(resolve_published(run, spec, root)), n_boot=n_boot, alpha=alpha)
+
+
 def _report_options(run: RunData, baseline: str | None, n_boot: int | None, alpha: float | None) -> tuple[str, int, float]:
     rc = run.config.get("report") or {}
     return (baseline or rc.get("baseline") or "sft", int(n_boot or rc.get("bootstrap") or 2000),
             float(alpha or rc.get("alpha") or 0.05))
 
 
-def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, check: str) -> str:
+def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, check: str,
+              published: pd.DataFrame | None) -> str:
     lines = [f"# {run.name}: comparison", "", check, ""]
+    if method_overrides(run):
+        lines += [method_overrides(run), ""]
     if comp.baseline not in run.methods:
         lines += [f"Baseline `{comp.baseline}` is not in this run: no significance marks.", ""]
     lines += [tables.to_markdown(tables.comparison_frame(comp, "md")), "", tables.legend(comp), ""]
     lines += ["## Every iteration", "", tables.to_markdown(tables.comparison_frame(per_iter, "md", True)), ""]
+    if published is not None:
+        lines += ["## Published numbers", "", PUBLISHED_NOTE, ""]
+        lines += [tables.to_markdown(published_display(published)) if len(published) else "No published rows.", ""]
     return "\n".join(lines)
+
+
+PUBLISHED_NOTE = ("pub = the paper's value (percentages as proportions), ours = this run's with its interval, "
+                  "Δ = ours − published, ✓/✗ = the published value lies inside/outside our interval.")
 
 
 def _latex(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison) -> str:
@@ -80,7 +110,8 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
     pk = prov.get("packages") or {}
     rows = [
         ("run folder", H.esc(run.root.resolve())),
-        ("shared-block hash", f'<code>{H.esc(run.shared_hash or "unknown")}</code> <span class="{cls}">{H.esc(text)}</span>'),
+        ("shared-block hash", f'<code>{H.esc(run.shared_hash or "unknown")}</code> <span class="{cls}">{H.esc(text)}</span>'
+         + (f' <span class="note">{H.esc(method_overrides(run))}</span>' if method_overrides(run) else "")),
         ("model", H.esc(((run.config.get("shared") or {}).get("model")) or "?")),
         ("git revision", H.esc(f"{git.get('commit') or 'unknown'}{' (dirty)' if git.get('dirty') else ''}")),
         ("steps", H.esc(", ".join(f"{v} {k}" for k, v in sorted(status.items())) or "no plan.json")),
@@ -93,11 +124,15 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
 
 
 def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
-          figs: dict[str, Path | None], check: tuple[bool | None, str]) -> str:
+          figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None) -> str:
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
     note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
     body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
                           + f"<p class=note>{H.esc(tables.legend(comp))}</p>", "comparison-section"))
+    if published is not None:
+        shown = tables.to_html(published_display(published), "published") if len(published) else "<p>No rows.</p>"
+        body.append(H.section("Published numbers", shown + f"<p class=note>{H.esc(PUBLISHED_NOTE)}</p>",
+                              "published-section"))
     body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
                           or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
     body.append(H.section("Score against self-play iteration",
@@ -133,18 +168,21 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
     per_iter = tables.build_comparison(run, baseline=baseline, n_boot=n_boot, alpha=alpha, per_iteration=True)
     costs = tables.cost_frame(run)
     check = config_check(run)
+    published = published_table(run, n_boot, alpha)
     figs = {
         "ablation": plots.ablation_plot(comp, out / "plots" / "ablation.png"),
         "training": plots.training_curves(run, out / "plots" / "training.png"),
         "iterations": plots.iteration_plot(per_iter, out / "plots" / "iterations.png"),
     }
-    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1]))
+    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published))
+    if published is not None:
+        atomic_write_text(out / "published.csv", published.to_csv(index=False))
     atomic_write_text(out / "tables.tex", _latex(run, comp, per_iter))
     if len(costs):
         shown = tables.cost_display(costs)
         atomic_write_text(out / "costs.md", tables.to_markdown(shown) + "\n\nTotals over iterations, mean over seeds.\n")
         atomic_write_text(out / "costs.tex", tables.to_latex(shown, f"{run.name}: training cost", f"tab:{run.name}-cost"))
     atomic_write_text(out / "results.csv", run.results_frame().to_csv(index=False))
-    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check))
+    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published))
     log.info("report written to %s", out / "index.html")
     return out / "index.html"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.config import hash_view
 from core.errors import GsilError
 from core.io import (
     append_jsonl,
@@ -37,7 +38,6 @@ from core.io import (
 )
 from core.provenance import collect
 from core.registry import Registry
-from core.strict import to_plain
 from tasks.context import EvalContext
 from tasks.stats import Metric
 
@@ -112,7 +112,7 @@ def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
 
 
 def _config_record(task: Task, ctx: EvalContext) -> dict[str, Any]:
-    return {"eval": to_plain(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
+    return {"eval": hash_view(ctx.cfg), "limit": ctx.limit, "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
             "chat": ctx.chat if ctx.completions is None else None,
             "completions": str(ctx.completions) if ctx.completions else None}
 

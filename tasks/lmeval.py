@@ -41,6 +41,15 @@ LOCAL_DATASETS: dict[tuple[str, str | None], dict[str, str]] = {
     ("openai/gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
     ("gsm8k", "main"): {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
 }
+# Open LLM Leaderboard data sets (tasks.protocols): read from the Hub in real use; files under
+# <data dir>/openllm/<name>/<split>.jsonl, in each data set's own format, win when present (offline tests)
+for _hub, _name, _dir, _splits in (
+    ("allenai/ai2_arc", "ARC-Challenge", "arc_challenge", ("train", "validation", "test")),
+    ("Rowan/hellaswag", None, "hellaswag", ("train", "validation")),
+    ("truthfulqa/truthful_qa", "multiple_choice", "truthfulqa_mc", ("validation",)),
+    ("allenai/winogrande", "winogrande_xl", "winogrande", ("train", "validation")),
+):
+    LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
 LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
 
 
@@ -97,7 +106,12 @@ def task_spec(lm_task: str, data_dir: Path | None, yaml_path: Path | None = None
     cfg = load_yaml(yaml_path, resolve_func=True)
     if cfg.get("task") != lm_task:
         raise TaskError(f"{yaml_path} defines task {cfg.get('task')!r}, not {lm_task!r}")
-    files = LOCAL_DATASETS.get((cfg.get("dataset_path"), cfg.get("dataset_name")))
+    return localize(cfg, lm_task, data_dir)
+
+
+def localize(cfg: dict[str, Any], lm_task: str, data_dir: Path | None) -> tuple[Any, dict[str, str]]:
+    """A task config reading our local files for its data set when they are all present (else the Hub)."""
+    files = LOCAL_DATASETS.get((str(cfg.get("dataset_path")), cfg.get("dataset_name")))
     local = {split: data_dir / rel for split, rel in (files or {}).items()} if data_dir else {}
     if local and all(p.is_file() for p in local.values()):
         cfg.update(dataset_path="json", dataset_name=None,
@@ -147,9 +161,13 @@ class LmEvalTask:
     applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
-                 primary: str | None = None, yaml: str | None = None) -> None:
+                 primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
+                 config: dict[str, Any] | None = None, subject_mean: str | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
+        self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
+        self.config = config  # a whole lm-eval task config (a protocol's own task), instead of lm-eval's YAML
+        self.subject_mean = subject_mean  # a group's metric ("acc/none"): also its unweighted mean over subtasks
         self._spec: Any = None
 
     @property
@@ -157,7 +175,10 @@ class LmEvalTask:
         return self._primary or ""
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
-        self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
+        if self.config is not None:
+            self._spec, files = localize(dict(self.config), self.lm_task, ctx.data_dir)
+        else:
+            self._spec, files = task_spec(self.lm_task, ctx.data_dir, self.yaml)
         for split, path in files.items():
             ctx.record_data(self.name, split, path)
         return [{"lm_eval_task": self.lm_task}]  # documents are lm-eval's; it applies `limit`
@@ -175,8 +196,9 @@ class LmEvalTask:
         cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ctx.identity())}"
         cache.parent.mkdir(parents=True, exist_ok=True)
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
+        fewshot = self.fewshot if self.fewshot is not None else ctx.cfg.num_fewshot
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=ctx.cfg.num_fewshot,
+            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
             gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
             log_samples=True, use_cache=str(cache), task_manager=tm,
         )
@@ -184,6 +206,9 @@ class LmEvalTask:
             raise TaskError(f"{self.name}: lm-eval returned no results")
         samples = lm_eval_samples(out)
         metrics = lm_eval_metrics(out, samples)
+        if self.subject_mean:
+            metrics[f"subjects/{self.subject_mean}"] = subject_mean(metrics, list(out.get("samples", {})),
+                                                                    self.subject_mean)
         if not self._primary:
             self._primary = next(iter(metrics), "")
         info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
@@ -226,6 +251,22 @@ def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
                     name = f"{m}/{flt}" if len(leaves) == 1 else f"{leaf}/{m}/{flt}"
                     s.scores[name] = v
     return [merged[k] for k in sorted(merged)]
+
+
+def subject_mean(metrics: dict[str, Metric], leaves: list[str], name: str) -> Metric:
+    """The unweighted mean of `name` over a group's leaf tasks (the Open LLM Leaderboard v1's MMLU: the mean
+    of the 57 subjects), with a normal interval from the subjects' standard errors."""
+    found = [metrics[f"{leaf}/{name}"] for leaf in leaves if f"{leaf}/{name}" in metrics]
+    values = [m.value for m in found if m.value is not None]
+    if not values:
+        raise TaskError(f"no {name} among the subtasks {leaves[:3]}...")
+    value = sum(values) / len(values)
+    errs = [m.stderr for m in found]
+    if any(e is None for e in errs):
+        return Metric(value, None, None, sum(m.n for m in found), None, "none")
+    stderr = (sum(e * e for e in errs if e is not None) ** 0.5) / len(values)
+    return Metric(value, value - Z95 * stderr, value + Z95 * stderr, sum(m.n for m in found), stderr,
+                  "normal (subject stderrs)")
 
 
 def lm_eval_metrics(out: dict[str, Any], samples: list[Sample]) -> dict[str, Metric]:

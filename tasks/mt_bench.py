@@ -15,7 +15,8 @@ question-level cluster bootstrap), `score/turn1`, `score/turn2` (t intervals),
 `score/<category>`, `missing` (turns without a rating) and `ambiguous` (turns with
 several different ratings). Answers use
 EvalConfig.generation (greedy by default; FastChat samples some categories at
-temperature 0.7, which we do not, for reproducible comparisons).
+temperature 0.7, which this task does not, for reproducible comparisons; the task
+`mt_bench_fastchat` in tasks.protocols answers exactly as FastChat does).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+from core.config import JudgeConfig
 from tasks.base import Sample, TaskError, TaskResult, register_task
 from tasks.context import EvalContext
 from tasks.data import load_rows
@@ -97,8 +99,12 @@ class MTBench:
                                                  answer_1=answers[0], answer_2=answers[1], **kwargs)
         return name, [{"role": "system", "content": tpl["system_prompt"]}, {"role": "user", "content": user}]
 
+    def judge_config(self, ctx: EvalContext) -> JudgeConfig:
+        """The judge settings (EvalConfig.judge; a protocol may fix some)."""
+        return ctx.cfg.judge
+
     def _judge(self, ctx: EvalContext) -> Judge:
-        cfg = ctx.cfg.judge
+        cfg = self.judge_config(ctx)
         if cfg.backend == "hf" and cfg.model == ctx.model and ctx.model_obj is not None:
 
             return HFJudge(cfg, *ctx.hf())  # the evaluated model judges itself: reuse the loaded copy
@@ -108,7 +114,7 @@ class MTBench:
         a1, a2 = self._answers(docs, ctx)
         requests = [self.judge_messages(d, (x, y), t) for d, x, y in zip(docs, a1, a2) for t in (1, 2)]
         store = JudgmentStore(ctx.cache_dir() / "judgments.jsonl")
-        records = store.judge_all(self._judge(ctx), ctx.cfg.judge, requests, desc="mt_bench judge")
+        records = store.judge_all(self._judge(ctx), self.judge_config(ctx), requests, desc=f"{self.name} judge")
         errors = [r["error"] for r in records if r["error"]]
         if errors and len(errors) == len(records):
             raise JudgeError(f"mt_bench: the judge gave no judgment for any of the {len(records)} requests: "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import ExperimentConfig, shared_hash
+from core.config import ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
 from core.datadir import data_dir as resolve_data_dir
 from core.errors import ConfigError, GsilError
 from core.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
@@ -32,10 +32,11 @@ from core.layout import RunLayout
 from core.models import load_tokenizer, pick_dtype
 from core.provenance import collect
 from core.strict import to_plain
-from trainers.data import data_file, encode_examples, load_examples
+from trainers.data import data_file, load_examples
 from trainers.inputs import MethodContext, prepare_inputs
 from trainers.loop import LoopRun, train_iteration
 from trainers.losses import LOSSES, build_loss
+from trainers.official import encode_all
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ def iteration_plan(cfg: ExperimentConfig, method_label: str) -> int:
 def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     """Hash of what determines a method's training (evaluation settings, the seed list and
     the number of iterations excluded, so changing them keeps finished iterations)."""
-    shared = {k: v for k, v in to_plain(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
+    shared = {k: v for k, v in hash_view(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
     method = cfg.method(method_label)
-    return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed})
+    extra = {k: to_plain(getattr(method, k)) for k in ("per_iteration", "overrides") if getattr(method, k)}
+    return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed, **extra})
 
 
 def make_accelerator(precision: str) -> Any:
@@ -128,18 +130,18 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
     examples = load_examples(data_cfg, root)
     tokenizer = load_tokenizer(s.model, s.model_revision)
     lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}
-    real = encode_examples(tokenizer, examples, **lengths)
+    real = encode_all(data_cfg.encoding, tokenizer, examples, **lengths)
     rejected = None
     if preference is not None:
         for ex in examples:
             if ex.rejected is None:
                 raise ConfigError(f"{ex.source}: shared.preference_data rows need a rejected response "
                                   f"(format 'preference')")
-        rejected = encode_examples(tokenizer, [replace(ex, response=ex.rejected) for ex in examples
+        rejected = encode_all(data_cfg.encoding, tokenizer, [replace(ex, response=ex.rejected) for ex in examples
                                                if ex.rejected is not None], **lengths)
     precision = _precision(cfg)
-    ctx = MethodContext(cfg, method, build_loss(method.loss, method.params), seed, Path(run_dir), tokenizer, make_accelerator(precision), examples, real,
-                        rejected, precision)
+    ctx = MethodContext(cfg, method, build_loss(method.loss, method.params), seed, Path(run_dir), tokenizer,
+                        make_accelerator(precision), examples, real, rejected, precision, data_cfg.encoding)
     return ctx, {k: str(v) for k, v in files.items() if v is not None}
 
 
@@ -169,6 +171,9 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     import time
 
 
+    base_hash = shared_hash(cfg)  # the experiment's shared block; the method's overrides are recorded beside it
+    overrides = dict(cfg.method(method_label).overrides)
+    cfg = for_method(cfg, method_label)
     started = time.time()
     layout = RunLayout(run_dir)
     key = train_key(cfg, method_label, seed)
@@ -181,16 +186,22 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
     acc = ctx.accelerator
     if acc.is_main_process:
         atomic_write_json(layout.seed_dir(method_label, seed) / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
-                          | {"method": method_label, "train_key": key, "shared_hash": shared_hash(cfg)})
+                          | {"method": method_label, "train_key": key, "shared_hash": base_hash,
+                             "overrides": overrides})
     reference = cfg.shared.model
     for k, folder in enumerate(folders, 1):
         if not _finished(folder, key):
             if acc.is_main_process:
                 folder.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
-            inputs = prepare_inputs(ctx, k, reference, folder)
+            it_cfg, it_method = iteration_config(cfg, method_label, k)
+            it_ctx = replace(ctx, cfg=it_cfg, method=it_method,  # per-iteration params: the loss bound again
+                             loss=build_loss(it_method.loss, it_method.params))
+            inputs = prepare_inputs(it_ctx, k, reference, folder)
             extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
-                     "shared_hash": shared_hash(cfg), "reference": reference}
-            train_iteration(LoopRun(ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
+                     "shared_hash": base_hash, "overrides": overrides, "reference": reference,
+                     "lr": it_cfg.shared.optimizer.lr, "epochs": it_cfg.shared.train.epochs,
+                     "pairs": len(inputs.items)}
+            train_iteration(LoopRun(it_ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
         reference = str(folder / "checkpoint")
     return results

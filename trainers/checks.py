@@ -41,6 +41,9 @@ def check_training(cfg: ExperimentConfig) -> list[Problem]:
         out.append(Problem("shared.iterations", f"must be >= 1, got {s.iterations}"))
     if not s.seeds:
         out.append(Problem("shared.seeds", "at least one seed is required"))
+    if t.packing and "spin" in (s.train_data.encoding, s.preference_data and s.preference_data.encoding):
+        out.append(Problem("shared.train.packing", "cannot be combined with encoding 'spin' (its EOS tokens are "
+                                                   "masked from attention inside the sequence); set packing: false"))
     return out
 
 
@@ -57,6 +60,11 @@ def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> lis
         LOSSES.validate(method.loss, method.params)
     except (TypeError, ValueError) as err:
         return [Problem(f"{key}.params", str(err))]
+    for j, it in enumerate(method.per_iteration):  # per-iteration parameters (e.g. SPIN's beta 5.0 at round 4)
+        try:
+            LOSSES.validate(method.loss, {**method.params, **it.params})
+        except (TypeError, ValueError) as err:
+            return [Problem(f"{key}.per_iteration[{j}].params", str(err))]
     if LOSSES.self_play(method.loss) and cfg.shared.iterations > 1 and cfg.shared.generation.backend == "openai":
         return [Problem("shared.generation.backend",
                         "'openai' serves one fixed model, but self-play iteration 2+ must generate with the "

@@ -276,6 +276,7 @@ class EncodedSeq:
 
     input_ids: list[int]
     response_start: int
+    attention_mask: list[int] | None = None  # per-token attention (0 = masked key); None = all 1 (encoding "spin")
 
     @property
     def n_response(self) -> int:
@@ -374,7 +375,7 @@ def collate(seqs: Sequence[EncodedSeq], pad_id: int) -> Batch:
     for row, s in enumerate(seqs):
         n = len(s.input_ids)
         input_ids[row, :n] = torch.tensor(s.input_ids, dtype=torch.long)
-        attention[row, :n] = 1
+        attention[row, :n] = 1 if s.attention_mask is None else torch.tensor(s.attention_mask, dtype=torch.long)
         response[row, s.response_start:n] = 1
     return Batch(input_ids, attention, response)
 

@@ -37,13 +37,14 @@ from typing import Any
 
 import torch
 
-from core.config import ExperimentConfig, MethodConfig
+from core.config import ExperimentConfig, MethodConfig, hash_view
+from core.errors import ConfigError
 from core.generation import make_generator
-from core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl
+from core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
 from core.layout import RunLayout
-from core.strict import to_plain
-from trainers.data import EncodedSeq, Example, TrainItem, encode
+from trainers.data import EncodedSeq, Example, TrainItem
 from trainers.losses import Loss
+from trainers.official import encode_with, fit, raw_prompt
 from trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
 from trainers.state import kill_hook
 
@@ -56,7 +57,7 @@ class MethodContext:
 
     cfg: ExperimentConfig
     method: MethodConfig
-    loss: Loss  # the method's loss, looked up and bound once
+    loss: Loss  # the method's loss, looked up and bound once (again per iteration with per-iteration params)
     seed: int
     run_dir: Path
     tokenizer: Any
@@ -65,6 +66,7 @@ class MethodContext:
     real: list[EncodedSeq]
     rejected: list[EncodedSeq] | None  # preference data: the rejected side
     precision: str  # "bf16" or "fp32": how models run (part of cache keys)
+    encoding: str = "chat"  # DataConfig.encoding of the data in use ("spin": pairs truncated together)
 
 
 @dataclass
@@ -83,6 +85,8 @@ def tokens_digest(seqs: Sequence[EncodedSeq | None]) -> str:
             h.update(b"none;")
             continue
         h.update(torch.tensor([s.response_start, *s.input_ids], dtype=torch.int64).numpy().tobytes())
+        if s.attention_mask is not None:
+            h.update(b"mask" + bytes(s.attention_mask))
         h.update(b";")
     return h.hexdigest()
 
@@ -126,15 +130,19 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
     shard = todo[acc.process_index :: acc.num_processes]
     chunk = max(1, gcfg.batch_size) * 4
     generator = make_generator(gcfg, model=model, tokenizer=ctx.tokenizer, model_name=reference)
+    template = gcfg.prompt_template
     written = len(done)
     for c in range(math.ceil(math.ceil(len(todo) / acc.num_processes) / chunk)):
         mine = shard[c * chunk : (c + 1) * chunk]
         with acc.autocast():
-            comps = generator.generate([ctx.examples[i].prompt for i in mine], seed=gen_seed + (mine[0] if mine else 0),
+            prompts = [ctx.examples[i].prompt if template is None else raw_prompt(template, ctx.examples[i].prompt)
+                       for i in mine]
+            comps = generator.generate(prompts, seed=gen_seed + (mine[0] if mine else 0),
                                        desc="self-play generation") if mine else []
         recs = [{"index": i, "prompt": ctx.examples[i].prompt, "response": comp.text, "tokens": comp.tokens,
-                 "finish_reason": comp.finish_reason, "real": ctx.examples[i].response}
-                for i, comp in zip(mine, comps)]
+                 "finish_reason": comp.finish_reason, "real": ctx.examples[i].response,
+                 **({"prompt_text": text} if template is not None else {})}
+                for i, comp, text in zip(mine, comps, prompts)]
         recs = gather_object(recs)
         if acc.is_main_process:
             append_jsonl(partial, recs)
@@ -144,8 +152,33 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
 
 def _encode_generated(ctx: MethodContext, records: list[dict[str, Any]]) -> list[EncodedSeq]:
     t = ctx.cfg.shared.train
-    return [encode(ctx.tokenizer, r["prompt"], r["response"], max_prompt_length=t.max_prompt_length,
-                   max_length=t.max_length) for r in records]
+    return [encode_with(ctx.encoding, ctx.tokenizer, r["prompt"], r["response"], max_prompt_length=t.max_prompt_length,
+                        max_length=t.max_length) for r in records]
+
+
+def history_files(ctx: MethodContext, iteration: int, folder: Path) -> list[Path]:
+    """Earlier iterations' generations that iteration k also trains on (shared.self_play.history; SPIN
+    trains iteration k on k-1's and k's pairs: configs/config_iter1.yaml:7-10 at uclaml/SPIN a12ba80)."""
+    history = ctx.cfg.shared.self_play.history
+    if not ctx.loss.self_play:
+        return []
+    files = [folder.parent / f"iter-{j}" / "generations.jsonl" for j in range(max(1, iteration - history + 1), iteration)]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"shared.self_play.history: {f} is missing (iteration {iteration} trains on it)")
+    return files
+
+
+def fit_items(ctx: MethodContext, real: list[EncodedSeq], gen: list[EncodedSeq] | None,
+              start: int = 0) -> list[TrainItem]:
+    """TrainItems numbered from `start`, truncated as the data's encoding rules (see trainers.official)."""
+    t = ctx.cfg.shared.train
+    items = []
+    for i, r in enumerate(real):
+        rr, gg = fit(ctx.encoding, r, gen[i] if gen is not None else None, max_prompt_length=t.max_prompt_length,
+                     max_length=t.max_length)
+        items.append(TrainItem(start + i, rr, gg))
+    return items
 
 
 def _score(ctx: MethodContext, model: Any, items: list[TrainItem], work: Path, key: str) -> None:
@@ -165,7 +198,8 @@ def _score(ctx: MethodContext, model: Any, items: list[TrainItem], work: Path, k
         save_ref(work / "ref_logps.pt", RefLogps(real_all, gen_all, key))
 
 
-def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: bool, gen_seed: int) -> None:
+def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: bool, gen_seed: int,
+           history: list[Path]) -> None:
     """Fill `work` with generations.jsonl (if generating) and ref_logps.pt, then DONE."""
     acc = ctx.accelerator
     model = _load_reference(ctx, reference)
@@ -179,7 +213,7 @@ def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: b
             atomic_write_text(work / "generations.jsonl", "".join(_jsonl_line(r) for r in recs))
             (work / "generations.partial.jsonl").unlink()
         acc.wait_for_everyone()
-    items = _items(ctx, work, generate)
+    items = _items(ctx, work, generate, history)
     _score(ctx, model, items, work, key)
     free_model(model)
     if acc.is_main_process:
@@ -192,24 +226,31 @@ def _jsonl_line(rec: dict[str, Any]) -> str:
     return json.dumps(rec) + "\n"
 
 
-def _items(ctx: MethodContext, work: Path, generated: bool) -> list[TrainItem]:
+def _items(ctx: MethodContext, work: Path, generated: bool, history: list[Path]) -> list[TrainItem]:
+    """This iteration's pairs, then each history iteration's (same real responses, older generations)."""
     if generated:
         gen = _encode_generated(ctx, read_jsonl(work / "generations.jsonl"))
     else:
         gen = list(ctx.rejected) if ctx.rejected is not None else []
-    return [TrainItem(i, ctx.real[i], gen[i]) for i in range(len(ctx.real))]
+    items = fit_items(ctx, ctx.real, gen)
+    for f in history:
+        items += fit_items(ctx, ctx.real, _encode_generated(ctx, read_jsonl(f)), start=len(items))
+    return items
 
 
-def inputs_key(ctx: MethodContext, reference: str, generate: bool) -> str:
+def inputs_key(ctx: MethodContext, reference: str, generate: bool, history: list[Path] | None = None) -> str:
     """Hash of everything the iteration inputs depend on (shared across methods when equal)."""
     s = ctx.cfg.shared
-    gen = to_plain(s.generation) if generate else None
+    gen = hash_view(s.generation) if generate else None
     sampled = generate and s.generation.temperature > 0
     return hash_obj({
         "reference": reference, "revision": s.model_revision if reference == s.model else None,
         "precision": ctx.precision, "real": tokens_digest(ctx.real),
         "rejected": tokens_digest(ctx.rejected) if ctx.rejected is not None else None,
         "generation": gen, "seed": ctx.seed if sampled else None,
+        **({"history": [sha256_file(f) for f in history]} if history else {}),
+        **({"encoding": ctx.encoding, "lengths": [ctx.cfg.shared.train.max_prompt_length,
+                                                  ctx.cfg.shared.train.max_length]} if ctx.encoding != "chat" else {}),
     })
 
 
@@ -230,9 +271,10 @@ def prepare_inputs(ctx: MethodContext, iteration: int, reference: str, folder: P
     """Items and reference log-probs for `iteration`, trained from / scored by `reference`."""
     acc = ctx.accelerator
     if not ctx.loss.pairs:
-        return IterationInputs([TrainItem(i, s) for i, s in enumerate(ctx.real)], None)
+        return IterationInputs(fit_items(ctx, ctx.real, None), None)
     generate = ctx.rejected is None
-    key = inputs_key(ctx, reference, generate)
+    history = history_files(ctx, iteration, folder)
+    key = inputs_key(ctx, reference, generate, history)
     shared = iteration == 1 and reference == ctx.cfg.shared.model
     work = RunLayout(ctx.run_dir).shared_dir(key) if shared else folder / "inputs"
     gen_seed = int(hash_obj([ctx.seed, iteration]), 16) % (2**31)
@@ -241,11 +283,11 @@ def prepare_inputs(ctx: MethodContext, iteration: int, reference: str, folder: P
     acc.wait_for_everyone()
     with main_locked(acc, work / ".lock"):
         if not is_done(work):
-            _build(ctx, work, reference, key, generate, gen_seed)
+            _build(ctx, work, reference, key, generate, gen_seed, history)
     if acc.is_main_process:
         _transfer(work, folder, shared)
     acc.wait_for_everyone()
     ref = load_ref(folder / "ref_logps.pt", key)
-    items = _items(ctx, folder, generate)
+    items = _items(ctx, folder, generate, history)
     tokens = sum(r["tokens"] for r in read_jsonl(folder / "generations.jsonl")) if generate else 0
     return IterationInputs(items, ref, tokens, key)

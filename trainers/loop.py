@@ -63,6 +63,16 @@ SCHEDULES.add("cosine", lambda s, w, n: s / max(1, w) if s < w else 0.5 * (1 + m
 SCHEDULES.add("constant", lambda s, w, n: s / max(1, w) if s < w else 1.0)
 
 
+def warmup_steps(schedule: Any, total: int) -> int:
+    """Warm-up optimizer steps: schedule.warmup_steps when set, else ceil(warmup_ratio x total), as
+    transformers v4.39.1 (GSIL's requirements.txt) TrainingArguments.get_warmup_steps does
+    (`self.warmup_steps if self.warmup_steps > 0 else math.ceil(num_training_steps * self.warmup_ratio)`);
+    GSIL scripts/finetune.sh:53-54 passes both --warmup_steps 30 and --warmup_ratio 0.1, so 30 wins."""
+    if schedule.warmup_steps:
+        return int(schedule.warmup_steps)
+    return math.ceil(schedule.warmup_ratio * total)
+
+
 @dataclass
 class LoopRun:
     """Everything one iteration's loop needs (assembled by trainers.api)."""
@@ -150,7 +160,7 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     model = load_policy(run.init_model, ctx)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS.get(opt.name)(params, opt)
-    warmup = math.ceil(ctx.cfg.shared.schedule.warmup_ratio * total)
+    warmup = warmup_steps(ctx.cfg.shared.schedule, total)
     schedule = SCHEDULES.get(ctx.cfg.shared.schedule.name)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)

@@ -1,0 +1,87 @@
+"""Both paper configs pass the strict validation offline and carry the official values
+(uclaml/SPIN a12ba80, tengxiao1/GSIL bf269e0, alignment-handbook 925acdf; docs/reproduction.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import for_method, iteration_config, load_experiment, shared_hash
+from core.strict import load_yaml
+from harness.validate import validate
+from tasks.api import check_tasks
+from trainers.official import SPIN_PROMPT_TEMPLATE
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["paper-zephyr", "paper-spin"])
+def test_paper_config_validates_offline(name, data_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = CONFIGS / f"{name}.yaml"
+    cfg = load_experiment(path)
+    validate(cfg, load_yaml(path)[1], data_dir=str(data_dir))
+    check_tasks(cfg.shared.eval.tasks, cfg.shared.eval)
+    s = cfg.shared
+    assert s.generation.prompt_template == SPIN_PROMPT_TEMPLATE and s.train_data.encoding == "spin"
+    assert (s.generation.max_new_tokens, s.generation.temperature) == (256, 0.0)
+    assert (s.optimizer.name, s.optimizer.lr, s.train.max_length, s.train.max_prompt_length) == ("rmsprop", 5e-7, 1024, 512)
+    assert s.model_revision == "ac6e600eefcce74f5e8bae1035d4f66019e93190"
+    assert s.eval.fastchat_template == "zephyr" and "mt_bench_fastchat" in s.eval.tasks
+
+
+def test_gsil_recipe():
+    cfg = load_experiment(CONFIGS / "paper-zephyr.yaml")
+    s = cfg.shared
+    # scripts/finetune.sh:28-30, 35-36, 42, 45, 53-54
+    assert cfg.method("gsil-logistic").params == {"a": 0.01, "b": 2.0}
+    assert (s.train.batch_size, s.train.grad_accum, s.train.epochs) == (16, 2, 1)
+    assert (s.schedule.name, s.schedule.warmup_steps, s.schedule.warmup_ratio) == ("linear", 30, 0.1)
+    assert s.iterations == 1
+    # the handbook's zephyr DPO (recipes/zephyr-7b-beta/dpo/config_full.yaml:28,40,44,53): only DPO changes them
+    dpo = for_method(cfg, "dpo")
+    assert cfg.method("dpo").params == {"beta": 0.01}
+    assert (dpo.shared.optimizer.name, dpo.shared.schedule.name, dpo.shared.schedule.warmup_steps) == ("adamw", "cosine", None)
+    assert for_method(cfg, "gsil-logistic").shared == s and for_method(cfg, "sft").shared == s
+    assert shared_hash(cfg) == shared_hash(for_method(cfg, "gsil-logistic"))
+    assert "openllm_gsm8k" in s.eval.tasks and "humaneval_gsil" in s.eval.tasks
+
+
+def test_spin_recipe():
+    cfg = load_experiment(CONFIGS / "paper-spin.yaml")
+    s = cfg.shared
+    assert s.iterations == 4 and s.self_play.history == 2  # configs/config_iter1.yaml:7-10
+    assert (s.train.batch_size, s.train.grad_accum, s.train.epochs) == (8, 1, 2)  # 8 x 8 processes = 64
+    plan = [iteration_config(cfg, "spin", k) for k in (1, 2, 3, 4)]
+    assert [c.shared.optimizer.lr for c, _ in plan] == [5e-7, 5e-7, 1e-7, 1e-7]  # finetune_iter2/3.sh:21
+    assert [m.params["beta"] for _, m in plan] == [0.1, 0.1, 0.1, 5.0]  # config.yaml:16, finetune_iter3.sh:21
+    assert cfg.report.published == "published/spin_zephyr_open_llm.csv"
+    assert "openllm_gsm8k_v040" in s.eval.tasks and "humaneval_gsil" not in s.eval.tasks
+    assert "openllm_mmlu_v040" in s.eval.tasks and "openllm_mmlu" not in s.eval.tasks
+
+
+def test_missing_published_file_and_unknown_conversation_fail_validation(data_dir, tmp_path):
+    from core.strict import ConfigError
+
+    path = CONFIGS / "paper-spin.yaml"
+    cfg = load_experiment(path, ["report.published=published/nope.csv"])
+    with pytest.raises(ConfigError, match=r"paper-spin.yaml:\d+: report.published: 'published/nope.csv' not found"):
+        validate(cfg, load_yaml(path)[1], data_dir=str(data_dir))
+    cfg = load_experiment(path, ["shared.eval.fastchat_template=vicuna"])
+    with pytest.raises(ConfigError, match=r"eval.fastchat_template: unknown template 'vicuna'; known: zephyr"):
+        validate(cfg, load_yaml(path)[1], data_dir=str(data_dir))
+
+
+def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
+    """configs/smoke.yaml's shared hash and training key as main computed them before these keys existed
+    (commit 0f0b5e0): run folders and nightly baselines stay comparable; using a new key changes them."""
+    from trainers.api import train_key
+
+    cfg = load_experiment(CONFIGS / "smoke.yaml")
+    assert shared_hash(cfg) == "9c9bd810022793df"
+    assert train_key(cfg, "sft", 0) == "4c1c8dd83c43f3fb" and train_key(cfg, "spin", 0) == "9bfab2499a52665c"
+    for change in ("shared.schedule.warmup_steps=30", "shared.self_play.history=2", "shared.train_data.encoding=spin",
+                   "shared.generation.prompt_template='### {prompt}'"):
+        changed = load_experiment(CONFIGS / "smoke.yaml", [change])
+        assert shared_hash(changed) != shared_hash(cfg) and train_key(changed, "spin", 0) != train_key(cfg, "spin", 0)
