@@ -67,6 +67,7 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    save: Literal["merged", "adapter"] = "merged"  # checkpoint: adapters merged into full weights, or the adapter only (peft)
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,16 @@ class TrainConfig:
     max_steps: int | None = None  # cap on optimizer steps per iteration (null = no cap)
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompt tokens (left-truncated beyond this)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it; fp16: autocast + loss scaling (V100, T4)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
     packing: bool = False  # padding-free packed batches with per-sequence attention (same results, faster)
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1  # optimizer steps between metrics.jsonl lines
+    report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb, trackio (core.tracking)
+    push_to_hub: bool = False  # upload each final checkpoint (with its model card) through huggingface_hub
+    hub_model_id: str | None = None  # the Hub repository for push_to_hub ("user/name"); iterations go to revisions
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+from core.progress import track
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +78,6 @@ class OpenAIClient:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             futures = [pool.submit(fn, item) for item in items]
             results = []
-            for fut in tqdm(futures, desc=desc, disable=None):
+            for fut in track(futures, desc=desc):
                 results.append(fut.result())
         return results

@@ -34,24 +34,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, shared_hash
 from core.errors import ConfigError
 from core.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
 from core.layout import BASE, RunLayout
+from core.progress import track
 from core.provenance import collect
 from core.registry import Registry
 from core.strict import Located, to_plain
+from core.tracking import log_eval
 from harness.validate import validate
 from reports.index import RunIndex, default_index
 from reports.report import write_report
 from tasks.api import evaluate
 from trainers.api import iteration_plan, train_method
+from trainers.publish import hub_revision, push_checkpoint, write_model_card
 
 log = logging.getLogger(__name__)
 # checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)
-SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE")
+SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE",
+                       "README")  # README.md: the model card, rewritten with the scores
 
 
 @dataclass
@@ -253,6 +256,24 @@ def _eval(run: Run, step: Step) -> None:
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
     atomic_write_json(out / "model.json", {**rec, "stale": []})
+    _after_eval(run, step, out)
+
+
+def _after_eval(run: Run, step: Step, out: Path) -> None:
+    """The scores go to the trackers (train.report_to, at the checkpoint's global training
+    step) and into the checkpoint's model card, which is then pushed (train.push_to_hub)."""
+    t = run.cfg.shared.train
+    results = {task: read_json(out / task / "metrics.json") for task in run.cfg.shared.eval.tasks}
+    if step.seed is None:
+        log_eval(t.report_to, run.root, run.cfg.name, step.method, step.seed, 0, results)
+        return
+    folders = [run.layout.iter_dir(step.method, step.seed, k) for k in range(1, step.iteration + 1)]
+    log_eval(t.report_to, run.root, run.cfg.name, step.method, step.seed,
+             sum(int(read_json(f / "summary.json").get("steps", 0)) for f in folders), results)
+    checkpoint = folders[-1] / "checkpoint"
+    write_model_card(checkpoint, read_json(folders[-1] / "summary.json"), run.cfg, results)
+    if t.push_to_hub and t.hub_model_id:
+        push_checkpoint(checkpoint, t.hub_model_id, hub_revision(step.method, step.seed, step.iteration))
 
 
 STEPS.add("train", StepKind(_train_done, _train))
@@ -363,7 +384,7 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
         if world > 1:
             todo.sort(key=lambda s: s.kind != "train")  # stable: every training step first
         log.info("%s: %d steps, %d done, %d to do", root, len(run.steps), len(run.steps) - len(todo), len(todo))
-        for step in tqdm(todo, desc="run", unit="step", disable=None):
+        for step in track(todo, desc="run", unit="step"):
             _execute(run, step, fail_fast)
         failed = [s.id for s in run.steps if s.status in ("failed", "blocked")]
         run.plan["status"] = "failed" if failed else "done"

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tqdm.auto import tqdm
-
 from core.io import iter_jsonl_file
+from core.progress import track
 from tasks.base import Sample, TaskError, TaskResult
 from tasks.context import EvalContext
 from tasks.evalplus import checker_source, expected_outputs, tests_file
@@ -199,8 +198,7 @@ class CodeTask:
             futs = {p.id: (pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.base_input or []),
                            pool.submit(expected_outputs, p.id, p.canonical, p.entry_point, p.plus_input or []))
                     for p in todo}
-            return {pid: (a.result(), b.result()) for pid, (a, b) in tqdm(futs.items(), desc=f"{self.name} expected",
-                                                                            disable=None)}
+            return {pid: (a.result(), b.result()) for pid, (a, b) in track(futs.items(), desc=f"{self.name} expected")}
 
     def _execute(self, jobs: list[Any], results: list[list[dict[str, Any]]], kind: str, ctx: EvalContext) -> None:
         by_limits: dict[Limits, list[Any]] = {}

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -260,4 +260,4 @@ def run_many(sources: Sequence[str], limits: Limits = Limits(), *, workers: int 
     file_sets = list(files) if files is not None else [None] * len(sources)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_program, s, limits, files=f, nproc=nproc) for s, f in zip(sources, file_sets)]
-        return [f.result() for f in tqdm(futures, desc=desc, disable=None)]
+        return [f.result() for f in track(futures, desc=desc)]
