@@ -7,7 +7,7 @@ to one tracker run per method × seed, named `<method>/seed-<s>`. Files stay ins
 run folder unless the tracker is told otherwise:
 
     <run>/tracking/tensorboard/<method>/seed-<s>/events.out.tfevents.*
-    <run>/tracking/mlruns/  (a local MLflow store; $MLFLOW_TRACKING_URI wins)
+    <run>/tracking/mlflow.db  (a local MLflow store, sqlite; $MLFLOW_TRACKING_URI wins)
     <run>/tracking/mlflow_runs.json  (run name -> MLflow run id: a resumed or evaluated
                                       run keeps logging to the same MLflow run)
 
@@ -45,6 +45,11 @@ def tracker_problems(report_to: list[str], key: str = "train.report_to") -> list
     if len(set(report_to)) != len(report_to):
         out.append(Problem(key, f"a tracker is named twice in {report_to}"))
     return out
+
+
+def local_mlflow_uri(folder: Path) -> str:
+    """The run folder's own MLflow store (sqlite: MLflow's file store is deprecated)."""
+    return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -87,10 +92,11 @@ class Tracking:
         from accelerate.tracking import MLflowTracker
 
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri((self.folder / "mlruns").resolve().as_uri())
+            mlflow.set_tracking_uri(local_mlflow_uri(self.folder))
         ids_file = self.folder / "mlflow_runs.json"
         ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
-        return MLflowTracker(experiment_name=experiment, run_name=self.run_name, run_id=ids.get(self.run_name))
+        return MLflowTracker(experiment_name=experiment, run_name=self.run_name, run_id=ids.get(self.run_name),
+                             logging_dir=(self.folder / "mlartifacts").resolve().as_uri())
 
     def _remember_mlflow_run(self, run_id: str) -> None:
         ids_file = self.folder / "mlflow_runs.json"

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from core.io import read_jsonl
+from core.io import read_json, read_jsonl
 from core.progress import Progress, track
 from core.tracking import log_eval, tracker_problems
 from tests.test_training import make_cfg
@@ -16,6 +16,7 @@ from trainers.api import train_method
 
 pytest.importorskip("tensorboard", reason="tensorboard is a test dependency (gsil-bench[tracking])")
 mlflow = pytest.importorskip("mlflow", reason="mlflow is a test dependency (gsil-bench[tracking])")
+pytest.importorskip("sqlalchemy", reason="MLflow's sqlite store needs sqlalchemy (gsil-bench[tracking])")
 
 
 def _tb_scalars(folder):
@@ -45,19 +46,20 @@ def tracked_run(tiny_model_dir, data_dir, tmp_path_factory):
 def test_tensorboard_events_hold_every_logged_step(tracked_run):
     cfg, run = tracked_run
     scalars = _tb_scalars(run / "tracking" / "tensorboard" / "spin" / "seed-0")
-    for k, offset in ((1, 0), (2, 3)):  # iteration 2 continues the global step axis
+    steps1 = read_json(run / "spin" / "seed-0" / "iter-1" / "summary.json")["steps"]
+    assert steps1 == 2  # 4 examples, batch 2
+    for k, offset in ((1, 0), (2, steps1)):  # iteration 2 continues the global step axis
         for rec in read_jsonl(run / "spin" / "seed-0" / f"iter-{k}" / "metrics.jsonl"):
             step = offset + rec["step"]
             assert scalars["train/loss"][step] == pytest.approx(rec["loss"], rel=1e-6)
             assert scalars["train/lr"][step] == pytest.approx(rec["lr"], rel=1e-6)
             assert scalars["train/rewards/margin"][step] == pytest.approx(rec["rewards/margin"], rel=1e-5, abs=1e-7)
-    assert sorted(scalars["train/loss"]) == [1, 2, 3, 4, 5, 6]
+    assert sorted(scalars["train/loss"]) == [1, 2, 3, 4]
 
 
 def test_mlflow_store_holds_the_run_and_eval_scores(tracked_run):
     cfg, run = tracked_run
-    store = (run / "tracking" / "mlruns").resolve().as_uri()
-    client = mlflow.MlflowClient(tracking_uri=store)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(run / 'tracking' / 'mlflow.db').resolve()}")
     (exp,) = [e for e in client.search_experiments() if e.name == cfg.name]
     (found,) = client.search_runs([exp.experiment_id])
     assert found.info.run_name == "spin/seed-0"
@@ -67,12 +69,12 @@ def test_mlflow_store_holds_the_run_and_eval_scores(tracked_run):
     assert found.data.params["optimizer/lr"] == str(cfg.shared.optimizer.lr)
     # evaluation scores join the same MLflow run (its id is remembered) at the checkpoint's step
     scores = {"gsm8k": {"metrics": {"exact_match": {"value": 0.25, "ci_low": 0.1, "ci_high": 0.5}}}}
-    log_eval(["tensorboard", "mlflow"], run, cfg.name, "spin", 0, 6, scores)
+    log_eval(["tensorboard", "mlflow"], run, cfg.name, "spin", 0, 4, scores)
     (again,) = client.search_runs([exp.experiment_id])
     assert again.info.run_id == found.info.run_id
     assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "eval/gsm8k/exact_match")] \
-        == [(6, 0.25)]
-    assert _tb_scalars(run / "tracking" / "tensorboard" / "spin" / "seed-0")["eval/gsm8k/exact_match"] == {6: 0.25}
+        == [(4, 0.25)]
+    assert _tb_scalars(run / "tracking" / "tensorboard" / "spin" / "seed-0")["eval/gsm8k/exact_match"] == {4: 0.25}
 
 
 def test_tracker_names_are_checked():
@@ -84,7 +86,8 @@ def test_tracker_names_are_checked():
 
 def test_log_file_shows_a_metrics_line_per_logged_step(tiny_model_dir, data_dir, tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("GSIL_PROGRESS_SECONDS", "0")
-    cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"max_steps": 4, "log_every": 2})
+    cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], train_data={"path": "gsm8k/train.jsonl", "format": "gsm8k",
+                                                                  "limit": 8}, train={"max_steps": 4, "log_every": 2})
     with caplog.at_level(logging.INFO):
         (res,) = train_method(cfg, "sft", 0, tmp_path)
     lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "loss=" in r.getMessage()]
