@@ -104,6 +104,13 @@ def write_fastchat(folder: Path, metrics: dict[str, Any], samples: list[dict[str
     return a, b
 
 
+def _status(result: dict[str, Any] | None) -> str | None:
+    """Our sandbox status -> EvalPlus's (pass, fail, timeout)."""
+    if not result:
+        return None
+    return {"passed": "pass", "timeout": "timeout"}.get(result.get("status", ""), "fail")
+
+
 def write_evalplus(folder: Path, task: str, samples: list[dict[str, Any]]) -> tuple[Path, Path]:
     """EvalPlus samples.jsonl (greedy programs) and samples_eval_results.json."""
     out = folder / "evalplus"
@@ -111,13 +118,10 @@ def write_evalplus(folder: Path, task: str, samples: list[dict[str, Any]]) -> tu
     plus = task.endswith("_plus")
     for s in samples:
         r = (s.get("results") or [{}])[0]
-        base_ok = (r.get("base") or {}).get("status") == "passed"
         rows.append({"task_id": s["id"], "solution": s.get("extracted") or ""})
         rec = {"task_id": s["id"], "solution": s.get("extracted") or "",
-               "base_status": "pass" if base_ok else "fail", "base_fail_tests": []}
-        if plus:
-            rec["plus_status"] = "pass" if (r.get("plus") or {}).get("status") == "passed" else "fail"
-            rec["plus_fail_tests"] = []
+               "base_status": _status(r.get("base")), "base_fail_tests": [],
+               "plus_status": _status(r.get("plus")) if plus else None, "plus_fail_tests": []}
         results[s["id"]] = [rec]
     samples_path = out / "samples.jsonl"
     atomic_write_text(samples_path, _jsonl(rows))
