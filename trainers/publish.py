@@ -46,7 +46,8 @@ def hub_revision(method: str, seed: int, iteration: int) -> str:
 def model_card(summary: dict[str, Any], cfg: ExperimentConfig, scores: dict[str, dict[str, Any]] | None = None) -> str:
     """README.md text of a checkpoint from its summary.json (and its tasks' metrics.json)."""
     s = cfg.shared
-    meta: dict[str, Any] = {"library_name": "transformers", "tags": ["gsil-bench", summary["loss"], summary["method"]],
+    tags = list(dict.fromkeys(["gsil-bench", summary["loss"], summary["method"]]))
+    meta: dict[str, Any] = {"library_name": "transformers", "tags": tags,
                             "base_model": s.model.removeprefix("embedded:"), "pipeline_tag": "text-generation"}
     if scores:
         meta["model-index"] = [{"name": f"{cfg.name}-{summary['method']}", "results": [
@@ -54,7 +55,7 @@ def model_card(summary: dict[str, Any], cfg: ExperimentConfig, scores: dict[str,
              "metrics": [{"type": name, "value": m["value"]} for name, m in rec.get("metrics", {}).items()
                          if isinstance(m, dict) and m.get("value") is not None]}
             for task, rec in scores.items()]}]
-    params = ", ".join(f"{k}={v}" for k, v in sorted(summary.get("params", {}).items())) or "none"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(summary.get("params", {}).items())) or "none (the loss's defaults)"
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
         f"# {cfg.name}: {summary['method']} (seed {summary['seed']}, iteration {summary['iteration']})", "",
