@@ -121,7 +121,8 @@ def write_evalplus(folder: Path, task: str, samples: list[dict[str, Any]]) -> tu
         rows.append({"task_id": s["id"], "solution": s.get("extracted") or ""})
         rec = {"task_id": s["id"], "solution": s.get("extracted") or "",
                "base_status": _status(r.get("base")), "base_fail_tests": [],
-               "plus_status": _status(r.get("plus")) if plus else None, "plus_fail_tests": []}
+               "plus_status": (_status(r.get("plus")) or "fail") if plus else None, "plus_fail_tests": []}
+        # our sandbox skips the plus inputs once the base ones fail; EvalPlus then reports plus as failed too
         results[s["id"]] = [rec]
     samples_path = out / "samples.jsonl"
     atomic_write_text(samples_path, _jsonl(rows))
