@@ -9,6 +9,7 @@ Values are in the metric's display unit (percentage points for fractions).
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import pandas as pd
 
@@ -30,7 +31,7 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def comparisons(comp: Comparison) -> list[dict]:
     """One record per (method, task) compared with the baseline, with Holm's p added."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (method, it, task), cell in comp.cells.items():
         d = cell.vs_baseline
         if d is None:
@@ -38,7 +39,7 @@ def comparisons(comp: Comparison) -> list[dict]:
         rows.append({"method": method, "iteration": it, "task": task, "metric": cell.metric, "diff": d.diff,
                      "ci_low": d.ci_low, "ci_high": d.ci_high, "p": d.p_value, "n": d.n,
                      "higher_is_better": cell.higher_is_better})
-    for row, adj in zip(rows, holm([r["p"] for r in rows])):
+    for row, adj in zip(rows, holm([float(r["p"]) for r in rows])):
         row["p_holm"] = adj
     return rows
 
