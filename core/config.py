@@ -67,7 +67,7 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    save: Literal["merged", "adapter"] = "merged"  # checkpoint: adapters merged into full weights, or the adapter only (peft)
+    save_adapter: bool = False  # also write the adapter alone (peft format) to checkpoint/adapter/, beside the merged weights
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,27 @@ def test_checkpoint_has_a_model_card(config, tmp_path):
     assert "| humaneval | pass@1 | 0.5 | [0.1, 0.9] | 2 |" in with_scores
     meta = yaml.safe_load(with_scores.split("---")[1])
     assert meta["model-index"][0]["results"][0]["metrics"] == [{"type": "pass@1", "value": 0.5}]
+
+
+def test_lora_adapter_saved_beside_the_merged_weights(tiny_model_dir, data_dir, tmp_path):
+    """lora.save_adapter: checkpoint/adapter/ is the adapter alone; peft puts it on the starting
+    model and gives the merged checkpoint's weights."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_training import make_cfg
+    from trainers.api import train_method
+
+    cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], optimizer={"name": "adamw", "lr": 1e-2},
+                   train={"max_steps": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "save_adapter": True}})
+    (res,) = train_method(cfg, "sft", 0, tmp_path)
+    adapter = res.checkpoint / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "adapter_model.safetensors").stat().st_size < (res.checkpoint / "model.safetensors").stat().st_size / 5
+    rebuilt = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(res.checkpoint).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(start[k], merged[k]) for k in merged)
+    for k, v in rebuilt.state_dict().items():
+        torch.testing.assert_close(v, merged[k], rtol=1e-5, atol=1e-6)

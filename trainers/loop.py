@@ -235,7 +235,8 @@ def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dic
     acc.wait_for_everyone()
     if acc.is_main_process:
         save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
-            "method", "loss", "params", "seed", "iteration", "steps", "init_model")})
+            "method", "loss", "params", "seed", "iteration", "steps", "init_model")},
+            adapter=ctx.cfg.shared.train.lora is not None and ctx.cfg.shared.train.lora.save_adapter)
         write_model_card(run.folder / "checkpoint", summary, ctx.cfg)
         atomic_write_json(run.folder / "summary.json", summary)
         kill_hook("finished", run.iteration)
