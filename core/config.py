@@ -87,6 +87,8 @@ class TrainConfig:
     packing: bool = False  # padding-free packed batches with per-sequence attention (same results, faster)
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1  # optimizer steps between metrics.jsonl lines
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (eval/nll); null = none
+    eval_data: DataConfig | None = None  # the held-out slice for eval_every (e.g. the training file with an offset)
     report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb, trackio (core.tracking)
     push_to_hub: bool = False  # upload each final checkpoint (with its model card) through huggingface_hub
     hub_model_id: str | None = None  # the Hub repository for push_to_hub ("user/name"); iterations go to revisions

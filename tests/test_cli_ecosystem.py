@@ -135,3 +135,35 @@ def test_lora_adapter_saved_beside_the_merged_weights(tiny_model_dir, data_dir, 
     assert any(not torch.equal(start[k], merged[k]) for k in merged)
     for k, v in rebuilt.state_dict().items():
         torch.testing.assert_close(v, merged[k], rtol=1e-5, atol=1e-6)
+
+
+def test_heldout_nll_every_n_steps(tiny_model_dir, data_dir, tmp_path, tokenizer):
+    """train.eval_every: eval/nll in metrics.jsonl at every N-th step and the last, equal to the
+    final checkpoint's NLL per response token computed independently with plain transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.io import read_jsonl
+    from tests.test_training import make_cfg
+    from trainers.api import train_method
+    from trainers.data import encode_examples, load_examples
+
+    heldout = {"path": "gsm8k/train.jsonl", "format": "gsm8k", "offset": 100, "limit": 3}
+    cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], train_data={"path": "gsm8k/train.jsonl", "format": "gsm8k",
+                                                                  "limit": 10},
+                   train={"max_steps": 5, "eval_every": 2, "eval_data": heldout})
+    (res,) = train_method(cfg, "sft", 0, tmp_path)
+    rows = read_jsonl(res.folder / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval/nll" in r] == [2, 4, 5]
+    seqs = encode_examples(tokenizer, load_examples(cfg.shared.train.eval_data, data_dir), max_prompt_length=64,
+                           max_length=96)
+    model = AutoModelForCausalLM.from_pretrained(res.checkpoint).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for s in seqs:
+            ids = torch.tensor([s.input_ids])
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            picked = logp.gather(-1, ids[0, 1:, None])[:, 0]
+            total += float(picked[s.response_start - 1:].sum())
+            n += len(s.input_ids) - s.response_start
+    assert rows[-1]["eval/nll"] == pytest.approx(-total / n, rel=1e-4)

@@ -33,6 +33,7 @@ from core.provenance import collect
 from core.strict import to_plain
 from core.tracking import open_tracking
 from trainers.data import data_file, encode_examples, load_examples
+from trainers.heldout import encode_heldout
 from trainers.inputs import MethodContext, prepare_inputs
 from trainers.loop import LoopRun, train_iteration
 from trainers.losses import LOSSES, build_loss
@@ -189,6 +190,7 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
                              to_plain(cfg.shared) | {"method": to_plain(cfg.method(method_label))}) \
         if acc.is_main_process else None
     reference, offset = cfg.shared.model, 0
+    heldout = encode_heldout(cfg, ctx.tokenizer, resolve_data_dir(data_dir, cfg.shared.data_dir))
     try:
         for k, folder in enumerate(folders, 1):
             if not _finished(folder, key):
@@ -199,7 +201,7 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
                 extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
                          "shared_hash": shared_hash(cfg), "reference": reference}
                 train_iteration(LoopRun(ctx, k, folder, reference, inputs.items, inputs.ref, key, extra,
-                                        tracking, offset))
+                                        tracking, offset, heldout))
             offset += int(read_json(folder / "summary.json").get("steps", 0))
             reference = str(folder / "checkpoint")
     finally:

@@ -11,6 +11,7 @@ import math
 from core.config import ExperimentConfig, MethodConfig
 from core.errors import Problem
 from core.generation import GENERATORS
+from trainers.heldout import heldout_problems
 from trainers.losses import LOSSES
 from trainers.publish import publish_problems
 
@@ -42,7 +43,7 @@ def check_training(cfg: ExperimentConfig) -> list[Problem]:
         out.append(Problem("shared.iterations", f"must be >= 1, got {s.iterations}"))
     if not s.seeds:
         out.append(Problem("shared.seeds", "at least one seed is required"))
-    return out + publish_problems(cfg)
+    return out + publish_problems(cfg) + heldout_problems(cfg)
 
 
 def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> list[Problem]:

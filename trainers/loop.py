@@ -42,6 +42,7 @@ from core.progress import Progress
 from core.registry import Registry
 from core.strict import ConfigError
 from trainers.data import COLLATORS, Batch, TrainItem
+from trainers.heldout import heldout_nll
 from trainers.inputs import MethodContext
 from trainers.logprobs import LogpsModule, batch_logps
 from trainers.losses import LossInputs
@@ -78,6 +79,7 @@ class LoopRun:
     summary: dict[str, Any]  # extra summary fields (generated_tokens, hashes, ...)
     tracking: Any = None  # core.tracking.Tracking of this method x seed (train.report_to), or None
     step_offset: int = 0  # optimizer steps of the earlier iterations (trackers get one global step axis)
+    heldout: list[Any] | None = None  # encoded held-out slice (train.eval_every), or None
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,7 +203,10 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
         info["step"] = step + 1
         record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
                   "grad_norm": float(grad_norm), "tokens": info["tokens"], **dict(zip(sums, means.tolist()))}
-        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total):
+        if run.heldout and ((step + 1) % (t.eval_every or total) == 0 or step + 1 == total):
+            record["eval/nll"] = heldout_nll(wrapped, run.heldout, batch_size=per_device, chunk=t.logprob_chunk,
+                                             pad_id=ctx.tokenizer.pad_token_id, device=acc.device)
+        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total or "eval/nll" in record):
             append_jsonl(metrics_file, [record])
             log_step(run, record, total, bar.to_log)
         bar.update(1)
@@ -250,12 +255,13 @@ def log_step(run: LoopRun, record: dict[str, Any], total: int, to_log: bool) -> 
     """A logged step: to the trackers (`train/<key>`, global step), and as one log line
     when the progress bar is not drawn (a log file)."""
     if run.tracking is not None:
-        run.tracking.log({f"train/{k}": v for k, v in record.items() if k != "step"}, run.step_offset + record["step"])
+        run.tracking.log({(k if k.startswith("eval/") else f"train/{k}"): v for k, v in record.items() if k != "step"},
+                         run.step_offset + record["step"])
     if to_log:
         extra = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("rewards/"))
         log.info("%s iter %d step %d/%d: loss=%.4f lr=%.3g grad_norm=%.4g tokens=%d %s", run.ctx.method.label,
                  run.iteration, record["step"], total, record["loss"], record["lr"], record["grad_norm"],
-                 record["tokens"], extra)
+                 record["tokens"], extra + (f" eval/nll={record['eval/nll']:.4f}" if "eval/nll" in record else ""))
 
 
 def _line(rec: dict[str, Any]) -> str:
