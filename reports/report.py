@@ -106,7 +106,7 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
     note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
     body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
-                          + f"<p class=note>{H.esc(tables.legend(comp))}</p>", "comparison-section"))
+                          + f"<p class=note>{H.esc(tables.legend(comp).replace('`', ''))}</p>", "comparison-section"))
     diffs = significance.differences_frame(comp, "html")
     if len(diffs):
         body.append(H.section(f"Differences against {comp.baseline}", diffs.to_html(

@@ -28,7 +28,7 @@ from reports.stats import (
     paired_bootstrap,
     t_interval,
 )
-from reports.style import column_label, number
+from reports.style import column_label, number, task_label
 
 UP, DOWN = "▲", "▼"
 
@@ -197,7 +197,7 @@ def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = 
 
 def legend(comp: Comparison) -> str:
     seeds = sorted({c.interval.seeds for c in comp.cells.values()})
-    ns = ", ".join(f"{t}: n={comp.n_of(t)}" for t in comp.tasks)
+    ns = ", ".join(f"{task_label(t)}: n={comp.n_of(t)}" for t in comp.tasks)
     over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
     marks = (
         f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "
