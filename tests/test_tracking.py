@@ -114,3 +114,16 @@ def test_progress_lines_are_periodic(caplog, monkeypatch):
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs[0].startswith("execute: 1/4 (25%)") and "left" in msgs[0]
     assert msgs[1].startswith("execute: 2/4 (50%)")
+
+
+def test_trackers_and_hub_settings_keep_finished_training(tiny_model_dir, data_dir):
+    """Adding trackers, a Hub push or held-out evaluation to a run does not retrain what is done."""
+    from trainers.api import train_key
+
+    plain = make_cfg(tiny_model_dir, [{"loss": "sft"}])
+    extra = make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"report_to": ["tensorboard"], "push_to_hub": True,
+                                                               "hub_model_id": "me/x", "eval_every": 5,
+                                                               "eval_data": {"path": "gsm8k/train.jsonl"}})
+    assert train_key(plain, "sft", 0) == train_key(extra, "sft", 0)
+    assert train_key(plain, "sft", 0) != train_key(make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"epochs": 2}),
+                                                   "sft", 0)

@@ -66,7 +66,7 @@ def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
 
 
 # train settings that change where results are sent, not the trained weights (kept out of train_key)
-NOT_TRAINING = ("report_to", "push_to_hub", "hub_model_id")
+NOT_TRAINING = ("report_to", "push_to_hub", "hub_model_id", "eval_every", "eval_data")
 
 
 def make_accelerator(precision: str) -> Any:
