@@ -127,3 +127,26 @@ def test_trackers_and_hub_settings_keep_finished_training(tiny_model_dir, data_d
     assert train_key(plain, "sft", 0) == train_key(extra, "sft", 0)
     assert train_key(plain, "sft", 0) != train_key(make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"epochs": 2}),
                                                    "sft", 0)
+
+
+def test_run_sends_eval_scores_to_the_tracker_and_the_model_card(tiny_model_dir, data_dir, tmp_path):
+    """`run` with report_to: each checkpoint's scores reach its tracker run at the checkpoint's
+    global step (the starting model at step 0), and the checkpoint's model card gets them."""
+    from core.config import experiment_from_dict
+    from harness.runner import run_experiment
+
+    cfg = experiment_from_dict({"name": "trk", "methods": [{"loss": "sft"}], "report": {"bootstrap": 50}, "shared": {
+        "model": str(tiny_model_dir), "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
+        "train": {"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "report_to": ["tensorboard"]},
+        "eval": {"tasks": ["humaneval"], "limit": 2, "generation": {"max_new_tokens": 8, "batch_size": 2}}}})
+    root = tmp_path / "run"
+    assert run_experiment(cfg, root, data_dir=str(data_dir)) == 0
+    steps = read_json(root / "sft" / "seed-0" / "iter-1" / "summary.json")["steps"]
+    metrics = read_json(root / "eval" / "sft" / "seed-0" / "iter-1" / "humaneval" / "metrics.json")["metrics"]
+    scalars = _tb_scalars(root / "tracking" / "tensorboard" / "sft" / "seed-0")
+    assert scalars["eval/humaneval/pass@1"] == {steps: pytest.approx(metrics["pass@1"]["value"])}
+    assert sorted(scalars["train/loss"]) == list(range(1, steps + 1))
+    base = _tb_scalars(root / "tracking" / "tensorboard" / "base" / "seed-0")
+    assert set(base["eval/humaneval/pass@1"]) == {0}
+    card = (root / "sft" / "seed-0" / "iter-1" / "checkpoint" / "README.md").read_text()
+    assert f"| humaneval | pass@1 | {metrics['pass@1']['value']:.4g} |" in card
