@@ -74,6 +74,7 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    save_adapter: bool = False  # also write the adapter alone (peft format) to checkpoint/adapter/, beside the merged weights
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,18 @@ class TrainConfig:
     max_steps: int | None = None  # cap on optimizer steps per iteration (null = no cap)
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompt tokens (left-truncated beyond this)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it; fp16: autocast + loss scaling (V100, T4)
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
     packing: bool = False  # padding-free packed batches with per-sequence attention (same results, faster)
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1  # optimizer steps between metrics.jsonl lines
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (eval/nll); null = none
+    eval_data: DataConfig | None = None  # the held-out slice for eval_every (e.g. the training file with an offset)
+    report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb, trackio (core.tracking)
+    push_to_hub: bool = False  # upload each final checkpoint (with its model card) through huggingface_hub
+    hub_model_id: str | None = None  # the Hub repository for push_to_hub ("user/name"); iterations go to revisions
 
 
 @dataclass(frozen=True)
@@ -409,7 +415,9 @@ def canonical_json(obj: Any) -> str:
 # that does not use them keeps the hash (shared_hash, training keys) it had before they existed
 LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (GenerationConfig, "prompt_template"),
                 (SharedConfig, "self_play"), (EvalConfig, "fastchat_template"), (EvalConfig, "code_sandbox"),
-                (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size")}
+                (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size"), (LoraConfig, "save_adapter"),
+                (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
+                (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id")}
 
 
 def hash_view(obj: Any) -> Any:

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
-from tqdm.auto import tqdm
-
 from core.config import GenerationConfig
 from core.models import load_model, load_tokenizer, pick_dtype, resolve
 from core.openai_client import OpenAIClient
+from core.progress import Progress
 from core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         torch.manual_seed(seed)
-        bar = tqdm(total=len(ids), desc=desc, disable=None)
+        bar = Progress(len(ids), desc)
         try:
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]

@@ -1,5 +1,7 @@
-"""A small client for OpenAI-compatible HTTP endpoints: timeouts, retries with
-exponential back-off, a cap on concurrent requests, and clear errors.
+"""A small client for OpenAI-compatible HTTP endpoints, on the `openai` SDK's transport:
+timeouts, retries of transient failures (429, 5xx, connection errors) with the SDK's
+exponential back-off that honours `Retry-After`, a cap on concurrent requests, and clear
+errors. Replies that arrive but are unusable (not JSON, no choices) are retried here.
 
 Used by the `openai` generation backend and the MT-Bench judge. The key is read from
 an environment variable (never from a config file); a missing key is fine for local
@@ -12,13 +14,11 @@ import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+from core.progress import track
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,34 +34,41 @@ class OpenAIClient:
         self, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
         max_retries: int = 3, backoff: float = 1.0,
     ) -> None:
+        import openai
+
         self.base_url = base_url.rstrip("/")
         self.api_key = os.environ.get(api_key_env, "")
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        # the SDK retries 408/409/429/5xx and connection errors itself, waiting Retry-After when sent
+        self.sdk = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "no-key", timeout=timeout,
+                                 max_retries=max_retries)
+
+    def _send(self, path: str, body: dict[str, Any]) -> bytes:
+        """One request through the SDK (with its retries); the raw reply body."""
+        import httpx
+        import openai
+
+        url = self.base_url + path
+        try:
+            resp = self.sdk.post(path, body=body, cast_to=httpx.Response)
+            return resp.read()
+        except openai.APITimeoutError:
+            raise EndpointError(f"{url}: timed out after {self.timeout} s ({self.max_retries} retries)") from None
+        except openai.APIConnectionError as err:
+            cause = err.__cause__ or err
+            raise EndpointError(f"{url}: connection failed ({type(cause).__name__}: {cause})") from None
+        except openai.APIStatusError as err:
+            detail = err.response.text[:300] if err.response is not None else str(err)
+            raise EndpointError(f"{url}: HTTP {err.status_code}: {detail}") from None
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON to base_url + path; retry transient failures; return the JSON reply."""
-        url = self.base_url + path
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
+        """POST JSON to base_url + path; return the JSON reply. Transport failures are retried
+        by the SDK; a reply that is not JSON or has no choices is retried here."""
+        url, last = self.base_url + path, ""
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode(errors="replace")
-                last = f"HTTP {err.code}: {detail}"
-                if err.code in (400, 401, 403, 404, 422):  # not transient
-                    break
-                continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-                continue
+            raw = self._send(path, body)
             try:
                 reply = json.loads(raw)
             except json.JSONDecodeError:
@@ -78,6 +85,6 @@ class OpenAIClient:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             futures = [pool.submit(fn, item) for item in items]
             results = []
-            for fut in tqdm(futures, desc=desc, disable=None):
+            for fut in track(futures, desc=desc):
                 results.append(fut.result())
         return results

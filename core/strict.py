@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from core.aliases import alias_hint
 from core.errors import ConfigError
 from core.registry import did_you_mean
 
@@ -184,7 +185,7 @@ def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "",
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            hint = did_you_mean(str(key), list(fields))
+            hint = alias_hint(str(key), full) or did_you_mean(str(key), list(fields))
             errs.append(f"{loc.at(full)}: unknown key {full!r}{hint}; allowed here: {', '.join(fields)}")
         else:
             try:

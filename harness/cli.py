@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -23,6 +24,8 @@ COMMANDS: dict[str, ModuleType] = {"run": run, "train": train, "eval": eval_cmd,
 EXAMPLES = """examples:
   gsil-bench run configs/smoke.yaml                          every method on the embedded model, then the report
   gsil-bench run configs/smoke.yaml shared.eval.limit=8      the same with an override (YAML keys, on every command)
+  gsil-bench run configs/smoke.yaml --dry-run                the plan: steps, what is reused or skipped
+  gsil-bench -q run configs/smoke.yaml                       warnings only (--log-level debug|info|warning|error)
   gsil-bench train configs/smoke.yaml --method gsil-logistic --seed 0
   gsil-bench eval --model runs/smoke/spin/seed-0/iter-2/checkpoint --tasks gsm8k,humaneval --limit 20
   gsil-bench report runs/smoke
@@ -30,10 +33,23 @@ EXAMPLES = """examples:
 """
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """--log-level, else -v / -q, else $GSIL_LOG_LEVEL, else info."""
+    name = args.log_level or ("debug" if args.verbose else "warning" if args.quiet else None) \
+        or os.environ.get("GSIL_LOG_LEVEL", "info").lower()
+    return int(getattr(logging, name.upper(), logging.INFO))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gsil-bench", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (same as --log-level debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (same as --log-level warning)")
+    parser.add_argument("--log-level", choices=LEVELS, type=str.lower, default=None,
+                        help="logging level (default: info; $GSIL_LOG_LEVEL)")
     parser.add_argument("--version", action="version", version=f"gsil-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -45,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(args),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

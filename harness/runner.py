@@ -42,16 +42,19 @@ from core.layout import BASE, RunLayout
 from core.provenance import collect
 from core.registry import Registry
 from core.strict import Located, to_plain
+from core.tracking import log_eval
 from harness.validate import validate
 from harness.workers import is_claimed, read_record, this_worker, work_through, write_record
 from reports.index import RunIndex, default_index
 from reports.report import write_report
 from tasks.api import evaluate
 from trainers.api import iteration_plan, train_method
+from trainers.publish import hub_revision, push_checkpoint, write_model_card
 
 log = logging.getLogger(__name__)
 # checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)
-SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE")
+SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE",
+                       "README")  # README.md: the model card, rewritten with the scores
 
 
 @dataclass
@@ -279,6 +282,24 @@ def _eval(run: Run, step: Step) -> None:
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
     atomic_write_json(out / "model.json", {**rec, "stale": []})
+    _after_eval(run, step, out)
+
+
+def _after_eval(run: Run, step: Step, out: Path) -> None:
+    """The scores go to the trackers (train.report_to, at the checkpoint's global training
+    step) and into the checkpoint's model card, which is then pushed (train.push_to_hub)."""
+    t = run.cfg.shared.train
+    results = {task: read_json(out / task / "metrics.json") for task in run.cfg.shared.eval.tasks}
+    if step.seed is None:
+        log_eval(t.report_to, run.root, run.cfg.name, step.method, step.seed, 0, results)
+        return
+    folders = [run.layout.iter_dir(step.method, step.seed, k) for k in range(1, step.iteration + 1)]
+    log_eval(t.report_to, run.root, run.cfg.name, step.method, step.seed,
+             sum(int(read_json(f / "summary.json").get("steps", 0)) for f in folders), results)
+    checkpoint = folders[-1] / "checkpoint"
+    write_model_card(checkpoint, read_json(folders[-1] / "summary.json"), run.cfg, results)
+    if t.push_to_hub and t.hub_model_id:
+        push_checkpoint(checkpoint, t.hub_model_id, hub_revision(step.method, step.seed, step.iteration))
 
 
 STEPS.add("train", StepKind(_train_done, _train))

@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend, PNG):
+"""Report figures (matplotlib, Agg backend; PNG at 300 dpi, with PDF and SVG beside it):
 
 - `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
   side per task with their intervals, against the baseline and the starting model;
@@ -6,7 +6,9 @@
   optimizer step, per method (self-play iterations concatenated);
 - `iteration_plot`: score against self-play iteration (iteration 0 = the starting model).
 
-Each returns the PNG path, or None when the run holds nothing to draw.
+Each returns the PNG path, or None when the run holds nothing to draw. A method has one
+colour in every figure (`reports.style.method_colors` over the run's methods); axes carry
+labels with display names and units; the legend sits below the panels, clear of the x labels.
 """
 
 from __future__ import annotations
@@ -23,29 +25,33 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.rundata import BASE, RunData  # noqa: E402
 from reports.stats import Interval  # noqa: E402
+from reports.style import column_label, method_colors, scale, task_label  # noqa: E402
 from reports.tables import Comparison  # noqa: E402
 
 log = logging.getLogger(__name__)
+YLABELS = {"loss": "loss", "rewards/real": "log ratio r(real)", "rewards/generated": "log ratio r(generated)",
+           "rewards/accuracy": "accuracy (fraction)"}
 CURVES = (  # (metrics.jsonl key, panel title)
     ("loss", "training loss"),
     ("rewards/real", "reward of real (demonstration)"),
     ("rewards/generated", "reward of generated"),
     ("rewards/accuracy", "classifier accuracy"),
 )
-DPI = 110
-
-
-def _colors(names: list[str]) -> dict[str, tuple[float, ...]]:
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+DPI = 300
+FORMATS = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None},
+           ".svg": {"Date": None}}  # metadata left out so a figure's bytes depend on its data only
+matplotlib.rcParams["svg.hashsalt"] = "gsil-bench"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    for suffix, meta in FORMATS.items():
+        dest = path.with_suffix(suffix)
+        tmp = dest.with_name(f".{dest.stem}.tmp{suffix}")
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata=meta)
+        tmp.replace(dest)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -89,7 +95,7 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
     if not members:
         return None
     fig, axes = _grid(len(comp.tasks))
-    colors = _colors(members)
+    colors = method_colors(comp.run.methods)
     for ax, task in zip(axes, comp.tasks):
         xs, drawn = np.arange(len(members)), []
         for x, m in zip(xs, members):
@@ -97,22 +103,24 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             cell = comp.cells.get((m, it, task)) if it is not None else None
             if cell is None:
                 continue
-            iv = cell.interval
-            err = [[_below(iv)], [_above(iv)]]
-            ax.bar(x, iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
+            iv, k = cell.interval, scale(cell.metric)
+            err = [[k * _below(iv)], [k * _above(iv)]]
+            ax.bar(x, k * iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
             drawn.append(iv.value)
         for ref, style in ((comp.baseline, "--"), (BASE, ":")):
             if ref in members:
                 continue
             cell = next((c for k, c in comp.cells.items() if k[0] == ref and k[2] == task), None)
             if cell is not None:
-                ax.axhline(cell.interval.value, color="black", linestyle=style, linewidth=1, label=ref)
+                ax.axhline(scale(cell.metric) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
+                           linewidth=1.2, label=ref)
         ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(f"{task} ({comp.metric_of(task)})")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"{family} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
+        ax.set_title(task_label(task))
+        ax.set_ylabel(column_label(task, comp.metric_of(task)))
+        ax.set_xlabel(f"{family.upper()} member (convex function)")
+    fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
     fig.tight_layout()
+    _figure_legend(fig, axes)
     return _save(fig, path)
 
 
@@ -132,7 +140,7 @@ def training_curves(run: RunData, path: Path) -> Path | None:
     if not panels:
         return None
     fig, axes = _grid(len(panels))
-    colors = _colors(methods)
+    colors = method_colors(run.methods)
     for ax, (key, title) in zip(axes, panels):
         for (m, seed), rows in curves.items():
             pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
@@ -142,12 +150,13 @@ def training_curves(run: RunData, path: Path) -> Path | None:
                 ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
                         marker="." if len(pts) < 30 else None)
         ax.set_title(title)
+        ax.set_ylabel(YLABELS.get(key, key))
         if key == "loss":
             _scale_for_spread(ax)
         ax.set_xlabel("optimizer step (iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
     _figure_legend(fig, axes)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 
@@ -158,14 +167,15 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     if not methods or not tasks:
         return None
     fig, axes = _grid(len(tasks))
-    colors = _colors(methods)
+    colors = method_colors(per_iter.run.methods)
     for ax, task in zip(axes, tasks):
-        base = next((c.interval for (m, _, t), c in cells.items() if m == BASE and t == task), None)
+        k = scale(per_iter.metric_of(task))
+        base = next((_scaled(c.interval, k) for (m, _, t), c in cells.items() if m == BASE and t == task), None)
         if base is not None:
             ax.errorbar([0], [base.value], yerr=[[_below(base)], [_above(base)]], color="black", marker="s",
                         markersize=5, capsize=3, label=BASE)
         for j, m in enumerate(methods):
-            pts = sorted((it, c.interval) for (mm, it, t), c in cells.items() if mm == m and t == task)
+            pts = sorted((it, _scaled(c.interval, k)) for (mm, it, t), c in cells.items() if mm == m and t == task)
             if not pts:
                 continue
             dodge = (j - (len(methods) - 1) / 2) * 0.03  # overlapping methods stay visible
@@ -175,12 +185,18 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
             if base is not None:  # from the starting model to the first iteration
                 ax.plot([0, x[0]], [base.value, y[0]], color=colors[m], linewidth=0.8, linestyle=":")
-        ax.set_title(f"{task} ({per_iter.metric_of(task)})")
-        ax.set_xlabel("iteration (0 = starting model)")
+        ax.set_title(task_label(task))
+        ax.set_ylabel(column_label(task, per_iter.metric_of(task)))
+        ax.set_xlabel("self-play iteration (0 = starting model)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
     _figure_legend(fig, axes)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
+
+
+def _scaled(iv: Interval, k: float) -> Interval:
+    """An interval in display units (percent for fractions)."""
+    return Interval(iv.value * k, iv.ci_low * k, iv.ci_high * k, iv.n, iv.seeds)
 
 
 def _figure_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
@@ -191,6 +207,6 @@ def _figure_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02))
+    if labels:  # below the figure (after tight_layout): savefig's tight box takes it in, no panel is covered
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure)

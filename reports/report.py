@@ -22,7 +22,7 @@ import yaml
 from core.datadir import data_dir
 from core.io import atomic_write_text
 from reports import html as H
-from reports import plots, tables
+from reports import plots, significance, tables
 from reports.published import load_published, published_display, published_frame, resolve_published
 from reports.rundata import RunData, load_run
 
@@ -78,6 +78,10 @@ def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison
     if comp.baseline not in run.methods:
         lines += [f"Baseline `{comp.baseline}` is not in this run: no significance marks.", ""]
     lines += [tables.to_markdown(tables.comparison_frame(comp, "md")), "", tables.legend(comp), ""]
+    diffs = significance.differences_frame(comp, "md")
+    if len(diffs):
+        lines += [f"## Differences against {comp.baseline}", "", diffs.to_markdown(index=False, tablefmt="github",
+                  disable_numparse=True), "", significance.differences_note(comp, "md"), ""]
     lines += ["## Every iteration", "", tables.to_markdown(tables.comparison_frame(per_iter, "md", True)), ""]
     if published is not None:
         lines += ["## Published numbers", "", PUBLISHED_NOTE, ""]
@@ -90,12 +94,17 @@ PUBLISHED_NOTE = ("pub = the paper's value (percentages as proportions), ours = 
 
 
 def _latex(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison) -> str:
-    cap = f"{run.name}: {tables.legend(comp)}".replace(tables.UP, "up-arrow").replace(tables.DOWN, "down-arrow")
-    return "% needs \\usepackage{booktabs}\n" + "\n".join([
-        tables.to_latex(tables.comparison_frame(comp, "tex"), cap, f"tab:{run.name}-comparison"),
+    cap = tables.latex_caption(comp, run.name)
+    parts = [
+        tables.to_latex(tables.comparison_frame(comp, "tex"), cap, f"tab:{run.name}-comparison", escape_caption=False),
         tables.to_latex(tables.comparison_frame(per_iter, "tex", True), f"{run.name}: every iteration",
                         f"tab:{run.name}-iterations"),
-    ])
+    ]
+    diffs = significance.differences_frame(comp, "tex")
+    if len(diffs):
+        parts.append(tables.to_latex(diffs.set_index("method"), f"{run.name}: "
+                                     + significance.differences_note(comp, "tex"), f"tab:{run.name}-differences"))
+    return "% needs \\usepackage{booktabs}\n" + "\n".join(parts)
 
 
 def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple[str, str]]:
@@ -128,11 +137,16 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
     note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
     body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
-                          + f"<p class=note>{H.esc(tables.legend(comp))}</p>", "comparison-section"))
+                          + f"<p class=note>{H.esc(tables.legend(comp).replace('`', ''))}</p>", "comparison-section"))
     if published is not None:
         shown = tables.to_html(published_display(published), "published") if len(published) else "<p>No rows.</p>"
         body.append(H.section("Published numbers", shown + f"<p class=note>{H.esc(PUBLISHED_NOTE)}</p>",
                               "published-section"))
+    diffs = significance.differences_frame(comp, "html")
+    if len(diffs):
+        body.append(H.section(f"Differences against {comp.baseline}", diffs.to_html(
+            escape=False, table_id="differences", classes="results", border=0, index=False)
+            + f"<p class=note>{H.esc(significance.differences_note(comp, 'html'))}</p>", "differences-section"))
     body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
                           or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
     body.append(H.section("Score against self-play iteration",

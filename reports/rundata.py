@@ -169,7 +169,9 @@ class RunData:
                     "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n"),
                 })
         cols = ["method", "seed", "iteration", "task", "metric", "primary", "value", "ci_low", "ci_high", "n"]
-        return pd.DataFrame(rows, columns=cols)
+        frame = pd.DataFrame(rows, columns=cols)
+        frame["seed"] = frame["seed"].astype("Int64")  # integers, blank for the starting model (not 0.0)
+        return frame
 
 
 def _eval_results(root: Path) -> list[EvalResult]:

@@ -28,6 +28,7 @@ from reports.stats import (
     paired_bootstrap,
     t_interval,
 )
+from reports.style import column_label, number, task_label
 
 UP, DOWN = "▲", "▼"
 
@@ -163,7 +164,7 @@ def _cell_text(cell: Cell | None, style: str) -> str:
     if cell is None:
         return "–"
     iv = cell.interval
-    value, ci = fmt(iv.value), f"[{fmt(iv.ci_low)}, {fmt(iv.ci_high)}]"
+    value, ci = number(iv.value, cell.metric), f"[{number(iv.ci_low, cell.metric)}, {number(iv.ci_high, cell.metric)}]"
     mark = {1: UP, -1: DOWN}.get(cell.sign, "")
     if style == "md":
         v = f"**{value}**" if cell.best else value
@@ -184,7 +185,7 @@ def _cell_text(cell: Cell | None, style: str) -> str:
 
 def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = False) -> pd.DataFrame:
     """Formatted cells: index = row labels, columns = 'task (metric)'."""
-    cols = {t: f"{t} ({comp.metric_of(t)})" for t in comp.tasks}
+    cols = {t: column_label(t, comp.metric_of(t)) for t in comp.tasks}
     data = {
         _row_label(comp, m, it, per_iteration): [_cell_text(comp.cells.get((m, it, t)), style) for t in comp.tasks]
         for m, it in comp.rows
@@ -196,7 +197,7 @@ def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = 
 
 def legend(comp: Comparison) -> str:
     seeds = sorted({c.interval.seeds for c in comp.cells.values()})
-    ns = ", ".join(f"{t}: n={comp.n_of(t)}" for t in comp.tasks)
+    ns = ", ".join(f"{task_label(t)}: n={comp.n_of(t)}" for t in comp.tasks)
     over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
     marks = (
         f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "
@@ -217,15 +218,21 @@ def _tex_escape(text: str) -> str:
     return text
 
 
-def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table (needs \\usepackage{booktabs})."""
+def latex_caption(comp: Comparison, title: str) -> str:
+    """The comparison table's caption in LaTeX: no Markdown, the marks as math arrows."""
+    text = _tex_escape(f"{title}: {legend(comp)}".replace("`", ""))
+    return text.replace(UP, r"$\uparrow$").replace(DOWN, r"$\downarrow$").replace("–", "--")
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str, escape_caption: bool = True) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); `caption` is escaped unless it is LaTeX already."""
     f = frame.copy()
     f.index = [_tex_escape(str(i)) for i in f.index]
     f.columns = [_tex_escape(str(c)) for c in f.columns]
     f.index.name = None
     styler = f.style
     return styler.to_latex(
-        hrules=True, column_format="l" + "c" * len(f.columns), caption=_tex_escape(caption), label=label,
+        hrules=True, column_format="l" + "c" * len(f.columns), caption=_tex_escape(caption) if escape_caption else caption, label=label,
         position="t", position_float="centering",
     )
 

@@ -24,6 +24,7 @@ from core.io import folder_lock
 from tasks import gsm8k, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
+from tasks.interop import write_interop
 from tasks.lmeval import LmEvalTask, check_task_name
 from tasks.sandbox import SandboxUnavailable, resolve_mode
 
@@ -104,6 +105,7 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
         for name in task_names:
             try:
                 results[name] = run_task(make_task(name), ctx, out_dir / name)
+                write_interop(out_dir / name)  # lm-eval / FastChat / EvalPlus files beside ours
             except (TaskError, OSError, RuntimeError, ValueError) as err:
                 log.error("%s failed: %s", name, err)
                 first_error = first_error or err

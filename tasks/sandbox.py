@@ -45,8 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from core.progress import track
 from tasks import wire
 
 log = logging.getLogger(__name__)
@@ -367,7 +366,7 @@ def check_many(jobs: Sequence[dict[str, Any]], *, mode: str, workers: int | None
     try:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             futures = [ex.submit(pool.run, job) for job in jobs]
-            return [f.result() for f in tqdm(futures, desc=desc, disable=None)]
+            return [f.result() for f in track(futures, desc=desc)]
     finally:
         pool.close()
 

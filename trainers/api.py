@@ -32,7 +32,9 @@ from core.layout import RunLayout
 from core.models import load_tokenizer, pick_dtype
 from core.provenance import collect
 from core.strict import to_plain
+from core.tracking import open_tracking
 from trainers.data import data_file, load_examples
+from trainers.heldout import encode_heldout
 from trainers.inputs import MethodContext, prepare_inputs
 from trainers.loop import LoopRun, train_iteration
 from trainers.losses import LOSSES, build_loss
@@ -60,9 +62,14 @@ def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
     """Hash of what determines a method's training (evaluation settings, the seed list and
     the number of iterations excluded, so changing them keeps finished iterations)."""
     shared = {k: v for k, v in hash_view(cfg.shared).items() if k not in ("eval", "seeds", "iterations")}
+    shared["train"] = {k: v for k, v in shared["train"].items() if k not in NOT_TRAINING}
     method = cfg.method(method_label)
     extra = {k: to_plain(getattr(method, k)) for k in ("per_iteration", "overrides") if getattr(method, k)}
     return hash_obj({"shared": shared, "loss": method.loss, "params": method.params, "seed": seed, **extra})
+
+
+# train settings that change where results are sent, not the trained weights (kept out of train_key)
+NOT_TRAINING = ("report_to", "push_to_hub", "hub_model_id", "eval_every", "eval_data")
 
 
 def make_accelerator(precision: str) -> Any:
@@ -76,7 +83,7 @@ def make_accelerator(precision: str) -> Any:
     # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
     # then becomes data parallel over gloo instead of N independent single-process runs.
     # Generation and reference scoring run before training: give collectives hours, not 30 min.
-    kwargs = {"mixed_precision": "bf16" if precision == "bf16" else "no", "cpu": not torch.cuda.is_available(),
+    kwargs = {"mixed_precision": precision if precision in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
               "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=12))]}
     try:
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
@@ -114,6 +121,8 @@ def _precision(cfg: ExperimentConfig) -> str:
 
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.shared.train.precision == "fp16":
+        return "fp16"  # autocast + loss scaling (accelerate's GradScaler); checks.py requires CUDA
     return "bf16" if pick_dtype(cfg.shared.train.precision, device) == torch.bfloat16 else "fp32"
 
 
@@ -188,20 +197,30 @@ def train_method(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: P
         atomic_write_json(layout.seed_dir(method_label, seed) / "provenance.json", collect(cfg, seed=seed, data_files=files, started=started)
                           | {"method": method_label, "train_key": key, "shared_hash": base_hash,
                              "overrides": overrides})
-    reference = cfg.shared.model
-    for k, folder in enumerate(folders, 1):
-        if not _finished(folder, key):
-            if acc.is_main_process:
-                folder.mkdir(parents=True, exist_ok=True)
-            acc.wait_for_everyone()
-            it_cfg, it_method = iteration_config(cfg, method_label, k)
-            it_ctx = replace(ctx, cfg=it_cfg, method=it_method,  # per-iteration params: the loss bound again
-                             loss=build_loss(it_method.loss, it_method.params))
-            inputs = prepare_inputs(it_ctx, k, reference, folder)
-            extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
-                     "shared_hash": base_hash, "overrides": overrides, "reference": reference,
-                     "lr": it_cfg.shared.optimizer.lr, "epochs": it_cfg.shared.train.epochs,
-                     "pairs": len(inputs.items)}
-            train_iteration(LoopRun(it_ctx, k, folder, reference, inputs.items, inputs.ref, key, extra))
-        reference = str(folder / "checkpoint")
+    tracking = open_tracking(cfg.shared.train.report_to, Path(run_dir), cfg.name, method_label, seed,
+                             to_plain(cfg.shared) | {"method": to_plain(cfg.method(method_label))}) \
+        if acc.is_main_process else None
+    reference, offset = cfg.shared.model, 0
+    heldout = encode_heldout(cfg, ctx.tokenizer, resolve_data_dir(data_dir, cfg.shared.data_dir))
+    try:
+        for k, folder in enumerate(folders, 1):
+            if not _finished(folder, key):
+                if acc.is_main_process:
+                    folder.mkdir(parents=True, exist_ok=True)
+                acc.wait_for_everyone()
+                it_cfg, it_method = iteration_config(cfg, method_label, k)
+                it_ctx = replace(ctx, cfg=it_cfg, method=it_method,  # per-iteration params: the loss bound again
+                                 loss=build_loss(it_method.loss, it_method.params))
+                inputs = prepare_inputs(it_ctx, k, reference, folder)
+                extra = {"generated_tokens": inputs.generated_tokens, "inputs_hash": inputs.inputs_hash,
+                         "shared_hash": base_hash, "overrides": overrides, "reference": reference,
+                         "lr": it_cfg.shared.optimizer.lr, "epochs": it_cfg.shared.train.epochs,
+                         "pairs": len(inputs.items)}
+                train_iteration(LoopRun(it_ctx, k, folder, reference, inputs.items, inputs.ref, key, extra,
+                                        tracking, offset, heldout))
+            offset += int(read_json(folder / "summary.json").get("steps", 0))
+            reference = str(folder / "checkpoint")
+    finally:
+        if tracking is not None:
+            tracking.finish()
     return results

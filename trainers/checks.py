@@ -11,7 +11,9 @@ import math
 from core.config import ExperimentConfig, MethodConfig
 from core.errors import Problem
 from core.generation import GENERATORS
+from trainers.heldout import heldout_problems
 from trainers.losses import LOSSES
+from trainers.publish import publish_problems
 
 
 def check_training(cfg: ExperimentConfig) -> list[Problem]:
@@ -44,7 +46,7 @@ def check_training(cfg: ExperimentConfig) -> list[Problem]:
     if t.packing and "spin" in (s.train_data.encoding, s.preference_data and s.preference_data.encoding):
         out.append(Problem("shared.train.packing", "cannot be combined with encoding 'spin' (its EOS tokens are "
                                                    "masked from attention inside the sequence); set packing: false"))
-    return out
+    return out + publish_problems(cfg) + heldout_problems(cfg)
 
 
 def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> list[Problem]:

@@ -35,16 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 import trainers.packing  # noqa: F401  (registers the "packed" collator)
 from core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from core.progress import Progress
 from core.registry import Registry
 from core.strict import ConfigError
 from trainers.data import COLLATORS, Batch, TrainItem
+from trainers.heldout import heldout_nll
 from trainers.inputs import MethodContext
 from trainers.logprobs import LogpsModule, batch_logps
 from trainers.losses import LossInputs
+from trainers.publish import write_model_card
 from trainers.reference import RefLogps, load_causal_lm
 from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
@@ -85,6 +87,9 @@ class LoopRun:
     ref: RefLogps | None
     key: str  # training-configuration hash; a saved state with another key is not resumed
     summary: dict[str, Any]  # extra summary fields (generated_tokens, hashes, ...)
+    tracking: Any = None  # core.tracking.Tracking of this method x seed (train.report_to), or None
+    step_offset: int = 0  # optimizer steps of the earlier iterations (trackers get one global step axis)
+    heldout: list[Any] | None = None  # encoded held-out slice (train.eval_every), or None
 
 
 @functools.lru_cache(maxsize=4)
@@ -182,7 +187,7 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     log.info("%s iteration %d: %d examples, global batch %d (%d x %d accumulation x %d processes), %d steps",
              ctx.method.label, run.iteration, n, per_step, per_device, t.grad_accum, acc.num_processes, total)
     started = time.time() - info["wall_time_s"]
-    bar = tqdm(total=total, initial=info["step"], desc=f"{ctx.method.label} iter {run.iteration}", disable=None)
+    bar = Progress(total, f"{ctx.method.label} iter {run.iteration}", initial=info["step"], unit="step")
     record: dict[str, Any] = {}
     for step in range(info["step"], total):
         indices = step_indices(n, per_step, ctx.seed, run.iteration, step, steps_per_epoch)
@@ -208,8 +213,12 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
         info["step"] = step + 1
         record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
                   "grad_norm": float(grad_norm), "tokens": info["tokens"], **dict(zip(sums, means.tolist()))}
-        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total):
+        if run.heldout and ((step + 1) % (t.eval_every or total) == 0 or step + 1 == total):
+            record["eval/nll"] = heldout_nll(wrapped, run.heldout, batch_size=per_device, chunk=t.logprob_chunk,
+                                             pad_id=ctx.tokenizer.pad_token_id, device=acc.device)
+        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total or "eval/nll" in record):
             append_jsonl(metrics_file, [record])
+            log_step(run, record, total, bar.to_log)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (step + 1) % t.save_every == 0 and step + 1 < total:
@@ -241,13 +250,28 @@ def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dic
     acc.wait_for_everyone()
     if acc.is_main_process:
         save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
-            "method", "loss", "params", "seed", "iteration", "steps", "init_model")})
+            "method", "loss", "params", "seed", "iteration", "steps", "init_model")},
+            adapter=ctx.cfg.shared.train.lora is not None and ctx.cfg.shared.train.lora.save_adapter)
+        write_model_card(run.folder / "checkpoint", summary, ctx.cfg)
         atomic_write_json(run.folder / "summary.json", summary)
         kill_hook("finished", run.iteration)
         shutil.rmtree(run.folder / "state", ignore_errors=True)
         mark_done(run.folder, {"key": run.key})
     acc.wait_for_everyone()
     return summary
+
+
+def log_step(run: LoopRun, record: dict[str, Any], total: int, to_log: bool) -> None:
+    """A logged step: to the trackers (`train/<key>`, global step), and as one log line
+    when the progress bar is not drawn (a log file)."""
+    if run.tracking is not None:
+        run.tracking.log({(k if k.startswith("eval/") else f"train/{k}"): v for k, v in record.items() if k != "step"},
+                         run.step_offset + record["step"])
+    if to_log:
+        extra = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("rewards/"))
+        log.info("%s iter %d step %d/%d: loss=%.4f lr=%.3g grad_norm=%.4g tokens=%d %s", run.ctx.method.label,
+                 run.iteration, record["step"], total, record["loss"], record["lr"], record["grad_norm"],
+                 record["tokens"], extra + (f" eval/nll={record['eval/nll']:.4f}" if "eval/nll" in record else ""))
 
 
 def _line(rec: dict[str, Any]) -> str:

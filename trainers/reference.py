@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from core.models import ModelError, check_weights, resolve
+from core.progress import Progress
 from trainers.data import EncodedSeq, TrainItem, collate
 from trainers.logprobs import batch_logps
 
@@ -52,7 +52,7 @@ def sequences_logps(model: Any, seqs: Sequence[EncodedSeq], *, batch_size: int, 
     out = torch.zeros(len(seqs), dtype=torch.float32)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(seqs), desc=desc, disable=None)
+    bar = Progress(len(seqs), desc)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([seqs[i] for i in idx], pad_id).to(device)

@@ -112,12 +112,16 @@ def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process
     return dict(read_json(src / "info.json"))
 
 
-def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> None:
+def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any], *, adapter: bool = False) -> None:
     """Hugging Face checkpoint that AutoModelForCausalLM.from_pretrained loads; LoRA adapters
-    are merged into the weights first. `meta` is written beside it as gsil_meta.json."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    are merged into the weights first (with `adapter`, the adapter alone is also saved to
+    `adapter/`, loadable with peft onto the iteration's starting model). `meta` is written
+    beside it as gsil_meta.json."""
     with atomic_dir(dest) as tmp:
+        if hasattr(model, "merge_and_unload"):
+            if adapter:
+                model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "gsil_meta.json", meta)

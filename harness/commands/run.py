@@ -1,9 +1,17 @@
-"""`gsil-bench run CONFIG [--output DIR] [--data-dir DIR] [--index FILE] [--fail-fast] [KEY=VALUE ...]`:
-train every method × seed (× self-play iteration), evaluate every checkpoint, write the report."""
+"""`gsil-bench run CONFIG [--output DIR] [--data-dir DIR] [--index FILE] [--fail-fast] [--dry-run] [KEY=VALUE ...]`:
+train every method × seed (× self-play iteration), evaluate every checkpoint, write the report.
+
+examples:
+  gsil-bench run configs/smoke.yaml                              the embedded model, every method, then the report
+  gsil-bench run configs/smoke.yaml --dry-run                    print the plan (steps, reused, skipped) and exit
+  gsil-bench run configs/smoke.yaml shared.eval.limit=8 shared.train.report_to=[tensorboard]
+  gsil-bench run configs/paper-zephyr.yaml --output /data/runs/zephyr --fail-fast
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from harness.commands import add_overrides
@@ -17,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default: shared.data_dir, else $GSIL_DATA_DIR)")
     parser.add_argument("--index", type=Path, help="SQLite run index (default: <run folder's parent>/runs.sqlite)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed step")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (steps, what is reused or skipped) and exit")
     add_overrides(parser)
 
 
@@ -26,5 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir)
     root = args.output or Path("runs") / cfg.name
+    if args.dry_run:
+        from harness.dryrun import describe
+
+        sys.stdout.write("\n".join(describe(cfg, root, args.data_dir)) + "\n")
+        return 0
     return run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast,
                           data_files=files)

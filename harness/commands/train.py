@@ -5,6 +5,11 @@ into `<output>/<method>/seed-<s>/iter-<k>/`; the default output is runs/<experim
 Run it under a launcher for data-parallel training (`accelerate launch --multi_gpu
 --num_processes 2 -m harness.cli train ...` or `torchrun --nproc_per_node 2 -m harness.cli
 train ...`); rerunning the same command resumes.
+
+examples:
+  gsil-bench train configs/smoke.yaml --method gsil-logistic --seed 0
+  gsil-bench train configs/smoke.yaml --method spin shared.train.report_to=[tensorboard,mlflow]
+  gsil-bench --log-level warning train configs/smoke.yaml --method sft --output /tmp/sft-run
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""`gsil-bench run --dry-run`: the plan of a run without doing any of it.
+
+For every step (train method × seed, evaluate each checkpoint) it says whether it is done
+already (skipped), partly done (training resumes from a saved state), or to do, with the
+optimizer steps per iteration, the self-play generations it needs, what is reused
+(finished iterations, shared iteration-1 inputs under shared/, finished task folders),
+and the settings that send results elsewhere (trackers, Hub push). Nothing is loaded but
+the config and the training data file (to count its examples).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from core.config import ExperimentConfig
+from core.datadir import data_dir as resolve_data_dir
+from core.io import is_done, read_json
+from core.layout import BASE, RunLayout
+from harness.runner import Run, Step, _eval_done, _train_done, plan_steps
+from trainers.api import iteration_plan, train_key
+from trainers.data import load_examples
+from trainers.losses import LOSSES
+
+
+def steps_per_iteration(cfg: ExperimentConfig, examples: int, processes: int = 1) -> int:
+    """Optimizer steps of one iteration (as trainers.loop plans them)."""
+    t = cfg.shared.train
+    per_step = t.batch_size * t.grad_accum * processes
+    total = math.ceil(examples / per_step) * t.epochs
+    return total if t.max_steps is None else min(t.max_steps, total)
+
+
+def _train_line(cfg: ExperimentConfig, layout: RunLayout, step: Step, n_steps: int, examples: int) -> str:
+    assert step.seed is not None
+    loss = cfg.method(step.method).loss
+    key = train_key(cfg, step.method, step.seed)
+    parts = []
+    for k in range(1, iteration_plan(cfg, step.method) + 1):
+        folder = layout.iter_dir(step.method, step.seed, k)
+        if is_done(folder):
+            same = (read_json(folder / "DONE") or {}).get("key") in (None, key)
+            parts.append(f"iter {k}: done, reused" if same else f"iter {k}: trained with ANOTHER configuration (error)")
+        elif (folder / "state" / "info.json").is_file():
+            at = read_json(folder / "state" / "info.json").get("step", 0)
+            parts.append(f"iter {k}: resumes at step {at}/{n_steps}")
+        else:
+            gen = ""
+            if LOSSES.needs_pairs(loss) and (LOSSES.self_play(loss) or cfg.shared.preference_data is None):
+                gen = (f", generates {examples} responses" if k > 1 else
+                       ", the starting model's responses (shared across methods" +
+                       (", already generated)" if _shared_done(layout) else f": {examples}, generated once)"))
+            parts.append(f"iter {k}: {n_steps} steps{gen}")
+    return f"train {step.method} (loss {loss}) seed {step.seed}: " + "; ".join(parts)
+
+
+def _shared_done(layout: RunLayout) -> bool:
+    shared = layout.root / "shared"
+    return shared.is_dir() and any(is_done(d) for d in shared.iterdir() if d.is_dir())
+
+
+def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> list[str]:
+    """The plan as lines of text."""
+    layout = RunLayout(root)
+    run = Run(cfg, Path(root), data_dir, {}, plan_steps(cfg))
+    examples = len(load_examples(cfg.shared.train_data, resolve_data_dir(data_dir, cfg.shared.data_dir)))
+    n_steps = steps_per_iteration(cfg, examples)
+    t = cfg.shared.train
+    lines = [f"plan of {cfg.name} in {root} ({'exists' if Path(root).is_dir() else 'new'}): "
+             f"{len(cfg.methods)} method(s) x {len(cfg.shared.seeds)} seed(s); {examples} training examples, "
+             f"global batch {t.batch_size * t.grad_accum}, {n_steps} optimizer steps per iteration; "
+             f"tasks {', '.join(cfg.shared.eval.tasks)}" + (f" (first {cfg.shared.eval.limit} items)"
+                                                            if cfg.shared.eval.limit else "")]
+    todo = 0
+    for step in run.steps:
+        if step.kind == "train":
+            done = Path(root).is_dir() and _train_done(run, step)
+            lines.append(("[skip] " if done else "[todo] ") + _train_line(cfg, layout, step, n_steps, examples))
+        else:
+            done = Path(root).is_dir() and _eval_done(run, step)
+            what = "the starting model" if step.method == BASE else f"{step.method} seed {step.seed} iter {step.iteration}"
+            out = layout.eval_dir(step.method, step.seed, step.iteration)
+            finished = [task for task in cfg.shared.eval.tasks if is_done(out / task)]
+            extra = f" ({', '.join(finished)} finished, checked against the settings)" if finished and not done else ""
+            lines.append(("[skip] " if done else "[todo] ") + f"evaluate {what}{extra}")
+        todo += not done
+    sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
+        ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
+    lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]
+    return lines

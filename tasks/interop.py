@@ -1,0 +1,149 @@
+"""Files other tools read, written beside ours in every task folder `<task>/interop/`:
+
+- lm-evaluation-harness (every task): `lm_eval/<model>/results_<date>.json` (lm-eval's own
+  results dict for lm-eval tasks; the same shape, `"<metric>,none"` keys, for the others) and
+  `samples_<task>_<date>.jsonl`, as `lm_eval --output_path ... --log_samples` writes them,
+  so `lm_eval.utils.make_table` and lm-eval's result readers take them.
+- FastChat llm_judge (mt_bench): `fastchat/data/mt_bench/model_answer/<model>.jsonl` and
+  `model_judgment/<judge>_single.jsonl` for `python -m fastchat.llm_judge.show_result
+  --mode single --judge-model <judge>` (run in `interop/fastchat/`); a turn without a
+  rating has score -1, which show_result drops as FastChat's own failures.
+- EvalPlus (humaneval, humaneval_plus, mbpp, mbpp_plus): `evalplus/samples.jsonl` (task_id +
+  solution: the whole program of the greedy completion) and `evalplus/samples_eval_results.json`
+  (base_status / plus_status per task) that `evalplus.evaluate` reads instead of re-running.
+
+Written from samples.jsonl + metrics.json after the task finishes; rewriting is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+
+log = logging.getLogger(__name__)
+EVALPLUS_TASKS = {"humaneval": "humaneval", "humaneval_plus": "humaneval", "mbpp": "mbpp", "mbpp_plus": "mbpp"}
+
+
+def model_name(model: str) -> str:
+    """A file-name-safe model id: `<method>_seed-<s>_iter-<k>` for a run checkpoint, else the name."""
+    p = Path(model)
+    if p.name == "checkpoint" and len(p.parts) >= 4:
+        model = "_".join(p.parts[-4:-1])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model.removeprefix("embedded:")).strip("_") or "model"
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, default=str) + "\n" for r in rows)
+
+
+def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, Any]:
+    """lm-eval's results dict for a task folder's metrics.json."""
+    lm = metrics.get("lm_eval")
+    if lm and lm.get("results"):
+        results = lm["results"]
+        return {"results": results, "versions": lm.get("versions") or {}, "n-shot": lm.get("n-shot") or {},
+                "n-samples": lm.get("n-samples") or {}, "configs": lm.get("configs") or {},
+                "higher_is_better": {}, "config": {"model": metrics.get("model")},
+                "model_name": metrics.get("model"), "date": date, "lm_eval_version": metrics.get("lm_eval_version")}
+    row: dict[str, Any] = {"alias": task}
+    better: dict[str, bool] = {}
+    for name, m in metrics.get("metrics", {}).items():
+        row[f"{name},none"] = m.get("value")
+        row[f"{name}_stderr,none"] = m.get("stderr") if m.get("stderr") is not None else "N/A"
+        better[name] = bool(m.get("higher_is_better", True))
+    n = metrics.get("n_items", 0)
+    return {"results": {task: row}, "versions": {task: "gsil-bench"}, "n-shot": {task: 0},
+            "n-samples": {task: {"original": n, "effective": n}}, "higher_is_better": {task: better},
+            "configs": {task: {"task": task, "gsil_bench_config": metrics.get("config")}},
+            "config": {"model": metrics.get("model")}, "model_name": metrics.get("model"), "date": date}
+
+
+def lm_eval_sample(i: int, s: dict[str, Any]) -> dict[str, Any]:
+    """One samples_<task>_<date>.jsonl line (lm-eval's field names) from one of ours."""
+    return {"doc_id": i, "doc": {"id": s["id"], "prompt": s["prompt"]}, "target": s.get("reference"),
+            "arguments": [[s["prompt"]]], "resps": [[s["output"]]], "filtered_resps": [s.get("extracted")],
+            **{k: v for k, v in (s.get("scores") or {}).items()}}
+
+
+def write_lm_eval(folder: Path, task: str, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> Path:
+    out = folder / "lm_eval" / model_name(str(metrics.get("model")))
+    shutil.rmtree(out, ignore_errors=True)
+    date = time.strftime("%Y-%m-%dT%H-%M-%S.000000")
+    path = out / f"results_{date}.json"
+    atomic_write_json(path, lm_eval_results(task, metrics, date))
+    atomic_write_text(out / f"samples_{task}_{date}.jsonl", _jsonl([lm_eval_sample(i, s) for i, s in enumerate(samples)]))
+    return path
+
+
+def write_fastchat(folder: Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """FastChat's model_answer and single-answer model_judgment files for MT-Bench."""
+    model = model_name(str(metrics.get("model")))
+    judge = model_name(str(((metrics.get("config") or {}).get("eval") or {}).get("judge", {}).get("model", "judge")))
+    base = folder / "fastchat" / "data" / "mt_bench"
+    answers, judgments = [], []
+    for s in samples:
+        qid = int(s["id"]) if str(s["id"]).isdigit() else s["id"]
+        answers.append({"question_id": qid, "answer_id": f"{model}-{qid}", "model_id": model,
+                        "choices": [{"index": 0, "turns": list(s["output"])}], "tstamp": 0.0})
+        for turn, j in enumerate(s.get("judgments") or [], 1):
+            user = next((m["content"] for m in j.get("messages", []) if m.get("role") == "user"), "")
+            judgments.append({"question_id": qid, "model": model, "judge": [judge, j.get("prompt_name")],
+                              "user_prompt": user, "judgment": j.get("raw") or "",
+                              "score": j["rating"] if j.get("rating") is not None else -1, "turn": turn, "tstamp": 0.0})
+    a = base / "model_answer" / f"{model}.jsonl"
+    b = base / "model_judgment" / f"{judge}_single.jsonl"
+    atomic_write_text(a, _jsonl(answers))
+    atomic_write_text(b, _jsonl(judgments))
+    return a, b
+
+
+def _status(result: dict[str, Any] | None) -> str | None:
+    """Our sandbox status -> EvalPlus's (pass, fail, timeout)."""
+    if not result:
+        return None
+    return {"passed": "pass", "timeout": "timeout"}.get(result.get("status", ""), "fail")
+
+
+def write_evalplus(folder: Path, task: str, samples: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """EvalPlus samples.jsonl (greedy programs) and samples_eval_results.json."""
+    out = folder / "evalplus"
+    rows, results = [], {}
+    plus = task.endswith("_plus")
+    for s in samples:
+        r = (s.get("results") or [{}])[0]
+        rows.append({"task_id": s["id"], "solution": s.get("extracted") or ""})
+        rec = {"task_id": s["id"], "solution": s.get("extracted") or "",
+               "base_status": _status(r.get("base")), "base_fail_tests": [],
+               "plus_status": (_status(r.get("plus")) or "fail") if plus else None, "plus_fail_tests": []}
+        # our sandbox skips the plus inputs once the base ones fail; EvalPlus then reports plus as failed too
+        results[s["id"]] = [rec]
+    samples_path = out / "samples.jsonl"
+    atomic_write_text(samples_path, _jsonl(rows))
+    res_path = out / "samples_eval_results.json"
+    atomic_write_json(res_path, {"date": time.strftime("%Y-%m-%d %H:%M"), "hash": EVALPLUS_TASKS[task],
+                                 "eval": results})
+    return samples_path, res_path
+
+
+def write_interop(task_folder: Path) -> list[Path]:
+    """Every interop file a finished task folder supports, under `<task>/interop/`."""
+    task_folder = Path(task_folder)
+    if not (task_folder / "metrics.json").is_file():
+        return []
+    metrics = read_json(task_folder / "metrics.json")
+    samples = read_jsonl(task_folder / "samples.jsonl")
+    task, folder = str(metrics.get("task")), task_folder / "interop"
+    written = [write_lm_eval(folder, task, metrics, samples)]
+    if task == "mt_bench":
+        written += write_fastchat(folder, metrics, samples)
+    if task in EVALPLUS_TASKS:
+        written += write_evalplus(folder, task, samples)
+    log.debug("%s: interop files %s", task, ", ".join(str(p) for p in written))
+    return written

@@ -1,0 +1,54 @@
+"""Evaluation during training: every `train.eval_every` optimizer steps (and at the end),
+the policy's mean negative log-likelihood per response token on a held-out slice
+(`train.eval_data`, e.g. the same file with an offset past the training rows), logged as
+`eval/nll` in metrics.jsonl, the log file and the trackers. The same number for every
+method (it needs no reference or generated responses), so runs compare on one axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from core.config import ExperimentConfig
+from core.errors import Problem
+from trainers.data import COLLATORS, EncodedSeq, encode_examples, load_examples
+from trainers.logprobs import batch_logps
+
+
+def heldout_problems(cfg: ExperimentConfig) -> list[Problem]:
+    t = cfg.shared.train
+    if t.eval_every is not None and t.eval_every < 1:
+        return [Problem("shared.train.eval_every", f"must be >= 1 or null, got {t.eval_every}")]
+    if t.eval_every is not None and t.eval_data is None:
+        return [Problem("shared.train.eval_data", "eval_every needs a held-out slice, e.g. "
+                                                  "{path: gsm8k/train.jsonl, format: gsm8k, offset: 7000, limit: 200}")]
+    return []
+
+
+def encode_heldout(cfg: ExperimentConfig, tokenizer: Any, root: Any) -> list[EncodedSeq] | None:
+    """The held-out slice, encoded like the training data (None when not configured)."""
+    t = cfg.shared.train
+    if t.eval_every is None or t.eval_data is None:
+        return None
+    return encode_examples(tokenizer, load_examples(t.eval_data, root), max_prompt_length=t.max_prompt_length,
+                           max_length=t.max_length)
+
+
+def heldout_nll(model: Any, seqs: list[EncodedSeq], *, batch_size: int, chunk: int, pad_id: int,
+                device: Any) -> float:
+    """Mean NLL per response token of `seqs` under `model` (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(seqs), batch_size):
+                batch = COLLATORS.get("padded")(seqs[start:start + batch_size], pad_id).to(device)
+                logps, n = batch_logps(model, batch, chunk)
+                total += float(logps.float().sum())
+                tokens += int(n.sum())
+    finally:
+        model.train(was_training)
+    return -total / max(1, tokens)
