@@ -117,10 +117,10 @@ def test_lora_adapter_saved_beside_the_merged_weights(tiny_model_dir, data_dir, 
     """lora.save_adapter: checkpoint/adapter/ is the adapter alone; peft puts it on the starting
     model and gives the merged checkpoint's weights."""
     import torch
+    from helpers import make_cfg
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from helpers import make_cfg
     from trainers.api import train_method
 
     cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], optimizer={"name": "adamw", "lr": 1e-2},
@@ -141,10 +141,10 @@ def test_heldout_nll_every_n_steps(tiny_model_dir, data_dir, tmp_path, tokenizer
     """train.eval_every: eval/nll in metrics.jsonl at every N-th step and the last, equal to the
     final checkpoint's NLL per response token computed independently with plain transformers."""
     import torch
+    from helpers import make_cfg
     from transformers import AutoModelForCausalLM
 
     from core.io import read_jsonl
-    from helpers import make_cfg
     from trainers.api import train_method
     from trainers.data import encode_examples, load_examples
 
