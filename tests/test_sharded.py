@@ -1,6 +1,7 @@
 """Sharded training (FSDP2 through accelerate) with two CPU processes over gloo: the run is
 killed with -9 after a saved state, resumes under sharding, and its checkpoint loads with
-`from_pretrained` and equals the unsharded data-parallel run of the same steps.
+`from_pretrained` and equals the unsharded data-parallel run of the same steps; full
+fine-tuning, and LoRA with packed batches.
 
 The launch is `accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2`;
 without CUDA, trainers.sharding switches accelerate's CPU data parallel to FSDP2 (accelerate
@@ -25,7 +26,9 @@ FSDP = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFO
 
 def _config(tmp_path: Path, model: Path, lora: bool) -> Path:
     cfg = tmp_path / "exp.yaml"
-    lora_line = "    lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n" if lora else ""
+    # the LoRA case also packs: LoRA + packing + FSDP against LoRA + packing + data parallel
+    lora_line = ("    lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n    packing: true\n"
+                 if lora else "")
     cfg.write_text(f"""name: sharded
 shared:
   model: {model}

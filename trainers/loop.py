@@ -47,7 +47,7 @@ from trainers.inputs import MethodContext
 from trainers.logprobs import LogpsModule, batch_logps
 from trainers.losses import LossInputs
 from trainers.reference import RefLogps, load_causal_lm
-from trainers.sharding import full_model, is_sharded, load_sharded_state, save_sharded_state
+from trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
 from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,9 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     steps_per_epoch = math.ceil(n / per_step)
     total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
     # 2. model, optimizer, schedule
+    sharded = is_sharded(acc)
+    if sharded:
+        check_sharding(acc)
     set_seed(int(hash_obj(["init", ctx.seed, run.iteration]), 16) % (2**31))
     model = load_policy(run.init_model, ctx)
     optimizer = OPTIMIZERS.get(opt.name)([p for p in model.parameters() if p.requires_grad], opt)
@@ -156,7 +159,6 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP replaces them by shards
-    sharded = is_sharded(acc)
     # 3. resume
     state_dir, metrics_file = run.folder / "state", run.folder / "metrics.jsonl"
     recover_dir(state_dir)

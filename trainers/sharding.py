@@ -60,12 +60,16 @@ def is_sharded(acc: Any) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def _require_fsdp(acc: Any) -> None:
+def check_sharding(acc: Any) -> None:
+    """Refuse, before any training, a sharding whose state and checkpoint this module cannot
+    gather yet (DeepSpeed, FSDP1), instead of failing at the first save."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type != DistributedType.FSDP:
-        raise GsilError(f"resumable state and checkpoints under {acc.distributed_type} are not supported yet: "
-                        f"use FSDP (configs/accelerate/fsdp.yaml) or plain data parallel")
+    if acc.distributed_type == DistributedType.FSDP and getattr(acc.state.fsdp_plugin, "fsdp_version", 1) == 2:
+        return
+    raise GsilError(f"sharded training is supported with FSDP2 only (this launch: {acc.distributed_type}"
+                    f"{', FSDP1' if acc.distributed_type == DistributedType.FSDP else ''}): launch with "
+                    f"configs/accelerate/fsdp.yaml (fsdp_version: 2) or plain data parallel")
 
 
 def _full(**kw: Any) -> Any:
@@ -79,9 +83,9 @@ def full_state(acc: Any, wrapped: Any) -> dict[str, torch.Tensor]:
     process, on the CPU; {} on the others. Every process must call it."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    _require_fsdp(acc)
+    check_sharding(acc)
     state = get_model_state_dict(wrapped, options=_full(cpu_offload=True))
-    return {k.removeprefix(PREFIX): v for k, v in state.items()}
+    return {k.removeprefix(PREFIX): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def save_sharded_state(dest: Path, acc: Any, *, wrapped: Any, optimizer: Any, scheduler: Any,
