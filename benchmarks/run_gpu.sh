@@ -35,6 +35,8 @@ for part in $parts; do
       | grep -v "it/s\]$\|examples/s\]$" | tee -a "$OUT/run.log" ;;
     training-1.7b-b32) timeout 150 $PY -m benchmarks.training --device cuda --models smollm2-1.7b --contestants gsil \
       --methods dpo --batch 32 --warmup 2 --steps 6 --out "$OUT/$part.json" 2>&1 | grep -v "it/s\]$" | tee -a "$OUT/run.log" ;;
+    generation-builtin-1.7b) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-1.7b \
+      --configs hf-default static-compiled --reference --out "$OUT/generation_builtin_1.7b.json" 2>&1 | tee -a "$OUT/run.log" ;;
     generation-reference) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-360m \
       --configs hf-default --reference --out "$OUT/generation_reference.json" 2>&1 | tee -a "$OUT/run.log" ;;
     *) echo "unknown part $part"; exit 2 ;;
