@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/performance.md, in one command on a CUDA machine:
 #   bash benchmarks/run_gpu.sh [checks] [training] [generation]     (default: all three)
+# Issue 13's device check (about 8 minutes): bash benchmarks/run_gpu.sh training-loop checks
 # Results (JSON) and logs go to $OUT (default runs/gpu). On a machine without network,
 # carry wheels in .whl/ (transformers, trl, datasets, dill, multiprocess) and the tokenizer and
 # GSM8K in .bench_assets/{tokenizer,data/gsm8k}; they are used when present.
@@ -29,8 +30,13 @@ for part in $parts; do
       | tee "$OUT/generation.log" ;;
     generation-360m|generation-1.7b) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-${part#generation-} \
       --configs hf-default static-compiled --out "$OUT/$part.json" 2>&1 | tee -a "$OUT/run.log" ;;
+    training-loop) timeout 420 $PY -m benchmarks.training --device cuda --models smollm2-1.7b --methods dpo \
+      --contestants loop gsil trl --warmup 2 --steps 8 --out "$OUT/training_loop.json" 2>&1 \
+      | grep -v "it/s\]$\|examples/s\]$" | tee -a "$OUT/run.log" ;;
     training-1.7b-b32) timeout 150 $PY -m benchmarks.training --device cuda --models smollm2-1.7b --contestants gsil \
       --methods dpo --batch 32 --warmup 2 --steps 6 --out "$OUT/$part.json" 2>&1 | grep -v "it/s\]$" | tee -a "$OUT/run.log" ;;
+    generation-builtin-1.7b) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-1.7b \
+      --configs hf-default static-compiled --reference --out "$OUT/generation_builtin_1.7b.json" 2>&1 | tee -a "$OUT/run.log" ;;
     generation-reference) timeout 300 $PY -m benchmarks.generation --device cuda --models smollm2-360m \
       --configs hf-default --reference --out "$OUT/generation_reference.json" 2>&1 | tee -a "$OUT/run.log" ;;
     *) echo "unknown part $part"; exit 2 ;;

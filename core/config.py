@@ -91,7 +91,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
-    packing: bool = False  # padding-free packed batches with per-sequence attention (same results, faster)
+    packing: bool = True  # padding-free packed batches with per-sequence attention (same results, faster; false: padded)
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1  # optimizer steps between metrics.jsonl lines
     eval_every: int | None = None  # optimizer steps between held-out evaluations (eval/nll); null = none

@@ -31,19 +31,34 @@ def local_file(relative: str, root: Path | None) -> Path | None:
     return None
 
 
-def load_hub_rows(dataset: str, split: str, config: str | None = None) -> list[dict]:
-    """Rows of a Hub data set (needs `datasets` and network access)."""
+HUB_FOLDER = "hf"  # <data dir>/hf/<owner>/<name>/: a local copy of a Hub data set repository
+
+
+def hub_folder(dataset: str, root: Path | None) -> Path | None:
+    """`<root>/hf/<dataset>` when it is a folder (a Hub data set repository downloaded as is,
+    e.g. `huggingface-cli download --repo-type dataset <dataset> --local-dir <root>/hf/<dataset>`)."""
+    if root is None:
+        return None
+    path = root / HUB_FOLDER / dataset
+    return path if path.is_dir() else None
+
+
+def load_hub_rows(dataset: str, split: str, config: str | None = None, root: Path | None = None) -> list[dict]:
+    """Rows of a Hub data set: from its local copy under `<root>/hf/<dataset>` (same config and
+    split names, read offline), else from the Hub (needs `datasets` and network access)."""
     try:
         from datasets import load_dataset
     except ImportError:
         raise FileNotFoundError(
             f"data not found locally and the Hub fallback needs `datasets` (pip install datasets) for {dataset}"
         ) from None
+    local = hub_folder(dataset, root)
     try:
-        ds = load_dataset(dataset, config, split=split)
+        ds = load_dataset(str(local) if local is not None else dataset, config, split=split)
     except Exception as err:  # network, missing split...
         raise FileNotFoundError(
-            f"data not found locally (set --data-dir or $GSIL_DATA_DIR) and the Hub fallback "
-            f"{dataset}[{config or ''}:{split}] failed: {err}"
+            f"{dataset}[{config or ''}:{split}]: " + (
+                f"cannot read the local copy {local}: {err}" if local is not None else
+                f"no local copy in <data dir>/{HUB_FOLDER}/{dataset} and the Hub failed: {err}")
         ) from None
     return [dict(r) for r in ds]

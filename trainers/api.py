@@ -39,6 +39,7 @@ from trainers.inputs import MethodContext, prepare_inputs
 from trainers.loop import LoopRun, train_iteration
 from trainers.losses import LOSSES, build_loss
 from trainers.official import encode_all
+from trainers.sharding import enable_cpu_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def make_accelerator(precision: str) -> Any:
     if world != acc.num_processes:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
+    enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
     return acc
 
 

@@ -210,12 +210,12 @@ def data_file(cfg: DataConfig, root: Path | None) -> Path | None:
     return path
 
 
-def _hub_rows(spec: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _hub_rows(spec: str, root: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
     parts = spec.removeprefix("hf:").split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise DataError(f"data path {spec!r}: expected 'hf:<dataset>[:<config>]:<split>'")
     dataset, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
-    for i, row in enumerate(load_hub_rows(dataset, split, config)):
+    for i, row in enumerate(load_hub_rows(dataset, split, config, root)):
         yield f"{spec}: row {i + 1}", row
 
 
@@ -244,7 +244,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def iter_rows(cfg: DataConfig, root: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row) for every row of the configured file, after offset/limit."""
     if cfg.path.startswith("hf:"):
-        rows = _hub_rows(cfg.path)
+        rows = _hub_rows(cfg.path, root)
     else:
         path = data_file(cfg, root)
         assert path is not None

@@ -47,7 +47,9 @@ def _head_fn(lm: Any) -> Any:
     scale = getattr(cfg, "logit_scale", None)
 
     def chunk_logps(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden).float()
+        # the head's weight, not a call of the head module: under FSDP every module call is a
+        # gather of its shards, and processes with different numbers of chunks would deadlock
+        logits = torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None)).float()
         if scale is not None:
             logits = logits * scale
         if softcap is not None:
@@ -125,6 +127,19 @@ class LogpsModule(torch.nn.Module):
                 num_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = Batch(input_ids, attention_mask, response_mask, position_ids, sequence_index, num_sequences)
         return sequence_logps(self.model, batch, self.chunk)
+
+    # The embedding accessors and `tie_weights` of the wrapped model: accelerate's FSDP2 wrapping
+    # looks for them on the module it prepares to keep tied input/output embeddings one parameter
+    # (without them a tied model trained under FSDP lost the embedding's gradient and update).
+    def get_input_embeddings(self) -> Any:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> Any:
+        return self.model.get_output_embeddings()
+
+    def tie_weights(self) -> None:
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
 
 
 def batch_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:

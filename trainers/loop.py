@@ -18,6 +18,7 @@ launched with several processes), reading top to bottom:
    reference log-probs, backward (gradients synchronised on the last micro-batch only);
    clip, step, log one metrics.jsonl line per optimizer step.
 5. finish: Hugging Face checkpoint (LoRA merged), summary.json, DONE (written last).
+Under FSDP (`trainers.sharding`) the state and the checkpoint are gathered from the shards.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from trainers.logprobs import LogpsModule, batch_logps
 from trainers.losses import LossInputs
 from trainers.publish import write_model_card
 from trainers.reference import RefLogps, load_causal_lm
+from trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
 from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
@@ -115,11 +117,11 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def load_policy(name: str, ctx: Any) -> Any:
+def load_policy(name: str, ctx: Any, device: Any = None) -> Any:
     """The trainable policy: fp32 weights, optional gradient checkpointing and LoRA."""
     t = ctx.cfg.shared.train
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
-    model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device)
+    model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device if device is None else device)
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_checkpointing(model)
@@ -161,6 +163,9 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     steps_per_epoch = math.ceil(n / per_step)
     total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
     # 2. model, optimizer, schedule
+    sharded = is_sharded(acc)
+    if sharded:
+        check_sharding(acc)
     set_seed(int(hash_obj(["init", ctx.seed, run.iteration]), 16) % (2**31))
     model = load_policy(run.init_model, ctx)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -169,13 +174,15 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     schedule = SCHEDULES.get(ctx.cfg.shared.schedule.name)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
     wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)
+    params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP replaces them by shards
     # 3. resume
     state_dir, metrics_file = run.folder / "state", run.folder / "metrics.jsonl"
     recover_dir(state_dir)
     info: dict[str, Any] = {"step": 0, "tokens": 0, "wall_time_s": 0.0}
     if (state_dir / "info.json").is_file():
-        info = load_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                          process_index=acc.process_index)
+        info = (load_sharded_state(state_dir, acc, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler)
+                if sharded else load_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                                           process_index=acc.process_index))
         if (info.get("key"), info.get("global_batch"), info.get("total")) != (run.key, per_step, total):
             raise ConfigError(f"{state_dir}: saved by a run with another configuration or number of processes "
                               f"(global batch {info.get('global_batch')} vs {per_step}); delete {run.folder} to restart")
@@ -224,7 +231,10 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
         if (step + 1) % t.save_every == 0 and step + 1 < total:
             info.update(key=run.key, global_batch=per_step, total=total, wall_time_s=time.time() - started)
             rngs = gather_object([rng_state()])
-            if acc.is_main_process:
+            if sharded:
+                save_sharded_state(state_dir, acc, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler,
+                                   rng=rngs, info=info)
+            elif acc.is_main_process:
                 save_state(state_dir, model=acc.unwrap_model(wrapped).model, optimizer=optimizer,
                            scheduler=scheduler, rng=rngs, info=info)
         kill_hook("step", step + 1, run.iteration)
@@ -232,7 +242,9 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     log.info("%s iteration %d: trained %d steps, %d tokens", ctx.method.label, run.iteration, total, info["tokens"])
     # 5. checkpoint, summary, DONE
     info["wall_time_s"] = time.time() - started
-    return finish(run, acc.unwrap_model(wrapped).model, total, info, record)
+    final = (full_model(acc, wrapped, lambda: load_policy(run.init_model, ctx, device="cpu")) if sharded
+             else acc.unwrap_model(wrapped).model)
+    return finish(run, final, total, info, record)
 
 
 def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
