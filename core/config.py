@@ -138,6 +138,7 @@ class EvalConfig:
     lm_eval_chat_template: bool = False  # lm-eval few-shot tasks (gsm8k, pass-through): apply the chat template too (off = Open LLM Leaderboard setting)
     lm_eval_gen_kwargs: str | None = None  # lm-eval generation overrides, lm-eval syntax ("max_gen_toks=256"); null = each task's own
     cache_dir: str | None = None  # shared generation/judgment cache; null = a cache/ folder inside each task folder
+    reference_model: str | None = None  # held-out likelihood tasks: the model of the margin's log ratios; null = shared.model (runner) / no margin (eval)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
@@ -182,6 +183,7 @@ class ReportConfig:
     baseline: str = "sft"  # method label the significance marks compare against
     bootstrap: int = 2000  # paired-bootstrap resamples
     alpha: float = 0.05
+    tolerance: dict[str, float] = field(default_factory=dict)  # compare: per-metric smallest drop that counts ("task/metric" or "metric" -> units), over the defaults in reports.regression
 
 
 @dataclass(frozen=True)

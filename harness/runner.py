@@ -29,7 +29,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,10 @@ def _eval(run: Run, step: Step) -> None:
     todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
     if todo:
         revision = run.cfg.shared.model_revision if step.method == BASE else None  # a pinned Hub base model
-        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, revision=revision)
+        eval_cfg = run.cfg.shared.eval  # held-out likelihood margins are relative to the starting model
+        if eval_cfg.reference_model is None:
+            eval_cfg = replace(eval_cfg, reference_model=run.cfg.shared.model)
+        evaluate(rec["model"], todo, eval_cfg, out, data_dir=run.data_dir, revision=revision)
     missing = [t for t in run.cfg.shared.eval.tasks if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
