@@ -19,7 +19,7 @@ from typing import Any
 from core.config import EvalConfig
 from core.datadir import data_dir as resolve_data_dir
 from core.errors import Problem
-from tasks import gsm8k, heldout, humaneval, mbpp, mt_bench  # noqa: F401  (registers the tasks)
+from tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench  # noqa: F401  (registers the tasks)
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
 from tasks.lmeval import LmEvalTask, check_task_name

@@ -191,3 +191,15 @@ def test_training_trajectories_are_compared_step_by_step(baseline, tmp_path):
     assert "2 training trajectorie(s) diverged" in md and "loss at step 3" in md
     _edit_curve(cand, "spin", 2, 4, None, None)  # a step fewer
     assert ("spin", 2) in {(t.method, t.iteration) for t in compare_runs(baseline, cand, n_boot=200).diverged}
+
+
+def test_exact_metrics_drop_on_any_decrease():
+    from reports.regression import _status
+    from reports.stats import PairedDiff
+
+    one_lost = PairedDiff(-1 / 76, -0.04, 0.0, 1.0, 76, 1.0, 75 / 76)  # one canary verdict lost: not significant
+    assert not one_lost.significant()
+    assert _status(True, one_lost, 0.0, exact=True) == "drop"
+    assert _status(True, one_lost, 0.0) == "ok"  # a noisy metric would need significance
+    same = PairedDiff(0.0, 0.0, 0.0, 1.0, 76, 1.0, 1.0)
+    assert _status(True, same, 0.0, exact=True) == "ok"
