@@ -143,7 +143,7 @@ def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
-@register_task("scorer_canaries")
+@register_task("scorer_canaries", model_free=True)
 class ScorerCanaries:
     name: ClassVar[str]
     primary: ClassVar[str] = "agreement"
