@@ -101,6 +101,6 @@ def test_planted_regressions_fail_compare_and_identical_code_passes(tmp_path, ti
     # each is caught where it should be
     assert "gsil-logistic/seed-0/iter-1" in verdicts["flipped-loss-sign"][1]
     assert "sft/seed-0/iter-1" not in verdicts["flipped-loss-sign"][1].split("REGRESSION")[1].split("\n")[0]
-    assert "tokens at step 1" in verdicts["broken-chat-template"][1]
-    assert "lr at step 1" in verdicts["lr-x100"][1]
+    assert " at step 1: " in verdicts["broken-chat-template"][1]  # the first step's tokens and loss already differ
+    assert "lr at step " in verdicts["lr-x100"][1]
     assert "base/scorer_canaries" in verdicts["scorer-skips-last-test"][1]
