@@ -193,12 +193,19 @@ def changes_frame(result: CompareResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _where(changes: list[Change]) -> str:
+    """method/task, with the metrics in parentheses when a task has more than one compared."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for c in changes:
+        by.setdefault((c.method, c.task), []).append(c.metric)
+    return ", ".join(f"{m}/{t}" + (f" ({', '.join(ms)})" if len(ms) > 1 else "") for (m, t), ms in by.items())
+
+
 def _verdict(result: CompareResult) -> str:
     if result.failed:
         parts = []
         if result.drops:
-            parts.append(f"{len(result.drops)} significant drop(s): "
-                         + ", ".join(f"{c.method}/{c.task}" for c in result.drops))
+            parts.append(f"{len(result.drops)} significant drop(s): " + _where(result.drops))
         if result.missing:
             parts.append(f"{len(result.missing)} missing result(s): "
                          + ", ".join(f"{c.method}/{c.task}" for c in result.missing))
