@@ -213,7 +213,7 @@ def _verdict(result: CompareResult) -> str:
             parts.append(f"{len(result.diverged)} training trajectorie(s) diverged: "
                          + ", ".join(f"{t.method}/seed-{t.seed}/iter-{t.iteration}" for t in result.diverged))
         return "REGRESSION: " + "; ".join(parts)
-    return (f"no significant drop ({len(result.changes)} method/task pairs compared, "
+    return (f"no significant drop ({len(result.changes)} method/task metrics compared, "
             f"{len(result.trajectories)} training trajectories the same)")
 
 

@@ -19,9 +19,10 @@ item by item across runs):
 - `accuracy`: margin > 0 (the classifier accuracy of METHODS.md on held-out prompts).
 
 The reference model's log-probs are computed by loading that model in the same process
-and cached append-only in `reference_logps.jsonl` (keyed by the reference's identity and
-the token ids), so the demonstrations are scored by the reference once per cache folder
-(`eval.cache_dir` shares it across checkpoints). Without a reference model (a plain
+and cached append-only, keyed by the reference's identity and the token ids: in
+`<eval.cache_dir>/<task>/reference_logps.jsonl` when that is set, else in
+`$GSIL_BENCH_CACHE/reference_logps/<identity hash>.jsonl`, so the reference scores each
+held-out demonstration once, whichever checkpoint is evaluated. Without a reference model (a plain
 `gsil-bench eval` with `eval.reference_model` unset) margin and accuracy are left out.
 """
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.io import append_jsonl, hash_obj, read_jsonl
-from core.models import load_model, pick_dtype
+from core.models import cache_root, load_model, pick_dtype
 from tasks.base import TASKS, Sample, TaskError, TaskResult
 from tasks.context import EvalContext, model_identity
 from tasks.data import load_rows
@@ -110,7 +111,8 @@ class ReferenceScorer:
     def __init__(self, ctx: EvalContext, name: str) -> None:
         self.ctx, self.name = ctx, name
         self.identity = model_identity(name, ctx.cfg.generation)
-        self.path = ctx.cache_dir() / "reference_logps.jsonl"
+        self.path = (ctx.cache_dir() / "reference_logps.jsonl" if ctx.cfg.cache_dir else
+                     cache_root() / "reference_logps" / f"{hash_obj(self.identity)[:16]}.jsonl")
         self._model: Any = None
 
     def _key(self, s: Encoded) -> str:
@@ -132,6 +134,9 @@ class ReferenceScorer:
     def _load(self) -> Any:
         if self._model is None:
             mine, _ = self.ctx.hf()
+            if self.name == self.ctx.model:  # the model is its own reference (the base model's evaluation)
+                self._model = mine
+                return mine
             device = str(next(mine.parameters()).device)
             self._model, _ = load_model(self.name, dtype=pick_dtype("auto", device), device=device)
         return self._model

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.io import read_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 # name -> (file, the exact text it holds today, what the planted bug makes of it)
@@ -28,9 +30,9 @@ PLANTED = {
     "lr-x100": ("trainers/loop.py", "params, lr=c.lr, alpha=c.alpha", "params, lr=c.lr * 100, alpha=c.alpha"),
     "scorer-skips-last-test": (
         "tasks/code.py", 'jobs.append((i, j, code + "\\n\\n" + p.tests, None, self._limits(ctx)))',
-        'jobs.append((i, j, code + "\\n\\n" + "\\n".join(p.tests.splitlines()[:max([k for k, x in '
-        'enumerate(p.tests.splitlines()) if x.lstrip().startswith("assert") and "candidate" in x] or [None])]), '
-        'None, self._limits(ctx)))'),
+        'jobs.append((i, j, code + "\\n\\n" + "\\n".join(x for n, x in enumerate(p.tests.splitlines()) if n != '
+        'max([k for k, y in enumerate(p.tests.splitlines()) if y.lstrip().startswith("assert") and "candidate" in y] '
+        'or [-1])), None, self._limits(ctx)))'),
 }
 
 
@@ -104,3 +106,6 @@ def test_planted_regressions_fail_compare_and_identical_code_passes(tmp_path, ti
     assert " at step 1: " in verdicts["broken-chat-template"][1]  # the first step's tokens and loss already differ
     assert "lr at step " in verdicts["lr-x100"][1]
     assert "base/scorer_canaries" in verdicts["scorer-skips-last-test"][1]
+    lost = read_json(tmp_path / "runs" / "scorer-skips-last-test" / "eval" / "base" / "iter-0" / "scorer_canaries"
+                     / "metrics.json")["disagreements"]
+    assert lost == [f"code/HumanEval/{k}/wrong-on-last-test" for k in range(5)]  # exactly the canary made for it

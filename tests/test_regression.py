@@ -62,7 +62,7 @@ def test_identical_pair_passes(baseline, tmp_path):
     cand = _copy(baseline, tmp_path)
     assert main(["compare", str(baseline), str(cand), "--output", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "no significant drop (10 method/task pairs compared, 7 training trajectories the same)" in md
+    assert "no significant drop (10 method/task metrics compared, 7 training trajectories the same)" in md
     assert 'id="verdict"' in (tmp_path / "cmp" / "compare.html").read_text()
 
 
