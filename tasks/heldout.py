@@ -81,7 +81,10 @@ def encode_pair(tokenizer: Any, question: str, response: str) -> Encoded:
 def sequence_logps(model: Any, seqs: Sequence[Encoded], *, batch_size: int = SCORE_BATCH,
                    pad_id: int = 0) -> list[tuple[float, int]]:
     """(summed log-prob of the response tokens, number of response tokens) per sequence,
-    teacher-forced, right-padded batches of similar lengths (results in input order)."""
+    teacher-forced, right-padded batches of similar lengths (results in input order). The
+    LM head runs on the response positions only: for causal LMs whose logits are the output
+    embeddings of the body's last hidden state (Llama, Mistral, Qwen, SmolLM; a test pins
+    equality with the full forward pass)."""
     import torch
 
     device = next(model.parameters()).device
@@ -96,11 +99,13 @@ def sequence_logps(model: Any, seqs: Sequence[Encoded], *, batch_size: int = SCO
             for r, s in enumerate(part):
                 ids[r, : len(s.ids)] = torch.tensor(s.ids)
                 mask[r, : len(s.ids)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            # the body once, the LM head only on the positions that predict response tokens
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            head = model.get_output_embeddings()
             for r, s in enumerate(part):
-                lp = torch.log_softmax(logits[r, s.start - 1 : len(s.ids) - 1].float(), dim=-1)
+                logits = head(hidden[r, s.start - 1 : len(s.ids) - 1]).float()
                 target = ids[r, s.start : len(s.ids)].to(device)
-                total = float(lp.gather(-1, target[:, None]).sum())
+                total = float(torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).sum())
                 out[order[b + r]] = (total, len(s.ids) - s.start)
     return out
 
