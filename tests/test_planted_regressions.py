@@ -89,6 +89,9 @@ def test_planted_regressions_fail_compare_and_identical_code_passes(tmp_path, ti
     cfg = tmp_path / "planted.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(tiny_model_dir)))
     baseline = run_with(tmp_path, cfg, "baseline", None)
+    # the canaries do not depend on the model: scored once, on the base step
+    assert (baseline / "eval" / "base" / "iter-0" / "scorer_canaries" / "DONE").is_file()
+    assert not (baseline / "eval" / "sft" / "seed-0" / "iter-1" / "scorer_canaries").exists()
     again = run_with(tmp_path, cfg, "again", None)
     proc = cli(REPO, "compare", str(baseline), str(again))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
