@@ -160,6 +160,7 @@ class EvalConfig:
     # task mt_bench_fastchat: FastChat's conversation template by name ("zephyr"; FastChat picks it from the model
     # id); null = the model's own chat template
     fastchat_template: str | None = None
+    reference_model: str | None = None  # held-out likelihood tasks: the model of the margin's log ratios; null = shared.model (runner) / no margin (eval)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=512, batch_size=16)
@@ -238,6 +239,7 @@ class ReportConfig:
     # published numbers (CSV: model, iteration, one column per task; docs/reproduction.md) shown beside ours,
     # with our value minus the published one; relative to the data directory, or absolute
     published: str | None = None
+    tolerance: dict[str, float] = field(default_factory=dict)  # compare: per-metric smallest drop that counts ("task/metric" or "metric" -> units), over the defaults in reports.regression
 
 
 @dataclass(frozen=True)

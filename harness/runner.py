@@ -29,7 +29,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from harness.workers import is_claimed, read_record, this_worker, work_through, 
 from reports.index import RunIndex, default_index
 from reports.report import write_report
 from tasks.api import evaluate
+from tasks.base import TASKS
 from trainers.api import iteration_plan, train_method
 from trainers.publish import hub_revision, push_checkpoint, write_model_card
 
@@ -194,10 +195,17 @@ def _eval_hash(cfg: ExperimentConfig) -> str:
     return hash_obj(hash_view(cfg.shared.eval))
 
 
+def _tasks(run: Run, step: Step) -> list[str]:
+    """The tasks of an eval step: a model-free task (registered with model_free=True, e.g. the
+    scorer canaries, whose result cannot depend on the model) is scored once, on the base step."""
+    return [t for t in run.cfg.shared.eval.tasks
+            if step.method == BASE or t not in TASKS or not TASKS.meta(t).get("model_free")]
+
+
 def _eval_done(run: Run, step: Step) -> bool:
     """Every task finished, for this model and these evaluation settings."""
     out = _eval_dir(run, step)
-    if not all(is_done(out / t) for t in run.cfg.shared.eval.tasks) or not (out / "model.json").is_file():
+    if not all(is_done(out / t) for t in _tasks(run, step)) or not (out / "model.json").is_file():
         return False
     rec = read_json(out / "model.json")
     return rec.get("eval_hash") == _eval_hash(run.cfg) and not rec.get("stale")
@@ -273,12 +281,15 @@ def _eval(run: Run, step: Step) -> None:
     out = _eval_dir(run, step)
     out.mkdir(parents=True, exist_ok=True)
     rec = _model_record(run, step, out)
-    todo = [t for t in run.cfg.shared.eval.tasks if t in rec.get("stale", []) or not is_done(out / t)]
+    todo = [t for t in _tasks(run, step) if t in rec.get("stale", []) or not is_done(out / t)]
     todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
     if todo:
         revision = run.cfg.shared.model_revision if step.method == BASE else None  # a pinned Hub base model
-        evaluate(rec["model"], todo, run.cfg.shared.eval, out, data_dir=run.data_dir, revision=revision)
-    missing = [t for t in run.cfg.shared.eval.tasks if not is_done(out / t)]
+        eval_cfg = run.cfg.shared.eval  # held-out likelihood margins are relative to the starting model
+        if eval_cfg.reference_model is None:
+            eval_cfg = replace(eval_cfg, reference_model=run.cfg.shared.model)
+        evaluate(rec["model"], todo, eval_cfg, out, data_dir=run.data_dir, revision=revision)
+    missing = [t for t in _tasks(run, step) if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
     atomic_write_json(out / "model.json", {**rec, "stale": []})

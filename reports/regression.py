@@ -2,9 +2,20 @@
 
 For every (method, task) in the baseline, the candidate's final iteration is paired
 with the baseline's item by item (shared sample ids, scores averaged over seeds) and
-the change gets a paired-bootstrap interval. A significant change in the bad
-direction larger than `tolerance` is a drop; a result the baseline has and the
-candidate lacks is missing. `gsil-bench compare` exits 1 when either is found.
+the change gets a paired-bootstrap interval; the primary metric is compared, plus the
+task's SECONDARY metrics. A change is a drop when it is both statistically significant
+(in the bad direction) and larger than the metric's tolerance (practical significance:
+identical code gives a zero change, and a float-level change such as another summation
+order stays far below every tolerance). Tolerances: `report.tolerance` of the candidate's
+config ("task/metric" or "metric" -> units), else DEFAULT_TOLERANCE by the metric name's
+longest prefix, else FALLBACK_TOLERANCE; `--tolerance X` sets one for every metric.
+EXACT_METRICS (scorer canaries: fixed completions with known verdicts, no noise) drop
+on any decrease beyond the tolerance, significant or not.
+
+Training is compared too (reports.trajectory): every logged step of every training
+iteration, which the same config must reproduce within a float-level tolerance. A result
+or iteration the baseline has and the candidate lacks is missing. `gsil-bench compare`
+exits 1 on a drop, a diverged trajectory or a missing result.
 """
 
 from __future__ import annotations
@@ -21,11 +32,23 @@ import pandas as pd  # noqa: E402
 
 from core.io import atomic_write_text  # noqa: E402
 from reports import html as H  # noqa: E402
-from reports.rundata import RunData, load_run  # noqa: E402
-from reports.stats import PairedDiff, paired_bootstrap  # noqa: E402
+from reports.rundata import EvalResult, RunData, load_run  # noqa: E402
+from reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap  # noqa: E402
 from reports.tables import aggregate, fmt  # noqa: E402
+from reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows  # noqa: E402
 
 log = logging.getLogger(__name__)
+# metric-name prefix -> the smallest drop that matters, in the metric's units
+DEFAULT_TOLERANCE: dict[str, float] = {
+    "exact_match": 0.02, "pass@": 0.02, "accuracy": 0.02,  # 0/1 items: 2 points
+    "score": 0.25, "turn": 0.25,  # MT-Bench ratings (1-10)
+    "logp": 0.01,  # held-out mean token log-prob (nats per token)
+    "margin": 0.5,  # held-out GSIL margin (summed log ratios, nats)
+    "agreement": 0.0,  # scorer canaries: every known verdict must still hold
+}
+FALLBACK_TOLERANCE = 0.01
+EXACT_METRICS = ("agreement",)
+SECONDARY: dict[str, tuple[str, ...]] = {"heldout_": ("margin",)}  # task-name prefix -> metrics beside the primary
 STATUS_MARK = {"drop": "▼ drop", "gain": "▲ gain", "ok": "ok", "unpaired": "unpaired", "missing": "MISSING"}
 
 
@@ -48,8 +71,9 @@ class CompareResult:
     candidate: RunData
     alpha: float
     n_boot: int
-    tolerance: float
+    tolerance: dict[str, float]  # report.tolerance (+ --tolerance as "*")
     changes: list[Change] = field(default_factory=list)
+    trajectories: list[TrajectoryChange] = field(default_factory=list)
 
     @property
     def drops(self) -> list[Change]:
@@ -60,49 +84,98 @@ class CompareResult:
         return [c for c in self.changes if c.status == "missing"]
 
     @property
+    def diverged(self) -> list[TrajectoryChange]:
+        return [t for t in self.trajectories if t.status != "same"]
+
+    @property
     def failed(self) -> bool:
-        return bool(self.drops or self.missing)
+        return bool(self.drops or self.missing or self.diverged)
 
     @property
     def same_config(self) -> bool:
         return self.baseline.shared_hash == self.candidate.shared_hash
 
 
-def _status(higher_is_better: bool, d: PairedDiff | None, tolerance: float) -> str:
+def tolerance_for(task: str, metric: str, overrides: dict[str, float] | None = None) -> float:
+    """The smallest drop of `task`'s `metric` that counts (see the module docstring)."""
+    over = overrides or {}
+    for key in (f"{task}/{metric}", metric, "*"):
+        if key in over:
+            return float(over[key])
+    hits = [p for p in DEFAULT_TOLERANCE if metric.startswith(p)]
+    return DEFAULT_TOLERANCE[max(hits, key=len)] if hits else FALLBACK_TOLERANCE
+
+
+def _status(higher_is_better: bool, d: PairedDiff | None, tolerance: float, exact: bool = False) -> str:
     if d is None:
         return "unpaired"
-    sign = d.sign if higher_is_better else -d.sign
+    if exact:  # no noise: the change itself is the evidence
+        sign = (d.diff > 0) - (d.diff < 0)
+    else:
+        sign = d.sign
+    sign = sign if higher_is_better else -sign
     if sign < 0 and abs(d.diff) > tolerance:
         return "drop"
     return "gain" if sign > 0 and abs(d.diff) > tolerance else "ok"
 
 
+def _values(results: list[EvalResult], metric: str, n_boot: int, alpha: float) -> tuple[float, dict[str, float]]:
+    """(value over seeds, seed-averaged per-item scores) of `metric` (the primary: as the tables do)."""
+    if metric == results[0].primary:
+        iv, items = aggregate(results, n_boot=n_boot, alpha=alpha)
+        return iv.value, items
+    per_seed = [r.item_scores(metric) for r in results]
+    items = mean_over_seeds(per_seed) if all(per_seed) else {}
+    return sum(float(r.metric(metric)["value"]) for r in results) / len(results), items
+
+
+def _metrics_of(task: str, primary: str) -> list[str]:
+    extra = [m for prefix, names in SECONDARY.items() if task.startswith(prefix) for m in names]
+    return [primary] + [m for m in extra if m != primary]
+
+
+def _compare_task(result: CompareResult, method: str, task: str) -> None:
+    base, cand, n_boot, alpha = result.baseline, result.candidate, result.n_boot, result.alpha
+    b_res = base.find(method, task)
+    if not b_res:
+        return
+    c_res = cand.find(method, task)
+    for metric in _metrics_of(task, b_res[0].primary):
+        if metric not in (b_res[0].metrics.get("metrics") or {}):
+            continue
+        b_value, b_items = _values(b_res, metric, n_boot, alpha)
+        if not c_res:
+            result.changes.append(Change(method, task, metric, b_res[0].iteration, None, b_value, None,
+                                         None, "missing"))
+            continue
+        c_value, c_items = _values(c_res, metric, n_boot, alpha)
+        d = paired_bootstrap(b_items, c_items, n_boot=n_boot, alpha=alpha) if b_items and c_items else None
+        higher = bool(b_res[0].metric(metric).get("higher_is_better", True))
+        status = _status(higher, d, tolerance_for(task, metric, result.tolerance), metric.startswith(EXACT_METRICS))
+        result.changes.append(Change(method, task, metric, b_res[0].iteration, c_res[0].iteration, b_value,
+                                     c_value, d, status))
+
+
 def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData, *, n_boot: int | None = None,
-                 alpha: float | None = None, tolerance: float = 0.0) -> CompareResult:
-    """Pair every (method, task) of `baseline` with `candidate` (final iterations);
-    n_boot/alpha default to the candidate's report block (else 2000 / 0.05)."""
+                 alpha: float | None = None, tolerance: float | dict[str, float] | None = None) -> CompareResult:
+    """Pair every (method, task) of `baseline` with `candidate` (final iterations) and every
+    training iteration's curve; n_boot/alpha default to the candidate's report block (else
+    2000 / 0.05); `tolerance`: one number for every metric, or overrides by name (module docstring)."""
     base = baseline if isinstance(baseline, RunData) else load_run(baseline)
     cand = candidate if isinstance(candidate, RunData) else load_run(candidate)
     rc = cand.config.get("report") or {}
     n_boot = int(n_boot or rc.get("bootstrap") or 2000)
     alpha = float(alpha or rc.get("alpha") or 0.05)
-    result = CompareResult(base, cand, alpha, n_boot, tolerance)
+    tol = {k: float(v) for k, v in (rc.get("tolerance") or {}).items()}
+    if isinstance(tolerance, dict):
+        tol.update(tolerance)
+    elif tolerance is not None:
+        tol["*"] = float(tolerance)
+    result = CompareResult(base, cand, alpha, n_boot, tol)
     for method in base.methods:
         for task in base.tasks:
-            b_res = base.find(method, task)
-            if not b_res:
-                continue
-            b_iv, b_items = aggregate(b_res, n_boot=n_boot, alpha=alpha)
-            metric = b_res[0].primary
-            c_res = cand.find(method, task)
-            if not c_res:
-                result.changes.append(Change(method, task, metric, b_res[0].iteration, None, b_iv.value, None,
-                                             None, "missing"))
-                continue
-            c_iv, c_items = aggregate(c_res, n_boot=n_boot, alpha=alpha)
-            d = paired_bootstrap(b_items, c_items, n_boot=n_boot, alpha=alpha) if b_items and c_items else None
-            result.changes.append(Change(method, task, metric, b_res[0].iteration, c_res[0].iteration, b_iv.value,
-                                         c_iv.value, d, _status(b_res[0].higher_is_better, d, tolerance)))
+            _compare_task(result, method, task)
+    result.trajectories = compare_trajectories(base, cand, tol)
     return result
 
 
@@ -120,17 +193,28 @@ def changes_frame(result: CompareResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _where(changes: list[Change]) -> str:
+    """method/task, with the metrics in parentheses when a task has more than one compared."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for c in changes:
+        by.setdefault((c.method, c.task), []).append(c.metric)
+    return ", ".join(f"{m}/{t}" + (f" ({', '.join(ms)})" if len(ms) > 1 else "") for (m, t), ms in by.items())
+
+
 def _verdict(result: CompareResult) -> str:
     if result.failed:
         parts = []
         if result.drops:
-            parts.append(f"{len(result.drops)} significant drop(s): "
-                         + ", ".join(f"{c.method}/{c.task}" for c in result.drops))
+            parts.append(f"{len(result.drops)} significant drop(s): " + _where(result.drops))
         if result.missing:
             parts.append(f"{len(result.missing)} missing result(s): "
                          + ", ".join(f"{c.method}/{c.task}" for c in result.missing))
+        if result.diverged:
+            parts.append(f"{len(result.diverged)} training trajectorie(s) diverged: "
+                         + ", ".join(f"{t.method}/seed-{t.seed}/iter-{t.iteration}" for t in result.diverged))
         return "REGRESSION: " + "; ".join(parts)
-    return f"no significant drop ({len(result.changes)} method/task pairs compared)"
+    return (f"no significant drop ({len(result.changes)} method/task metrics compared, "
+            f"{len(result.trajectories)} training trajectories the same)")
 
 
 def _header(result: CompareResult) -> list[str]:
@@ -138,8 +222,10 @@ def _header(result: CompareResult) -> list[str]:
     lines = [f"baseline: {b.root} (shared hash {b.shared_hash})", f"candidate: {c.root} (shared hash {c.shared_hash})"]
     if not result.same_config:
         lines.append("WARNING: the shared blocks differ: this is not a like-for-like comparison.")
-    lines.append(f"paired bootstrap over shared sample ids, {result.n_boot} resamples, alpha={result.alpha}, "
-                 f"tolerance={result.tolerance}")
+    tol = ", ".join(f"{k}: {v:g}" for k, v in sorted(result.tolerance.items())) or "defaults"
+    lines.append(f"paired bootstrap over shared sample ids, {result.n_boot} resamples, alpha={result.alpha}; "
+                 f"a drop must be significant and larger than its tolerance ({tol}; defaults by metric: "
+                 + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
     return lines
 
 
@@ -172,10 +258,17 @@ def write_compare(result: CompareResult, out_dir: str | Path) -> tuple[Path, Pat
     md = [f"# Regression: {result.candidate.name} vs {result.baseline.name}", "", f"**{verdict}**", ""]
     md += [f"- {line}" for line in _header(result)] + [""]
     md += [frame.to_markdown(index=False, tablefmt="github") if len(frame) else "(nothing to compare)", ""]
+    traj = pd.DataFrame(trajectory_rows(result.trajectories))
+    if len(traj):
+        md += ["## Training trajectories (every logged step, same config)", "",
+               traj.to_markdown(index=False, tablefmt="github"), ""]
     atomic_write_text(out / "compare.md", "\n".join(md))
     fig = forest_plot(result, out / "compare.png")
     cls = "bad" if result.failed else "ok"
     rows = frame.to_html(index=False, table_id="changes", classes="results", border=0) if len(frame) else ""
+    if len(traj):
+        rows += "<h2>Training trajectories</h2>" + traj.to_html(index=False, table_id="trajectories",
+                                                              classes="results", border=0)
     body = (f"<h1>Regression: {H.esc(result.candidate.name)} vs {H.esc(result.baseline.name)}</h1>"
             f'<p class="{cls}" id="verdict">{H.esc(verdict)}</p>'
             + "".join(f"<p class=note>{H.esc(line)}</p>" for line in _header(result))

@@ -21,7 +21,7 @@ from core.config import EvalConfig
 from core.datadir import data_dir as resolve_data_dir
 from core.errors import Problem
 from core.io import folder_lock
-from tasks import gsm8k, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
+from tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
 from tasks.base import TASKS, Task, TaskError, run_task
 from tasks.context import EvalContext
 from tasks.interop import write_interop

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from test_reports_data import write_run
 
 from core.io import atomic_write_json, read_jsonl
@@ -61,7 +62,7 @@ def test_identical_pair_passes(baseline, tmp_path):
     cand = _copy(baseline, tmp_path)
     assert main(["compare", str(baseline), str(cand), "--output", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "no significant drop (10 method/task pairs compared)" in md
+    assert "no significant drop (10 method/task metrics compared, 7 training trajectories the same)" in md
     assert 'id="verdict"' in (tmp_path / "cmp" / "compare.html").read_text()
 
 
@@ -120,3 +121,85 @@ def test_compare_against_the_last_indexed_night(baseline, tmp_path):
     assert main(["compare", "--last", str(index.path), str(cand)]) == 1
     assert "night-a" in (cand / "compare" / "compare.md").read_text()
 
+
+
+def _shift_scores(run_dir, parts, delta):
+    """Add `delta` to every item's primary score (and the metric's value): a float-level change when tiny."""
+    folder = run_dir.joinpath("eval", *parts)
+    metric = json.loads((folder / "metrics.json").read_text())["primary"]
+    samples = read_jsonl(folder / "samples.jsonl")
+    for s in samples:
+        s["scores"][metric] += delta
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    rec = json.loads((folder / "metrics.json").read_text())
+    for k in ("value", "ci_low", "ci_high"):
+        rec["metrics"][metric][k] += delta
+    atomic_write_json(folder / "metrics.json", rec)
+
+
+def test_practical_significance_float_level_changes_never_alarm(baseline, tmp_path):
+    cand = _copy(baseline, tmp_path)
+    _shift_scores(cand, ("spin", "seed-0", "iter-2", "mt_bench"), -1e-9)  # every item lower: significant, tiny
+    result = compare_runs(baseline, cand, n_boot=500)
+    (change,) = [c for c in result.changes if (c.method, c.task) == ("spin", "mt_bench")]
+    assert change.diff.significant() and change.diff.diff == pytest.approx(-1e-9)
+    assert change.status == "ok" and not result.failed  # below the default tolerance of MT-Bench scores (0.25)
+    assert main(["compare", str(baseline), str(cand)]) == 0
+    assert main(["compare", str(baseline), str(cand), "--tolerance", "0"]) == 1  # without one it would alarm
+    cfg = yaml.safe_load((cand / "config.yaml").read_text())  # report.tolerance: per metric, by name
+    cfg["report"]["tolerance"] = {"mt_bench/score": 1e-12}
+    (cand / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert [(c.method, c.task) for c in compare_runs(baseline, cand, n_boot=500).drops] == [("spin", "mt_bench")]
+
+
+def test_tolerance_lookup_order():
+    from reports.regression import FALLBACK_TOLERANCE, tolerance_for
+
+    assert tolerance_for("gsm8k", "exact_match/strict-match") == 0.02
+    assert tolerance_for("heldout_gsm8k", "logp_real") == 0.01
+    assert tolerance_for("heldout_gsm8k", "margin", {"margin": 2.0}) == 2.0
+    assert tolerance_for("heldout_gsm8k", "margin", {"margin": 2.0, "heldout_gsm8k/margin": 3.0}) == 3.0
+    assert tolerance_for("mystery", "thing") == FALLBACK_TOLERANCE
+
+
+def _edit_curve(run_dir, method, iteration, step, key, value):
+    path = run_dir / method / "seed-0" / f"iter-{iteration}" / "metrics.jsonl"
+    rows = read_jsonl(path)
+    if value is None:
+        rows = [r for r in rows if r["step"] != step]
+    else:
+        rows[step - 1][key] = value(rows[step - 1][key])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_training_trajectories_are_compared_step_by_step(baseline, tmp_path):
+    cand = _copy(baseline, tmp_path)
+    _edit_curve(cand, "gsil-hinge", 2, 3, "loss", lambda x: x * (1 + 1e-7))  # float-level: the same curve
+    _edit_curve(cand, "spin", 1, 1, "rewards/accuracy", lambda x: 1 - x)  # accuracies flip on rounding: not compared
+    result = compare_runs(baseline, cand, n_boot=200)
+    assert not result.diverged and max(t.max_diff for t in result.trajectories) > 0
+    _edit_curve(cand, "gsil-hinge", 2, 3, "loss", lambda x: -x)  # a flipped loss sign
+    _edit_curve(cand, "sft", 1, 2, "lr", lambda x: 100 * x)  # a learning rate x100
+    result = compare_runs(baseline, cand, n_boot=200)
+    div = {(t.method, t.iteration): t for t in result.diverged}
+    assert set(div) == {("gsil-hinge", 2), ("sft", 1)}
+    assert (div[("gsil-hinge", 2)].key, div[("gsil-hinge", 2)].step) == ("loss", 3)
+    assert (div[("sft", 1)].key, div[("sft", 1)].step, div[("sft", 1)].cand_value) == ("lr", 2, pytest.approx(1e-4))
+    assert not result.drops and result.failed
+    assert main(["compare", str(baseline), str(cand)]) == 1
+    md = (cand / "compare" / "compare.md").read_text()
+    assert "2 training trajectorie(s) diverged" in md and "loss at step 3" in md
+    _edit_curve(cand, "spin", 2, 4, None, None)  # a step fewer
+    assert ("spin", 2) in {(t.method, t.iteration) for t in compare_runs(baseline, cand, n_boot=200).diverged}
+
+
+def test_exact_metrics_drop_on_any_decrease():
+    from reports.regression import _status
+    from reports.stats import PairedDiff
+
+    one_lost = PairedDiff(-1 / 76, -0.04, 0.0, 1.0, 76, 1.0, 75 / 76)  # one canary verdict lost: not significant
+    assert not one_lost.significant()
+    assert _status(True, one_lost, 0.0, exact=True) == "drop"
+    assert _status(True, one_lost, 0.0) == "ok"  # a noisy metric would need significance
+    same = PairedDiff(0.0, 0.0, 0.0, 1.0, 76, 1.0, 1.0)
+    assert _status(True, same, 0.0, exact=True) == "ok"

@@ -1,10 +1,12 @@
 """`gsil-bench compare`: nightly regression of a candidate run against a baseline run.
 
-    gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance 0.0]
+    gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance X]
     gsil-bench compare --last runs.sqlite CANDIDATE_RUN   (baseline: the previous finished run)
 
-Exits 1 when the candidate has a significant drop (or lacks a result the baseline has,
-unless --allow-missing), so a nightly job fails on a regression.
+Exits 1 when the candidate has a drop (significant and beyond the metric's tolerance), a
+training trajectory that left the baseline's (same config: same curve within float-level
+tolerance), or lacks a result the baseline has (unless --allow-missing), so a nightly job
+fails on a regression.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="baseline = the latest finished run of the candidate's experiment in this runs.sqlite")
     parser.add_argument("--output", type=Path, help="where compare.md/.html go (default: CANDIDATE/compare)")
     stats_args(parser)
-    parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="ignore significant drops no larger than this (metric units; default 0)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="ignore significant drops no larger than this, for every metric (metric units; "
+                             "default: the config's report.tolerance over per-metric defaults)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="do not fail when the candidate lacks a method/task the baseline has")
 
@@ -61,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     md, page = write_compare(result, args.output or args.candidate / "compare")
     print(md.read_text())
     log.info("comparison written to %s", page)
-    if result.drops or (result.missing and not args.allow_missing):
-        log.error("regression found: %d drop(s), %d missing", len(result.drops), len(result.missing))
+    missing = result.missing + [t for t in result.diverged if t.status == "missing"]
+    diverged = [t for t in result.diverged if t.status == "diverged"]
+    if result.drops or diverged or (missing and not args.allow_missing):
+        log.error("regression found: %d drop(s), %d diverged trajectorie(s), %d missing", len(result.drops),
+                  len(diverged), len(missing))
         return 1
     return 0

@@ -1,0 +1,85 @@
+"""The held-out likelihood tasks: training-format encoding, batched teacher-forced log-probs
+checked against an unbatched computation, and the margin against the reference model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from core.config import EvalConfig, GenerationConfig
+from core.io import read_json, read_jsonl
+from tasks.api import evaluate
+from tasks.heldout import Encoded, encode_pair, sequence_logps
+from trainers.data import encode
+
+
+def _eval_cfg(tmp_path, reference=None) -> EvalConfig:
+    return EvalConfig(tasks=["heldout_gsm8k"], limit=3, reference_model=reference, cache_dir=str(tmp_path / "cache"),
+                      generation=GenerationConfig(max_new_tokens=6, batch_size=3))
+
+
+def test_encoding_is_the_training_format(tokenizer, data_dir):
+    row = read_jsonl(data_dir / "gsm8k" / "test.jsonl")[0]
+    mine = encode_pair(tokenizer, row["question"], row["answer"])
+    ref = encode(tokenizer, [{"role": "user", "content": row["question"]}], row["answer"],
+                 max_prompt_length=256, max_length=256 + 384)
+    assert list(mine.ids) == ref.input_ids and mine.start == ref.response_start
+    assert mine.ids[-1] == tokenizer.eos_token_id
+
+
+def test_batched_logps_equal_one_sequence_at_a_time(tiny_model, tokenizer):
+    texts = [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour of the sky and the sea."),
+             ("Say hi", "Hello there, how are you doing today?")]
+    seqs = [encode_pair(tokenizer, q, a) for q, a in texts]
+    batched = sequence_logps(tiny_model, seqs, batch_size=3, pad_id=tokenizer.pad_token_id or 0)
+    for s, (total, n) in zip(seqs, batched):
+        ids = torch.tensor([s.ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(tiny_model(input_ids=ids).logits[0].float(), -1)
+        expect = sum(float(lp[t - 1, s.ids[t]]) for t in range(s.start, len(s.ids)))
+        assert n == len(s.ids) - s.start
+        assert total == pytest.approx(expect, abs=1e-4)
+
+
+def test_margin_against_the_reference_and_its_cache(tmp_path, tiny_model_dir, tokenizer, data_dir):
+    from core.models import load_model, save_tiny_llama
+
+    other = save_tiny_llama(tmp_path / "other", tokenizer, seed=7)
+    cfg = _eval_cfg(tmp_path, reference=str(other))
+    res = evaluate(str(tiny_model_dir), ["heldout_gsm8k"], cfg, tmp_path / "a")["heldout_gsm8k"]
+    assert res["primary"] == "logp_real" and res["n_items"] == 3
+    samples = read_jsonl(tmp_path / "a" / "heldout_gsm8k" / "samples.jsonl")
+    assert [s["id"] for s in samples] == ["gsm8k-test-0", "gsm8k-test-1", "gsm8k-test-2"]
+    ref_model, _ = load_model(str(other))
+    for s in samples:  # the reference's sums, recomputed here independently
+        real = encode_pair(tokenizer, s["prompt"], s["reference"])
+        gen = encode_pair(tokenizer, s["prompt"], s["output"])
+        (r_real, n_real), (r_gen, _) = sequence_logps(ref_model, [real, gen], batch_size=1)
+        expect = (s["sum_logp_real"] - r_real) - (s["sum_logp_gen"] - r_gen)
+        assert s["scores"]["margin"] == pytest.approx(expect, abs=1e-3)
+        assert s["scores"]["logp_real"] == pytest.approx(s["sum_logp_real"] / n_real)
+        assert s["scores"]["accuracy"] == float(expect > 0)
+    cache = tmp_path / "cache" / "heldout_gsm8k" / "reference_logps.jsonl"
+    assert len(read_jsonl(cache)) == 6
+    # the model as its own reference: every log ratio is 0, so is every margin
+    res_self = evaluate(str(tiny_model_dir), ["heldout_gsm8k"], replace(cfg, reference_model=str(tiny_model_dir)),
+                        tmp_path / "b")["heldout_gsm8k"]
+    assert res_self["metrics"]["margin"]["value"] == 0.0
+    assert res_self["metrics"]["logp_real"]["value"] == res["metrics"]["logp_real"]["value"]
+    assert len(read_jsonl(cache)) == 12  # a different reference identity: scored again, appended
+
+
+def test_without_reference_there_is_no_margin(tmp_path, tiny_model_dir, data_dir):
+    evaluate(str(tiny_model_dir), ["heldout_mt_bench"], replace(_eval_cfg(tmp_path), tasks=["heldout_mt_bench"]),
+             tmp_path / "c")
+    metrics = read_json(tmp_path / "c" / "heldout_mt_bench" / "metrics.json")
+    assert set(metrics["metrics"]) == {"logp_real", "logp_gen"}
+    assert all(s["id"].startswith("mt_bench-") for s in read_jsonl(tmp_path / "c" / "heldout_mt_bench" / "samples.jsonl"))
+
+
+def test_mean_logp_is_per_token(tiny_model, tokenizer):
+    s = Encoded((1, 2, 3, 4, 5), 2)
+    (total, n), = sequence_logps(tiny_model, [s])
+    assert n == 3 and total < 0
