@@ -419,7 +419,7 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (SharedConfig, "self_play"), (EvalConfig, "fastchat_template"), (EvalConfig, "code_sandbox"),
                 (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size"), (LoraConfig, "save_adapter"),
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
-                (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id")}
+                (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model")}
 
 
 def hash_view(obj: Any) -> Any:
