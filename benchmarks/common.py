@@ -2,8 +2,8 @@
 GSM8K pairs (demonstration + the model's own greedy response, cached), FLOP counts,
 device ceilings (matrix-multiply rate, memory bandwidth) and timing/memory helpers.
 
-Nothing here is imported by the library; `python -m benchmarks.training` and
-`python -m benchmarks.generation` use it.
+Nothing here is imported by the library; `python -m gsil_bench.benchmarks.training` and
+`python -m gsil_bench.benchmarks.generation` use it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from core.registry import Registry
+from gsil_bench.core.registry import Registry
 
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def load_tokenizer() -> Any:
     if Path(folder).is_dir():
         tok = AutoTokenizer.from_pretrained(str(folder))
     else:
-        from core.models import load_tokenizer as load
+        from gsil_bench.core.models import load_tokenizer as load
 
         tok = load("embedded:smollm2-135m-instruct")
     if tok.pad_token is None:
@@ -123,9 +123,9 @@ def gsm8k_rows(n: int, split: str = "train") -> list[dict[str, str]]:
 def own_responses(key: str, model: Any, tokenizer: Any, questions: list[str], *, max_new_tokens: int,
                   batch_size: int, fast: bool) -> list[str]:
     """The model's greedy responses to `questions`, generated once and cached under CACHE."""
-    from core.config import GenerationConfig
-    from core.generation import HFGenerator
-    from core.io import atomic_write_text
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import HFGenerator
+    from gsil_bench.core.io import atomic_write_text
 
     path = CACHE / f"responses-{key}-n{len(questions)}-t{max_new_tokens}.jsonl"
     if path.is_file():
@@ -145,7 +145,7 @@ def own_responses(key: str, model: Any, tokenizer: Any, questions: list[str], *,
 
 def encode(tokenizer: Any, question: str, response: str, *, max_prompt_length: int, max_length: int) -> Any:
     """The training loop's own tokenisation (trainers.data.encode)."""
-    from trainers.data import encode as loop_encode
+    from gsil_bench.trainers.data import encode as loop_encode
 
     return loop_encode(tokenizer, [{"role": "user", "content": question}], response,
                        max_prompt_length=max_prompt_length, max_length=max_length)

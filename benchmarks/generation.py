@@ -2,8 +2,8 @@
 against gsil-bench's fastest configuration, batch 64, 256 new tokens, and the bound
 that memory bandwidth puts on decoding.
 
-    python -m benchmarks.generation --device cpu --quick    # tiny model
-    python -m benchmarks.generation --device cuda           # SmolLM2-360M and -1.7B shapes, bf16
+    python -m gsil_bench.benchmarks.generation --device cpu --quick    # tiny model
+    python -m gsil_bench.benchmarks.generation --device cuda           # SmolLM2-360M and -1.7B shapes, bf16
 
 Prompts are GSM8K training questions (the self-play prompts), greedy decoding as in the
 released recipes. Configurations (all through `core.generation.HFGenerator`):
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
-from core.config import GenerationConfig
-from core.registry import Registry
+from gsil_bench.benchmarks import common
+from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.registry import Registry
 
 CONFIGS: Registry[Callable[[int, int], GenerationConfig]] = Registry("generation benchmark config")
 CONFIGS.add("hf-default", lambda b, n: GenerationConfig(batch_size=b, max_new_tokens=n))
@@ -46,7 +46,7 @@ class HFStaticGenerate:
         self.model, self.tok, self.batch, self.max_new = model, tok, batch, max_new
 
     def generate(self, prompts: list[Any], **_: Any) -> list[Any]:
-        from core.generation import HFGenerator, left_pad, render_prompt
+        from gsil_bench.core.generation import HFGenerator, left_pad, render_prompt
 
         helper = HFGenerator(self.model, self.tok, GenerationConfig(max_new_tokens=self.max_new))
         ids = [self.tok(render_prompt(self.tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
@@ -63,7 +63,7 @@ class HFStaticGenerate:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gsil_bench.benchmarks.generation", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="tiny model (CPU smoke benchmark)")
     p.add_argument("--models", nargs="+", help="model shapes (default: tiny on CPU/--quick, else 360m and 1.7b)")
@@ -91,7 +91,7 @@ def timed(gen: Any, prompts: list[Any], batch: int, device: torch.device) -> tup
 
 def bench_model(shape: str, configs: list[str], args: argparse.Namespace, device: torch.device,
                 ceil: common.Ceilings) -> list[dict[str, Any]]:
-    from core.generation import HFGenerator, render_prompt
+    from gsil_bench.core.generation import HFGenerator, render_prompt
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tok = common.load_tokenizer()
@@ -158,14 +158,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--configs: the first configuration must be hf-default (the baseline)")
     ceil = common.measure_ceilings(device)
     rows = [r for shape in models for r in bench_model(shape, configs, args, device, ceil)]
-    from core.provenance import collect
+    from gsil_bench.core.provenance import collect
 
-    report = {"command": " ".join(["python -m benchmarks.generation", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m gsil_bench.benchmarks.generation", *(argv or sys.argv[1:])]),
               "hardware": common.hardware_line(device), "ceilings": common.as_dict(ceil), "rows": rows,
               "provenance": collect(vars(args), seed=0, started=started,
                                     data_files={"gsm8k_train": str(common.data_dir() / "gsm8k" / "train.jsonl")})}
     if args.out:
-        from core.io import atomic_write_json
+        from gsil_bench.core.io import atomic_write_json
 
         atomic_write_json(args.out, report)
     print(f"\n{report['hardware']}; batch {args.batch}, {args.max_new_tokens} new tokens, greedy")

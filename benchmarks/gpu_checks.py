@@ -1,6 +1,6 @@
 """Correctness checks of the fast paths on a CUDA GPU, run before the GPU benchmarks.
 
-    python -m benchmarks.gpu_checks --out results.json
+    python -m gsil_bench.benchmarks.gpu_checks --out results.json
 
 1. Packed (Flash-Attention varlen) vs padded (the loop's `batch_logps`) summed response
    log-probs and parameter gradients, bf16, SmolLM2-360M shape, real GSM8K pairs.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from gsil_bench.benchmarks import common
 
 log = logging.getLogger("benchmarks")
 
@@ -30,9 +30,9 @@ def _seqs(tok: Any, n: int) -> list[Any]:
 
 
 def check_packed(shape: str = "smollm2-360m", n: int = 16) -> dict[str, Any]:
-    import trainers.packing as packing
-    from trainers.data import collate
-    from trainers.logprobs import batch_logps
+    import gsil_bench.trainers.packing as packing
+    from gsil_bench.trainers.data import collate
+    from gsil_bench.trainers.logprobs import batch_logps
 
     tok = common.load_tokenizer()
     seqs = _seqs(tok, n)
@@ -82,7 +82,7 @@ def check_compiled_decode(shape: str = "smollm2-360m", n: int = 16, new: int = 6
     compiled step is no further from float32 than the eager bf16 step is."""
     import copy
 
-    from core.generation import StaticDecoder, left_pad, render_prompt
+    from gsil_bench.core.generation import StaticDecoder, left_pad, render_prompt
 
     tok = common.load_tokenizer()
     model = common.build_model(shape, tok, torch.device("cuda"), torch.bfloat16, seed=0).eval()
@@ -116,7 +116,7 @@ def check_compiled_decode(shape: str = "smollm2-360m", n: int = 16, new: int = 6
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_checks")
+    p = argparse.ArgumentParser(prog="python -m gsil_bench.benchmarks.gpu_checks")
     p.add_argument("--out")
     p.add_argument("--only", nargs="+", choices=["packed_vs_padded", "compiled_decode"])
     args = p.parse_args()
@@ -134,7 +134,7 @@ def main() -> None:
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         print(name, json.dumps(report[name]))
     if args.out:
-        from core.io import atomic_write_json
+        from gsil_bench.core.io import atomic_write_json
 
         atomic_write_json(args.out, report)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from gsil_bench.benchmarks import common
 
 
 def _config(spec: dict[str, Any], model_dir: Path, n: int) -> Path:
@@ -48,13 +48,13 @@ methods:
 
 def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `train_iteration` over warm-up + timed steps; peak memory over the timed steps."""
-    from core.config import load_experiment
-    from trainers.api import _precision, make_accelerator
-    from trainers.data import EncodedSeq, TrainItem
-    from trainers.inputs import MethodContext
-    from trainers.loop import LoopRun, epoch_order, train_iteration
-    from trainers.losses import build_loss
-    from trainers.reference import RefLogps, load_causal_lm, reference_logps
+    from gsil_bench.core.config import load_experiment
+    from gsil_bench.trainers.api import _precision, make_accelerator
+    from gsil_bench.trainers.data import EncodedSeq, TrainItem
+    from gsil_bench.trainers.inputs import MethodContext
+    from gsil_bench.trainers.loop import LoopRun, epoch_order, train_iteration
+    from gsil_bench.trainers.losses import build_loss
+    from gsil_bench.trainers.reference import RefLogps, load_causal_lm, reference_logps
 
     device = torch.device(spec["device"])
     work = Path(spec["pairs"]).parent
@@ -99,9 +99,9 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         handle.remove()
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    from benchmarks.training import step_times
+    from gsil_bench.benchmarks.training import step_times
 
     return {"step_s": step_times(ends, spec["warmup"]), "peak_gib": common.peak_memory_gib(device),
             "loss_first": metrics[0]["loss"], "loss_last": metrics[-1]["loss"], "steps_run": summary["steps"],
             "precision": precision, "optimizer": cfg.shared.optimizer.name, "packing": spec["packed"],
-            "step_impl": "trainers.loop.train_iteration (the shipped loop)"}
+            "step_impl": "gsil_bench.trainers.loop.train_iteration (the shipped loop)"}

@@ -1,8 +1,8 @@
 """Code-sandbox cost: the full canonical HumanEval and MBPP+ scoring runs, before (the code
 of a git revision, default the merge-base with main) and after (this tree), side by side.
 
-    python -m benchmarks.sandbox --out benchmarks/results/<date>-sandbox/sandbox.json
-    python -m benchmarks.sandbox --tasks humaneval --before 0f0b5e0
+    python -m gsil_bench.benchmarks.sandbox --out benchmarks/results/<date>-sandbox/sandbox.json
+    python -m gsil_bench.benchmarks.sandbox --tasks humaneval --before 0f0b5e0
 
 Each side runs in its own process (`PYTHONPATH` = that tree, exported with `git archive`)
 on the same completions file (every problem's canonical solution), the same workers and
@@ -29,15 +29,15 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("benchmarks.sandbox")
+log = logging.getLogger("gsil_bench.benchmarks.sandbox")
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"humaneval": "humaneval/HumanEval.jsonl", "mbpp_plus": "mbpp_plus/MbppPlus.jsonl"}
 
 CHILD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
-from core.config import EvalConfig
-from tasks.api import evaluate
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.tasks.api import evaluate
 task, comp, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()
 res = evaluate("canonical", [task], EvalConfig(code_workers=workers, code_timeout=20.0), Path(tempfile.mkdtemp()),

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import ConfigError, ValidationError
-from core.registry import did_you_mean
-from core.strict import Located, apply_overrides, build, build_collecting, load_yaml, to_plain
+from gsil_bench.core.errors import ConfigError, ValidationError
+from gsil_bench.core.registry import did_you_mean
+from gsil_bench.core.strict import Located, apply_overrides, build, build_collecting, load_yaml, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
-from core.config import GenerationConfig
-from core.models import load_model, load_tokenizer, pick_dtype, resolve
-from core.openai_client import OpenAIClient
-from core.progress import Progress
-from core.registry import Registry
+from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.models import load_model, load_tokenizer, pick_dtype, resolve
+from gsil_bench.core.openai_client import OpenAIClient
+from gsil_bench.core.progress import Progress
+from gsil_bench.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

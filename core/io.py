@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import GsilError
+from gsil_bench.core.errors import GsilError
 
 log = logging.getLogger(__name__)
 DONE = "DONE"

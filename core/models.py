@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import GsilError
-from core.registry import did_you_mean
+from gsil_bench.core.errors import GsilError
+from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 

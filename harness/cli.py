@@ -14,10 +14,10 @@ import os
 import sys
 from types import ModuleType
 
-from core.errors import GsilError
-from harness import __version__
-from harness.commands import compare, report, run, train
-from harness.commands import eval as eval_cmd
+from gsil_bench.core.errors import GsilError
+from gsil_bench.harness import __version__
+from gsil_bench.harness.commands import compare, report, run, train
+from gsil_bench.harness.commands import eval as eval_cmd
 
 COMMANDS: dict[str, ModuleType] = {"run": run, "train": train, "eval": eval_cmd, "report": report, "compare": compare}
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from core.config import ExperimentConfig
-from core.datadir import data_dir as resolve_data_dir
-from core.io import is_done, read_json
-from core.layout import BASE, RunLayout
-from harness.runner import Run, Step, _eval_done, _train_done, plan_steps
-from trainers.api import iteration_plan, train_key
-from trainers.data import load_examples
-from trainers.losses import LOSSES
+from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.io import is_done, read_json
+from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.harness.runner import Run, Step, _eval_done, _train_done, plan_steps
+from gsil_bench.trainers.api import iteration_plan, train_key
+from gsil_bench.trainers.data import load_examples
+from gsil_bench.trainers.losses import LOSSES
 
 
 def steps_per_iteration(cfg: ExperimentConfig, examples: int, processes: int = 1) -> int:

@@ -35,22 +35,22 @@ from typing import Any
 
 import yaml
 
-from core.config import ExperimentConfig, MethodConfig, experiment_from_dict, hash_view, shared_hash
-from core.errors import ConfigError
-from core.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
-from core.layout import BASE, RunLayout
-from core.provenance import collect
-from core.registry import Registry
-from core.strict import Located, to_plain
-from core.tracking import log_eval
-from harness.validate import validate
-from harness.workers import is_claimed, read_record, this_worker, work_through, write_record
-from reports.index import RunIndex, default_index
-from reports.report import write_report
-from tasks.api import evaluate
-from tasks.base import TASKS
-from trainers.api import iteration_plan, train_method
-from trainers.publish import hub_revision, push_checkpoint, write_model_card
+from gsil_bench.core.config import ExperimentConfig, MethodConfig, experiment_from_dict, hash_view, shared_hash
+from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.io import atomic_write_json, atomic_write_text, hash_obj, is_done, read_json
+from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.core.provenance import collect
+from gsil_bench.core.registry import Registry
+from gsil_bench.core.strict import Located, to_plain
+from gsil_bench.core.tracking import log_eval
+from gsil_bench.harness.validate import validate
+from gsil_bench.harness.workers import is_claimed, read_record, this_worker, work_through, write_record
+from gsil_bench.reports.index import RunIndex, default_index
+from gsil_bench.reports.report import write_report
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.base import TASKS
+from gsil_bench.trainers.api import iteration_plan, train_method
+from gsil_bench.trainers.publish import hub_revision, push_checkpoint, write_model_card
 
 log = logging.getLogger(__name__)
 # checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.config import ExperimentConfig, check_overrides, check_schedule, check_self_play, for_method, parse_experiment
-from core.datadir import data_dir as resolve_data_dir
-from core.datadir import local_file
-from core.errors import ConfigError, Problem, ValidationError
-from core.layout import RESERVED
-from core.models import ModelError, resolve
-from core.registry import did_you_mean
-from core.strict import Located
-from tasks import api as tasks_api
-from tasks.base import TaskError
-from tasks.context import EvalContext
-from trainers.checks import check_method, check_training
-from trainers.data import DATA_FORMATS, DataError, data_file
+from gsil_bench.core.config import (
+    ExperimentConfig,
+    check_overrides,
+    check_schedule,
+    check_self_play,
+    for_method,
+    parse_experiment,
+)
+from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.datadir import local_file
+from gsil_bench.core.errors import ConfigError, Problem, ValidationError
+from gsil_bench.core.layout import RESERVED
+from gsil_bench.core.models import ModelError, resolve
+from gsil_bench.core.registry import did_you_mean
+from gsil_bench.core.strict import Located
+from gsil_bench.tasks import api as tasks_api
+from gsil_bench.tasks.base import TaskError
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.trainers.checks import check_method, check_training
+from gsil_bench.trainers.data import DATA_FORMATS, DataError, data_file
 
 SCOPES = ("train", "eval")  # what a command will do: train (methods, data) and/or eval (tasks)
 

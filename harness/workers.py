@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.io import atomic_write_json, read_json
+from gsil_bench.core.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 CLAIM, RECORD = ".claim", "step.json"

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.rundata import load_run
+from gsil_bench.reports.rundata import load_run
 
 log = logging.getLogger(__name__)
 INDEX_NAME = "runs.sqlite"

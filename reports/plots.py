@@ -23,10 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from reports.rundata import BASE, RunData  # noqa: E402
-from reports.stats import Interval  # noqa: E402
-from reports.style import column_label, method_colors, scale, task_label  # noqa: E402
-from reports.tables import Comparison  # noqa: E402
+from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
+from gsil_bench.reports.stats import Interval  # noqa: E402
+from gsil_bench.reports.style import column_label, method_colors, scale, task_label  # noqa: E402
+from gsil_bench.reports.tables import Comparison  # noqa: E402
 
 log = logging.getLogger(__name__)
 YLABELS = {"loss": "loss", "rewards/real": "log ratio r(real)", "rewards/generated": "log ratio r(generated)",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.rundata import BASE, RunData, RunDataError
-from reports.tables import aggregate, fmt
+from gsil_bench.reports.rundata import BASE, RunData, RunDataError
+from gsil_bench.reports.tables import aggregate, fmt
 
 LEADERBOARD = ("arc_challenge", "hellaswag", "truthfulqa_mc2", "mmlu", "winogrande", "gsm8k")  # "average" of these
 # published column -> (our candidate tasks, first found wins; divisor turning the published value into ours)

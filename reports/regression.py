@@ -30,12 +30,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core.io import atomic_write_text  # noqa: E402
-from reports import html as H  # noqa: E402
-from reports.rundata import EvalResult, RunData, load_run  # noqa: E402
-from reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap  # noqa: E402
-from reports.tables import aggregate, fmt  # noqa: E402
-from reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows  # noqa: E402
+from gsil_bench.core.io import atomic_write_text  # noqa: E402
+from gsil_bench.reports import html as H  # noqa: E402
+from gsil_bench.reports.rundata import EvalResult, RunData, load_run  # noqa: E402
+from gsil_bench.reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap  # noqa: E402
+from gsil_bench.reports.tables import aggregate, fmt  # noqa: E402
+from gsil_bench.reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows  # noqa: E402
 
 log = logging.getLogger(__name__)
 # metric-name prefix -> the smallest drop that matters, in the metric's units

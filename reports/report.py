@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from core.datadir import data_dir
-from core.io import atomic_write_text
-from reports import html as H
-from reports import plots, significance, tables
-from reports.published import load_published, published_display, published_frame, resolve_published
-from reports.rundata import RunData, load_run
+from gsil_bench.core.datadir import data_dir
+from gsil_bench.core.io import atomic_write_text
+from gsil_bench.reports import html as H
+from gsil_bench.reports import plots, significance, tables
+from gsil_bench.reports.published import load_published, published_display, published_frame, resolve_published
+from gsil_bench.reports.rundata import RunData, load_run
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from core.errors import GsilError
-from core.io import is_done, read_json, read_jsonl, read_jsonl_strict
-from core.layout import BASE, RunLayout
+from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import is_done, read_json, read_jsonl, read_jsonl_strict
+from gsil_bench.core.layout import BASE, RunLayout
 
 
 class RunDataError(GsilError, ValueError):

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports.style import column_label, number, task_label
-from reports.tables import Comparison
+from gsil_bench.reports.style import column_label, number, task_label
+from gsil_bench.reports.tables import Comparison
 
 
 def holm(pvalues: list[float]) -> list[float]:

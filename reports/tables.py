@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from reports.rundata import BASE, EvalResult, RunData
-from reports.stats import (
+from gsil_bench.reports.rundata import BASE, EvalResult, RunData
+from gsil_bench.reports.stats import (
     Interval,
     PairedDiff,
     bootstrap_ci,
@@ -28,7 +28,7 @@ from reports.stats import (
     paired_bootstrap,
     t_interval,
 )
-from reports.style import column_label, number, task_label
+from gsil_bench.reports.style import column_label, number, task_label
 
 UP, DOWN = "▲", "▼"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reports.rundata import RunData
+from gsil_bench.reports.rundata import RunData
 
 # key prefix -> tolerance (scaled absolute, see above); the longest matching prefix wins
 TRAIN_TOLERANCE: dict[str, float] = {

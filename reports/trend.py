@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core.io import atomic_write_text  # noqa: E402
-from reports import html as H  # noqa: E402
-from reports.index import RunIndex  # noqa: E402
-from reports.tables import fmt  # noqa: E402
+from gsil_bench.core.io import atomic_write_text  # noqa: E402
+from gsil_bench.reports import html as H  # noqa: E402
+from gsil_bench.reports.index import RunIndex  # noqa: E402
+from gsil_bench.reports.tables import fmt  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.config import EvalConfig
-from core.datadir import data_dir as resolve_data_dir
-from core.errors import Problem
-from core.io import folder_lock
-from tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
-from tasks.base import TASKS, Task, TaskError, run_task
-from tasks.context import EvalContext
-from tasks.interop import write_interop
-from tasks.lmeval import LmEvalTask, check_task_name
-from tasks.sandbox import SandboxUnavailable, resolve_mode
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.errors import Problem
+from gsil_bench.core.io import folder_lock
+from gsil_bench.tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
+from gsil_bench.tasks.base import TASKS, Task, TaskError, run_task
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.interop import write_interop
+from gsil_bench.tasks.lmeval import LmEvalTask, check_task_name
+from gsil_bench.tasks.sandbox import SandboxUnavailable, resolve_mode
 
 log = logging.getLogger(__name__)
 

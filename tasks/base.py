@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.config import hash_view
-from core.errors import GsilError
-from core.io import (
+from gsil_bench.core.config import hash_view
+from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import (
     append_jsonl,
     atomic_write_json,
     hash_obj,
@@ -36,10 +36,10 @@ from core.io import (
     read_json,
     temp_name,
 )
-from core.provenance import collect
-from core.registry import Registry
-from tasks.context import EvalContext
-from tasks.stats import Metric
+from gsil_bench.core.provenance import collect
+from gsil_bench.core.registry import Registry
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.stats import Metric
 
 log = logging.getLogger(__name__)
 RESULT_FILES = ("metrics.json", "samples.jsonl")  # their digests are in DONE, checked before reuse

@@ -38,8 +38,8 @@ import traceback
 import types
 from typing import Any
 
-from tasks import wire
-from tasks.sandbox import Limits, Spawned, nproc_limit, read_capped, server_argv
+from gsil_bench.tasks import wire
+from gsil_bench.tasks.sandbox import Limits, Spawned, nproc_limit, read_capped, server_argv
 
 REPLY_CAP = 64 << 20
 BUILTIN_NAMES = frozenset(dir(builtins))

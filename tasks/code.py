@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from core.io import iter_jsonl_file
-from tasks.base import Sample, TaskError, TaskResult
-from tasks.context import EvalContext
-from tasks.evalplus import expected_outputs
-from tasks.sandbox import Limits, SandboxUnavailable, check_many, resolve_mode
-from tasks.stats import Metric, pass_at_k, summarize
+from gsil_bench.core.io import iter_jsonl_file
+from gsil_bench.tasks.base import Sample, TaskError, TaskResult
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.evalplus import expected_outputs
+from gsil_bench.tasks.sandbox import Limits, SandboxUnavailable, check_many, resolve_mode
+from gsil_bench.tasks.stats import Metric, pass_at_k, summarize
 
 log = logging.getLogger(__name__)
 

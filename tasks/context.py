@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import EvalConfig, GenerationConfig
-from core.generation import Completion, Generator, Prompt, make_generator
-from core.io import append_jsonl, hash_obj, read_jsonl, sha256_file
-from core.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve
+from gsil_bench.core.config import EvalConfig, GenerationConfig
+from gsil_bench.core.generation import Completion, Generator, Prompt, make_generator
+from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl, sha256_file
+from gsil_bench.core.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.datadir import load_hub_rows, local_file
-from core.io import parse_json_line
-from tasks.base import TaskError
-from tasks.context import EvalContext
+from gsil_bench.core.datadir import load_hub_rows, local_file
+from gsil_bench.core.io import parse_json_line
+from gsil_bench.tasks.base import TaskError
+from gsil_bench.tasks.context import EvalContext
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.io import atomic_write_json
-from core.models import cache_root
-from tasks.checker import MBPP_NOT_NONE
-from tasks.sandbox import Limits, check_many
+from gsil_bench.core.io import atomic_write_json
+from gsil_bench.core.models import cache_root
+from gsil_bench.tasks.checker import MBPP_NOT_NONE
+from gsil_bench.tasks.sandbox import Limits, check_many
 
 log = logging.getLogger(__name__)
 

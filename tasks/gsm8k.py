@@ -16,8 +16,8 @@ and lm-eval's Hub copy (openai/gsm8k) otherwise; the numbers are lm-eval's own.
 
 from __future__ import annotations
 
-from tasks.base import TASKS
-from tasks.lmeval import LmEvalTask
+from gsil_bench.tasks.base import TASKS
+from gsil_bench.tasks.lmeval import LmEvalTask
 
 TASKS.add("gsm8k", lambda: LmEvalTask("gsm8k", "gsm8k", chat=None, primary="exact_match/strict-match",
                                       yaml="gsm8k/gsm8k.yaml"), backend="lm-eval")

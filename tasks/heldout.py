@@ -33,12 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from core.io import append_jsonl, hash_obj, read_jsonl
-from core.models import cache_root, load_model, pick_dtype
-from tasks.base import TASKS, Sample, TaskError, TaskResult
-from tasks.context import EvalContext, model_identity
-from tasks.data import load_rows
-from tasks.stats import Metric, summarize
+from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
+from gsil_bench.core.models import cache_root, load_model, pick_dtype
+from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
+from gsil_bench.tasks.context import EvalContext, model_identity
+from gsil_bench.tasks.data import load_rows
+from gsil_bench.tasks.stats import Metric, summarize
 
 log = logging.getLogger(__name__)
 

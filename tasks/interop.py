@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from gsil_bench.core.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 EVALPLUS_TASKS = {"humaneval": "humaneval", "humaneval_plus": "humaneval", "mbpp": "mbpp", "mbpp_plus": "mbpp"}

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.config import GenerationConfig, JudgeConfig
-from core.generation import HFGenerator
-from core.io import append_jsonl, hash_obj, read_jsonl
-from core.models import load_model
-from core.openai_client import EndpointError, OpenAIClient
-from core.registry import Registry
+from gsil_bench.core.config import GenerationConfig, JudgeConfig
+from gsil_bench.core.generation import HFGenerator
+from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
+from gsil_bench.core.models import load_model
+from gsil_bench.core.openai_client import EndpointError, OpenAIClient
+from gsil_bench.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

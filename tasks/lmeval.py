@@ -27,12 +27,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from core.io import atomic_write_json, hash_obj
-from core.models import cache_root, resolve
-from core.registry import Registry, did_you_mean
-from tasks.base import Sample, TaskError, TaskResult
-from tasks.context import EvalContext
-from tasks.stats import Z95, Metric, sample_stderr, summarize
+from gsil_bench.core.io import atomic_write_json, hash_obj
+from gsil_bench.core.models import cache_root, resolve
+from gsil_bench.core.registry import Registry, did_you_mean
+from gsil_bench.tasks.base import Sample, TaskError, TaskResult
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.stats import Z95, Metric, sample_stderr, summarize
 
 log = logging.getLogger(__name__)
 

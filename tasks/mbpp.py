@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tasks.base import register_task
-from tasks.code import CodeTask, Problem
-from tasks.context import EvalContext
-from tasks.data import load_rows
-from tasks.evalplus import mbpp_inputs
+from gsil_bench.tasks.base import register_task
+from gsil_bench.tasks.code import CodeTask, Problem
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.data import load_rows
+from gsil_bench.tasks.evalplus import mbpp_inputs
 
 TEST_IDS = range(11, 511)
 SHOT_IDS = (2, 3, 4)

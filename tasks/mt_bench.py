@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from core.config import JudgeConfig
-from tasks.base import Sample, TaskError, TaskResult, register_task
-from tasks.context import EvalContext
-from tasks.data import load_rows
-from tasks.judge import HFJudge, Judge, JudgmentStore, make_judge
-from tasks.stats import Metric, cluster_bootstrap, summarize
+from gsil_bench.core.config import JudgeConfig
+from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.data import load_rows
+from gsil_bench.tasks.judge import HFJudge, Judge, JudgmentStore, make_judge
+from gsil_bench.tasks.stats import Metric, cluster_bootstrap, summarize
 
 log = logging.getLogger(__name__)
 

@@ -38,14 +38,14 @@ import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from core.config import JudgeConfig
-from tasks.base import TASKS, TaskError, TaskResult, register_task
-from tasks.code import Problem
-from tasks.context import EvalContext
-from tasks.humaneval import HumanEval
-from tasks.lmeval import LmEvalTask
-from tasks.mt_bench import MTBench
-from tasks.sandbox import Limits, SandboxUnavailable, resolve_mode
+from gsil_bench.core.config import JudgeConfig
+from gsil_bench.tasks.base import TASKS, TaskError, TaskResult, register_task
+from gsil_bench.tasks.code import Problem
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.humaneval import HumanEval
+from gsil_bench.tasks.lmeval import LmEvalTask
+from gsil_bench.tasks.mt_bench import MTBench
+from gsil_bench.tasks.sandbox import Limits, SandboxUnavailable, resolve_mode
 
 log = logging.getLogger(__name__)
 

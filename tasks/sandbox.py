@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.progress import track
-from tasks import wire
+from gsil_bench.core.progress import track
+from gsil_bench.tasks import wire
 
 log = logging.getLogger(__name__)
 

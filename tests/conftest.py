@@ -30,7 +30,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted once to a cached Hugging Face folder."""
-    from core.models import resolve
+    from gsil_bench.core.models import resolve
 
     return Path(resolve(EMBEDDED))
 
@@ -38,7 +38,7 @@ def embedded_dir() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(embedded_dir):
     """The real SmolLM2 tokenizer (with its chat template)."""
-    from core.models import load_tokenizer
+    from gsil_bench.core.models import load_tokenizer
 
     return load_tokenizer(EMBEDDED)
 
@@ -46,7 +46,7 @@ def tokenizer(embedded_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama with the real tokenizer, saved as a model folder."""
-    from core.models import save_tiny_llama
+    from gsil_bench.core.models import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer)
 
@@ -57,7 +57,7 @@ def all_methods_run(tiny_model_dir, data_dir, tmp_path_factory):
     (config, run folder, {label: [IterationResult]})."""
     from helpers import ALL_METHODS, make_cfg
 
-    from trainers.api import train_method
+    from gsil_bench.trainers.api import train_method
 
     run = tmp_path_factory.mktemp("all") / "run"
     cfg = make_cfg(tiny_model_dir, ALL_METHODS)
@@ -66,7 +66,7 @@ def all_methods_run(tiny_model_dir, data_dir, tmp_path_factory):
 
 @pytest.fixture()
 def tiny_model(tokenizer):
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     return tiny_llama(tokenizer)
 
@@ -82,7 +82,7 @@ def llama_server(tmp_path_factory):
     """A real llama-cpp-python OpenAI-compatible server on loopback serving the
     embedded GGUF; yields its base URL (…/v1) and stops it afterwards."""
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is a test dependency")
-    from core.models import embedded_gguf_path
+    from gsil_bench.core.models import embedded_gguf_path
 
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"

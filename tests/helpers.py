@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from core.config import experiment_from_dict
-from core.io import append_jsonl, read_jsonl
+from gsil_bench.core.config import experiment_from_dict
+from gsil_bench.core.io import append_jsonl, read_jsonl
 
 
 def data_rows(data_dir: Path, rel: str) -> list[dict]:

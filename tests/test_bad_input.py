@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import data_rows, write_jsonl
 
-from harness.cli import main
+from gsil_bench.harness.cli import main
 
 
 def _eval(capsys, *args: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_reports_data import write_run
 
-from reports.report import write_report
+from gsil_bench.reports.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")

@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 from test_reports_data import write_run
 
-from core.config import EvalConfig
-from tasks.canaries import CODE_PROBLEMS, code_canaries, gsm8k_answers, gsm8k_docs, last_assert_call, lm_eval_verdicts
-from tasks.context import EvalContext
-from tasks.humaneval import HumanEval
-from tasks.sandbox import resolve_mode
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.tasks.canaries import (
+    CODE_PROBLEMS,
+    code_canaries,
+    gsm8k_answers,
+    gsm8k_docs,
+    last_assert_call,
+    lm_eval_verdicts,
+)
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.humaneval import HumanEval
+from gsil_bench.tasks.sandbox import resolve_mode
 
 
 def _ctx(data_dir: Path, tmp_path: Path) -> EvalContext:
@@ -77,16 +84,16 @@ def test_gsm8k_canaries_through_lm_eval_filters(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_broken_code_scorer_fails_compare(data_dir, tmp_path, monkeypatch):
-    from reports.regression import compare_runs
-    from tasks.api import evaluate
+    from gsil_bench.reports.regression import compare_runs
+    from gsil_bench.tasks.api import evaluate
 
     cfg = EvalConfig(tasks=["scorer_canaries"])
     good = evaluate("embedded:smollm2-135m-instruct", ["scorer_canaries"], cfg, tmp_path / "good")["scorer_canaries"]
     assert good["metrics"]["agreement"]["value"] == 1.0 and good["n_items"] == 4 * CODE_PROBLEMS + 56
-    import tasks.code
+    from gsil_bench.tasks import code as task_code
 
-    real = tasks.code.check_many  # the planted bug: the scorer runs every program without its last test
-    monkeypatch.setattr(tasks.code, "check_many", lambda jobs, *a, **k: real(
+    real = task_code.check_many  # the planted bug: the scorer runs every program without its last test
+    monkeypatch.setattr(task_code, "check_many", lambda jobs, *a, **k: real(
         [{**j, "tests": _drop_last_assert(j["tests"])} if j.get("kind") == "asserts" else j for j in jobs], *a, **k))
     bad = evaluate("embedded:smollm2-135m-instruct", ["scorer_canaries"], replace(cfg, limit=1),
                    tmp_path / "bad")["scorer_canaries"]

@@ -13,11 +13,11 @@ import math
 import pytest
 from helpers import data_rows, write_jsonl
 
-from core.config import EvalConfig
-from tasks import wire
-from tasks.api import evaluate
-from tasks.checker import check, evalplus_match
-from tasks.sandbox import Limits, check_many
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.tasks import wire
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.checker import check, evalplus_match
+from gsil_bench.tasks.sandbox import Limits, check_many
 
 L = Limits(timeout=5.0, memory_mb=1024)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\n"
@@ -124,8 +124,8 @@ def test_end_to_end_forged_completions_score_zero(tmp_path, data_dir):
 
 
 def test_mbpp_setup_code_objects_stay_in_the_sandbox(data_dir):
-    from tasks.context import EvalContext
-    from tasks.mbpp import Mbpp
+    from gsil_bench.tasks.context import EvalContext
+    from gsil_bench.tasks.mbpp import Mbpp
 
     p = {p.id: p for p in Mbpp().load(EvalContext("x", EvalConfig(), data_dir=data_dir))}["Mbpp/367"]
     assert p.setup.startswith("root = Node(1)") and "Node" not in p.tests

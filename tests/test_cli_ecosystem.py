@@ -9,8 +9,8 @@ import logging
 import pytest
 import yaml
 
-from core.io import read_json
-from harness.cli import main
+from gsil_bench.core.io import read_json
+from gsil_bench.harness.cli import main
 
 CONFIG = """name: eco
 shared:
@@ -52,7 +52,7 @@ def test_dry_run_prints_the_plan_and_does_nothing(config, tmp_path, capsys):
 
 
 def test_log_level_and_quiet(config, tmp_path, capsys):
-    from harness.cli import build_parser, log_level
+    from gsil_bench.harness.cli import build_parser, log_level
 
     assert log_level(build_parser().parse_args(["-q", "report", "x"])) == logging.WARNING
     assert log_level(build_parser().parse_args(["--log-level", "DEBUG", "report", "x"])) == logging.DEBUG
@@ -103,8 +103,8 @@ def test_checkpoint_has_a_model_card(config, tmp_path):
     assert "loss `gsil-logistic`, parameters none (the loss's defaults)" in card and "gsm8k/train.jsonl" in card
     assert meta["tags"] == ["gsil-bench", "gsil-logistic"]
     assert "Not evaluated yet" in card
-    from core.config import load_experiment
-    from trainers.publish import model_card
+    from gsil_bench.core.config import load_experiment
+    from gsil_bench.trainers.publish import model_card
 
     scores = {"humaneval": {"metrics": {"pass@1": {"value": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": 2}}}}
     with_scores = model_card(summary, load_experiment(config), scores)
@@ -121,7 +121,7 @@ def test_lora_adapter_saved_beside_the_merged_weights(tiny_model_dir, data_dir, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trainers.api import train_method
+    from gsil_bench.trainers.api import train_method
 
     cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], optimizer={"name": "adamw", "lr": 1e-2},
                    train={"max_steps": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "save_adapter": True}})
@@ -144,9 +144,9 @@ def test_heldout_nll_every_n_steps(tiny_model_dir, data_dir, tmp_path, tokenizer
     from helpers import make_cfg
     from transformers import AutoModelForCausalLM
 
-    from core.io import read_jsonl
-    from trainers.api import train_method
-    from trainers.data import encode_examples, load_examples
+    from gsil_bench.core.io import read_jsonl
+    from gsil_bench.trainers.api import train_method
+    from gsil_bench.trainers.data import encode_examples, load_examples
 
     heldout = {"path": "gsm8k/train.jsonl", "format": "gsm8k", "offset": 100, "limit": 3}
     cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}], train_data={"path": "gsm8k/train.jsonl", "format": "gsm8k",

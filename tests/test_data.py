@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from core.config import DataConfig
-from trainers.data import (
+from gsil_bench.core.config import DataConfig
+from gsil_bench.trainers.data import (
     DATA_FORMATS,
     DataError,
     EncodedSeq,
@@ -131,7 +131,7 @@ def test_truncation_keeps_prompt_end_and_total_length(tokenizer):
     short = encode(tokenizer, [{"role": "user", "content": "Hi"}], "Yo", max_prompt_length=64, max_length=100)
     assert short.input_ids == encode(tokenizer, [{"role": "user", "content": "Hi"}], "Yo",
                                      max_prompt_length=4096, max_length=8192).input_ids  # untouched when it fits
-    from core.strict import ConfigError
+    from gsil_bench.core.strict import ConfigError
 
     with pytest.raises(ConfigError, match="max_prompt_length .* must be <"):
         encode(tokenizer, prompt, response, max_prompt_length=100, max_length=100)

@@ -17,11 +17,11 @@ import pytest
 import torch
 from helpers import make_cfg
 
-from core.io import read_json, read_jsonl
-from trainers.api import train_method
-from trainers.data import encode, load_examples
-from trainers.loop import step_indices
-from trainers.losses import LOSSES
+from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.trainers.api import train_method
+from gsil_bench.trainers.data import encode, load_examples
+from gsil_bench.trainers.loop import step_indices
+from gsil_bench.trainers.losses import LOSSES
 
 # step-1 loss when the policy equals the reference (every log ratio 0): GSIL with a = 0.5, b = 0
 # has z = 0 on both sides; the pairwise losses see margin 0 (beta = 0.1).

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import read_json, read_jsonl
+from gsil_bench.core.io import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli_module() -> list[str]:
-    """`-m harness.cli train`: the gsil-bench entry point."""
-    return ["harness.cli", "train"]
+    """`-m gsil_bench.harness.cli train`: the gsil-bench entry point."""
+    return ["gsil_bench.harness.cli", "train"]
 
 
 def _config(tmp_path: Path, model: Path) -> Path:
@@ -63,7 +63,7 @@ def _launch(cfg: Path, out: Path, data_dir: Path, kill: str | None = None) -> su
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_model_dir, data_dir, tmp_path):
     cfg = _config(tmp_path, tiny_model_dir)
-    one = subprocess.run([sys.executable, "-m", "harness.cli", "train", str(cfg), "--method", "gsil-logistic",
+    one = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "train", str(cfg), "--method", "gsil-logistic",
                           "--output", str(tmp_path / "one"), "shared.train.batch_size=4"],
                          cwd=REPO, env=_env(data_dir), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]

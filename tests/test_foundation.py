@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import load_experiment, shared_hash
-from core.registry import Registry
-from core.strict import ConfigError
-from harness.validate import load_and_validate
+from gsil_bench.core.config import load_experiment, shared_hash
+from gsil_bench.core.registry import Registry
+from gsil_bench.core.strict import ConfigError
+from gsil_bench.harness.validate import load_and_validate
 
 
 def test_registry_rejects_duplicates_and_suggests():
@@ -55,7 +55,7 @@ def test_shared_hash_ignores_methods_but_not_shared(tmp_path):
 
 
 def test_model_name_errors(tmp_path):
-    from core.models import ModelError, resolve
+    from gsil_bench.core.models import ModelError, resolve
 
     with pytest.raises(ModelError, match="unknown embedded model.*did you mean 'embedded:smollm2-135m-instruct'"):
         resolve("embedded:smollm2-135m-instruc")
@@ -70,9 +70,9 @@ def test_model_name_errors(tmp_path):
 
 def test_embedded_model_converts_once_and_generates(embedded_dir, tokenizer):
     """The real embedded model: cached conversion loads and answers a chat prompt."""
-    from core.config import GenerationConfig
-    from core.generation import HFGenerator
-    from core.models import load_model
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import HFGenerator
+    from gsil_bench.core.models import load_model
 
     assert (embedded_dir / "DONE").is_file() and (embedded_dir / "model.safetensors").is_file()
     model, tok = load_model("embedded:smollm2-135m-instruct")
@@ -85,8 +85,8 @@ def test_embedded_model_converts_once_and_generates(embedded_dir, tokenizer):
 
 def test_hf_generator_left_padding_matches_single(tiny_model, tokenizer):
     """Batched (left-padded) greedy generation equals one-at-a-time generation."""
-    from core.config import GenerationConfig
-    from core.generation import HFGenerator
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import HFGenerator
 
     prompts = ["Hello there, how are", "A much longer prompt that needs padding in a batch of two"]
     cfg = GenerationConfig(max_new_tokens=8, batch_size=2)
@@ -97,8 +97,8 @@ def test_hf_generator_left_padding_matches_single(tiny_model, tokenizer):
 
 @pytest.mark.slow
 def test_openai_generator_against_llama_server(llama_server):
-    from core.config import GenerationConfig
-    from core.generation import make_generator
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import make_generator
 
     gen = make_generator(GenerationConfig(backend="openai", base_url=llama_server, api_model="smollm2", max_new_tokens=16))
     out = gen.generate([[{"role": "user", "content": "What is 2+3?"}], "def add(a, b):\n"], stop=["\n\n"])
@@ -110,7 +110,7 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
     """A new loss variant is one decorated function in a plugin module plus a config line."""
     import torch
 
-    from trainers.losses import LOSSES, LossInputs, compute_loss
+    from gsil_bench.trainers.losses import LOSSES, LossInputs, compute_loss
 
     (tmp_path / "my_losses_plugin.py").write_text(
         "import torch\n"

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from core.config import GenerationConfig
-from core.generation import HFGenerator, StaticDecoder, left_pad
+from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.generation import HFGenerator, StaticDecoder, left_pad
 
 PROMPTS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
@@ -96,8 +96,8 @@ def test_compile_needs_static_cache(tiny_model, tokenizer):
 
 
 def test_config_rejects_unknown_cache():
-    from core.config import experiment_from_dict
-    from core.strict import ConfigError
+    from gsil_bench.core.config import experiment_from_dict
+    from gsil_bench.core.strict import ConfigError
 
     data = {"name": "x", "methods": [{"loss": "sft"}], "shared": {"generation": {"cache": "paged"}}}
     with pytest.raises(ConfigError, match="cache"):
@@ -107,7 +107,7 @@ def test_config_rejects_unknown_cache():
 @pytest.mark.slow
 def test_real_model_static_equals_default(data_dir, embedded_dir):
     """SmolLM2-135M-Instruct, greedy, GSM8K questions: identical completions, EOS stops included."""
-    from core.models import load_model
+    from gsil_bench.core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     rows = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()][:4]
@@ -124,7 +124,7 @@ def test_compiled_cuda_greedy_matches_eager(tokenizer):
     """On a GPU: the compiled (CUDA graph) decode step gives the eager static path's tokens."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     model = tiny_llama(tokenizer, layers=4, hidden=256, heads=4).cuda().to(torch.bfloat16)
     eager = _gen(model, tokenizer, max_new_tokens=32, batch_size=4, cache="static")

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import EvalConfig, GenerationConfig
-from tasks.api import evaluate
+from gsil_bench.core.config import EvalConfig, GenerationConfig
+from gsil_bench.tasks.api import evaluate
 
 
 def _local_yaml(folder: Path, data_dir: Path, base: str, name: str) -> Path:
     """An lm-eval task written the way an lm-eval user would: include the stock YAML and
     point the data set at the local files (independent of tasks.lmeval)."""
-    from tasks.lmeval import builtin_yaml
+    from gsil_bench.tasks.lmeval import builtin_yaml
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
@@ -60,7 +60,7 @@ def _compare(ours_dir: Path, ours: dict, direct: dict, name: str) -> None:
 def test_local_data_spec_keeps_lm_evals_task(data_dir):
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from tasks.lmeval import builtin_yaml, task_spec
+    from gsil_bench.tasks.lmeval import builtin_yaml, task_spec
 
     stock = load_yaml(builtin_yaml("gsm8k/gsm8k.yaml"), resolve_func=True)
     spec, files = task_spec("gsm8k", data_dir, builtin_yaml("gsm8k/gsm8k.yaml"))
@@ -121,7 +121,7 @@ def test_gsm8k_equals_lm_eval_on_the_same_model(tmp_path, data_dir, answers_thre
 
 @pytest.mark.slow
 def test_gsm8k_and_chat_variant_equal_lm_eval_on_the_embedded_model(tmp_path, data_dir):
-    from core.models import load_model
+    from gsil_bench.core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     gen = "max_gen_toks=96"
@@ -139,8 +139,8 @@ def test_gsm8k_and_chat_variant_equal_lm_eval_on_the_embedded_model(tmp_path, da
 
 
 def test_unknown_task_names_get_a_did_you_mean(tmp_path):
-    from tasks.base import TaskError
-    from tasks.lmeval import check_task_name, task_index
+    from gsil_bench.tasks.base import TaskError
+    from gsil_bench.tasks.lmeval import check_task_name, task_index
 
     with pytest.raises(TaskError, match=r"unknown task 'gsm8kk'.*did you mean 'gsm8k'"):
         evaluate("x", ["gsm8kk"], EvalConfig(), tmp_path)

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.config import EvalConfig, GenerationConfig
-from core.io import read_json, read_jsonl
-from tasks.api import evaluate
-from tasks.heldout import Encoded, encode_pair, sequence_logps
-from trainers.data import encode
+from gsil_bench.core.config import EvalConfig, GenerationConfig
+from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.heldout import Encoded, encode_pair, sequence_logps
+from gsil_bench.trainers.data import encode
 
 
 def _eval_cfg(tmp_path, reference=None) -> EvalConfig:
@@ -44,7 +44,7 @@ def test_batched_logps_equal_one_sequence_at_a_time(tiny_model, tokenizer):
 
 
 def test_margin_against_the_reference_and_its_cache(tmp_path, tiny_model_dir, tokenizer, data_dir):
-    from core.models import load_model, save_tiny_llama
+    from gsil_bench.core.models import load_model, save_tiny_llama
 
     other = save_tiny_llama(tmp_path / "other", tokenizer, seed=7)
     cfg = _eval_cfg(tmp_path, reference=str(other))

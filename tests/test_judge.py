@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import EvalConfig, GenerationConfig, JudgeConfig
-from tasks.api import evaluate
-from tasks.judge import JudgmentStore, OpenAIJudge, parse_judgment, parse_rating
-from tasks.mt_bench import JudgeError
+from gsil_bench.core.config import EvalConfig, GenerationConfig, JudgeConfig
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.judge import JudgmentStore, OpenAIJudge, parse_judgment, parse_rating
+from gsil_bench.tasks.mt_bench import JudgeError
 
 
 class JudgeServer:
@@ -175,7 +175,7 @@ def test_real_llama_server_judges_one_prompt(tmp_path, llama_server):
 
 @pytest.mark.slow
 def test_mt_bench_protocol_with_the_llama_server_judge(tmp_path, data_dir, llama_server):
-    from core.models import load_model
+    from gsil_bench.core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=48, batch_size=4),

@@ -72,9 +72,26 @@ def test_the_check_sees_lazy_and_dynamic_imports(tmp_path):
     src.write_text("import os\n\ndef f():\n    from tasks.api import evaluate\n    import importlib\n"
                    "    importlib.import_module('harness.runner')\n    return evaluate\n")
     assert [(line, m) for line, m in imports_of(src) if _package(m)] == [(4, "tasks.api"), (6, "harness.runner")]
+    src.write_text("from gsil_bench.reports import tables\nfrom gsil_bench import harness\n")
+    assert [_package(m) for _, m in imports_of(src) if _package(m)] == ["reports", "harness"]
 
 
 def test_every_layer_is_a_package_with_modules():
     for layer in LAYERS:
         assert (REPO / layer / "__init__.py").is_file(), layer
         assert len(list((REPO / layer).glob("*.py"))) >= 2, layer
+
+
+def test_a_users_own_tasks_or_reports_folder_cannot_shadow_ours(tmp_path):
+    """Everything is imported as gsil_bench.*: folders named like our layers in the working
+    directory (first on sys.path under `python -m`) are never picked up."""
+    import subprocess
+    import sys
+
+    for name in ("core", "harness", "trainers", "tasks", "reports", "benchmarks"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise SystemExit('shadowed by the user folder {name}')\n")
+    proc = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "eval", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "shadowed" not in proc.stdout + proc.stderr and "KEY=VALUE" in proc.stdout

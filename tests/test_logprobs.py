@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.data import Batch, EncodedSeq, collate
-from trainers.logprobs import LogpsModule, batch_logps, full_logits_logps
+from gsil_bench.trainers.data import Batch, EncodedSeq, collate
+from gsil_bench.trainers.logprobs import LogpsModule, batch_logps, full_logits_logps
 
 
 def _batch(vocab, seed=0):
@@ -70,13 +70,13 @@ def test_gradient_checkpointing_lora_and_module_wrapper_agree(tokenizer):
     give the same log-probs as the plain model."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     batch = _batch(len(tokenizer), seed=1)
     model = tiny_llama(tokenizer, seed=3)
     model.train()
     plain, _ = full_logits_logps(model, batch)
-    from trainers.loop import enable_checkpointing
+    from gsil_bench.trainers.loop import enable_checkpointing
 
     enable_checkpointing(model)
     ckpt, _ = batch_logps(model, batch, 5)
@@ -123,7 +123,7 @@ def test_chunked_on_gpu_matches_and_uses_less_memory(tokenizer):
     """CUDA: equal to the full computation, and the peak memory of forward + backward is lower."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     model = tiny_llama(tokenizer, layers=2, hidden=128).cuda().train()
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,15 @@ import pytest
 import torch
 import trl
 
-from trainers.losses import LOSSES, LossInputs, LossOutput, compute_loss, gsil_output, register_loss, safe_exp
+from gsil_bench.trainers.losses import (
+    LOSSES,
+    LossInputs,
+    LossOutput,
+    compute_loss,
+    gsil_output,
+    register_loss,
+    safe_exp,
+)
 
 T = torch.tensor
 
@@ -170,7 +178,7 @@ def _sq_hinge(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:
 
 
 def test_new_variant_registers_and_loads_from_config(tmp_path):
-    from core.config import load_experiment
+    from gsil_bench.core.config import load_experiment
 
     p = tmp_path / "exp.yaml"
     p.write_text("name: x\nmethods:\n  - loss: test-gsil-sqhinge\n    params: {a: 0.5, b: 1.0}\n")
@@ -189,7 +197,7 @@ def trl_trainer(tokenizer, tmp_path_factory):
     plainly so a missing or broken trl fails the suite instead of skipping the comparison)."""
     from datasets import Dataset
 
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
            "rejected": [{"role": "assistant", "content": "bye"}]}
@@ -207,8 +215,8 @@ def test_dpo_variants_equal_trl(trl_trainer, tokenizer, ours, trl_type, beta):
     log-probs (its fused LM head) and the loss; we compute ours with batch_logps + our loss.
     TRL's IPO divides each side's log ratio by its completion length: ours on length-normalised
     log-probs must then agree."""
-    from trainers.data import Batch
-    from trainers.logprobs import batch_logps
+    from gsil_bench.trainers.data import Batch
+    from gsil_bench.trainers.logprobs import batch_logps
 
     g = torch.Generator().manual_seed(7)
     B, L = 3, 14

@@ -12,7 +12,7 @@ import pytest
 import reference_losses as ref
 import torch
 
-from trainers.losses import LOSSES, LossInputs, compute_loss
+from gsil_bench.trainers.losses import LOSSES, LossInputs, compute_loss
 
 GSIL = sorted(ref.GSIL_MEMBERS)
 PAIRWISE = ["dpo", "dpo-hinge", "dpo-ipo", "spin"]
@@ -49,7 +49,7 @@ def _reference(name: str, x: dict[str, np.ndarray], params: dict[str, float]) ->
 
 def test_the_reference_covers_every_registered_loss():
     """Every loss the project ships (other tests register extra ones) has a reference here."""
-    shipped = {n for n in LOSSES.names() if LOSSES.get(n).__module__ == "trainers.losses"}
+    shipped = {n for n in LOSSES.names() if LOSSES.get(n).__module__ == "gsil_bench.trainers.losses"}
     assert set(GSIL + PAIRWISE + ["sft"]) == shipped
 
 

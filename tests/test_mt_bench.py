@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from core.config import EvalConfig, GenerationConfig, JudgeConfig
-from tasks.base import Sample
-from tasks.context import EvalContext
-from tasks.mt_bench import MTBench, _plain
+from gsil_bench.core.config import EvalConfig, GenerationConfig, JudgeConfig
+from gsil_bench.tasks.base import Sample
+from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.mt_bench import MTBench, _plain
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_aggregate_is_fastchats_mean_with_missing_counted():
 
 
 def test_second_turn_sees_the_first_answer(tmp_path, data_dir, tiny_model, tokenizer):
-    from tasks.api import evaluate
+    from gsil_bench.tasks.api import evaluate
 
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=6, batch_size=4),
                      judge=JudgeConfig(backend="hf", model="tiny", max_tokens=4))

@@ -13,9 +13,9 @@ import copy
 
 import pytest
 
-from core.generation import render_prompt
-from trainers.data import collate
-from trainers.official import (
+from gsil_bench.core.generation import render_prompt
+from gsil_bench.trainers.data import collate
+from gsil_bench.trainers.official import (
     SPIN_PROMPT_TEMPLATE,
     encode_official,
     fit,
@@ -122,7 +122,7 @@ def test_token_ids_equal_the_official_collator(zephyr_tok, max_length, max_promp
 
 
 def test_chat_encoding_is_untouched_by_fit(tokenizer):
-    from trainers.data import encode
+    from gsil_bench.trainers.data import encode
 
     seq = encode(tokenizer, [{"role": "user", "content": "hi"}], "hello", max_prompt_length=8, max_length=16)
     assert fit("chat", seq, None, max_prompt_length=8, max_length=16) == (seq, None)

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from core.config import GenerationConfig
-from core.generation import HFGenerator, make_generator
-from core.openai_client import EndpointError, OpenAIClient
+from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.generation import HFGenerator, make_generator
+from gsil_bench.core.openai_client import EndpointError, OpenAIClient
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
 RAW = "Once upon a time"

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from core.openai_client import EndpointError, OpenAIClient
+from gsil_bench.core.openai_client import EndpointError, OpenAIClient
 
 OK = json.dumps({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}).encode()
 

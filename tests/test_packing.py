@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from trainers import data, logprobs
-from trainers.losses import LossInputs, compute_loss
-from trainers.packing import (
+from gsil_bench.trainers import data, logprobs
+from gsil_bench.trainers.losses import LossInputs, compute_loss
+from gsil_bench.trainers.packing import (
     PACKED_PREFIX,
     enable_packed_attention,
     pack,
@@ -98,7 +98,7 @@ def test_chunked_head_matches_log_softmax_and_gradcheck():
     want = torch.log_softmax(head(h), -1).gather(1, t[:, None]).squeeze(1)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # closed-form backward vs finite differences, several chunks (gradient accumulation across chunks)
-    from trainers.packing import _ChunkedLogProb
+    from gsil_bench.trainers.packing import _ChunkedLogProb
 
     def f(h_, w_, b_):
         return _ChunkedLogProb.apply(h_, w_, b_, t, 3)
@@ -136,7 +136,7 @@ def test_no_cross_contamination(tiny_model, gsm8k_seqs):
 def test_native_transformers_packed_mask_agrees(tokenizer, gsm8k_seqs):
     """transformers' own block-diagonal mask (sdpa, restarting position ids) and our
     per-sequence attention give the same hidden states."""
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     native, ours = tiny_llama(tokenizer), tiny_llama(tokenizer)
     p = pack(gsm8k_seqs)
@@ -144,7 +144,7 @@ def test_native_transformers_packed_mask_agrees(tokenizer, gsm8k_seqs):
     with torch.no_grad():
         h_native = native.model(input_ids=p.input_ids, position_ids=p.position_ids, use_cache=False).last_hidden_state
         _, _ = packed_logps(ours, p)
-        from trainers.packing import _packed_call
+        from gsil_bench.trainers.packing import _packed_call
 
         with _packed_call():
             h_ours = ours.model(input_ids=p.input_ids, position_ids=p.position_ids, use_cache=False,
@@ -162,7 +162,7 @@ def _pair_inputs(seqs):
 @pytest.mark.parametrize("loss", ["gsil-logistic", "dpo", "spin", "sft"])
 def test_losses_and_gradients_match_padded(tokenizer, gsm8k_seqs, loss):
     """Loss and every parameter gradient: packed path vs padded path, same weights."""
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     real, gen = _pair_inputs(gsm8k_seqs)
     ref_real, ref_gen = torch.tensor([-80.0, -120.0, -95.0]), torch.tensor([-70.0, -140.0, -90.0])
@@ -195,7 +195,7 @@ def test_losses_and_gradients_match_padded(tokenizer, gsm8k_seqs, loss):
 def test_gradient_checkpointing_keeps_sequences_apart(tokenizer, gsm8k_seqs):
     """With gradient checkpointing the backward recomputes attention: gradients must
     equal the non-checkpointed ones (a mask-less recompute would mix sequences)."""
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     grads = []
     for ckpt in (False, True):
@@ -226,7 +226,7 @@ def test_switch_keeps_padded_and_generation_outputs(tiny_model, tokenizer):
 
 
 def test_eager_base_and_empty_response(tokenizer, gsm8k_seqs):
-    from core.models import tiny_llama
+    from gsil_bench.core.models import tiny_llama
 
     model = tiny_llama(tokenizer)
     model.set_attn_implementation("eager")
@@ -242,7 +242,7 @@ def test_eager_base_and_empty_response(tokenizer, gsm8k_seqs):
 @pytest.mark.slow
 def test_real_model_packed_equals_padded(data_dir, tokenizer, embedded_dir):
     """The real SmolLM2-135M-Instruct: packed == padded summed response log-probs."""
-    from core.models import load_model
+    from gsil_bench.core.models import load_model
 
     model, tok = load_model("embedded:smollm2-135m-instruct")
     rows = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").open()][:4]
@@ -258,7 +258,7 @@ def test_real_model_packed_equals_padded(data_dir, tokenizer, embedded_dir):
 def test_loop_collator_and_batch_logps_agree(tiny_model, tokenizer, gsm8k_seqs):
     """The registered "packed" collator + batch_packed_logps equal the loop's padded
     trainers.logprobs.batch_logps on the same EncodedSeqs."""
-    from trainers.packing import batch_packed_logps, from_batch
+    from gsil_bench.trainers.packing import batch_packed_logps, from_batch
 
     seqs = [data.EncodedSeq(list(ids), start) for ids, start in gsm8k_seqs]
     batch = data.COLLATORS.get("packed")(seqs, tokenizer.pad_token_id)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import for_method, iteration_config, load_experiment, shared_hash
-from core.strict import load_yaml
-from harness.validate import validate
-from tasks.api import check_tasks
-from trainers.official import SPIN_PROMPT_TEMPLATE
+from gsil_bench.core.config import for_method, iteration_config, load_experiment, shared_hash
+from gsil_bench.core.strict import load_yaml
+from gsil_bench.harness.validate import validate
+from gsil_bench.tasks.api import check_tasks
+from gsil_bench.trainers.official import SPIN_PROMPT_TEMPLATE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -62,7 +62,7 @@ def test_spin_recipe():
 
 
 def test_missing_published_file_and_unknown_conversation_fail_validation(data_dir, tmp_path):
-    from core.strict import ConfigError
+    from gsil_bench.core.strict import ConfigError
 
     path = CONFIGS / "paper-spin.yaml"
     cfg = load_experiment(path, ["report.published=published/nope.csv"])
@@ -76,7 +76,7 @@ def test_missing_published_file_and_unknown_conversation_fail_validation(data_di
 def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
     """configs/smoke.yaml's shared hash and training key as main computed them before these keys existed
     (commit 0f0b5e0): run folders and nightly baselines stay comparable; using a new key changes them."""
-    from trainers.api import train_key
+    from gsil_bench.trainers.api import train_key
 
     cfg = load_experiment(CONFIGS / "smoke.yaml")
     # computed by commit 0f0b5e0's own code on today's smoke.yaml (which issue 11 resized)

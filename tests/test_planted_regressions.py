@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.io import read_json
+from gsil_bench.core.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def code_copy(dst: Path, planted: str | None) -> Path:
 
 def cli(code: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", *args], capture_output=True, text=True,
                           timeout=1800, cwd=code, env=env)
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from test_official import ZEPHYR_TEMPLATE
 
-from core.config import EvalConfig, GenerationConfig
-from tasks.api import evaluate
-from tasks.base import TASKS
-from tasks.protocols import (
+from gsil_bench.core.config import EvalConfig, GenerationConfig
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.base import TASKS
+from gsil_bench.tasks.protocols import (
     EURUS_SAMPLING,
     EURUS_TIMEOUT,
     FASTCHAT_JUDGE,
@@ -31,7 +31,7 @@ from tasks.protocols import (
     fastchat_temperature,
     zephyr_conversation,
 )
-from tasks.sandbox import resolve_mode
+from gsil_bench.tasks.sandbox import resolve_mode
 
 # GSIL eval/eval.sh (bf269e0), the lines that choose task and few-shot count, verbatim
 GSIL_EVAL_SH = """
@@ -91,8 +91,8 @@ def test_leaderboard_counts_and_metrics_handed_to_lm_eval():
 
 def test_mmlu_subject_mean_is_unweighted():
     """The leaderboard v1 averages the 57 subjects; lm-eval's group weights them by size."""
-    from tasks.lmeval import subject_mean
-    from tasks.stats import Metric
+    from gsil_bench.tasks.lmeval import subject_mean
+    from gsil_bench.tasks.stats import Metric
 
     metrics = {"mmlu/acc/none": Metric(0.5, 0.4, 0.6, 110, 0.05, "t"),  # the group: (0.9*10 + 0.46*100) / 110
                "mmlu_a/acc/none": Metric(0.9, 0.7, 1.0, 10, 0.1, "wilson"),
@@ -166,7 +166,7 @@ def test_gsm8k_v03_scoring_equals_the_old_harness(completion):
 
 def test_gsm8k_v040_is_spins_yaml():
     """lm-eval v0.4.0 (46c7966, SPIN README.md:247) lm_eval/tasks/gsm8k/gsm8k.yaml, values copied from the file."""
-    from tasks.protocols import GSM8K_V040
+    from gsil_bench.tasks.protocols import GSM8K_V040
 
     assert GSM8K_V040["generation_kwargs"]["until"] == ["\n\n", "Question:"]  # :23-25
     assert GSM8K_V040["metric_list"][0]["regexes_to_ignore"] == [",", "\\$", "(?s).*#### "]  # :18-21
@@ -217,7 +217,7 @@ def test_humaneval_prompt_and_sampling_are_eurus(tokenizer):
 def test_humaneval_gsil_scores_programs_the_eurus_way(tmp_path, data_dir, tiny_model, tokenizer):
     """A real run on the tiny model (its code fails), then the same problems with a correct reply
     go through the same program construction and sandbox and pass."""
-    from tasks.context import EvalContext
+    from gsil_bench.tasks.context import EvalContext
 
     cfg = EvalConfig(generation=GenerationConfig(batch_size=2), code_workers=1)
     out = evaluate("tiny", ["humaneval_gsil"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=1,
@@ -258,8 +258,8 @@ def test_zephyr_conversation_is_fastchats():
 def test_mt_bench_fastchat_answers_at_category_temperatures(tmp_path, data_dir, tiny_model, tokenizer):
     """Answers only (the judge has its own tests): every request's cache key is the one of FastChat's
     settings for its category (temperature, 1024 new tokens) and its prompt is FastChat's zephyr text."""
-    from core.io import hash_obj
-    from tasks.context import EvalContext
+    from gsil_bench.core.io import hash_obj
+    from gsil_bench.tasks.context import EvalContext
 
     cfg = EvalConfig(generation=GenerationConfig(batch_size=4), fastchat_template="zephyr")
     ctx = EvalContext("tiny", cfg, data_dir=data_dir, model_obj=tiny_model, tokenizer=tokenizer,

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from test_reports_data import write_run
 
-from reports.published import PublishedError, load_published
-from reports.report import write_report
-from reports.rundata import load_run
+from gsil_bench.reports.published import PublishedError, load_published
+from gsil_bench.reports.report import write_report
+from gsil_bench.reports.rundata import load_run
 
 
 def _with_published(root, spec, **methods_extra):

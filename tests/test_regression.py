@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_reports_data import write_run
 
-from core.io import atomic_write_json, read_jsonl
-from harness.commands import compare
-from reports.regression import compare_runs
+from gsil_bench.core.io import atomic_write_json, read_jsonl
+from gsil_bench.harness.commands import compare
+from gsil_bench.reports.regression import compare_runs
 
 FINAL = ("gsil-logistic", "seed-0", "iter-2", "gsm8k")
 
@@ -74,7 +74,7 @@ def test_planted_regression_fails_the_job(baseline, tmp_path):
     assert [(c.method, c.task) for c in drops] == [("gsil-logistic", "gsm8k")]
     assert drops[0].diff.diff == pytest.approx(-60 / 300) and drops[0].diff.n == 300
     assert all(c.status == "ok" for c in result.changes if c not in drops)
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(baseline), str(cand)],
+    proc = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "compare", str(baseline), str(cand)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "REGRESSION: 1 significant drop(s): gsil-logistic/gsm8k" in proc.stdout
@@ -102,12 +102,12 @@ def test_different_shared_blocks_are_flagged(baseline, tmp_path):
     other = write_run(tmp_path / "other", n=300, shared_hash="0000000000000000")
     result = compare_runs(baseline, other, n_boot=200)
     assert not result.same_config
-    md, _ = __import__("reports.regression", fromlist=["write_compare"]).write_compare(result, tmp_path / "cmp")
+    md, _ = __import__("gsil_bench.reports.regression", fromlist=["write_compare"]).write_compare(result, tmp_path / "cmp")
     assert "not a like-for-like comparison" in md.read_text()
 
 
 def test_compare_against_the_last_indexed_night(baseline, tmp_path):
-    from reports.index import RunIndex
+    from gsil_bench.reports.index import RunIndex
 
     index = RunIndex(tmp_path / "runs.sqlite")
     first = _copy(baseline, tmp_path, "night-a")
@@ -153,7 +153,7 @@ def test_practical_significance_float_level_changes_never_alarm(baseline, tmp_pa
 
 
 def test_tolerance_lookup_order():
-    from reports.regression import FALLBACK_TOLERANCE, tolerance_for
+    from gsil_bench.reports.regression import FALLBACK_TOLERANCE, tolerance_for
 
     assert tolerance_for("gsm8k", "exact_match/strict-match") == 0.02
     assert tolerance_for("heldout_gsm8k", "logp_real") == 0.01
@@ -194,8 +194,8 @@ def test_training_trajectories_are_compared_step_by_step(baseline, tmp_path):
 
 
 def test_exact_metrics_drop_on_any_decrease():
-    from reports.regression import _status
-    from reports.stats import PairedDiff
+    from gsil_bench.reports.regression import _status
+    from gsil_bench.reports.stats import PairedDiff
 
     one_lost = PairedDiff(-1 / 76, -0.04, 0.0, 1.0, 76, 1.0, 75 / 76)  # one canary verdict lost: not significant
     assert not one_lost.significant()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from test_reports_data import write_run
 
-from core.io import atomic_write_json
-from reports import tables
-from reports.report import config_check, write_report
-from reports.rundata import RunDataError, load_run
+from gsil_bench.core.io import atomic_write_json
+from gsil_bench.reports import tables
+from gsil_bench.reports.report import config_check, write_report
+from gsil_bench.reports.rundata import RunDataError, load_run
 
 
 @pytest.fixture()

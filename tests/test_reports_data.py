@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from core.io import append_jsonl, atomic_write_json, mark_done
+from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
 
 METHODS = {"sft": "sft", "spin": "spin", "gsil-logistic": "gsil-logistic", "gsil-hinge": "gsil-hinge"}
 SELF_PLAY = {"spin", "gsil-logistic", "gsil-hinge"}

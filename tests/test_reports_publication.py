@@ -12,10 +12,10 @@ import pytest
 from test_browser import CHROMIUM, chromium
 from test_reports_data import write_run
 
-from reports import significance, tables
-from reports.report import write_report
-from reports.rundata import load_run
-from reports.style import column_label, method_colors, number
+from gsil_bench.reports import significance, tables
+from gsil_bench.reports.report import write_report
+from gsil_bench.reports.rundata import load_run
+from gsil_bench.reports.style import column_label, method_colors, number
 
 
 @pytest.fixture(scope="module")

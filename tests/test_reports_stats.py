@@ -1,4 +1,4 @@
-"""reports.stats: bootstrap intervals against closed forms and scipy's independent
+"""gsil_bench.reports.stats: bootstrap intervals against closed forms and scipy's independent
 implementation; the paired bootstrap's sign, p-value and pairing by id."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from reports.stats import bootstrap_ci, hierarchical_ci, mean_over_seeds, paired_bootstrap, t_interval
+from gsil_bench.reports.stats import bootstrap_ci, hierarchical_ci, mean_over_seeds, paired_bootstrap, t_interval
 
 
 def test_bootstrap_ci_matches_normal_approximation_for_bernoulli():

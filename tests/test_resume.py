@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import read_json, read_jsonl
+from gsil_bench.core.io import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def _train(cfg: Path, out: Path, data_dir: Path, kill: str | None = None) -> sub
     env.pop("GSIL_TEST_KILL", None)
     if kill:
         env["GSIL_TEST_KILL"] = kill
-    return subprocess.run([sys.executable, "-m", "harness.cli", "train", str(cfg), "--method", "gsil-logistic",
+    return subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "train", str(cfg), "--method", "gsil-logistic",
                            "--output", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

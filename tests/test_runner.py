@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import load_experiment
-from core.strict import ConfigError, load_yaml
-from harness.runner import fingerprint, plan_steps, run_experiment
-from harness.validate import validate
-from reports.index import RunIndex
+from gsil_bench.core.config import load_experiment
+from gsil_bench.core.strict import ConfigError, load_yaml
+from gsil_bench.harness.runner import fingerprint, plan_steps, run_experiment
+from gsil_bench.harness.validate import validate
+from gsil_bench.reports.index import RunIndex
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def tiny_experiment(model_dir: Path, **eval_over) -> dict:
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=env)
 
 
@@ -148,7 +148,7 @@ def test_fingerprint_is_content_based(tmp_path, tiny_model_dir):
 
 
 def test_resuming_with_another_training_config_is_refused(tmp_path, tiny_model_dir):
-    from harness.runner import _check_same_experiment
+    from gsil_bench.harness.runner import _check_same_experiment
 
     data = tiny_experiment(tiny_model_dir)
     root = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_kill_9_then_rerun_gives_the_same_tables(tmp_path, tiny_model_dir, data_
     assert proc.returncode == 0, proc.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for min_done in (2, 5):  # kill twice: once early (training), once later
-        p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(cfg_path), "--output", str(killed),
+        p = subprocess.Popen([sys.executable, "-m", "gsil_bench.harness.cli", "run", str(cfg_path), "--output", str(killed),
                               "--data-dir", str(data_dir)], cwd=REPO, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 600

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from tasks.sandbox import Limits, SandboxUnavailable, _probe, resolve_mode, run_program
+from gsil_bench.harness.cli import main
+from gsil_bench.tasks.sandbox import Limits, SandboxUnavailable, _probe, resolve_mode, run_program
 
 RAW = Limits(timeout=5.0, memory_mb=512)
 

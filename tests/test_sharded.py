@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import read_json, read_jsonl
+from gsil_bench.core.io import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP"]
@@ -56,7 +56,7 @@ def _launch(cfg: Path, out: Path, extra: list[str], kill: str | None = None) -> 
         env["GSIL_TEST_KILL"] = kill
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           *extra, "-m", "harness.cli", "train", str(cfg), "--method", "sft", "--output", str(out)]
+           *extra, "-m", "gsil_bench.harness.cli", "train", str(cfg), "--method", "sft", "--output", str(out)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config import experiment_from_dict
-from core.io import read_json, read_jsonl
-from core.strict import ConfigError
-from harness.validate import validate
-from trainers.api import train_method
-from trainers.checks import check_method
-from trainers.loop import warmup_steps
-from trainers.official import SPIN_PROMPT_TEMPLATE, encode_official, truncate_pair
-from trainers.reference import load_causal_lm, load_ref, sequences_logps
+from gsil_bench.core.config import experiment_from_dict
+from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.strict import ConfigError
+from gsil_bench.harness.validate import validate
+from gsil_bench.trainers.api import train_method
+from gsil_bench.trainers.checks import check_method
+from gsil_bench.trainers.loop import warmup_steps
+from gsil_bench.trainers.official import SPIN_PROMPT_TEMPLATE, encode_official, truncate_pair
+from gsil_bench.trainers.reference import load_causal_lm, load_ref, sequences_logps
 
 
 def spin_cfg(model, **extra):
@@ -95,7 +95,7 @@ def test_method_override_changes_only_that_method(spin_run, tiny_model_dir):
 
 
 def test_warmup_steps_rule():
-    from core.config import ScheduleConfig
+    from gsil_bench.core.config import ScheduleConfig
 
     assert warmup_steps(ScheduleConfig(warmup_ratio=0.1, warmup_steps=30), 1000) == 30
     assert warmup_steps(ScheduleConfig(warmup_ratio=0.1, warmup_steps=0), 1000) == 100  # 0 = use the ratio
@@ -133,7 +133,7 @@ def test_per_iteration_params_are_checked():
 
 
 def test_packing_refuses_the_official_encoding():
-    from trainers.checks import check_training
+    from gsil_bench.trainers.checks import check_training
 
     cfg = spin_cfg("m", train={"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "packing": True})
     found = [p.render() for p in check_training(cfg)]

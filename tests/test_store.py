@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 from test_reports_data import write_run
 
-from reports.index import RunIndex, default_index
-from reports.trend import final_scores, write_trend
+from gsil_bench.reports.index import RunIndex, default_index
+from gsil_bench.reports.trend import final_scores, write_trend
 
 
 def test_index_holds_every_metric_and_reindexing_replaces(tmp_path):

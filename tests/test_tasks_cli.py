@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from core.config import GenerationConfig
-from core.generation import HFGenerator
-from harness.cli import main
-from tasks.context import CachedGenerator
+from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.generation import HFGenerator
+from gsil_bench.harness.cli import main
+from gsil_bench.tasks.context import CachedGenerator
 
 
 def test_scoring_a_completions_file_prints_the_table(tmp_path, data_dir, capsys):
@@ -70,9 +70,9 @@ def test_generation_cache_survives_a_torn_line_and_regenerates_only_whats_missin
 
 
 def test_other_weights_under_the_same_name_are_not_served_from_the_cache(tmp_path, data_dir, tokenizer):
-    from core.config import EvalConfig
-    from core.models import tiny_llama
-    from tasks.api import evaluate
+    from gsil_bench.core.config import EvalConfig
+    from gsil_bench.core.models import tiny_llama
+    from gsil_bench.tasks.api import evaluate
 
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=4), code_workers=1)
     out = tmp_path / "out"

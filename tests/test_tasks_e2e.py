@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import data_rows
 
-from harness.cli import main
+from gsil_bench.harness.cli import main
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
 METRIC_KEYS = {"value", "ci_low", "ci_high", "n", "stderr", "ci_method", "higher_is_better"}

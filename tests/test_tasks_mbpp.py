@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import data_rows, write_jsonl
 
-from core.config import EvalConfig
-from tasks.api import evaluate
-from tasks.evalplus import mbpp_inputs
+from gsil_bench.core.config import EvalConfig
+from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.evalplus import mbpp_inputs
 
 CFG = EvalConfig(code_workers=2, code_timeout=5.0)
 
@@ -37,10 +37,10 @@ def test_mbpp_test_split_and_reference_programs(tmp_path, data_dir):
 
 
 def test_mbpp_setup_code_follows_the_solution(tmp_path, data_dir):
-    from tasks.checker import check
-    from tasks.context import EvalContext
-    from tasks.mbpp import Mbpp
-    from tasks.sandbox import Limits
+    from gsil_bench.tasks.checker import check
+    from gsil_bench.tasks.context import EvalContext
+    from gsil_bench.tasks.mbpp import Mbpp
+    from gsil_bench.tasks.sandbox import Limits
 
     problems = {p.id: p for p in Mbpp().load(EvalContext("x", CFG, data_dir=data_dir))}
     assert len(problems) == 500 and min(int(k.split("/")[1]) for k in problems) == 11

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tasks.stats import cluster_bootstrap, pass_at_k, summarize, t_interval, wilson_interval
+from gsil_bench.tasks.stats import cluster_bootstrap, pass_at_k, summarize, t_interval, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (57, 164), (1, 2)])

@@ -9,10 +9,10 @@ import logging
 import pytest
 from helpers import make_cfg
 
-from core.io import read_json, read_jsonl
-from core.progress import Progress, track
-from core.tracking import log_eval, tracker_problems
-from trainers.api import train_method
+from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.progress import Progress, track
+from gsil_bench.core.tracking import log_eval, tracker_problems
+from gsil_bench.trainers.api import train_method
 
 pytest.importorskip("tensorboard", reason="tensorboard is a test dependency (gsil-bench[tracking])")
 mlflow = pytest.importorskip("mlflow", reason="mlflow is a test dependency (gsil-bench[tracking])")
@@ -96,19 +96,19 @@ def test_log_file_shows_a_metrics_line_per_logged_step(tiny_model_dir, data_dir,
     assert len(lines) == 2
     for line, rec in zip(lines, metrics):
         assert line.startswith(f"sft iter 1 step {rec['step']}/4: loss={rec['loss']:.4f}")
-    progress = [r.getMessage() for r in caplog.records if r.name == "core.progress"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "gsil_bench.core.progress"]
     assert any(m.startswith("sft iter 1: 4/4 (100%) step") for m in progress), progress
 
 
 def test_progress_lines_are_periodic(caplog, monkeypatch):
     monkeypatch.setenv("GSIL_PROGRESS_SECONDS", "3600")
-    with caplog.at_level(logging.INFO, logger="core.progress"):
+    with caplog.at_level(logging.INFO, logger="gsil_bench.core.progress"):
         assert list(track(range(5), desc="judge")) == [0, 1, 2, 3, 4]
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and msgs[0].startswith("judge: 5/5 (100%) it,")  # only the final line within the interval
     caplog.clear()
     monkeypatch.setenv("GSIL_PROGRESS_SECONDS", "0")
-    with caplog.at_level(logging.INFO, logger="core.progress"), Progress(4, "execute") as bar:
+    with caplog.at_level(logging.INFO, logger="gsil_bench.core.progress"), Progress(4, "execute") as bar:
         bar.update(1)
         bar.update(1)
     msgs = [r.getMessage() for r in caplog.records]
@@ -118,7 +118,7 @@ def test_progress_lines_are_periodic(caplog, monkeypatch):
 
 def test_trackers_and_hub_settings_keep_finished_training(tiny_model_dir, data_dir):
     """Adding trackers, a Hub push or held-out evaluation to a run does not retrain what is done."""
-    from trainers.api import train_key
+    from gsil_bench.trainers.api import train_key
 
     plain = make_cfg(tiny_model_dir, [{"loss": "sft"}])
     extra = make_cfg(tiny_model_dir, [{"loss": "sft"}], train={"report_to": ["tensorboard"], "push_to_hub": True,
@@ -132,8 +132,8 @@ def test_trackers_and_hub_settings_keep_finished_training(tiny_model_dir, data_d
 def test_run_sends_eval_scores_to_the_tracker_and_the_model_card(tiny_model_dir, data_dir, tmp_path):
     """`run` with report_to: each checkpoint's scores reach its tracker run at the checkpoint's
     global step (the starting model at step 0), and the checkpoint's model card gets them."""
-    from core.config import experiment_from_dict
-    from harness.runner import run_experiment
+    from gsil_bench.core.config import experiment_from_dict
+    from gsil_bench.harness.runner import run_experiment
 
     cfg = experiment_from_dict({"name": "trk", "methods": [{"loss": "sft"}], "report": {"bootstrap": 50}, "shared": {
         "model": str(tiny_model_dir), "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},

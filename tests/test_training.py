@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers import ALL_METHODS, make_cfg
 
-from core.io import read_json, read_jsonl
-from trainers.api import iteration_plan, train_method
-from trainers.losses import LOSSES
+from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.trainers.api import iteration_plan, train_method
+from gsil_bench.trainers.losses import LOSSES
 
 PINNED = Path(__file__).parent / "pinned"
 REGEN = os.environ.get("GSIL_REGEN_PINNED") == "1"  # GSIL_REGEN_PINNED=1 pytest ... rewrites tests/pinned/*.json
@@ -66,7 +66,7 @@ def test_rerun_is_idempotent(all_methods_run):
     assert train_method(cfg, "spin", 0, run) == results["spin"]
     assert done.stat().st_mtime_ns == stamp
     changed = make_cfg(cfg.shared.model, ALL_METHODS, optimizer={"lr": 5e-4})
-    from core.strict import ConfigError
+    from gsil_bench.core.strict import ConfigError
 
     with pytest.raises(ConfigError, match="trained with another configuration"):
         train_method(changed, "spin", 0, run)
@@ -77,11 +77,11 @@ def test_gsil_two_self_play_iterations(tiny_model_dir, data_dir, tmp_path):
     and scores the reference log-probs."""
     from transformers import AutoModelForCausalLM
 
-    from core.config import GenerationConfig
-    from core.generation import HFGenerator
-    from core.models import load_tokenizer
-    from trainers.data import collate, encode
-    from trainers.logprobs import batch_logps
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import HFGenerator
+    from gsil_bench.core.models import load_tokenizer
+    from gsil_bench.trainers.data import collate, encode
+    from gsil_bench.trainers.logprobs import batch_logps
 
     cfg = make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}], iterations=2)
     assert iteration_plan(cfg, "gsil-logistic") == 2 and iteration_plan(make_cfg(tiny_model_dir, [{"loss": "dpo"}]), "dpo") == 1
@@ -171,10 +171,10 @@ def test_pinned_trajectory(tiny_model_dir, data_dir, tmp_path, method):
 
 
 def test_clear_errors(tiny_model_dir, data_dir, tmp_path):
-    from core.models import ModelError
-    from core.strict import ConfigError
-    from harness.validate import validate
-    from trainers.data import DataError
+    from gsil_bench.core.models import ModelError
+    from gsil_bench.core.strict import ConfigError
+    from gsil_bench.harness.validate import validate
+    from gsil_bench.trainers.data import DataError
 
     with pytest.raises(ModelError, match="not a local folder"):
         train_method(make_cfg("no/such/model/here", [{"loss": "sft"}]), "sft", 0, tmp_path)
@@ -199,7 +199,7 @@ def test_clear_errors(tiny_model_dir, data_dir, tmp_path):
 
 def test_cli_train_command(tiny_model_dir, data_dir, tmp_path, capsys):
     """`gsil-bench train CONFIG --method ... key=value`: trains; a bad override is a clear error (exit 2)."""
-    from harness.cli import main as cli_main
+    from gsil_bench.harness.cli import main as cli_main
 
     def main(argv):
         return cli_main(["train", *argv])

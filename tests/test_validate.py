@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ValidationError
-from harness.validate import load_and_validate
+from gsil_bench.core.errors import ValidationError
+from gsil_bench.harness.validate import load_and_validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_schema_and_registry_problems_share_one_error_from_the_cli(tmp_path, tin
     """`gsil-bench run` with the three mistakes: exit 2, all three lines, no traceback, nothing written."""
     path = _write(tmp_path, tiny_model_dir)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(out),
+    proc = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "run", str(path), "--output", str(out),
                            "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

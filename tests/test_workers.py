@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.workers import claim, is_claimed, read_record, work_through
+from gsil_bench.harness.workers import claim, is_claimed, read_record, work_through
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def _experiment(model_dir: Path) -> dict:
 
 def _run(cfg: Path, out: Path, data_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(cfg), "--output", str(out),
+    return subprocess.Popen([sys.executable, "-m", "gsil_bench.harness.cli", "run", str(cfg), "--output", str(out),
                              "--data-dir", str(data_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -164,7 +164,7 @@ def test_a_two_process_launch_spreads_evaluation_and_matches_one_process(tmp_pat
         shutil.copytree(single / method, launched / method)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-                           "-m", "harness.cli", "run", str(cfg), "--output", str(launched), "--data-dir", str(data_dir)],
+                           "-m", "gsil_bench.harness.cli", "run", str(cfg), "--output", str(launched), "--data-dir", str(data_dir)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads((launched / "plan.json").read_text())

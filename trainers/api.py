@@ -24,22 +24,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
-from core.datadir import data_dir as resolve_data_dir
-from core.errors import ConfigError, GsilError
-from core.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
-from core.layout import RunLayout
-from core.models import load_tokenizer, pick_dtype
-from core.provenance import collect
-from core.strict import to_plain
-from core.tracking import open_tracking
-from trainers.data import data_file, load_examples
-from trainers.heldout import encode_heldout
-from trainers.inputs import MethodContext, prepare_inputs
-from trainers.loop import LoopRun, train_iteration
-from trainers.losses import LOSSES, build_loss
-from trainers.official import encode_all
-from trainers.sharding import enable_cpu_fsdp
+from gsil_bench.core.config import ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
+from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.errors import ConfigError, GsilError
+from gsil_bench.core.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
+from gsil_bench.core.layout import RunLayout
+from gsil_bench.core.models import load_tokenizer, pick_dtype
+from gsil_bench.core.provenance import collect
+from gsil_bench.core.strict import to_plain
+from gsil_bench.core.tracking import open_tracking
+from gsil_bench.trainers.data import data_file, load_examples
+from gsil_bench.trainers.heldout import encode_heldout
+from gsil_bench.trainers.inputs import MethodContext, prepare_inputs
+from gsil_bench.trainers.loop import LoopRun, train_iteration
+from gsil_bench.trainers.losses import LOSSES, build_loss
+from gsil_bench.trainers.official import encode_all
+from gsil_bench.trainers.sharding import enable_cpu_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def make_accelerator(precision: str) -> Any:
         raise GsilError(
             "`accelerate launch --cpu --num_processes N` starts a single process (accelerate's multi-CPU "
             "launcher needs MPI and --mpirun_hostfile), so N processes were asked for but one runs. For data "
-            "parallel training on CPU use `accelerate launch --multi_gpu --num_processes N -m harness.cli ...` "
-            "or `torchrun --nproc_per_node N -m harness.cli ...` (without CUDA they form one gloo group)."
+            "parallel training on CPU use `accelerate launch --multi_gpu --num_processes N -m gsil_bench.harness.cli ...` "
+            "or `torchrun --nproc_per_node N -m gsil_bench.harness.cli ...` (without CUDA they form one gloo group)."
         )
     if world != acc.num_processes:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 
-from core.config import ExperimentConfig, MethodConfig
-from core.errors import Problem
-from core.generation import GENERATORS
-from trainers.heldout import heldout_problems
-from trainers.losses import LOSSES
-from trainers.publish import publish_problems
+from gsil_bench.core.config import ExperimentConfig, MethodConfig
+from gsil_bench.core.errors import Problem
+from gsil_bench.core.generation import GENERATORS
+from gsil_bench.trainers.heldout import heldout_problems
+from gsil_bench.trainers.losses import LOSSES
+from gsil_bench.trainers.publish import publish_problems
 
 
 def check_training(cfg: ExperimentConfig) -> list[Problem]:

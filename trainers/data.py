@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from core.config import DataConfig
-from core.datadir import load_hub_rows, local_file
-from core.io import iter_jsonl_file
-from core.registry import Registry
-from core.strict import ConfigError
+from gsil_bench.core.config import DataConfig
+from gsil_bench.core.datadir import load_hub_rows, local_file
+from gsil_bench.core.io import iter_jsonl_file
+from gsil_bench.core.registry import Registry
+from gsil_bench.core.strict import ConfigError
 
 log = logging.getLogger(__name__)
 

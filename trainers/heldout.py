@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from core.config import ExperimentConfig
-from core.errors import Problem
-from trainers.data import COLLATORS, EncodedSeq, encode_examples, load_examples
-from trainers.logprobs import batch_logps
+from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.errors import Problem
+from gsil_bench.trainers.data import COLLATORS, EncodedSeq, encode_examples, load_examples
+from gsil_bench.trainers.logprobs import batch_logps
 
 
 def heldout_problems(cfg: ExperimentConfig) -> list[Problem]:

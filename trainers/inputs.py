@@ -37,16 +37,16 @@ from typing import Any
 
 import torch
 
-from core.config import ExperimentConfig, MethodConfig, hash_view
-from core.errors import ConfigError
-from core.generation import make_generator
-from core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
-from core.layout import RunLayout
-from trainers.data import EncodedSeq, Example, TrainItem
-from trainers.losses import Loss
-from trainers.official import encode_with, fit, raw_prompt
-from trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
-from trainers.state import kill_hook
+from gsil_bench.core.config import ExperimentConfig, MethodConfig, hash_view
+from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.generation import make_generator
+from gsil_bench.core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
+from gsil_bench.core.layout import RunLayout
+from gsil_bench.trainers.data import EncodedSeq, Example, TrainItem
+from gsil_bench.trainers.losses import Loss
+from gsil_bench.trainers.official import encode_with, fit, raw_prompt
+from gsil_bench.trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
+from gsil_bench.trainers.state import kill_hook
 
 log = logging.getLogger(__name__)
 

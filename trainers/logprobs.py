@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from trainers.data import Batch
+from gsil_bench.trainers.data import Batch
 
 
 def causal_lm(model: Any) -> Any:
@@ -99,7 +99,7 @@ def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, 
     if batch.sequence_index is not None:
         n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
         if batch.position_ids is not None and batch.input_ids.shape[0] == 1:
-            from trainers.packing import batch_packed_logps
+            from gsil_bench.trainers.packing import batch_packed_logps
 
             logps_sum, counts = batch_packed_logps(model, batch, chunk * max(1, n))
             return logps_sum, counts.to(torch.float32)

@@ -37,20 +37,20 @@ from typing import Any
 
 import torch
 
-import trainers.packing  # noqa: F401  (registers the "packed" collator)
-from core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
-from core.progress import Progress
-from core.registry import Registry
-from core.strict import ConfigError
-from trainers.data import COLLATORS, Batch, TrainItem
-from trainers.heldout import heldout_nll
-from trainers.inputs import MethodContext
-from trainers.logprobs import LogpsModule, batch_logps
-from trainers.losses import LossInputs
-from trainers.publish import write_model_card
-from trainers.reference import RefLogps, load_causal_lm
-from trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
-from trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
+import gsil_bench.trainers.packing  # noqa: F401  (registers the "packed" collator)
+from gsil_bench.core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from gsil_bench.core.progress import Progress
+from gsil_bench.core.registry import Registry
+from gsil_bench.core.strict import ConfigError
+from gsil_bench.trainers.data import COLLATORS, Batch, TrainItem
+from gsil_bench.trainers.heldout import heldout_nll
+from gsil_bench.trainers.inputs import MethodContext
+from gsil_bench.trainers.logprobs import LogpsModule, batch_logps
+from gsil_bench.trainers.losses import LossInputs
+from gsil_bench.trainers.publish import write_model_card
+from gsil_bench.trainers.reference import RefLogps, load_causal_lm
+from gsil_bench.trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
+from gsil_bench.trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from core.registry import Registry, did_you_mean
+from gsil_bench.core.registry import Registry, did_you_mean
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from trainers.data import Chat, DataError, EncodedSeq, Example, encode, encode_examples
+from gsil_bench.trainers.data import Chat, DataError, EncodedSeq, Example, encode, encode_examples
 
 # SPIN spin/generate.py:80, GSIL gsil/generate.py:88 ("following SPIN")
 SPIN_PROMPT_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "

@@ -376,7 +376,7 @@ def collate_packed(seqs: Sequence[Any], pad_id: int) -> Any:
     """The "packed" collator: a one-row `trainers.data.Batch` with restarting position ids
     and per-token sequence indices (`pad_id` is unused: nothing is padded). Its log-probs
     must go through `batch_packed_logps` (an attention mask cannot keep sequences apart)."""
-    from trainers.data import Batch
+    from gsil_bench.trainers.data import Batch
 
     p = pack(seqs)
     return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
@@ -416,7 +416,7 @@ def batch_packed_logps(model: Any, batch: Any, chunk: int) -> tuple[torch.Tensor
 
 def _register_collator() -> None:
     try:
-        from trainers.data import COLLATORS
+        from gsil_bench.trainers.data import COLLATORS
     except ImportError:  # the data pipeline is not there: pack() and packed_logps still work
         return
     if "packed" not in COLLATORS.names():

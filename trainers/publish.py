@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from core.config import ExperimentConfig
-from core.errors import Problem
-from core.tracking import tracker_problems
+from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.errors import Problem
+from gsil_bench.core.tracking import tracker_problems
 
 log = logging.getLogger(__name__)
 CARD = "README.md"

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from core.models import ModelError, check_weights, resolve
-from core.progress import Progress
-from trainers.data import EncodedSeq, TrainItem, collate
-from trainers.logprobs import batch_logps
+from gsil_bench.core.models import ModelError, check_weights, resolve
+from gsil_bench.core.progress import Progress
+from gsil_bench.trainers.data import EncodedSeq, TrainItem, collate
+from gsil_bench.trainers.logprobs import batch_logps
 
 log = logging.getLogger(__name__)
 

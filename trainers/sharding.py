@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from core.errors import GsilError
-from core.io import atomic_write_json, read_json
-from trainers.state import atomic_dir, set_rng_state
+from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import atomic_write_json, read_json
+from gsil_bench.trainers.state import atomic_dir, set_rng_state
 
 PREFIX = "model."  # the loop prepares LogpsModule(model): its state-dict keys start with "model."
 

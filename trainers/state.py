@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from core.io import atomic_write_json, read_json
+from gsil_bench.core.io import atomic_write_json, read_json
 
 KILL_ENV = "GSIL_TEST_KILL"
 

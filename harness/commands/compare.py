@@ -15,8 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from core.errors import GsilError
-from harness.commands.report import stats_args
+from gsil_bench.core.errors import GsilError
+from gsil_bench.harness.commands.report import stats_args
 
 log = logging.getLogger(__name__)
 HELP = "nightly regression: compare a candidate run against a baseline run"
@@ -40,7 +40,7 @@ def _baseline_and_candidate(args: argparse.Namespace) -> tuple[Path | None, Path
     if args.last:
         if len(args.runs) != 1:
             raise GsilError("with --last give only the CANDIDATE_RUN")
-        from reports.index import RunIndex
+        from gsil_bench.reports.index import RunIndex
 
         if not args.last.is_file():
             raise FileNotFoundError(f"run index {args.last} does not exist")
@@ -52,7 +52,7 @@ def _baseline_and_candidate(args: argparse.Namespace) -> tuple[Path | None, Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.regression import compare_runs, write_compare
+    from gsil_bench.reports.regression import compare_runs, write_compare
 
     args.baseline, args.candidate = _baseline_and_candidate(args)
     if args.baseline is None:

@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.config import DEFAULT_MODEL, EvalConfig
-from core.errors import GsilError
-from core.io import busy_ancestor
-from harness.commands import add_overrides
+from gsil_bench.core.config import DEFAULT_MODEL, EvalConfig
+from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import busy_ancestor
+from gsil_bench.harness.commands import add_overrides
 
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
@@ -44,8 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
     """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
     `shared.eval.*`) and the flags; also the config's model and data_dir."""
-    from core.config import ExperimentConfig, experiment_from_dict, load_experiment
-    from core.strict import apply_overrides, to_plain
+    from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
+    from gsil_bench.core.strict import apply_overrides, to_plain
 
     model = data_dir = None
     if args.config:
@@ -86,7 +86,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.api import evaluate
+    from gsil_bench.tasks.api import evaluate
 
     cfg, cfg_model, cfg_data_dir = _eval_config(args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)

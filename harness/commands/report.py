@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from core.errors import GsilError
+from gsil_bench.core.errors import GsilError
 
 log = logging.getLogger(__name__)
 HELP = "write comparison tables, ablation plots and the HTML report of a run folder"
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.trend:
-        from reports.trend import write_trend
+        from gsil_bench.reports.trend import write_trend
 
         out = args.output or args.trend.resolve().parent / "trend"
         page = write_trend(args.trend, out, args.experiment)
@@ -44,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None:
         raise GsilError("give a RUN_DIR (or --trend INDEX)")
-    from reports.report import write_report
+    from gsil_bench.reports.report import write_report
 
     page = write_report(args.run_dir, baseline=args.baseline, n_boot=args.bootstrap, alpha=args.alpha)
     if args.index:
-        from reports.index import RunIndex
+        from gsil_bench.reports.index import RunIndex
 
         RunIndex(args.index).add_run(args.run_dir)
     print(page)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.commands import add_overrides
+from gsil_bench.harness.commands import add_overrides
 
 HELP = "train every method of an experiment, evaluate every checkpoint, write the report"
 
@@ -30,13 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.runner import run_experiment
-    from harness.validate import load_and_validate
+    from gsil_bench.harness.runner import run_experiment
+    from gsil_bench.harness.validate import load_and_validate
 
     cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir)
     root = args.output or Path("runs") / cfg.name
     if args.dry_run:
-        from harness.dryrun import describe
+        from gsil_bench.harness.dryrun import describe
 
         sys.stdout.write("\n".join(describe(cfg, root, args.data_dir)) + "\n")
         return 0

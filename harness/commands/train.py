@@ -3,7 +3,7 @@ train one method of an experiment (every seed of `shared.seeds` unless --seed is
 into `<output>/<method>/seed-<s>/iter-<k>/`; the default output is runs/<experiment name>.
 
 Run it under a launcher for data-parallel training (`accelerate launch --multi_gpu
---num_processes 2 -m harness.cli train ...` or `torchrun --nproc_per_node 2 -m harness.cli
+--num_processes 2 -m gsil_bench.harness.cli train ...` or `torchrun --nproc_per_node 2 -m gsil_bench.harness.cli
 train ...`); rerunning the same command resumes.
 
 examples:
@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from harness.commands import add_overrides
+from gsil_bench.harness.commands import add_overrides
 
 log = logging.getLogger(__name__)
 HELP = "train one method of an experiment config"
@@ -34,8 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.validate import load_and_validate
-    from trainers.api import train_method
+    from gsil_bench.harness.validate import load_and_validate
+    from gsil_bench.trainers.api import train_method
 
     cfg, _, _ = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, scope=("train",))
     cfg.method(args.method)  # unknown label: error with did-you-mean before any work

@@ -1,0 +1,11 @@
+"""gsil-bench: one import name for the whole project.
+
+The repository keeps the design card's top-level folders (core/, harness/, trainers/, tasks/,
+reports/, benchmarks/); this package maps them under one name, `gsil_bench.core`,
+`gsil_bench.trainers`, ... (symbolic links here; real subpackages in a built wheel), so a
+user's own folder named `tasks` or `reports` can never shadow ours.
+"""
+
+from gsil_bench.harness import __version__
+
+__all__ = ["__version__"]
