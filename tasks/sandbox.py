@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gsil_bench
 from gsil_bench.core.progress import track
 from gsil_bench.tasks import wire
 
@@ -306,7 +307,9 @@ class CheckerPool:
         self._lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
-        boot = f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); from tasks.checker import main; main()"
+        # the folder that holds the gsil_bench package (the checker runs isolated: -I ignores PYTHONPATH)
+        root = str(Path(gsil_bench.__file__).parent.parent)
+        boot = f"import sys; sys.path.insert(0, {root!r}); from gsil_bench.tasks.checker import main; main()"
         proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", boot, self.mode, str(self.workers)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         with self._lock:

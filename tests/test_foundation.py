@@ -114,7 +114,7 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
 
     (tmp_path / "my_losses_plugin.py").write_text(
         "import torch\n"
-        "from trainers.losses import LossInputs, LossOutput, gsil_output, register_loss\n\n"
+        "from gsil_bench.trainers.losses import LossInputs, LossOutput, gsil_output, register_loss\n\n"
         "@register_loss('gsil-squared-hinge-test', self_play=True)\n"
         "def f(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:\n"
         "    z_real, z_gen = a * x.r_real + b, a * x.r_gen + b\n"

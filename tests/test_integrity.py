@@ -53,7 +53,7 @@ def test_a_tampered_result_is_recomputed_with_a_warning(tmp_path, data_dir, capl
 
 def test_a_second_eval_into_a_busy_folder_is_refused(tmp_path, data_dir, capsys):
     comp, out = _two_problems(tmp_path, data_dir), tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom core.io import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom gsil_bench.core.io import folder_lock\n"
                                f"with folder_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_a_claim_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path):
     folder = tmp_path / "step"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from harness.workers import claim\n"
+        "import sys, time; from pathlib import Path; from gsil_bench.harness.workers import claim\n"
         f"with claim(Path({str(folder)!r})) as got:\n"
         "    print('held' if got else 'busy', flush=True)\n"
         "    time.sleep(60)\n")], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
