@@ -27,6 +27,7 @@ to attack the sandbox); `check_many` hands scoring jobs to a pool of checker pro
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -111,6 +112,24 @@ def _readable_by_nobody(path: Path) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
+@functools.lru_cache(maxsize=1)
+def _staged_server() -> Path:
+    """A world-readable copy of the two untrusted-side files, for installs whose folders the sandbox
+    uid cannot search (tox keeps .tox/ private, 0700): a fresh mkdtemp folder, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
+    for name in ("sandbox_server.py", "wire.py"):
+        shutil.copyfile(HERE / name, folder / name)
+        os.chmod(folder / name, 0o444)
+    os.chmod(folder, 0o555)
+    atexit.register(_remove_staged, folder)
+    return folder
+
+
+def _remove_staged(folder: Path) -> None:
+    os.chmod(folder, 0o700)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _bwrap_argv(limits: Limits) -> list[str]:
     argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr"]
@@ -126,8 +145,9 @@ def _bwrap_argv(limits: Limits) -> list[str]:
     for d in _numpy_dirs():
         if not _as_nobody() or _readable_by_nobody(d):
             argv += ["--ro-bind", str(d), f"{SITE}/{d.name}"]
+    source = HERE if not _as_nobody() or _readable_by_nobody(HERE / "wire.py") else _staged_server()
     for name in ("sandbox_server.py", "wire.py"):
-        argv += ["--ro-bind", str(HERE / name), f"{GSIL}/{name}"]
+        argv += ["--ro-bind", str(source / name), f"{GSIL}/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
              "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
              "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",

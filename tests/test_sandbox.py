@@ -235,3 +235,15 @@ def test_the_weaker_process_mode_is_explicit_and_still_limited():
     r = run_program("import os\nprint(os.getuid() if os.geteuid() else 'root?')", RAW, mode="process")
     assert r.status == "exited" and r.stdout.strip() == ("65534" if os.geteuid() == 0 else str(os.getuid()))
     assert run_program("while True:\n    pass", Limits(timeout=1.0), mode="process").status == "timeout"
+
+
+def test_the_server_files_are_staged_world_readable_for_private_installs():
+    """tox keeps .tox/ at 0700, which the sandbox uid cannot search: the two untrusted-side files
+    are then bound from a world-readable copy."""
+    from gsil_bench.tasks import sandbox
+
+    folder = sandbox._staged_server()
+    assert sandbox._readable_by_nobody(folder / "wire.py") and (os.stat(folder).st_mode & 0o777) == 0o555
+    for name in ("sandbox_server.py", "wire.py"):
+        assert (folder / name).read_bytes() == (sandbox.HERE / name).read_bytes()
+        assert os.stat(folder / name).st_mode & 0o004
