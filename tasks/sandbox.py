@@ -145,7 +145,7 @@ def _bwrap_argv(limits: Limits) -> list[str]:
     for d in _numpy_dirs():
         if not _as_nobody() or _readable_by_nobody(d):
             argv += ["--ro-bind", str(d), f"{SITE}/{d.name}"]
-    source = HERE if not _as_nobody() or _readable_by_nobody(HERE / "wire.py") else _staged_server()
+    source = HERE if not _as_nobody() or _readable_by_nobody(HERE) else _staged_server()
     for name in ("sandbox_server.py", "wire.py"):
         argv += ["--ro-bind", str(source / name), f"{GSIL}/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
