@@ -85,8 +85,14 @@ class RunResult:
 
 def server_argv(mode: str) -> list[str]:
     """The command that starts `sandbox_server` inside the sandbox."""
-    folder = GSIL if mode == "bwrap" else str(HERE)
+    folder = GSIL if mode == "bwrap" else str(_server_folder())
     return [python(), "-s", "-B", f"{folder}/sandbox_server.py"]
+
+
+def _server_folder() -> Path:
+    """Where the untrusted-side files are read from: this package, or a staged world-readable copy
+    when the sandbox uid (nobody, when the harness is root) cannot search this package's folders."""
+    return HERE if not _as_nobody() or _readable_by_nobody(HERE) else _staged_server()
 
 
 def python() -> str:
@@ -145,9 +151,8 @@ def _bwrap_argv(limits: Limits) -> list[str]:
     for d in _numpy_dirs():
         if not _as_nobody() or _readable_by_nobody(d):
             argv += ["--ro-bind", str(d), f"{SITE}/{d.name}"]
-    source = HERE if not _as_nobody() or _readable_by_nobody(HERE) else _staged_server()
     for name in ("sandbox_server.py", "wire.py"):
-        argv += ["--ro-bind", str(source / name), f"{GSIL}/{name}"]
+        argv += ["--ro-bind", str(_server_folder() / name), f"{GSIL}/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
              "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
              "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
