@@ -460,7 +460,7 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
             _work(run, [s for s in todo if s.kind == "eval"], started, fail_fast)
         else:
             _work(run, todo, started, fail_fast)
-        run.save_plan()
+        run.refresh()  # every step's status from the disk (other processes' steps included)
         failed = [s.id for s in run.steps if s.status in ("failed", "blocked")]
         run.plan["status"] = "failed" if failed else "done"
         run.save_plan()
