@@ -94,9 +94,9 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
     members = [m for m in family_members(comp.run, family) if any(k[0] == m for k in comp.cells)]
     if not members:
         return None
-    fig, axes = _grid(len(comp.tasks))
+    fig, axes = _grid(len(comp.columns))
     colors = method_colors(comp.run.methods)
-    for ax, task in zip(axes, comp.tasks):
+    for ax, task in zip(axes, comp.columns):  # task: a column key (a task, or task/metric)
         xs, drawn = np.arange(len(members)), []
         for x, m in zip(xs, members):
             it = next((k[1] for k in comp.cells if k[0] == m and k[2] == task), None)
@@ -115,8 +115,8 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
                 ax.axhline(scale(cell.metric) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
                            linewidth=1.2, label=ref)
         ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(task_label(task))
-        ax.set_ylabel(column_label(task, comp.metric_of(task)))
+        ax.set_title(task_label(comp.task_of(task)))
+        ax.set_ylabel(column_label(comp.task_of(task), comp.metric_of(task)))
         ax.set_xlabel(f"{family.upper()} member (convex function)")
     fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
     fig.tight_layout()
@@ -163,7 +163,7 @@ def training_curves(run: RunData, path: Path) -> Path | None:
 def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     cells = per_iter.cells
     methods = [m for m in per_iter.run.methods if m != BASE and any(k[0] == m for k in cells)]
-    tasks = [t for t in per_iter.tasks if any(k[2] == t for k in cells)]
+    tasks = [t for t in per_iter.columns if any(k[2] == t for k in cells)]  # column keys
     if not methods or not tasks:
         return None
     fig, axes = _grid(len(tasks))
@@ -185,8 +185,8 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
             if base is not None:  # from the starting model to the first iteration
                 ax.plot([0, x[0]], [base.value, y[0]], color=colors[m], linewidth=0.8, linestyle=":")
-        ax.set_title(task_label(task))
-        ax.set_ylabel(column_label(task, per_iter.metric_of(task)))
+        ax.set_title(task_label(per_iter.task_of(task)))
+        ax.set_ylabel(column_label(per_iter.task_of(task), per_iter.metric_of(task)))
         ax.set_xlabel("self-play iteration (0 = starting model)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

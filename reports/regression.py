@@ -3,7 +3,7 @@
 For every (method, task) in the baseline, the candidate's final iteration is paired
 with the baseline's item by item (shared sample ids, scores averaged over seeds) and
 the change gets a paired-bootstrap interval; the primary metric is compared, plus the
-task's SECONDARY metrics. A change is a drop when it is both statistically significant
+metrics the task reports beside it (`reported` in its metrics.json). A change is a drop when it is both statistically significant
 (in the bad direction) and larger than the metric's tolerance (practical significance:
 identical code gives a zero change, and a float-level change such as another summation
 order stays far below every tolerance). Tolerances: `report.tolerance` of the candidate's
@@ -48,7 +48,6 @@ DEFAULT_TOLERANCE: dict[str, float] = {
 }
 FALLBACK_TOLERANCE = 0.01
 EXACT_METRICS = ("agreement",)
-SECONDARY: dict[str, tuple[str, ...]] = {"heldout_": ("margin",)}  # task-name prefix -> metrics beside the primary
 STATUS_MARK = {"drop": "▼ drop", "gain": "▲ gain", "ok": "ok", "unpaired": "unpaired", "missing": "MISSING"}
 
 
@@ -129,9 +128,9 @@ def _values(results: list[EvalResult], metric: str, n_boot: int, alpha: float) -
     return sum(float(r.metric(metric)["value"]) for r in results) / len(results), items
 
 
-def _metrics_of(task: str, primary: str) -> list[str]:
-    extra = [m for prefix, names in SECONDARY.items() if task.startswith(prefix) for m in names]
-    return [primary] + [m for m in extra if m != primary]
+def _metrics_of(result: EvalResult) -> list[str]:
+    """The primary, then the metrics the task reports beside it (metrics.json's `reported`)."""
+    return [result.primary] + [m for m in result.reported if m != result.primary]
 
 
 def _compare_task(result: CompareResult, method: str, task: str) -> None:
@@ -140,7 +139,7 @@ def _compare_task(result: CompareResult, method: str, task: str) -> None:
     if not b_res:
         return
     c_res = cand.find(method, task)
-    for metric in _metrics_of(task, b_res[0].primary):
+    for metric in _metrics_of(b_res[0]):
         if metric not in (b_res[0].metrics.get("metrics") or {}):
             continue
         b_value, b_items = _values(b_res, metric, n_boot, alpha)

@@ -54,6 +54,15 @@ class EvalResult:
     def primary(self) -> str:
         return str(self.metrics.get("primary") or next(iter(self.metrics.get("metrics", {})), ""))
 
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Metrics the task reports beside the primary (their own table column; `compare` checks
+        them too), as the task declared them in metrics.json. Files written before the field
+        existed: the held-out tasks' margin, which `compare` checked by the task's name then."""
+        if "reported" in self.metrics:
+            return tuple(str(m) for m in self.metrics["reported"] or ())
+        return ("margin",) if self.task.startswith("heldout_") else ()
+
     def metric(self, name: str | None = None) -> dict[str, Any]:
         name = name or self.primary
         try:

@@ -32,11 +32,11 @@ def holm(pvalues: list[float]) -> list[float]:
 def comparisons(comp: Comparison) -> list[dict]:
     """One record per (method, task) compared with the baseline, with Holm's p added."""
     rows: list[dict[str, Any]] = []
-    for (method, it, task), cell in comp.cells.items():
+    for (method, it, column), cell in comp.cells.items():
         d = cell.vs_baseline
         if d is None:
             continue
-        rows.append({"method": method, "iteration": it, "task": task, "metric": cell.metric, "diff": d.diff,
+        rows.append({"method": method, "iteration": it, "task": comp.task_of(column), "metric": cell.metric, "diff": d.diff,
                      "ci_low": d.ci_low, "ci_high": d.ci_high, "p": d.p_value, "n": d.n,
                      "higher_is_better": cell.higher_is_better})
     for row, adj in zip(rows, holm([float(r["p"]) for r in rows])):

@@ -2,7 +2,9 @@
 and HTML.
 
 The comparison table has one row per method (its final iteration; the starting
-model as `base`) and one column per task's primary metric. A cell is the mean with
+model as `base`) and one column per task's primary metric, plus one per metric a task reports
+beside it (its `reported` in metrics.json: the held-out margin, say; column key `task/metric`).
+A cell is the mean with
 its 95% interval over examples (one seed: the task's own interval from
 metrics.json; several seeds: a two-level bootstrap over seeds and examples), the
 best value per column is bold, and ▲/▼ marks a significant gain/drop against the
@@ -58,18 +60,36 @@ class Comparison:
     baseline: str
     alpha: float
     n_boot: int
-    tasks: list[str]
+    columns: list[str]  # a task (its primary metric) or "task/metric" (a metric the task reports beside it)
     rows: list[tuple[str, int]]  # (method, iteration)
-    cells: dict[tuple[str, int, str], Cell] = field(default_factory=dict)
+    cells: dict[tuple[str, int, str], Cell] = field(default_factory=dict)  # (method, iteration, column)
 
-    def metric_of(self, task: str) -> str:
-        for (_, _, t), c in self.cells.items():
-            if t == task:
-                return c.metric
+    @staticmethod
+    def task_of(column: str) -> str:
+        return column.split("/", 1)[0]
+
+    def metric_of(self, column: str) -> str:
+        task, _, metric = column.partition("/")
+        if metric:
+            return metric
+        for (_, _, c), cell in self.cells.items():
+            if c == column:
+                return cell.metric
         return next((e.primary for e in self.run.evals if e.task == task), "")
 
-    def n_of(self, task: str) -> int:
-        return max((c.interval.n for (_, _, t), c in self.cells.items() if t == task), default=0)
+    def n_of(self, column: str) -> int:
+        return max((c.interval.n for (_, _, col), c in self.cells.items() if col == column), default=0)
+
+
+def columns_of(run: RunData) -> list[str]:
+    """Every task's primary column, each followed by the metrics the task reports beside it."""
+    cols: list[str] = []
+    for task in run.tasks:
+        cols.append(task)
+        first = next((e for e in run.evals if e.task == task and e.scored), None)
+        if first is not None:
+            cols += [f"{task}/{m}" for m in first.reported if m != first.primary and m in first.metrics.get("metrics", {})]
+    return cols
 
 
 def fmt(v: float | None) -> str:
@@ -78,10 +98,11 @@ def fmt(v: float | None) -> str:
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
 
 
-def aggregate(results: list[EvalResult], *, n_boot: int, alpha: float) -> tuple[Interval, dict[str, float]]:
-    """Interval of one (method, iteration, task) over its seeds, and the seed-averaged
-    per-item scores (empty when samples carry no per-item score)."""
-    metric = results[0].primary
+def aggregate(results: list[EvalResult], *, n_boot: int, alpha: float,
+              metric: str | None = None) -> tuple[Interval, dict[str, float]]:
+    """Interval of one (method, iteration, task) over its seeds for `metric` (default: the
+    primary), and the seed-averaged per-item scores (empty when samples carry no per-item score)."""
+    metric = metric or results[0].primary
     per_seed = [r.item_scores(metric) for r in results]
     items = mean_over_seeds(per_seed) if all(per_seed) else {}
     if len(results) == 1:
@@ -100,8 +121,8 @@ def aggregate(results: list[EvalResult], *, n_boot: int, alpha: float) -> tuple[
 
 
 def _mark_best(comp: Comparison) -> None:
-    for task in comp.tasks:
-        cells = [c for (_, _, t), c in comp.cells.items() if t == task]
+    for column in comp.columns:
+        cells = [c for (_, _, col), c in comp.cells.items() if col == column]
         if len(cells) < 2:
             continue
         pick = max if cells[0].higher_is_better else min
@@ -120,24 +141,25 @@ def build_comparison(run: RunData, *, baseline: str = "sft", n_boot: int = 2000,
     for method in run.methods:
         its = sorted({e.iteration for e in run.evals if e.method == method})
         rows += [(method, k) for k in (its if per_iteration else its[-1:])]
-    comp = Comparison(run, baseline, alpha, n_boot, run.tasks, rows)
+    comp = Comparison(run, baseline, alpha, n_boot, columns_of(run), rows)
     base_items: dict[str, dict[str, float]] = {}
     if baseline in run.methods:
-        for task in comp.tasks:
-            res = run.find(baseline, task)
+        for col in comp.columns:
+            res = run.find(baseline, comp.task_of(col))
             if res:
-                base_items[task] = aggregate(res, n_boot=n_boot, alpha=alpha)[1]
+                base_items[col] = aggregate(res, n_boot=n_boot, alpha=alpha, metric=comp.metric_of(col))[1]
     for method, it in rows:
-        for task in comp.tasks:
-            res = run.find(method, task, it)
-            if not res:
+        for col in comp.columns:
+            res = run.find(method, comp.task_of(col), it)
+            metric = comp.metric_of(col)
+            if not res or metric not in res[0].metrics.get("metrics", {}):
                 continue
-            interval, items = aggregate(res, n_boot=n_boot, alpha=alpha)
-            cell = Cell(interval, res[0].primary, res[0].higher_is_better)
+            interval, items = aggregate(res, n_boot=n_boot, alpha=alpha, metric=metric)
+            cell = Cell(interval, metric, bool(res[0].metric(metric).get("higher_is_better", True)))
             is_base_row = method == baseline and it == run.final_iteration(baseline)
-            if not per_iteration and not is_base_row and items and base_items.get(task):
-                cell.vs_baseline = paired_bootstrap(base_items[task], items, n_boot=n_boot, alpha=alpha)
-            comp.cells[(method, it, task)] = cell
+            if not per_iteration and not is_base_row and items and base_items.get(col):
+                cell.vs_baseline = paired_bootstrap(base_items[col], items, n_boot=n_boot, alpha=alpha)
+            comp.cells[(method, it, col)] = cell
     if not per_iteration:
         _mark_best(comp)
     return comp
@@ -185,19 +207,19 @@ def _cell_text(cell: Cell | None, style: str) -> str:
 
 def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = False) -> pd.DataFrame:
     """Formatted cells: index = row labels, columns = 'task (metric)'."""
-    cols = {t: column_label(t, comp.metric_of(t)) for t in comp.tasks}
+    cols = {c: column_label(comp.task_of(c), comp.metric_of(c)) for c in comp.columns}
     data = {
-        _row_label(comp, m, it, per_iteration): [_cell_text(comp.cells.get((m, it, t)), style) for t in comp.tasks]
+        _row_label(comp, m, it, per_iteration): [_cell_text(comp.cells.get((m, it, c)), style) for c in comp.columns]
         for m, it in comp.rows
     }
-    frame = pd.DataFrame.from_dict(data, orient="index", columns=[cols[t] for t in comp.tasks])
+    frame = pd.DataFrame.from_dict(data, orient="index", columns=[cols[c] for c in comp.columns])
     frame.index.name = "method"
     return frame
 
 
 def legend(comp: Comparison) -> str:
     seeds = sorted({c.interval.seeds for c in comp.cells.values()})
-    ns = ", ".join(f"{task_label(t)}: n={comp.n_of(t)}" for t in comp.tasks)
+    ns = ", ".join(f"{task_label(t)}: n={comp.n_of(t)}" for t in comp.columns if "/" not in t)
     over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
     marks = (
         f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "

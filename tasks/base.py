@@ -9,7 +9,7 @@ scores the outputs and aggregates per-item scores into metrics with 95% interval
 
 `run_task` drives one task into its folder `<out>/<task>/`: samples.jsonl (one line per
 item: id, prompt, output, extracted, reference, scores, plus task fields),
-metrics.json (task, model, primary, metrics {name: value, ci_low, ci_high, n, stderr,
+metrics.json (task, model, primary, reported, metrics {name: value, ci_low, ci_high, n, stderr,
 ci_method}, config), provenance.json, then DONE last. A folder whose DONE records the
 same evaluation key (model identity + task + limit + settings) and whose result files
 still match the digests DONE records is skipped; anything else is recomputed (a changed
@@ -85,6 +85,9 @@ class Task(Protocol):
     @property
     def primary(self) -> str: ...  # the metric reports lead with
 
+    @property
+    def reported(self) -> tuple[str, ...]: ...  # metrics shown beside the primary (own column; compared)
+
     # True when the task applies `ctx.limit` itself (lm-eval does); else run_task cuts the documents
     applies_limit: bool
 
@@ -105,6 +108,7 @@ def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
     def deco(cls: Any) -> Any:
         cls.name = name
         cls.applies_limit = bool(getattr(cls, "applies_limit", False))
+        cls.reported = tuple(getattr(cls, "reported", ()))
         TASKS.add(name, cls, **meta)
         return cls
 
@@ -131,6 +135,7 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     tmp.replace(folder / "samples.jsonl")
     metrics = {
         "task": task.name, "model": ctx.model, "primary": task.primary,
+        "reported": list(task.reported),
         "metrics": {k: m.to_json() for k, m in result.metrics.items()},
         "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
     }

@@ -148,6 +148,7 @@ def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
 class ScorerCanaries:
     name: ClassVar[str]
     primary: ClassVar[str] = "agreement"
+    reported: ClassVar[tuple[str, ...]] = ()
     applies_limit = True  # a fixed set: eval.limit does not apply
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:

@@ -114,6 +114,7 @@ class CodeTask:
 
     name: ClassVar[str]
     primary: ClassVar[str] = "pass@1"
+    reported: ClassVar[tuple[str, ...]] = ()
     dataset: ClassVar[str] = "humaneval"  # EvalPlus oracle family
     plus: ClassVar[bool] = False
 

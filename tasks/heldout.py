@@ -151,6 +151,7 @@ class HeldOutLikelihood:
     """One held-out demonstration set (see the module docstring)."""
 
     primary: ClassVar[str] = "logp_real"
+    reported: ClassVar[tuple[str, ...]] = ("margin",)  # GSIL's classifier on held-out prompts
     applies_limit = False
 
     def __init__(self, name: str, source: str) -> None:

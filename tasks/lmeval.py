@@ -25,7 +25,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
@@ -159,6 +159,7 @@ class LmEvalTask:
     """One lm-eval task (or group) under our name; `chat`: None = EvalConfig.lm_eval_chat_template."""
 
     applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
+    reported: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
                  primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,

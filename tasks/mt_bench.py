@@ -51,6 +51,7 @@ def _plain(turns: list[tuple[str, str | None]]) -> str:
 class MTBench:
     name: ClassVar[str]
     primary: ClassVar[str] = "score"
+    reported: ClassVar[tuple[str, ...]] = ()
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         questions = load_rows(ctx, self.name, "mt_bench/question.jsonl", required=("question_id", "category", "turns"))

@@ -149,3 +149,53 @@ def test_an_unscored_task_shows_a_dash(tmp_path):
     assert "MT-Bench score (1-10)" in table and len(rows) == 5
     assert all(row.split("|")[-2].strip() == "–" for row in rows)
 
+
+
+def _add_reported_metric(run_dir, task="gsm8k", name="margin", shift=None):
+    """Give every `task` result a second per-item metric that the task reports beside its primary;
+    `shift`: method -> added to that method's items (a planted change)."""
+    for metrics_file in run_dir.joinpath("eval").rglob(f"{task}/metrics.json"):
+        folder = metrics_file.parent
+        method = folder.relative_to(run_dir / "eval").parts[0]
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        level = {"base": 0.0, "sft": 30.0}.get(method, 10.0) + (shift or {}).get(method, 0.0)
+        for i, s in enumerate(samples):
+            s["scores"][name] = level + (i % 5) - 2.0
+        (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        x = np.array([s["scores"][name] for s in samples])
+        rec = json.loads(metrics_file.read_text())
+        rec["reported"] = [name]
+        rec["metrics"][name] = {"value": float(x.mean()), "ci_low": float(x.mean() - 0.5),
+                                "ci_high": float(x.mean() + 0.5), "n": len(x)}
+        atomic_write_json(metrics_file, rec)
+
+
+def test_reported_metrics_get_their_own_column_and_are_compared(run_dir, tmp_path):
+    """A metric a task reports beside its primary (metrics.json `reported`: the held-out margin)
+    is a column of the tables, with its own significance marks, and `compare` checks it."""
+    from gsil_bench.reports.regression import compare_runs
+
+    _add_reported_metric(run_dir)
+    run = load_run(run_dir)
+    comp = tables.build_comparison(run, baseline="sft", n_boot=300)
+    assert comp.columns == ["gsm8k", "gsm8k/margin", "mt_bench"]
+    margin = comp.cells[("gsil-logistic", 2, "gsm8k/margin")]
+    assert margin.metric == "margin" and margin.interval.value == pytest.approx(10.0, abs=0.1)
+    assert margin.sign == -1  # 10 vs sft's 30 on the same items: significantly below
+    assert comp.cells[("gsil-logistic", 2, "gsm8k")].metric == "exact_match"
+    header = tables.to_markdown(tables.comparison_frame(comp)).splitlines()[0]
+    assert "margin" in header and header.count("|") == 5  # method + 3 columns
+    cand = tmp_path / "cand"
+    shutil.copytree(run_dir, cand)
+    _add_reported_metric(cand, shift={"gsil-logistic": -5.0})
+    result = compare_runs(run_dir, cand, n_boot=300)
+    assert [(c.method, c.task, c.metric) for c in result.drops] == [("gsil-logistic", "gsm8k", "margin")]
+
+
+def test_reported_defaults_for_files_written_before_the_field(run_dir):
+    run = load_run(run_dir)
+    res = run.find("sft", "gsm8k")[0]
+    assert res.reported == ()
+    res.metrics.pop("reported", None)
+    res.task = "heldout_gsm8k"  # held-out results written before `reported`: compare checked their margin
+    assert res.reported == ("margin",)
