@@ -207,8 +207,8 @@ def _eval_done(run: Run, step: Step) -> bool:
     out = _eval_dir(run, step)
     if not all(is_done(out / t) for t in _tasks(run, step)) or not (out / "model.json").is_file():
         return False
-    rec = read_json(out / "model.json")
-    return rec.get("eval_hash") == _eval_hash(run.cfg) and not rec.get("stale")
+    rec = read_json(out / "model.json")  # "published" is absent from folders written before it existed
+    return rec.get("eval_hash") == _eval_hash(run.cfg) and not rec.get("stale") and rec.get("published", True)
 
 
 def _checkpoint(run: Run, step: Step) -> str:
@@ -292,15 +292,18 @@ def _eval(run: Run, step: Step) -> None:
     missing = [t for t in _tasks(run, step) if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")
-    atomic_write_json(out / "model.json", {**rec, "stale": []})
+    # the step is done only once its scores reached the trackers and the model card: a failure
+    # there (a tracker, the Hub) leaves it unfinished, and a rerun redoes that part alone
+    atomic_write_json(out / "model.json", {**rec, "stale": [], "published": False})
     _after_eval(run, step, out)
+    atomic_write_json(out / "model.json", {**rec, "stale": [], "published": True})
 
 
 def _after_eval(run: Run, step: Step, out: Path) -> None:
     """The scores go to the trackers (train.report_to, at the checkpoint's global training
     step) and into the checkpoint's model card, which is then pushed (train.push_to_hub)."""
     t = run.cfg.shared.train
-    results = {task: read_json(out / task / "metrics.json") for task in run.cfg.shared.eval.tasks}
+    results = {task: read_json(out / task / "metrics.json") for task in _tasks(run, step)}
     if step.seed is None:
         log_eval(t.report_to, run.root, run.cfg.name, step.method, step.seed, 0, results)
         return
