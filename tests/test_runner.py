@@ -246,6 +246,45 @@ def test_tiny_run_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir)
     assert json.loads((root / "plan.json").read_text())["sessions"] == 2
 
 
+def test_model_free_tasks_and_the_after_eval_part_of_every_step(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """The scorer canaries (model-free: scored on the base step only) beside a per-model task: every
+    step's own record says done, and each checkpoint's model card carries its scores. A failure after
+    the scores exist (trackers, model card, Hub push) leaves the step unfinished; the rerun redoes
+    only that part."""
+    import gsil_bench.harness.runner as runner
+    from gsil_bench.harness.workers import read_record
+
+    data = tiny_experiment(tiny_model_dir, tasks=["heldout_gsm8k", "scorer_canaries"])
+    data["shared"]["iterations"], data["methods"] = 1, [{"loss": "sft"}]
+    cfg_path = write_cfg(tmp_path, data)
+    root = tmp_path / "run"
+    calls = []
+    real_after = runner._after_eval
+
+    def failing_once(run, step, out):
+        calls.append(step.id)
+        if step.id == "eval/sft/seed-0/iter-1" and calls.count(step.id) == 1:
+            raise OSError("tracker unreachable")
+        return real_after(run, step, out)
+
+    monkeypatch.setattr(runner, "_after_eval", failing_once)
+    assert run_experiment(load_experiment(cfg_path), root, data_dir=str(data_dir)) == 1
+    assert _statuses(root)["eval/sft/seed-0/iter-1"] == "failed"
+    sft_eval = root / "eval" / "sft" / "seed-0" / "iter-1"
+    assert read_record(sft_eval)["error"] == "OSError: tracker unreachable"
+    assert sorted(p.name for p in sft_eval.iterdir() if p.is_dir()) == ["heldout_gsm8k"]  # canaries: base only
+    stamp = (sft_eval / "heldout_gsm8k" / "metrics.json").stat().st_mtime_ns
+    assert run_experiment(load_experiment(cfg_path), root, data_dir=str(data_dir)) == 0
+    assert (sft_eval / "heldout_gsm8k" / "metrics.json").stat().st_mtime_ns == stamp  # not scored again
+    assert calls.count("eval/sft/seed-0/iter-1") == 2 and calls.count("eval/base/iter-0") == 1
+    assert set(_statuses(root).values()) == {"done"}
+    assert read_record(sft_eval)["status"] == read_record(root / "eval" / "base" / "iter-0")["status"] == "done"
+    card = (root / "sft" / "seed-0" / "iter-1" / "checkpoint" / "README.md").read_text()
+    assert "heldout_gsm8k" in card and "scorer_canaries" not in card
+    base = json.loads((root / "eval" / "base" / "iter-0" / "scorer_canaries" / "metrics.json").read_text())
+    assert base["metrics"]["agreement"]["value"] == 1.0
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_tables(tmp_path, tiny_model_dir, data_dir):
     cfg_path = write_cfg(tmp_path, tiny_experiment(tiny_model_dir))
