@@ -330,5 +330,20 @@ def test_smoke_config_on_the_embedded_model(tmp_path, data_dir):
     for m in cfg.methods:
         assert f"| {m.label} " in md
     html = (out / "report" / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 3  # ablation, training curves, per-iteration
+    # the main job measures something: GSIL's held-out margin separates methods (disjoint 95% intervals)
+    from gsil_bench.reports.rundata import load_run
+    from gsil_bench.reports.tables import build_comparison
+
+    comp = build_comparison(load_run(out), baseline="sft", n_boot=500)
+    assert "heldout_gsm8k/margin" in comp.columns and "| heldout_gsm8k margin" in md.replace("|  ", "| ")
+    margins = {m: c.interval for (m, _, col), c in comp.cells.items() if col == "heldout_gsm8k/margin"}
+    assert set(margins) == {"base"} | {m.label for m in cfg.methods}
+    assert margins["base"].value == 0.0  # the starting model is its own reference
+    separated = [(a, b) for a in margins for b in margins
+                 if margins[a].ci_high < margins[b].ci_low]
+    assert ("base", "sft") in separated and len(separated) >= 10, separated
+    # every loss trains its own way: no two methods end on the same held-out log-likelihood
+    logp = [round(c.interval.value, 6) for (_, _, col), c in comp.cells.items() if col == "heldout_gsm8k"]
+    assert len(set(logp)) == len(logp), logp
     print(f"smoke run wall time: {wall:.0f} s")
