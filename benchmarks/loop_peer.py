@@ -49,7 +49,7 @@ methods:
 def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `train_iteration` over warm-up + timed steps; peak memory over the timed steps."""
     from gsil_bench.core.config import load_experiment
-    from gsil_bench.trainers.api import _precision, make_accelerator
+    from gsil_bench.trainers.api import make_accelerator, precision_of
     from gsil_bench.trainers.data import EncodedSeq, TrainItem
     from gsil_bench.trainers.inputs import MethodContext
     from gsil_bench.trainers.loop import LoopRun, epoch_order, train_iteration
@@ -67,7 +67,7 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     total = spec["warmup"] + spec["steps"]
     pairs = pairs[: spec["batch"] * total]
     cfg = load_experiment(_config(spec, model_dir, len(pairs)))
-    precision = _precision(cfg)
+    precision = precision_of(cfg)
     method = cfg.method(spec["method"])
     acc = make_accelerator(precision)
     ctx = MethodContext(cfg, method, build_loss(method.loss, method.params), 0, work, tok, acc, [], [], None, precision)

@@ -118,9 +118,9 @@ def _cpu_launch_without_processes() -> bool:
             and "WORLD_SIZE" not in env)
 
 
-def _precision(cfg: ExperimentConfig) -> str:
+def precision_of(cfg: ExperimentConfig) -> str:
+    """The training precision the loop runs `cfg` at on this machine: fp16, bf16 or fp32."""
     import torch
-
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.shared.train.precision == "fp16":
@@ -150,7 +150,7 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
                                   f"(format 'preference')")
         rejected = encode_all(data_cfg.encoding, tokenizer, [replace(ex, response=ex.rejected) for ex in examples
                                                if ex.rejected is not None], **lengths)
-    precision = _precision(cfg)
+    precision = precision_of(cfg)
     ctx = MethodContext(cfg, method, build_loss(method.loss, method.params), seed, Path(run_dir), tokenizer,
                         make_accelerator(precision), examples, real, rejected, precision, data_cfg.encoding)
     return ctx, {k: str(v) for k, v in files.items() if v is not None}
