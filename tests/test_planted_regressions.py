@@ -28,11 +28,11 @@ PLANTED = {
                              "head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)",
                              "head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=False)"),
     "lr-x100": ("trainers/loop.py", "params, lr=c.lr, alpha=c.alpha", "params, lr=c.lr * 100, alpha=c.alpha"),
-    "scorer-skips-last-test": (
-        "tasks/code.py", 'jobs.append((i, j, code + "\\n\\n" + p.tests, None, self._limits(ctx)))',
-        'jobs.append((i, j, code + "\\n\\n" + "\\n".join(x for n, x in enumerate(p.tests.splitlines()) if n != '
-        'max([k for k, y in enumerate(p.tests.splitlines()) if y.lstrip().startswith("assert") and "candidate" in y] '
-        'or [-1])), None, self._limits(ctx)))'),
+    "scorer-skips-last-test": (  # the trusted checker drops the last assert that calls the candidate
+        "tasks/checker.py", 'tests = compile(job["tests"], "tests.py", "exec")',
+        'tests = compile("\\n".join(x for n, x in enumerate(job["tests"].splitlines()) if n != max([k for k, y in '
+        'enumerate(job["tests"].splitlines()) if y.lstrip().startswith("assert") and "candidate" in y] or [-1])), '
+        '"tests.py", "exec")'),
 }
 
 
@@ -59,9 +59,17 @@ def code_copy(dst: Path, planted: str | None) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
-        if (REPO / rel).is_file():
+        src = REPO / rel
+        if src.is_symlink():  # gsil_bench/<layer> -> ../<layer>: the installed name must import the copy
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
+            os.symlink(os.readlink(src), dst / rel)
+        elif src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    imported = subprocess.run([sys.executable, "-c", "import gsil_bench.trainers.losses as m; print(m.__file__)"],
+                              capture_output=True, text=True, cwd=dst, env={**os.environ, "PYTHONPATH": str(dst)},
+                              check=True).stdout.strip()
+    assert Path(imported).is_relative_to(dst), f"the copy is not what runs: gsil_bench imports from {imported}"
     if planted:
         rel, old, new = PLANTED[planted]
         text = (dst / rel).read_text()
