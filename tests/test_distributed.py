@@ -27,7 +27,8 @@ def _cli_module() -> list[str]:
     return ["gsil_bench.harness.cli", "train"]
 
 
-def _config(tmp_path: Path, model: Path) -> Path:
+def _config(tmp_path: Path, model: Path, method: str = "- loss: gsil-logistic\n    params: {a: 0.5, b: 0.0}",
+            lengths: str = "max_length: 96, max_prompt_length: 64") -> Path:
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(f"""name: dist
 shared:
@@ -35,12 +36,11 @@ shared:
   train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 8}}
   optimizer: {{name: adamw, lr: 1.0e-3}}
   schedule: {{name: constant, warmup_ratio: 0.0}}
-  train: {{batch_size: 2, max_length: 96, max_prompt_length: 64, logprob_chunk: 32, save_every: 1}}
+  train: {{batch_size: 2, {lengths}, logprob_chunk: 32, save_every: 1}}
   generation: {{max_new_tokens: 6, batch_size: 2}}
   iterations: 2
 methods:
-  - loss: gsil-logistic
-    params: {{a: 0.5, b: 0.0}}
+  {method}
 """)
     return cfg
 
@@ -53,10 +53,11 @@ def _env(data_dir: Path, kill: str | None = None) -> dict[str, str]:
     return env
 
 
-def _launch(cfg: Path, out: Path, data_dir: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+def _launch(cfg: Path, out: Path, data_dir: Path, kill: str | None = None,
+            method: str = "gsil-logistic") -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", *_cli_module(), str(cfg), "--method", "gsil-logistic", "--output", str(out)]
+           "-m", *_cli_module(), str(cfg), "--method", method, "--output", str(out)]
     return subprocess.run(cmd, cwd=REPO, env=_env(data_dir, kill), capture_output=True, text=True, timeout=900)
 
 
@@ -97,6 +98,27 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_mode
     w0 = load_file(tiny_model_dir / "model.safetensors")
     for key in w0:
         assert (wa[key] - wb[key]).norm() <= 1e-3 * (wa[key] - w0[key]).norm() + 1e-6, key
+
+
+@pytest.mark.slow
+def test_sft_over_two_processes_equals_one_process(tiny_model_dir, data_dir, tmp_path):
+    """SFT's token mean is over the optimizer step's global batch: the two processes' halves hold
+    different numbers of response tokens (GSM8K answers differ in length), so a mean of per-process
+    token means would train differently (before the fix this test failed)."""
+    cfg = _config(tmp_path, tiny_model_dir, "- loss: sft", lengths="max_length: 512, max_prompt_length: 256")
+    one = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "train", str(cfg), "--method", "sft",
+                          "--output", str(tmp_path / "one"), "shared.train.batch_size=4"],
+                         cwd=REPO, env=_env(data_dir), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _launch(cfg, tmp_path / "two", data_dir, method="sft")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (tmp_path / x / "sft" / "seed-0" / "iter-1" for x in ("one", "two"))
+    ma, mb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
+    assert len(ma) == len(mb) == 2
+    for x, y in zip(ma, mb):
+        assert x["tokens"] == y["tokens"]
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
 
 
 def test_accelerate_cpu_launch_of_several_processes_is_refused_with_the_working_command(tiny_model_dir, data_dir, tmp_path):

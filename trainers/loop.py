@@ -15,7 +15,9 @@ launched with several processes), reading top to bottom:
    optimizer, scheduler, RNG and counters; metrics.jsonl is cut back to that step.
 4. steps: per micro-batch one forward of the real (+ generated) sequences through
    `trainers.logprobs.batch_logps`, the loss on per-sequence log-probs and the cached
-   reference log-probs, backward (gradients synchronised on the last micro-batch only);
+   reference log-probs, backward (gradients synchronised on the last micro-batch only;
+   SFT's token mean is over the whole step's tokens, so any split of the global batch into
+   micro-batches and processes trains alike);
    clip, step, log one metrics.jsonl line per optimizer step.
 5. finish: Hugging Face checkpoint (LoRA merged), summary.json, DONE (written last).
 Under FSDP (`trainers.sharding`) the state and the checkpoint are gathered from the shards.
@@ -135,8 +137,10 @@ def load_policy(name: str, ctx: Any, device: Any = None) -> Any:
     return model
 
 
-def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) -> tuple[Any, int]:
-    """One micro-batch: per-sequence log-probs of real (+ generated) in one forward, then the loss."""
+def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any,
+                 token_share: float | None = None) -> tuple[Any, int]:
+    """One micro-batch: per-sequence log-probs of real (+ generated) in one forward, then the loss
+    (`token_share`: see `LossInputs.token_share`)."""
     ctx, t = run.ctx, run.ctx.cfg.shared.train
     pairs = run.ref is not None
     seqs = [it.real for it in items] + ([it.gen for it in items if it.gen is not None] if pairs else [])
@@ -144,11 +148,11 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any) 
     batch: Batch = collator(seqs, ctx.tokenizer.pad_token_id).to(device)
     logps, n_tokens = batch_logps(model, batch, t.logprob_chunk)
     b = len(items)
-    inputs = LossInputs(logps[:b].float(), real_tokens=n_tokens[:b])
+    inputs = LossInputs(logps[:b].float(), real_tokens=n_tokens[:b], token_share=token_share)
     if run.ref is not None:
         ref_real, ref_gen = run.ref.take([it.index for it in items])
         inputs = LossInputs(logps[:b].float(), ref_real.to(device), logps[b:].float(),
-                            None if ref_gen is None else ref_gen.to(device), n_tokens[:b])
+                            None if ref_gen is None else ref_gen.to(device), n_tokens[:b], token_share)
     return ctx.loss(inputs), batch.tokens
 
 
@@ -199,13 +203,14 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     for step in range(info["step"], total):
         indices = step_indices(n, per_step, ctx.seed, run.iteration, step, steps_per_epoch)
         sums: dict[str, float] = defaultdict(float)
-        tokens = 0
+        tokens = 0  # every process sees the step's global indices: its token count needs no communication
+        share = sum(run.items[i].real.n_response for i in indices) / (t.grad_accum * acc.num_processes)
         for micro in range(t.grad_accum):
             at = (micro * acc.num_processes + acc.process_index) * per_device
             items = [run.items[i] for i in indices[at : at + per_device]]
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(wrapped)
             with sync:
-                out, used = forward_loss(run, wrapped, items, acc.device)
+                out, used = forward_loss(run, wrapped, items, acc.device, share)
                 acc.backward(out.loss / t.grad_accum)
             tokens += used
             for k, v in {"loss": out.loss, **out.metrics}.items():

@@ -38,6 +38,11 @@ class LossInputs:
     policy_gen: torch.Tensor | None = None
     ref_gen: torch.Tensor | None = None
     real_tokens: torch.Tensor | None = None  # response token counts of the real sequences
+    # Token-mean losses divide a micro-batch's sum by this when given: the real response tokens of the
+    # whole optimizer step (every micro-batch of every process) over micro-batches x processes, so the
+    # accumulated, process-averaged gradient is the step's global token mean, however the global batch
+    # is split (transformers' num_items_in_batch). None: the micro-batch's own token count.
+    token_share: float | None = None
 
     @property
     def r_real(self) -> torch.Tensor:
@@ -147,9 +152,11 @@ def _pair_metrics(x: LossInputs, scale: float = 1.0) -> dict[str, torch.Tensor]:
 
 @register_loss("sft", pairs=False)
 def sft(x: LossInputs) -> LossOutput:
-    """Token-mean negative log-likelihood of the real response tokens over the batch."""
+    """Token-mean negative log-likelihood of the real response tokens over the batch (the
+    optimizer step's global batch when the loop passes `token_share`)."""
     tokens = x.real_tokens if x.real_tokens is not None else torch.ones_like(x.policy_real)
-    loss = -x.policy_real.sum() / tokens.sum().clamp_min(1)
+    denominator = tokens.sum().clamp_min(1) if x.token_share is None else x.token_share
+    loss = -x.policy_real.sum() / denominator
     metrics = {"logps/real": x.policy_real.detach().mean(), "loss/real": loss.detach()}
     return LossOutput(loss, metrics)
 
