@@ -156,100 +156,157 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any,
     return ctx.loss(inputs), batch.tokens
 
 
-def train_iteration(run: LoopRun) -> dict[str, Any]:
-    """Train one iteration (resuming from its last saved state); returns its summary."""
-    ctx, acc, t, opt = run.ctx, run.ctx.accelerator, run.ctx.cfg.shared.train, run.ctx.cfg.shared.optimizer
-    from accelerate.utils import gather_object, set_seed
+@dataclass
+class StepPlan:
+    """1. How one iteration is cut into optimizer steps."""
 
-    # 1. plan
+    n: int  # examples
+    per_device: int  # micro-batch size
+    per_step: int  # global batch: per_device x grad_accum x processes
+    steps_per_epoch: int
+    total: int  # optimizer steps of the iteration
+
+
+@dataclass
+class Trainable:
+    """2. The policy as the loop drives it, with its optimizer and schedule."""
+
+    model: Any  # the unwrapped policy (what a checkpoint saves)
+    wrapped: Any  # LogpsModule(model), prepared by accelerate (DDP or FSDP)
+    optimizer: Any
+    scheduler: Any
+    params: list[Any]  # the trainable parameters (FSDP: their shards)
+    sharded: bool
+
+
+def step_plan(run: LoopRun) -> StepPlan:
+    t, acc = run.ctx.cfg.shared.train, run.ctx.accelerator
     n, per_device = len(run.items), t.batch_size
     per_step = per_device * t.grad_accum * acc.num_processes
     steps_per_epoch = math.ceil(n / per_step)
     total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
-    # 2. model, optimizer, schedule
+    return StepPlan(n, per_device, per_step, steps_per_epoch, total)
+
+
+def prepare(run: LoopRun, plan: StepPlan) -> Trainable:
+    """The policy (seeded), its optimizer and warm-up schedule, prepared by accelerate."""
+    from accelerate.utils import set_seed
+
+    ctx, acc, opt = run.ctx, run.ctx.accelerator, run.ctx.cfg.shared.optimizer
     sharded = is_sharded(acc)
     if sharded:
         check_sharding(acc)
     set_seed(int(hash_obj(["init", ctx.seed, run.iteration]), 16) % (2**31))
     model = load_policy(run.init_model, ctx)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS.get(opt.name)(params, opt)
-    warmup = warmup_steps(ctx.cfg.shared.schedule, total)
+    optimizer = OPTIMIZERS.get(opt.name)([p for p in model.parameters() if p.requires_grad], opt)
+    warmup = warmup_steps(ctx.cfg.shared.schedule, plan.total)
     schedule = SCHEDULES.get(ctx.cfg.shared.schedule.name)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, total))
-    wrapped, optimizer = acc.prepare(LogpsModule(model, t.logprob_chunk), optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, plan.total))
+    wrapped, optimizer = acc.prepare(LogpsModule(model, ctx.cfg.shared.train.logprob_chunk), optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP replaces them by shards
-    # 3. resume
-    state_dir, metrics_file = run.folder / "state", run.folder / "metrics.jsonl"
+    return Trainable(model, wrapped, optimizer, scheduler, params, sharded)
+
+
+def resume(run: LoopRun, tr: Trainable, plan: StepPlan) -> dict[str, Any]:
+    """3. The saved state of an interrupted iteration, if any (metrics.jsonl cut back to it)."""
+    acc, state_dir, metrics_file = run.ctx.accelerator, run.folder / "state", run.folder / "metrics.jsonl"
     recover_dir(state_dir)
     info: dict[str, Any] = {"step": 0, "tokens": 0, "wall_time_s": 0.0}
     if (state_dir / "info.json").is_file():
-        info = (load_sharded_state(state_dir, acc, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler)
-                if sharded else load_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                           process_index=acc.process_index))
-        if (info.get("key"), info.get("global_batch"), info.get("total")) != (run.key, per_step, total):
+        info = (load_sharded_state(state_dir, acc, wrapped=tr.wrapped, optimizer=tr.optimizer, scheduler=tr.scheduler)
+                if tr.sharded else load_state(state_dir, model=tr.model, optimizer=tr.optimizer,
+                                              scheduler=tr.scheduler, process_index=acc.process_index))
+        if (info.get("key"), info.get("global_batch"), info.get("total")) != (run.key, plan.per_step, plan.total):
             raise ConfigError(f"{state_dir}: saved by a run with another configuration or number of processes "
-                              f"(global batch {info.get('global_batch')} vs {per_step}); delete {run.folder} to restart")
-        log.info("resuming %s from step %d/%d", run.folder, info["step"], total)
+                              f"(global batch {info.get('global_batch')} vs {plan.per_step}); delete {run.folder} "
+                              "to restart")
+        log.info("resuming %s from step %d/%d", run.folder, info["step"], plan.total)
     if acc.is_main_process:
         kept = [r for r in read_jsonl(metrics_file, repair=True) if r["step"] <= info["step"]]
         atomic_write_text(metrics_file, "".join(_line(r) for r in kept))
+    return info
+
+
+def optimizer_step(run: LoopRun, tr: Trainable, plan: StepPlan, step: int, info: dict[str, Any]) -> dict[str, Any]:
+    """4. One optimizer step over the global batch's micro-batches; returns its metrics record."""
+    ctx, acc, t = run.ctx, run.ctx.accelerator, run.ctx.cfg.shared.train
+    max_norm = ctx.cfg.shared.optimizer.max_grad_norm
+    indices = step_indices(plan.n, plan.per_step, ctx.seed, run.iteration, step, plan.steps_per_epoch)
+    sums: dict[str, float] = defaultdict(float)
+    tokens = 0  # every process sees the step's global indices: its token count needs no communication
+    share = sum(run.items[i].real.n_response for i in indices) / (t.grad_accum * acc.num_processes)
+    for micro in range(t.grad_accum):
+        at = (micro * acc.num_processes + acc.process_index) * plan.per_device
+        items = [run.items[i] for i in indices[at : at + plan.per_device]]
+        sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(tr.wrapped)
+        with sync:
+            out, used = forward_loss(run, tr.wrapped, items, acc.device, share)
+            acc.backward(out.loss / t.grad_accum)
+        tokens += used
+        for k, v in {"loss": out.loss, **out.metrics}.items():
+            sums[k] += float(v.detach()) / t.grad_accum
+    grad_norm = acc.clip_grad_norm_(tr.params, max_norm if max_norm else math.inf)
+    lr = tr.scheduler.get_last_lr()[0]
+    tr.optimizer.step()
+    tr.scheduler.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), reduction="mean")
+    info["tokens"] += int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
+    info["step"] = step + 1
+    record = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "lr": lr,
+              "grad_norm": float(grad_norm), "tokens": info["tokens"], **dict(zip(sums, means.tolist()))}
+    if run.heldout and ((step + 1) % (t.eval_every or plan.total) == 0 or step + 1 == plan.total):
+        record["eval/nll"] = heldout_nll(tr.wrapped, run.heldout, batch_size=plan.per_device, chunk=t.logprob_chunk,
+                                         pad_id=ctx.tokenizer.pad_token_id, device=acc.device)
+    return record
+
+
+def save_progress(run: LoopRun, tr: Trainable, plan: StepPlan, info: dict[str, Any], started: float) -> None:
+    """The resumable state after a step (train.save_every): weights, optimizer, schedule, RNG, counters."""
+    from accelerate.utils import gather_object
+
+    acc, state_dir = run.ctx.accelerator, run.folder / "state"
+    info.update(key=run.key, global_batch=plan.per_step, total=plan.total, wall_time_s=time.time() - started)
+    rngs = gather_object([rng_state()])
+    if tr.sharded:
+        save_sharded_state(state_dir, acc, wrapped=tr.wrapped, optimizer=tr.optimizer, scheduler=tr.scheduler,
+                           rng=rngs, info=info)
+    elif acc.is_main_process:
+        save_state(state_dir, model=acc.unwrap_model(tr.wrapped).model, optimizer=tr.optimizer,
+                   scheduler=tr.scheduler, rng=rngs, info=info)
+
+
+def train_iteration(run: LoopRun) -> dict[str, Any]:
+    """Train one iteration (resuming from its last saved state); returns its summary."""
+    ctx, acc, t = run.ctx, run.ctx.accelerator, run.ctx.cfg.shared.train
+    plan = step_plan(run)  # 1. plan
+    tr = prepare(run, plan)  # 2. model, optimizer, schedule
+    info = resume(run, tr, plan)  # 3. resume
     # 4. optimizer steps
     log.info("%s iteration %d: %d examples, global batch %d (%d x %d accumulation x %d processes), %d steps",
-             ctx.method.label, run.iteration, n, per_step, per_device, t.grad_accum, acc.num_processes, total)
+             ctx.method.label, run.iteration, plan.n, plan.per_step, plan.per_device, t.grad_accum,
+             acc.num_processes, plan.total)
     started = time.time() - info["wall_time_s"]
-    bar = Progress(total, f"{ctx.method.label} iter {run.iteration}", initial=info["step"], unit="step")
+    bar = Progress(plan.total, f"{ctx.method.label} iter {run.iteration}", initial=info["step"], unit="step")
     record: dict[str, Any] = {}
-    for step in range(info["step"], total):
-        indices = step_indices(n, per_step, ctx.seed, run.iteration, step, steps_per_epoch)
-        sums: dict[str, float] = defaultdict(float)
-        tokens = 0  # every process sees the step's global indices: its token count needs no communication
-        share = sum(run.items[i].real.n_response for i in indices) / (t.grad_accum * acc.num_processes)
-        for micro in range(t.grad_accum):
-            at = (micro * acc.num_processes + acc.process_index) * per_device
-            items = [run.items[i] for i in indices[at : at + per_device]]
-            sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(wrapped)
-            with sync:
-                out, used = forward_loss(run, wrapped, items, acc.device, share)
-                acc.backward(out.loss / t.grad_accum)
-            tokens += used
-            for k, v in {"loss": out.loss, **out.metrics}.items():
-                sums[k] += float(v.detach()) / t.grad_accum
-        grad_norm = acc.clip_grad_norm_(params, opt.max_grad_norm if opt.max_grad_norm else math.inf)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), reduction="mean")
-        info["tokens"] += int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
-        info["step"] = step + 1
-        record = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
-                  "grad_norm": float(grad_norm), "tokens": info["tokens"], **dict(zip(sums, means.tolist()))}
-        if run.heldout and ((step + 1) % (t.eval_every or total) == 0 or step + 1 == total):
-            record["eval/nll"] = heldout_nll(wrapped, run.heldout, batch_size=per_device, chunk=t.logprob_chunk,
-                                             pad_id=ctx.tokenizer.pad_token_id, device=acc.device)
-        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == total or "eval/nll" in record):
-            append_jsonl(metrics_file, [record])
-            log_step(run, record, total, bar.to_log)
+    for step in range(info["step"], plan.total):
+        record = optimizer_step(run, tr, plan, step, info)
+        if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == plan.total or "eval/nll" in record):
+            append_jsonl(run.folder / "metrics.jsonl", [record])
+            log_step(run, record, plan.total, bar.to_log)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if (step + 1) % t.save_every == 0 and step + 1 < total:
-            info.update(key=run.key, global_batch=per_step, total=total, wall_time_s=time.time() - started)
-            rngs = gather_object([rng_state()])
-            if sharded:
-                save_sharded_state(state_dir, acc, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler,
-                                   rng=rngs, info=info)
-            elif acc.is_main_process:
-                save_state(state_dir, model=acc.unwrap_model(wrapped).model, optimizer=optimizer,
-                           scheduler=scheduler, rng=rngs, info=info)
+        if (step + 1) % t.save_every == 0 and step + 1 < plan.total:
+            save_progress(run, tr, plan, info, started)
         kill_hook("step", step + 1, run.iteration)
     bar.close()
-    log.info("%s iteration %d: trained %d steps, %d tokens", ctx.method.label, run.iteration, total, info["tokens"])
+    log.info("%s iteration %d: trained %d steps, %d tokens", ctx.method.label, run.iteration, plan.total,
+             info["tokens"])
     # 5. checkpoint, summary, DONE
     info["wall_time_s"] = time.time() - started
-    final = (full_model(acc, wrapped, lambda: load_policy(run.init_model, ctx, device="cpu")) if sharded
-             else acc.unwrap_model(wrapped).model)
-    return finish(run, final, total, info, record)
+    final = (full_model(acc, tr.wrapped, lambda: load_policy(run.init_model, ctx, device="cpu")) if tr.sharded
+             else acc.unwrap_model(tr.wrapped).model)
+    return finish(run, final, plan.total, info, record)
 
 
 def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
