@@ -96,11 +96,11 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
         return None
     fig, axes = _grid(len(comp.columns))
     colors = method_colors(comp.run.methods)
-    for ax, task in zip(axes, comp.columns):  # task: a column key (a task, or task/metric)
+    for ax, col in zip(axes, comp.columns):  # a task, or task/metric
         xs, drawn = np.arange(len(members)), []
         for x, m in zip(xs, members):
-            it = next((k[1] for k in comp.cells if k[0] == m and k[2] == task), None)
-            cell = comp.cells.get((m, it, task)) if it is not None else None
+            it = next((k[1] for k in comp.cells if k[0] == m and k[2] == col), None)
+            cell = comp.cells.get((m, it, col)) if it is not None else None
             if cell is None:
                 continue
             iv, k = cell.interval, scale(cell.metric)
@@ -110,13 +110,13 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
         for ref, style in ((comp.baseline, "--"), (BASE, ":")):
             if ref in members:
                 continue
-            cell = next((c for k, c in comp.cells.items() if k[0] == ref and k[2] == task), None)
+            cell = next((c for k, c in comp.cells.items() if k[0] == ref and k[2] == col), None)
             if cell is not None:
                 ax.axhline(scale(cell.metric) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
                            linewidth=1.2, label=ref)
         ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(task_label(comp.task_of(task)))
-        ax.set_ylabel(column_label(comp.task_of(task), comp.metric_of(task)))
+        ax.set_title(task_label(comp.task_of(col)))
+        ax.set_ylabel(column_label(comp.task_of(col), comp.metric_of(col)))
         ax.set_xlabel(f"{family.upper()} member (convex function)")
     fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
     fig.tight_layout()
@@ -163,19 +163,19 @@ def training_curves(run: RunData, path: Path) -> Path | None:
 def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     cells = per_iter.cells
     methods = [m for m in per_iter.run.methods if m != BASE and any(k[0] == m for k in cells)]
-    tasks = [t for t in per_iter.columns if any(k[2] == t for k in cells)]  # column keys
-    if not methods or not tasks:
+    cols = [c for c in per_iter.columns if any(k[2] == c for k in cells)]  # a task, or task/metric
+    if not methods or not cols:
         return None
-    fig, axes = _grid(len(tasks))
+    fig, axes = _grid(len(cols))
     colors = method_colors(per_iter.run.methods)
-    for ax, task in zip(axes, tasks):
-        k = scale(per_iter.metric_of(task))
-        base = next((_scaled(c.interval, k) for (m, _, t), c in cells.items() if m == BASE and t == task), None)
+    for ax, col in zip(axes, cols):
+        k = scale(per_iter.metric_of(col))
+        base = next((_scaled(c.interval, k) for (m, _, t), c in cells.items() if m == BASE and t == col), None)
         if base is not None:
             ax.errorbar([0], [base.value], yerr=[[_below(base)], [_above(base)]], color="black", marker="s",
                         markersize=5, capsize=3, label=BASE)
         for j, m in enumerate(methods):
-            pts = sorted((it, _scaled(c.interval, k)) for (mm, it, t), c in cells.items() if mm == m and t == task)
+            pts = sorted((it, _scaled(c.interval, k)) for (mm, it, t), c in cells.items() if mm == m and t == col)
             if not pts:
                 continue
             dodge = (j - (len(methods) - 1) / 2) * 0.03  # overlapping methods stay visible
@@ -185,8 +185,8 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
             if base is not None:  # from the starting model to the first iteration
                 ax.plot([0, x[0]], [base.value, y[0]], color=colors[m], linewidth=0.8, linestyle=":")
-        ax.set_title(task_label(per_iter.task_of(task)))
-        ax.set_ylabel(column_label(per_iter.task_of(task), per_iter.metric_of(task)))
+        ax.set_title(task_label(per_iter.task_of(col)))
+        ax.set_ylabel(column_label(per_iter.task_of(col), per_iter.metric_of(col)))
         ax.set_xlabel("self-play iteration (0 = starting model)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

@@ -3,8 +3,9 @@
 For every (method, task) in the baseline, the candidate's final iteration is paired
 with the baseline's item by item (shared sample ids, scores averaged over seeds) and
 the change gets a paired-bootstrap interval; the primary metric is compared, plus the
-metrics the task reports beside it (`reported` in its metrics.json). A change is a drop when it is both statistically significant
-(in the bad direction) and larger than the metric's tolerance (practical significance:
+metrics the task reports beside it (`reported` in its metrics.json). A change is a drop
+when it is both statistically significant (in the bad direction) and larger than the
+metric's tolerance (practical significance:
 identical code gives a zero change, and a float-level change such as another summation
 order stays far below every tolerance). Tolerances: `report.tolerance` of the candidate's
 config ("task/metric" or "metric" -> units), else DEFAULT_TOLERANCE by the metric name's
@@ -128,18 +129,13 @@ def _values(results: list[EvalResult], metric: str, n_boot: int, alpha: float) -
     return sum(float(r.metric(metric)["value"]) for r in results) / len(results), items
 
 
-def _metrics_of(result: EvalResult) -> list[str]:
-    """The primary, then the metrics the task reports beside it (metrics.json's `reported`)."""
-    return [result.primary] + [m for m in result.reported if m != result.primary]
-
-
 def _compare_task(result: CompareResult, method: str, task: str) -> None:
     base, cand, n_boot, alpha = result.baseline, result.candidate, result.n_boot, result.alpha
     b_res = base.find(method, task)
     if not b_res:
         return
     c_res = cand.find(method, task)
-    for metric in _metrics_of(b_res[0]):
+    for metric in b_res[0].shown:
         if metric not in (b_res[0].metrics.get("metrics") or {}):
             continue
         b_value, b_items = _values(b_res, metric, n_boot, alpha)

@@ -63,6 +63,11 @@ class EvalResult:
             return tuple(str(m) for m in self.metrics["reported"] or ())
         return ("margin",) if self.task.startswith("heldout_") else ()
 
+    @property
+    def shown(self) -> list[str]:
+        """The primary, then the reported metrics: the tables' columns and what `compare` checks."""
+        return [self.primary] + [m for m in self.reported if m != self.primary]
+
     def metric(self, name: str | None = None) -> dict[str, Any]:
         name = name or self.primary
         try:

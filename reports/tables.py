@@ -88,7 +88,7 @@ def columns_of(run: RunData) -> list[str]:
         cols.append(task)
         first = next((e for e in run.evals if e.task == task and e.scored), None)
         if first is not None:
-            cols += [f"{task}/{m}" for m in first.reported if m != first.primary and m in first.metrics.get("metrics", {})]
+            cols += [f"{task}/{m}" for m in first.shown[1:] if m in first.metrics.get("metrics", {})]
     return cols
 
 
