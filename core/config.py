@@ -160,6 +160,9 @@ class EvalConfig:
     # task mt_bench_fastchat: FastChat's conversation template by name ("zephyr"; FastChat picks it from the model
     # id); null = the model's own chat template
     fastchat_template: str | None = None
+    # exit 0 even when a task's primary metric has no value for any item (e.g. a judge that never produced a
+    # parseable rating); false: `eval` and `run` exit 1 naming the task. Not hashed: it decides the exit status only
+    allow_empty: bool = False
     reference_model: str | None = None  # held-out likelihood tasks: the model of the margin's log ratios; null = shared.model (runner) / no margin (eval)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
@@ -201,6 +204,11 @@ class SharedConfig:
     self_play: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def pins(self) -> dict[str, str]:
+        """Model name -> Hub revision: `model_revision` pins `model` wherever it is loaded (training,
+        reference log-probs, the base model's evaluation, held-out margins), on `run` and `eval` alike."""
+        return {self.model: self.model_revision} if self.model_revision else {}
 
 
 @dataclass(frozen=True)
@@ -422,12 +430,18 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model")}
 
 
+# settings of what a command does with finished results (its exit status), never of the results: not hashed
+UNHASHED = {(EvalConfig, "allow_empty")}
+
+
 def hash_view(obj: Any) -> Any:
-    """Plain data of `obj` for hashing: `to_plain` without LATER_FIELDS that hold their defaults."""
+    """Plain data of `obj` for hashing: `to_plain` without LATER_FIELDS that hold their defaults, nor UNHASHED."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
+            if (type(obj), f.name) in UNHASHED:
+                continue
             if (type(obj), f.name) in LATER_FIELDS:
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 if value == default:

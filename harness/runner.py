@@ -29,7 +29,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from gsil_bench.harness.validate import validate
 from gsil_bench.harness.workers import is_claimed, read_record, this_worker, work_through, write_record
 from gsil_bench.reports.index import RunIndex, default_index
 from gsil_bench.reports.report import write_report
-from gsil_bench.tasks.api import evaluate
+from gsil_bench.tasks.api import evaluate, experiment_eval
 from gsil_bench.tasks.base import TASKS
 from gsil_bench.trainers.api import iteration_plan, train_method
 from gsil_bench.trainers.publish import hub_revision, push_checkpoint, write_model_card
@@ -284,11 +284,8 @@ def _eval(run: Run, step: Step) -> None:
     todo = [t for t in _tasks(run, step) if t in rec.get("stale", []) or not is_done(out / t)]
     todo = [t for t in todo if not _reuse_identical(run, step, rec, t, out)]
     if todo:
-        revision = run.cfg.shared.model_revision if step.method == BASE else None  # a pinned Hub base model
-        eval_cfg = run.cfg.shared.eval  # held-out likelihood margins are relative to the starting model
-        if eval_cfg.reference_model is None:
-            eval_cfg = replace(eval_cfg, reference_model=run.cfg.shared.model)
-        evaluate(rec["model"], todo, eval_cfg, out, data_dir=run.data_dir, revision=revision)
+        evaluate(rec["model"], todo, experiment_eval(run.cfg.shared), out, data_dir=run.data_dir or run.cfg.shared.data_dir,
+                 pins=run.cfg.shared.pins())  # a pinned Hub base model, as evaluated and as reference
     missing = [t for t in _tasks(run, step) if not is_done(out / t)]
     if missing:
         raise RuntimeError(f"evaluation of {rec['model']} finished without results for {', '.join(missing)}")

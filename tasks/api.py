@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gsil_bench.core.config import EvalConfig
+from gsil_bench.core.config import EvalConfig, SharedConfig
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.errors import Problem
 from gsil_bench.core.io import folder_lock
@@ -29,6 +29,14 @@ from gsil_bench.tasks.lmeval import LmEvalTask, check_task_name
 from gsil_bench.tasks.sandbox import SandboxUnavailable, resolve_mode
 
 log = logging.getLogger(__name__)
+
+
+def experiment_eval(shared: SharedConfig) -> EvalConfig:
+    """An experiment's evaluation settings as `run` applies them (and `eval --config`): held-out
+    likelihood margins are relative to the starting model unless `eval.reference_model` names another."""
+    if shared.eval.reference_model is None:
+        return replace(shared.eval, reference_model=shared.model)
+    return shared.eval
 
 
 def make_task(name: str) -> Task:
@@ -88,16 +96,18 @@ def check_tasks(names: list[str], cfg: EvalConfig, completions: Path | None = No
 def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: Path, *,
              data_dir: str | None = None, limit: int | None = None, model_obj: Any = None,
              tokenizer: Any = None, completions: str | Path | None = None,
-             revision: str | None = None) -> dict[str, dict]:
+             revision: str | None = None, pins: dict[str, str] | None = None) -> dict[str, dict]:
     """Score `model` (a name/folder, optionally already loaded as `model_obj`/`tokenizer`, which
     must then hold that model's weights) on `task_names`; return each task's metrics.json content.
-    `completions`: score a code-completions file instead of generating (code tasks only)."""
+    `completions`: score a code-completions file instead of generating (code tasks only).
+    `revision`: the Hub revision of `model`; `pins`: model name -> Hub revision wherever that model
+    is loaded (`{shared.model: shared.model_revision}`: the evaluated model and the reference)."""
     comp = Path(completions) if completions is not None else None
     if limit is not None:  # one route: the limit lives in the eval config
         eval_cfg = replace(eval_cfg, limit=limit)
     check_tasks(task_names, eval_cfg, comp)
     ctx = EvalContext(model=model, cfg=eval_cfg, data_dir=resolve_data_dir(data_dir), model_obj=model_obj,
-                      tokenizer=tokenizer, completions=comp, revision=revision)
+                      tokenizer=tokenizer, completions=comp, revision=revision, pins=dict(pins or {}))
     out_dir = Path(out_dir)
     results: dict[str, dict] = {}
     first_error: BaseException | None = None
@@ -112,3 +122,28 @@ def evaluate(model: str, task_names: list[str], eval_cfg: EvalConfig, out_dir: P
     if first_error is not None:
         raise first_error
     return results
+
+
+def _why_empty(result: dict[str, Any]) -> str:
+    """What the per-item records say about an empty primary metric (the judge's failures, for MT-Bench)."""
+    metrics = result.get("metrics") or {}
+    turns = [f"{int(metrics[k]['value'])} {k}" for k in ("missing", "ambiguous")
+             if (metrics.get(k) or {}).get("value")]
+    if turns:
+        of = (metrics.get("missing") or {}).get("n")
+        return f" (no parseable rating: {', '.join(turns)} of {of} turns)"
+    return ""
+
+
+def empty_primaries(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per result (metrics.json content, keyed by a label) whose primary metric has no
+    value: no item was scored (a judge that never gave a parseable rating, a metric lm-eval did not
+    report). `eval` and `run` exit 1 on any unless `eval.allow_empty` is set."""
+    out = []
+    for label, res in results.items():
+        primary = res.get("primary")
+        metric = (res.get("metrics") or {}).get(primary) if primary else None
+        if metric is None or metric.get("value") is None:
+            out.append(f"{label}: primary metric {primary or '(none)'!r} has no value for any of its "
+                       f"{res.get('n_items', 0)} items{_why_empty(res)}")
+    return out

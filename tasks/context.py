@@ -111,11 +111,20 @@ class EvalContext:
     model_obj: Any = None
     tokenizer: Any = None
     completions: Path | None = None
-    revision: str | None = None
+    revision: str | None = None  # the Hub revision of `model` (default: pins.get(model))
+    pins: dict[str, str] = field(default_factory=dict)  # model name -> Hub revision (shared.model_revision)
     task_folder: Path | None = None
     data_files: dict[str, dict[str, str]] = field(default_factory=dict)
     _identity: dict[str, Any] | None = None
     _generators: dict[str, CachedGenerator] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.revision is None:
+            self.revision = self.pins.get(self.model)
+
+    def revision_of(self, name: str) -> str | None:
+        """The Hub revision `name` is pinned to wherever it is loaded (evaluated, or as a reference)."""
+        return self.revision if name == self.model else self.pins.get(name)
 
     def identity(self) -> dict[str, Any]:
         """What caches are keyed by: the completions file, or the model and its chat template. A

@@ -115,7 +115,8 @@ class ReferenceScorer:
 
     def __init__(self, ctx: EvalContext, name: str) -> None:
         self.ctx, self.name = ctx, name
-        self.identity = model_identity(name, ctx.cfg.generation)
+        self.revision = ctx.revision_of(name)  # shared.model_revision pins the reference too
+        self.identity = model_identity(name, ctx.cfg.generation, self.revision)
         self.path = (ctx.cache_dir() / "reference_logps.jsonl" if ctx.cfg.cache_dir else
                      cache_root() / "reference_logps" / f"{hash_obj(self.identity)[:16]}.jsonl")
         self._model: Any = None
@@ -143,7 +144,8 @@ class ReferenceScorer:
                 self._model = mine
                 return mine
             device = str(next(mine.parameters()).device)
-            self._model, _ = load_model(self.name, dtype=pick_dtype("auto", device), device=device)
+            self._model, _ = load_model(self.name, revision=self.revision, dtype=pick_dtype("auto", device),
+                                        device=device)
         return self._model
 
 

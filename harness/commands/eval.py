@@ -11,6 +11,7 @@ Prints every metric with its 95% interval when done; results are in --output.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from dataclasses import replace
@@ -22,6 +23,7 @@ from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import busy_ancestor
 from gsil_bench.harness.commands import add_overrides
 
+log = logging.getLogger(__name__)
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
 EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbpp, mbpp_plus, mt_bench, or any lm-eval task"
@@ -37,27 +39,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="benchmark data folder (default $GSIL_DATA_DIR, else the Hub)")
     parser.add_argument("--no-chat-template", action="store_true", help="completion-style prompts even for chat models")
     parser.add_argument("--completions", default=None, help="score these code completions (task_id + completion JSONL)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="exit 0 even when a task's primary metric has no value (shared.eval.allow_empty)")
     parser.add_argument("--config", default=None, help="experiment YAML: take its shared.eval block (and model)")
     add_overrides(parser)
 
 
-def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
-    """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
-    `shared.eval.*`) and the flags; also the config's model and data_dir."""
+def _experiment(args: argparse.Namespace) -> Any:
+    """The experiment whose `shared` block the evaluation takes: --config (and the overrides), else
+    the defaults with the overrides and `--model` as `shared.model` (so `shared.model_revision` pins it)."""
     from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
     from gsil_bench.core.strict import apply_overrides, to_plain
 
-    model = data_dir = None
     if args.config:
-        exp = load_experiment(args.config, args.overrides)
-        model, data_dir = exp.shared.model, exp.shared.data_dir
-    else:
-        exp = ExperimentConfig(name="eval", methods=[])
-        if args.overrides:
-            exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
-    cfg = exp.shared.eval
+        return load_experiment(args.config, args.overrides)
+    exp = ExperimentConfig(name="eval", methods=[])
+    if args.overrides:
+        exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
+    return replace(exp, shared=replace(exp.shared, model=args.model)) if args.model else exp
+
+
+def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, Any]:
+    """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
+    `shared.eval.*`) and the flags; also the experiment's shared block (model, revision, data_dir).
+    With --config the settings are those `run` applies (tasks.api.experiment_eval)."""
+    from gsil_bench.tasks.api import experiment_eval
+
+    shared = _experiment(args).shared
+    cfg = experiment_eval(shared) if args.config else shared.eval
     if args.no_chat_template:
         cfg = replace(cfg, chat_template=False)
+    if args.allow_empty:
+        cfg = replace(cfg, allow_empty=True)
     judge = cfg.judge
     if args.judge:
         if re.match(r"https?://", args.judge):
@@ -66,7 +79,7 @@ def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str 
             judge = replace(judge, backend="hf", model=args.judge)
     if args.judge_model:
         judge = replace(judge, model=args.judge_model)
-    return replace(cfg, judge=judge), model, data_dir
+    return replace(cfg, judge=judge), shared
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -86,11 +99,17 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gsil_bench.tasks.api import evaluate
+    from gsil_bench.tasks.api import empty_primaries, evaluate
 
-    cfg, cfg_model, cfg_data_dir = _eval_config(args)
+    cfg, shared = _eval_config(args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)
-    model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
+    if args.completions and not (args.model or args.config):
+        model = f"completions:{Path(args.completions).name}"
+    else:
+        model = args.model or shared.model
+    if shared.model_revision and model != shared.model:
+        log.warning("shared.model_revision pins %s (shared.model), not %s, which is loaded at its default revision",
+                    shared.model, model)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
     if args.limit is not None and args.limit < 1:
@@ -98,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     busy = busy_ancestor(out)
     if busy is not None:
         raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
-    results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
-                       completions=args.completions)
+    results = evaluate(model, names, cfg, out, data_dir=args.data_dir or shared.data_dir, limit=args.limit,
+                       completions=args.completions, pins=shared.pins())
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
+    empty = [] if cfg.allow_empty else empty_primaries(results)
+    if empty:
+        sys.stderr.write(f"gsil-bench eval: no result: {'; '.join(empty)} (--allow-empty accepts it)\n")
+        return 1
     return 1 if any(r.get("incomplete") for r in results.values()) else 0
