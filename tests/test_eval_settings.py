@@ -92,3 +92,52 @@ def test_eval_scores_the_pinned_revision_and_pins_the_reference(two_revisions, d
     assert _scores(tmp_path / "cli-ref", "logp_real") == pytest.approx(expected_b, abs=1e-5)
     assert _scores(tmp_path / "cli-ref", "margin") == pytest.approx(_scores(tmp_path / "B-vs-A", "margin"), abs=1e-4)
     assert any(abs(m) > 1e-3 for m in _scores(tmp_path / "cli-ref", "margin"))  # against main (itself) it would be 0
+
+
+def _no_result_line(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(f"gsil-bench {command}: no result:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_eval_exits_1_when_the_judge_never_gave_a_rating(tiny_model_dir, data_dir, tmp_path, capsys):
+    """A real local judge (the tiny random model) that never writes `[[rating]]`: every turn is missing,
+    MT-Bench's primary score has no value, and the command says so in one line and exits 1."""
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "mt_bench", "--limit", "1", "--judge", str(tiny_model_dir),
+            "--output", str(out), "--data-dir", str(data_dir), "shared.eval.generation.max_new_tokens=4",
+            "shared.eval.judge.max_tokens=8"]
+    assert main(argv) == 1
+    line = _no_result_line(capsys.readouterr().err, "eval")
+    assert "mt_bench: primary metric 'score' has no value for any of its 1 items (no parseable rating: 2 missing of " \
+           "2 turns)" in line and "--allow-empty" in line
+    done = (out / "mt_bench" / "DONE").read_text()
+    assert main([*argv, "--allow-empty"]) == 0  # accepted on request; the finished result is reused, not redone
+    assert "no result" not in capsys.readouterr().err
+    assert (out / "mt_bench" / "DONE").read_text() == done
+
+
+def test_run_exits_1_when_a_primary_metric_has_no_value(tiny_model_dir, data_dir, tmp_path, capsys):
+    config = tmp_path / "judge.yaml"
+    config.write_text(f"""name: empty
+shared:
+  model: {tiny_model_dir}
+  train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 2}}
+  train: {{batch_size: 2, max_length: 64, max_prompt_length: 48, max_steps: 1}}
+  eval:
+    tasks: [mt_bench]
+    limit: 1
+    generation: {{max_new_tokens: 4}}
+    judge: {{backend: hf, model: {tiny_model_dir}, max_tokens: 8}}
+methods:
+  - loss: sft
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--output", str(out)]) == 1
+    line = _no_result_line(capsys.readouterr().err, "run")
+    assert "base iter 0 mt_bench: primary metric 'score' has no value" in line
+    assert "sft seed 0 iter 1 mt_bench: primary metric 'score' has no value" in line
+    done = (out / "eval" / "sft" / "seed-0" / "iter-1" / "mt_bench" / "DONE").read_text()
+    assert main(["run", str(config), "--output", str(out), "shared.eval.allow_empty=true"]) == 0
+    assert (out / "eval" / "sft" / "seed-0" / "iter-1" / "mt_bench" / "DONE").read_text() == done  # not redone
+    assert "no result" not in capsys.readouterr().err

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gsil_bench.core.config import ExperimentConfig
 from gsil_bench.harness.commands import add_overrides
 
 HELP = "train every method of an experiment, evaluate every checkpoint, write the report"
@@ -40,5 +41,25 @@ def run(args: argparse.Namespace) -> int:
 
         sys.stdout.write("\n".join(describe(cfg, root, args.data_dir)) + "\n")
         return 0
-    return run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast,
+    code = run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast,
                           data_files=files)
+    empty = [] if cfg.shared.eval.allow_empty else empty_results(cfg, root)
+    if empty:
+        sys.stderr.write(f"gsil-bench run: no result: {'; '.join(empty)} (shared.eval.allow_empty=true accepts it)\n")
+        return code or 1
+    return code
+
+
+def empty_results(cfg: ExperimentConfig, root: Path) -> list[str]:
+    """The run's evaluations (this config's methods and tasks) whose primary metric has no value."""
+    from gsil_bench.core.io import read_json
+    from gsil_bench.core.layout import BASE, RunLayout
+    from gsil_bench.tasks.api import empty_primaries
+
+    methods = {BASE, *(m.label for m in cfg.methods)}
+    results = {}
+    for where, task in RunLayout(root).eval_task_dirs():
+        if where.method in methods and task in cfg.shared.eval.tasks:
+            seed = "" if where.seed is None else f" seed {where.seed}"
+            results[f"{where.method}{seed} iter {where.iteration} {task}"] = read_json(where.folder / "metrics.json")
+    return empty_primaries(results)
