@@ -2,8 +2,11 @@
 
 - lm-evaluation-harness (every task): `lm_eval/<model>/results_<date>.json` (lm-eval's own
   results dict for lm-eval tasks; the same shape, `"<metric>,none"` keys, for the others) and
-  `samples_<task>_<date>.jsonl`, as `lm_eval --output_path ... --log_samples` writes them,
-  so `lm_eval.utils.make_table` and lm-eval's result readers take them.
+  `samples_<task>_<date>.jsonl`, as `lm_eval --output_path ... --log_samples` writes them:
+  one line per document per filter (doc_id, doc, target, arguments as {gen_args_i: {arg_j}},
+  resps, filtered_resps, filter, metrics, doc_hash, prompt_hash, target_hash, the metric
+  values). An lm-eval task's lines are lm-eval's own records (kept in samples.jsonl under
+  `lm_eval`); our tasks' items are written in that schema with filter "none".
 - FastChat llm_judge (mt_bench): `fastchat/data/mt_bench/model_answer/<model>.jsonl` and
   `model_judgment/<judge>_single.jsonl` for `python -m fastchat.llm_judge.show_result
   --mode single --judge-model <judge>` (run in `interop/fastchat/`); a turn without a
@@ -17,6 +20,7 @@ Written from samples.jsonl + metrics.json after the task finishes; rewriting is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -65,11 +69,69 @@ def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, 
             "config": {"model": metrics.get("model")}, "model_name": metrics.get("model"), "date": date}
 
 
-def lm_eval_sample(i: int, s: dict[str, Any]) -> dict[str, Any]:
-    """One samples_<task>_<date>.jsonl line (lm-eval's field names) from one of ours."""
-    return {"doc_id": i, "doc": {"id": s["id"], "prompt": s["prompt"]}, "target": s.get("reference"),
-            "arguments": [[s["prompt"]]], "resps": [[s["output"]]], "filtered_resps": [s.get("extracted")],
-            **{k: v for k, v in (s.get("scores") or {}).items()}}
+def _sanitize(x: Any) -> Any:
+    """lm-eval's `sanitize_list`: nested lists with every leaf as its str."""
+    return [_sanitize(v) for v in x] if isinstance(x, list | tuple) else str(x)
+
+
+def _hash(text: str) -> str:
+    """lm-eval's `hash_string`."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _as_logged(rec: dict[str, Any], doc: Any, arguments: list[Any], resps: list[Any]) -> dict[str, Any]:
+    """A record as lm-eval's `EvaluationTracker.save_results_samples` writes it: arguments as
+    {gen_args_i: {arg_j}}, responses as strings, the target as str; its keys in its order."""
+    line = dict(rec)
+    line.update(doc=doc, arguments={f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                                    for i, arg in enumerate(arguments)},
+                resps=_sanitize(resps), filtered_resps=_sanitize(rec.get("filtered_resps")), target=str(rec.get("target")))
+    return line
+
+
+def _requests(s: dict[str, Any]) -> tuple[list[str], list[Any], list[Any]]:
+    """Our item as lm-eval requests: one per turn when prompt, output and extracted are per-turn lists."""
+    prompt, output, extracted = s.get("prompt"), s.get("output"), s.get("extracted")
+    turns = isinstance(prompt, list) and isinstance(output, list) and len(prompt) == len(output) \
+        and all(isinstance(p, str) for p in prompt)
+    if not turns:
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+        return [text], [output], [extracted]
+    per_turn = isinstance(extracted, list) and len(extracted) == len(output)
+    return list(prompt), list(output), list(extracted) if per_turn else [extracted] * len(output)
+
+
+def lm_eval_lines(i: int, s: dict[str, Any], gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """samples_<task>.jsonl lines of one item: an lm-eval task's own records (one per filter), else
+    ours in lm-eval's schema (filter "none", the generation settings as gen_kwargs)."""
+    lm = s.get("lm_eval")
+    if lm:
+        return [_as_logged(rec, s.get("doc"), lm["arguments"], lm["resps"]) for rec in lm["records"]]
+    prompts, outputs, extracted = _requests(s)
+    doc = {"id": s["id"], "prompt": s.get("prompt"), "reference": s.get("reference")}
+    scores = s.get("scores") or {}
+    rec = {"doc_id": i, "doc": None, "target": s.get("reference"), "arguments": None, "resps": None,
+           "filtered_resps": extracted, "filter": "none", "metrics": list(scores),
+           "doc_hash": _hash(json.dumps(doc, indent=2, default=str, ensure_ascii=False)),
+           "prompt_hash": _hash(prompts[0]), "target_hash": _hash(str(s.get("reference"))), **scores}
+    return [_as_logged(rec, doc, [[p, gen_kwargs] for p in prompts], [[o] for o in outputs])]
+
+
+def _gen_kwargs(metrics: dict[str, Any]) -> dict[str, Any]:
+    gen = (((metrics.get("config") or {}).get("eval") or {}).get("generation")) or {}
+    temperature = gen.get("temperature", 0.0)
+    return {"max_gen_toks": gen.get("max_new_tokens"), "temperature": temperature, "do_sample": bool(temperature)}
+
+
+def lm_eval_sample_files(task: str, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, list[dict]]:
+    """lm-eval task name -> its samples file's lines, in lm-eval's order (filter by filter, documents by id)."""
+    files: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+    gen_kwargs = _gen_kwargs(metrics)
+    for i, s in enumerate(samples):
+        name = (s.get("lm_eval") or {}).get("task") or task
+        for order, line in enumerate(lm_eval_lines(i, s, gen_kwargs)):
+            files.setdefault(name, []).append((order, int(line["doc_id"]), line))
+    return {name: [line for _, _, line in sorted(rows, key=lambda r: r[:2])] for name, rows in files.items()}
 
 
 def write_lm_eval(folder: Path, task: str, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> Path:
@@ -78,7 +140,9 @@ def write_lm_eval(folder: Path, task: str, metrics: dict[str, Any], samples: lis
     date = time.strftime("%Y-%m-%dT%H-%M-%S.000000")
     path = out / f"results_{date}.json"
     atomic_write_json(path, lm_eval_results(task, metrics, date))
-    atomic_write_text(out / f"samples_{task}_{date}.jsonl", _jsonl([lm_eval_sample(i, s) for i, s in enumerate(samples)]))
+    for name, lines in lm_eval_sample_files(task, metrics, samples).items():
+        atomic_write_text(out / f"samples_{name}_{date}.jsonl",
+                          "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in lines))
     return path
 
 

@@ -51,6 +51,7 @@ for _hub, _name, _dir, _splits in (
 ):
     LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
 LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
+LOGGED_ONCE = ("doc", "arguments", "resps")  # fields of lm-eval's per-filter sample records equal across its filters
 
 
 def lm_eval_version() -> str:
@@ -242,7 +243,12 @@ def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
                 resps = rec.get("resps") or [[None]]
                 sid = str(rec["doc_id"]) if len(leaves) == 1 else f"{leaf}/{rec['doc_id']}"
                 s = merged[key] = Sample(sid, args[0][0], resps[0][0] if len(resps[0]) == 1 else resps[0], {},
-                                         rec.get("target"), {}, {"doc": rec.get("doc")})
+                                         rec.get("target"), {}, {"doc": rec.get("doc"), "lm_eval": {
+                                             "task": leaf, "arguments": rec.get("arguments"), "resps": rec.get("resps"),
+                                             "records": []}})
+            # lm-eval's own record per filter (its keys in its order; doc, arguments and resps kept once above),
+            # so tasks.interop writes samples_<task>.jsonl exactly as `lm_eval --log_samples` does
+            s.extra["lm_eval"]["records"].append({k: None if k in LOGGED_ONCE else v for k, v in rec.items()})
             flt = rec.get("filter", "none")
             filtered = rec.get("filtered_resps")
             s.extracted[flt] = filtered[0] if isinstance(filtered, list) and len(filtered) == 1 else filtered

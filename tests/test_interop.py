@@ -11,11 +11,13 @@ import re
 import subprocess
 import sys
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 from helpers import data_rows, write_jsonl
+from test_gsm8k import _direct, _local_yaml, answers_three  # noqa: F401  (lm-eval's own GSM8K run, a fixed model)
 
-from gsil_bench.core.config import EvalConfig
+from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.core.io import atomic_write_json, read_json, read_jsonl
 from gsil_bench.tasks.api import evaluate
 from gsil_bench.tasks.base import Sample
@@ -62,6 +64,59 @@ def test_lm_eval_reads_our_results(humaneval_plus):
     for name in ("pass@1", "pass@1+"):
         assert cells[name] == f"{metrics['metrics'][name]['value']:.4f}", table
     assert "|humaneval_plus|gsil-bench|none" in table.replace(" ", "")
+
+
+LM_EVAL_KEYS = ["doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics", "doc_hash",
+                "prompt_hash", "target_hash"]  # then the metric values, as lm-eval's evaluator logs a sample
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_lm_eval_samples_equal_the_file_lm_eval_writes(tmp_path, data_dir, answers_three, tokenizer):  # noqa: F811
+    """lm-eval itself runs GSM8K on the same model and writes its samples file the way
+    `lm_eval --output_path ... --log_samples` does (EvaluationTracker); ours equals it line by line, key by key."""
+    from lm_eval.loggers import EvaluationTracker
+
+    gen = "max_gen_toks=8"
+    _local_yaml(tmp_path / "yaml", data_dir, "gsm8k/gsm8k.yaml", "gsm8k_local")
+    direct = _direct(answers_three, tokenizer, tmp_path / "yaml", "gsm8k_local", limit=3, gen_kwargs=gen, batch=4,
+                     chat=False)
+    samples = direct.pop("samples")
+    tracker = EvaluationTracker(output_path=str(tmp_path / "lm_eval"))
+    tracker.save_results_aggregated(results=direct, samples=samples)
+    tracker.save_results_samples(task_name="gsm8k_local", samples=samples["gsm8k_local"])
+    (theirs_path,) = (tmp_path / "lm_eval").rglob("samples_gsm8k_local_*.jsonl")
+    cfg = EvalConfig(lm_eval_gen_kwargs=gen, generation=GenerationConfig(batch_size=4))
+    evaluate("tiny", ["gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=3, model_obj=answers_three,
+             tokenizer=tokenizer)
+    (ours_path,) = (tmp_path / "out" / "gsm8k" / "interop" / "lm_eval" / "tiny").glob("samples_gsm8k_*.jsonl")
+    ours, theirs = _lines(ours_path), _lines(theirs_path)
+    assert len(theirs) == 6 and [r["filter"] for r in theirs] == ["strict-match"] * 3 + ["flexible-extract"] * 3
+    assert [list(r) for r in ours] == [list(r) for r in theirs] == [[*LM_EVAL_KEYS, "exact_match"]] * 6
+    assert ours == theirs  # every value too: documents, prompts, responses, filters, scores, hashes
+
+
+def test_lm_eval_samples_of_our_tasks_in_lm_evals_schema(humaneval_plus):
+    """Our own tasks' samples file: lm-eval's keys in its order, its hashes, readable by `datasets`
+    (what lm-eval's sanitising of arguments and responses is for) and found by lm-eval's file helpers."""
+    from datasets import load_dataset
+    from lm_eval.utils import get_sample_results_filenames, hash_string
+
+    folder, metrics = humaneval_plus
+    (path,) = get_sample_results_filenames([str(p) for p in (folder / "interop" / "lm_eval").rglob("*.jsonl")])
+    lines = _lines(Path(path))
+    assert len(lines) == metrics["n_items"] == 12
+    for i, r in enumerate(lines):
+        assert list(r) == [*LM_EVAL_KEYS, "pass@1", "pass@1+"] and r["metrics"] == ["pass@1", "pass@1+"]
+        assert r["doc_id"] == i and r["filter"] == "none" and isinstance(r["target"], str)
+        assert r["doc_hash"] == hash_string(json.dumps(r["doc"], indent=2, ensure_ascii=False))
+        assert r["prompt_hash"] == hash_string(r["arguments"]["gen_args_0"]["arg_0"])
+        assert r["target_hash"] == hash_string(r["target"])
+    assert sum(r["pass@1"] for r in lines) / 12 == pytest.approx(metrics["metrics"]["pass@1"]["value"])
+    rows = load_dataset("json", data_files=str(path), split="train")
+    assert rows.num_rows == 12 and rows[0]["doc"]["id"] == lines[0]["doc"]["id"]
 
 
 def _evalplus_scores(samples_path, capsys) -> dict[str, float]:
