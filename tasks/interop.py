@@ -13,7 +13,9 @@
   rating has score -1, which show_result drops as FastChat's own failures.
 - EvalPlus (humaneval, humaneval_plus, mbpp, mbpp_plus): `evalplus/samples.jsonl` (task_id +
   solution: the whole program of the greedy completion) and `evalplus/samples_eval_results.json`
-  (base_status / plus_status per task) that `evalplus.evaluate` reads instead of re-running.
+  (base_status / plus_status per task) that `evalplus.evaluate` reads instead of re-running;
+  the base-only tasks (humaneval, mbpp) have no plus_status and are read with `--base-only`
+  (`evalplus/README.md` holds the command).
 
 Written from samples.jsonl + metrics.json after the task finishes; rewriting is idempotent.
 """
@@ -175,24 +177,33 @@ def _status(result: dict[str, Any] | None) -> str | None:
     return {"passed": "pass", "timeout": "timeout"}.get(result.get("status", ""), "fail")
 
 
+def evalplus_command(task: str) -> str:
+    """The `evalplus.evaluate` command that reads a task folder's EvalPlus files (run in `interop/evalplus/`)."""
+    base_only = "" if task.endswith("_plus") else " --base-only"
+    return f"python -m evalplus.evaluate --dataset {EVALPLUS_TASKS[task]} --samples samples.jsonl{base_only}"
+
+
 def write_evalplus(folder: Path, task: str, samples: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """EvalPlus samples.jsonl (greedy programs) and samples_eval_results.json."""
+    """EvalPlus samples.jsonl (greedy programs) and samples_eval_results.json. A task without the
+    plus tests (humaneval, mbpp) has no plus_status at all: `evalplus.evaluate --base-only` prints
+    our base numbers, and without --base-only it stops (KeyError) instead of reading "not run" as failed."""
     out = folder / "evalplus"
     rows, results = [], {}
     plus = task.endswith("_plus")
     for s in samples:
         r = (s.get("results") or [{}])[0]
         rows.append({"task_id": s["id"], "solution": s.get("extracted") or ""})
-        rec = {"task_id": s["id"], "solution": s.get("extracted") or "",
-               "base_status": _status(r.get("base")), "base_fail_tests": [],
-               "plus_status": (_status(r.get("plus")) or "fail") if plus else None, "plus_fail_tests": []}
-        # our sandbox skips the plus inputs once the base ones fail; EvalPlus then reports plus as failed too
+        rec: dict[str, Any] = {"task_id": s["id"], "solution": s.get("extracted") or "",
+                               "base_status": _status(r.get("base")), "base_fail_tests": []}
+        if plus:  # our sandbox skips the plus inputs once the base ones failed: failed either way for EvalPlus,
+            rec.update(plus_status=_status(r.get("plus")) or "fail", plus_fail_tests=[])  # which needs both
         results[s["id"]] = [rec]
     samples_path = out / "samples.jsonl"
     atomic_write_text(samples_path, _jsonl(rows))
     res_path = out / "samples_eval_results.json"
     atomic_write_json(res_path, {"date": time.strftime("%Y-%m-%d %H:%M"), "hash": EVALPLUS_TASKS[task],
                                  "eval": results})
+    atomic_write_text(out / "README.md", f"Our {task} verdicts for EvalPlus; in this folder:\n\n    {evalplus_command(task)}\n")
     return samples_path, res_path
 
 

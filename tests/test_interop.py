@@ -119,18 +119,20 @@ def test_lm_eval_samples_of_our_tasks_in_lm_evals_schema(humaneval_plus):
     assert rows.num_rows == 12 and rows[0]["doc"]["id"] == lines[0]["doc"]["id"]
 
 
-def _evalplus_scores(samples_path, capsys) -> dict[str, float]:
+def _evalplus_scores(samples_path, capsys, *, base_only: bool = False) -> dict[str, float]:
+    """What `evalplus.evaluate` prints for our files (it reads samples_eval_results.json beside them)."""
     from evalplus.evaluate import evaluate as evalplus_evaluate
 
-    flags = Namespace(samples=str(samples_path), dataset="humaneval", base_only=False, parallel=1,
+    flags = Namespace(samples=str(samples_path), dataset="humaneval", base_only=base_only, parallel=1,
                       i_just_wanna_run=False, test_details=False, min_time_limit=1.0, gt_time_limit_factor=4.0,
                       mini=False, noextreme=False)
     evalplus_evaluate(flags)
     out = capsys.readouterr().out
+    assert "Load from previous results" in out, out  # our verdicts, not a re-run
     base = re.search(r"humaneval \(base tests\)\s*\n.*?pass@1:\s*([\d.]+)", out, re.S)
     plus = re.search(r"humaneval\+ \(base \+ extra tests\)\s*\n.*?pass@1:\s*([\d.]+)", out, re.S)
-    assert base and plus, out
-    return {"pass@1": float(base.group(1)), "pass@1+": float(plus.group(1))}
+    assert base and bool(plus) != base_only, out
+    return {"pass@1": float(base.group(1)), **({"pass@1+": float(plus.group(1))} if plus else {})}
 
 
 def test_evalplus_reads_our_results(humaneval_plus, capsys):
@@ -140,20 +142,57 @@ def test_evalplus_reads_our_results(humaneval_plus, capsys):
     assert got["pass@1"] == pytest.approx(metrics["metrics"]["pass@1"]["value"], abs=5e-4)
     assert got["pass@1+"] == pytest.approx(metrics["metrics"]["pass@1+"]["value"], abs=5e-4)
     assert got["pass@1"] == pytest.approx(8 / 12, abs=5e-4)
+    assert "--base-only" not in (folder / "interop" / "evalplus" / "README.md").read_text()
 
 
-def _mt_bench_folder(tmp_path):
-    """An MT-Bench task folder in our format (samples with judgments; metrics by MTBench.aggregate)."""
-    ratings = [(8.0, 6.0), (3.0, None), (None, None), (9.0, 10.0), (5.0, 7.0)]
+def test_evalplus_reads_a_base_only_task_without_inventing_plus(tmp_path, data_dir, capsys):
+    """humaneval (no plus tests run): `--base-only` prints our pass@1; without it EvalPlus stops
+    rather than print a HumanEval+ score from tests that never ran."""
+    pytest.importorskip("evalplus", reason="evalplus is a test dependency (gsil-bench[interop])")
+    rows = data_rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")[:6]
+    recs = [{"task_id": r["task_id"], "completion": r["canonical_solution"] if i % 3 else BROKEN[i % 3]}
+            for i, r in enumerate(rows)]
+    res = evaluate("base-only", ["humaneval"], CFG, tmp_path / "out", data_dir=str(data_dir),
+                   completions=write_jsonl(tmp_path / "c.jsonl", recs), limit=6)["humaneval"]
+    inter = tmp_path / "out" / "humaneval" / "interop" / "evalplus"
+    assert all(set(r[0]) == {"task_id", "solution", "base_status", "base_fail_tests"}
+               for r in read_json(inter / "samples_eval_results.json")["eval"].values())
+    assert "--base-only" in (inter / "README.md").read_text()
+    got = _evalplus_scores(inter / "samples.jsonl", capsys, base_only=True)
+    assert got["pass@1"] == pytest.approx(res["metrics"]["pass@1"]["value"], abs=5e-4) == pytest.approx(4 / 6, abs=5e-4)
+    with pytest.raises(KeyError, match="plus_status"):
+        _evalplus_scores(inter / "samples.jsonl", capsys)
+    assert "humaneval+" not in capsys.readouterr().out
+
+
+# judge texts as GPT-4 writes them: a float, FastChat's backup pattern, a judgment quoting the answer's "[[10]]"
+# before its own rating, one without a rating
+JUDGMENTS = [("The answer is accurate and well organised. Rating: [[8]]", "Clear but brief. Rating: [[6.5]]"),
+             ("The assistant repeats the user's claim that it is '[[10]] best'; the reasoning is wrong. Rating: [[3]]",
+              "I would rate it [7]."),
+             ("The response is off-topic.", "Rating: [[2]]"),
+             ("Rating: [[9]]", "Excellent follow-up. [[10]]"),
+             ("Rating: [[5]]", "The answer ignores the second question; no rating possible.")]
+
+
+def _mt_bench_folder(tmp_path, rule: str = "verdict"):
+    """An MT-Bench task folder in our format from judge texts parsed by our parser (tasks.judge) under
+    `rule`; metrics by MTBench.aggregate, as the task computes them."""
+    from gsil_bench.tasks.judge import parse_judgment
+
     samples = []
-    for i, (r1, r2) in enumerate(ratings):
+    for i, raws in enumerate(JUDGMENTS):
+        parsed = [parse_judgment(raw, rule) for raw in raws]
+        ratings = [r for r, _ in parsed]
         judgments = [{"prompt_name": "single-v1" if t == 1 else "single-v1-multi-turn",
                       "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"q{i}-{t}"}],
-                      "raw": f"Rating: [[{r:g}]]" if r is not None else "no rating", "rating": r, "error": None,
-                      "judge": {"backend": "openai", "model": "gpt-4"}} for t, r in ((1, r1), (2, r2))]
-        scores = {f"turn{t}": r for t, r in ((1, r1), (2, r2)) if r is not None}
-        samples.append(Sample(str(81 + i), ["Q1", "Q2"], [f"A{i}-1", f"A{i}-2"], [r1, r2], None, scores,
-                              {"category": "writing", "missing": [r1, r2].count(None), "judgments": judgments}))
+                      "raw": raw, "rating": r, "error": None, "judge": {"backend": "openai", "model": "gpt-4"}}
+                     for t, (raw, r) in enumerate(zip(raws, ratings), 1)]
+        scores = {f"turn{t}": r for t, r in enumerate(ratings, 1) if r is not None}
+        status = [st for _, st in parsed]
+        samples.append(Sample(str(81 + i), ["Q1", "Q2"], [f"A{i}-1", f"A{i}-2"], ratings, None, scores,
+                              {"category": "writing", "missing": status.count("missing"),
+                               "ambiguous": status.count("ambiguous"), "judgments": judgments}))
     metrics = MTBench().aggregate(samples, None)
     folder = tmp_path / "mt_bench"
     folder.mkdir()
@@ -161,28 +200,40 @@ def _mt_bench_folder(tmp_path):
     atomic_write_json(folder / "metrics.json", {
         "task": "mt_bench", "model": "runs/x/gsil/seed-1/iter-1/checkpoint", "primary": "score",
         "metrics": {k: m.to_json() for k, m in metrics.items()}, "n_items": len(samples),
-        "config": {"eval": {"judge": {"model": "gpt-4"}}}})
+        "config": {"eval": {"judge": {"model": "gpt-4", "rating_rule": rule}}}})
     return folder, metrics
 
 
-def test_fastchat_show_result_reads_our_judgments(tmp_path):
-    pytest.importorskip("fastchat", reason="fschat is a test dependency (gsil-bench[interop])")
-    folder, metrics = _mt_bench_folder(tmp_path)
-    write_interop(folder)
-    base = folder / "interop" / "fastchat" / "data" / "mt_bench"
-    answers = read_jsonl(base / "model_answer" / "gsil_seed-1_iter-1.jsonl")
-    assert answers[0]["choices"][0]["turns"] == ["A0-1", "A0-2"] and answers[0]["question_id"] == 81
+def _show_result(folder) -> dict[str, str]:
+    """FastChat's show_result.py, run on our files; its three tables by title."""
     proc = subprocess.run([sys.executable, "-m", "fastchat.llm_judge.show_result", "--mode", "single",
                            "--bench-name", "mt_bench", "--judge-model", "gpt-4"], cwd=folder / "interop" / "fastchat",
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    sections = dict(re.findall(r"#+ (\w[\w ]*?) #+\n(.*?)(?=\n\n#|\Z)", proc.stdout, re.S))
-    first = float(sections["First turn"].split()[-1])
-    second = float(sections["Second turn"].split()[-1])
-    average = float(sections["Average"].split()[-1])
-    assert average == pytest.approx(metrics["score"].value, abs=1e-6)  # FastChat's mean of the parsed ratings
-    assert first == pytest.approx(metrics["score/turn1"].value, abs=1e-6)
-    assert second == pytest.approx(metrics["score/turn2"].value, abs=1e-6)
+    return dict(re.findall(r"#+ (\w[\w ]*?) #+\n(.*?)(?=\n\n#|\Z)", proc.stdout, re.S))
+
+
+@pytest.mark.parametrize("rule", ["verdict", "fastchat"])
+def test_fastchat_show_result_equals_our_scores(tmp_path, rule):
+    """show_result's tables (per turn, average) equal our MT-Bench scores on judge texts parsed by our
+    parser: with the verdict rule the ambiguous judgment is left out of both, with FastChat's rule it counts."""
+    pytest.importorskip("fastchat", reason="fschat is a test dependency (gsil-bench[interop])")
+    folder, metrics = _mt_bench_folder(tmp_path, rule)
+    write_interop(folder)
+    base = folder / "interop" / "fastchat" / "data" / "mt_bench"
+    answers = read_jsonl(base / "model_answer" / "gsil_seed-1_iter-1.jsonl")
+    assert answers[0]["choices"][0]["turns"] == ["A0-1", "A0-2"] and answers[0]["question_id"] == 81
+    judged = read_jsonl(base / "model_judgment" / "gpt-4_single.jsonl")
+    assert [j["score"] for j in judged if j["question_id"] == 82] == ([-1, 7.0] if rule == "verdict" else [10.0, 7.0])
+    tables = _show_result(folder)
+    expected = {"First turn": ("gsil_seed-1_iter-1", "1", metrics["score/turn1"].value),
+                "Second turn": ("gsil_seed-1_iter-1", "2", metrics["score/turn2"].value),
+                "Average": ("gsil_seed-1_iter-1", metrics["score"].value)}
+    for title, (*row, value) in expected.items():
+        lines = tables[title].strip().splitlines()
+        cells = lines[-1].split()  # one model: its row is the table's last line
+        assert cells[:-1] == row and float(cells[-1]) == pytest.approx(value, abs=1e-6), tables[title]
+    assert metrics["ambiguous"].value == (1.0 if rule == "verdict" else 0.0)
 
 
 @pytest.mark.slow
