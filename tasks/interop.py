@@ -49,6 +49,18 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, default=str) + "\n" for r in rows)
 
 
+def _directions(results: dict[str, Any], metrics: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """lm-eval's higher_is_better ({task: {metric: bool}}) from our metrics (`<metric>/<filter>` for
+    one task, `<task>/<metric>/<filter>` for a group's tasks), for metrics.json written without it."""
+    out: dict[str, dict[str, bool]] = {}
+    for name, m in (metrics.get("metrics") or {}).items():
+        parts = name.split("/")
+        task, metric = (next(iter(results)), parts[0]) if len(parts) == 2 else (parts[0], parts[1])
+        if len(parts) in (2, 3) and task in results:
+            out.setdefault(task, {})[metric] = bool(m.get("higher_is_better", True))
+    return out
+
+
 def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, Any]:
     """lm-eval's results dict for a task folder's metrics.json."""
     lm = metrics.get("lm_eval")
@@ -56,7 +68,8 @@ def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, 
         results = lm["results"]
         return {"results": results, "versions": lm.get("versions") or {}, "n-shot": lm.get("n-shot") or {},
                 "n-samples": lm.get("n-samples") or {}, "configs": lm.get("configs") or {},
-                "higher_is_better": {}, "config": {"model": metrics.get("model")},
+                "higher_is_better": lm.get("higher_is_better") or _directions(results, metrics),
+                "config": {"model": metrics.get("model")},
                 "model_name": metrics.get("model"), "date": date, "lm_eval_version": metrics.get("lm_eval_version")}
     row: dict[str, Any] = {"alias": task}
     better: dict[str, bool] = {}

@@ -216,6 +216,7 @@ class LmEvalTask:
         info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
             "task": self.lm_task, "apply_chat_template": chat, "n-shot": out.get("n-shot"),
             "versions": out.get("versions"), "n-samples": out.get("n-samples"), "results": out.get("results"),
+            "higher_is_better": out.get("higher_is_better"),
             "configs": out.get("configs")}}
         return TaskResult(samples, metrics, info=json.loads(json.dumps(info, default=str)))
 

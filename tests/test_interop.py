@@ -96,6 +96,14 @@ def test_lm_eval_samples_equal_the_file_lm_eval_writes(tmp_path, data_dir, answe
     assert len(theirs) == 6 and [r["filter"] for r in theirs] == ["strict-match"] * 3 + ["flexible-extract"] * 3
     assert [list(r) for r in ours] == [list(r) for r in theirs] == [[*LM_EVAL_KEYS, "exact_match"]] * 6
     assert ours == theirs  # every value too: documents, prompts, responses, filters, scores, hashes
+    from lm_eval.utils import make_table
+
+    (theirs_results,) = (tmp_path / "lm_eval").rglob("results_*.json")
+    (ours_results,) = ours_path.parent.glob("results_*.json")
+    tables = [[[c.strip() for c in line.split("|")] for line in make_table(read_json(p)).splitlines()[2:]]
+              for p in (ours_results, theirs_results)]
+    assert tables[0] == [[c.replace("gsm8k_local", "gsm8k") for c in row] for row in tables[1]]  # lm-eval's table
+    assert tables[0][0][1:6] == ["gsm8k", "3", "flexible-extract", "5", "exact_match"] and tables[0][0][6] == "↑"
 
 
 def test_lm_eval_samples_of_our_tasks_in_lm_evals_schema(humaneval_plus):
