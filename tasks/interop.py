@@ -107,13 +107,13 @@ def _as_logged(rec: dict[str, Any], doc: Any, arguments: list[Any], resps: list[
 def _requests(s: dict[str, Any]) -> tuple[list[str], list[Any], list[Any]]:
     """Our item as lm-eval requests: one per turn when prompt, output and extracted are per-turn lists."""
     prompt, output, extracted = s.get("prompt"), s.get("output"), s.get("extracted")
-    turns = isinstance(prompt, list) and isinstance(output, list) and len(prompt) == len(output) \
-        and all(isinstance(p, str) for p in prompt)
-    if not turns:
-        text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
-        return [text], [output], [extracted]
-    per_turn = isinstance(extracted, list) and len(extracted) == len(output)
-    return list(prompt), list(output), list(extracted) if per_turn else [extracted] * len(output)
+    if isinstance(prompt, list) and isinstance(output, list) and len(prompt) == len(output) \
+            and all(isinstance(p, str) for p in prompt):
+        if isinstance(extracted, list) and len(extracted) == len(output):  # a rating per turn (MT-Bench)
+            return list(prompt), list(output), list(extracted)
+        return list(prompt), list(output), [extracted] * len(output)
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+    return [text], [output], [extracted]
 
 
 def lm_eval_lines(i: int, s: dict[str, Any], gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
