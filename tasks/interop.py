@@ -120,8 +120,9 @@ def lm_eval_lines(i: int, s: dict[str, Any], gen_kwargs: dict[str, Any]) -> list
     """samples_<task>.jsonl lines of one item: an lm-eval task's own records (one per filter), else
     ours in lm-eval's schema (filter "none", the generation settings as gen_kwargs)."""
     lm = s.get("lm_eval")
-    if lm:
-        return [_as_logged(rec, s.get("doc"), lm["arguments"], lm["resps"]) for rec in lm["records"]]
+    if lm:  # contexts equal to the prompt are kept once (tasks.lmeval._compact)
+        arguments = [[s.get("prompt") if j == 0 and a is None else a for j, a in enumerate(arg)] for arg in lm["arguments"]]
+        return [_as_logged(rec, s.get("doc"), arguments, lm["resps"]) for rec in lm["records"]]
     prompts, outputs, extracted = _requests(s)
     doc = {"id": s["id"], "prompt": s.get("prompt"), "reference": s.get("reference")}
     scores = s.get("scores") or {}

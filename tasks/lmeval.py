@@ -231,6 +231,14 @@ def _num(x: Any) -> float | None:
         return None
 
 
+def _compact(arguments: Any, prompt: Any) -> Any:
+    """lm-eval's request arguments with each context equal to the item's prompt as null (multiple-choice
+    requests repeat it per choice); tasks.interop puts the prompt back."""
+    if not isinstance(arguments, list | tuple):
+        return arguments
+    return [[None if j == 0 and a == prompt else a for j, a in enumerate(arg)] for arg in arguments]
+
+
 def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
     """One Sample per (task, document) from lm-eval's logged samples (one entry per filter)."""
     leaves = list(out.get("samples", {}))
@@ -245,8 +253,8 @@ def lm_eval_samples(out: dict[str, Any]) -> list[Sample]:
                 sid = str(rec["doc_id"]) if len(leaves) == 1 else f"{leaf}/{rec['doc_id']}"
                 s = merged[key] = Sample(sid, args[0][0], resps[0][0] if len(resps[0]) == 1 else resps[0], {},
                                          rec.get("target"), {}, {"doc": rec.get("doc"), "lm_eval": {
-                                             "task": leaf, "arguments": rec.get("arguments"), "resps": rec.get("resps"),
-                                             "records": []}})
+                                             "task": leaf, "arguments": _compact(rec.get("arguments"), args[0][0]),
+                                             "resps": rec.get("resps"), "records": []}})
             # lm-eval's own record per filter (its keys in its order; doc, arguments and resps kept once above),
             # so tasks.interop writes samples_<task>.jsonl exactly as `lm_eval --log_samples` does
             s.extra["lm_eval"]["records"].append({k: None if k in LOGGED_ONCE else v for k, v in rec.items()})

@@ -106,6 +106,44 @@ def test_lm_eval_samples_equal_the_file_lm_eval_writes(tmp_path, data_dir, answe
     assert tables[0][0][1:6] == ["gsm8k", "3", "flexible-extract", "5", "exact_match"] and tables[0][0][6] == "↑"
 
 
+def test_lm_eval_samples_of_a_multiple_choice_task_equal_lm_evals(tmp_path, tiny_model, tokenizer):
+    """arc_challenge (four log-likelihood requests per document, one filter): lm-eval's own samples file and
+    ours agree line by line (our samples.jsonl keeps the repeated context once)."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from test_protocols import _arc_rows, _write
+
+    from gsil_bench.tasks.lmeval import builtin_yaml
+
+    data = tmp_path / "data" / "openllm" / "arc_challenge"
+    for split, rows in (("train", _arc_rows(4, 0)), ("validation", _arc_rows(2, 100)), ("test", _arc_rows(3, 200))):
+        _write(data / f"{split}.jsonl", rows)
+    (tmp_path / "yaml").mkdir()
+    (tmp_path / "yaml" / "arc_local.yaml").write_text(
+        f"include: {builtin_yaml('arc/arc_challenge.yaml')}\ntask: arc_local\ndataset_path: json\ndataset_name: null\n"
+        "dataset_kwargs:\n  data_files:\n" + "".join(f"    {sp}: {data / sp}.jsonl\n" for sp in ("train", "validation", "test")))
+    lm = HFLM(pretrained=tiny_model, tokenizer=tokenizer, batch_size=8, device="cpu")
+    direct = lm_eval.simple_evaluate(model=lm, tasks=["arc_local"], limit=3, num_fewshot=1, log_samples=True,
+                                     task_manager=TaskManager(include_defaults=False, include_path=str(tmp_path / "yaml")))
+    samples = direct.pop("samples")
+    tracker = EvaluationTracker(output_path=str(tmp_path / "lm_eval"))
+    tracker.save_results_aggregated(results=direct, samples=samples)
+    tracker.save_results_samples(task_name="arc_local", samples=samples["arc_local"])
+    (theirs,) = (tmp_path / "lm_eval").rglob("samples_arc_local_*.jsonl")
+    cfg = EvalConfig(num_fewshot=1, generation=GenerationConfig(batch_size=8))
+    evaluate("tiny", ["arc_challenge"], cfg, tmp_path / "out", data_dir=str(tmp_path / "data"), limit=3,
+             model_obj=tiny_model, tokenizer=tokenizer)
+    (ours,) = (tmp_path / "out" / "arc_challenge" / "interop" / "lm_eval" / "tiny").glob("samples_arc_challenge_*.jsonl")
+    lines = _lines(ours)
+    assert len(lines) == 3 and all(len(r["arguments"]) == 4 for r in lines)
+    assert [list(r) for r in lines] == [[*LM_EVAL_KEYS, "acc", "acc_norm"]] * 3
+    assert lines == _lines(theirs)
+    kept = read_jsonl(tmp_path / "out" / "arc_challenge" / "samples.jsonl")[0]["lm_eval"]["arguments"]
+    assert [arg[0] for arg in kept] == [None] * 4  # the context, once (the item's prompt)
+
+
 def test_lm_eval_samples_of_our_tasks_in_lm_evals_schema(humaneval_plus):
     """Our own tasks' samples file: lm-eval's keys in its order, its hashes, readable by `datasets`
     (what lm-eval's sanitising of arguments and responses is for) and found by lm-eval's file helpers."""
