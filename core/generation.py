@@ -273,7 +273,8 @@ class StaticDecoder:
 
 
 @GENERATORS.register("hf")
-def _hf(cfg: GenerationConfig, *, model: Any = None, tokenizer: Any = None, model_name: str | None = None, **_: Any) -> Generator:
+def _hf(cfg: GenerationConfig, *, model: Any = None, tokenizer: Any = None, model_name: str | None = None,
+        revision: str | None = None, **_: Any) -> Generator:
     if model is None:
 
         if model_name is None:
@@ -282,7 +283,7 @@ def _hf(cfg: GenerationConfig, *, model: Any = None, tokenizer: Any = None, mode
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
-        model, tokenizer = load_model(model_name, dtype=pick_dtype("auto", device), device=device)
+        model, tokenizer = load_model(model_name, revision=revision, dtype=pick_dtype("auto", device), device=device)
     return HFGenerator(model, tokenizer, cfg)
 
 
@@ -333,11 +334,12 @@ def _openai(cfg: GenerationConfig, *, model_name: str | None = None, **_: Any) -
 class VLLMGenerator:
     """In-process vLLM (optional extra)."""
 
-    def __init__(self, model_path: str, cfg: GenerationConfig, tokenizer: Any) -> None:
+    def __init__(self, model_path: str, cfg: GenerationConfig, tokenizer: Any, revision: str | None = None) -> None:
         from vllm import LLM
 
         self.cfg, self.tok = cfg, tokenizer
-        self.llm = LLM(model=model_path, tokenizer=model_path, tensor_parallel_size=cfg.tensor_parallel_size)
+        self.llm = LLM(model=model_path, tokenizer=model_path, tensor_parallel_size=cfg.tensor_parallel_size,
+                       revision=revision, tokenizer_revision=revision)
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
@@ -358,7 +360,8 @@ class VLLMGenerator:
 
 
 @GENERATORS.register("vllm")
-def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: Any = None, **_: Any) -> Generator:
+def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: Any = None, revision: str | None = None,
+          **_: Any) -> Generator:
     try:
         import vllm  # noqa: F401
     except ImportError:
@@ -366,9 +369,9 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
 
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
-    return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name))
+    return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name, revision), revision)
 
 
 def make_generator(cfg: GenerationConfig, **kwargs: Any) -> Generator:
-    """Build the configured backend; kwargs: model, tokenizer, model_name."""
+    """Build the configured backend; kwargs: model, tokenizer, model_name, revision (a pinned Hub model; vllm)."""
     return GENERATORS.get(cfg.backend)(cfg, **kwargs)

@@ -197,6 +197,6 @@ class EvalContext:
                 model, tok = self.hf()
                 inner = make_generator(gen_cfg, model=model, tokenizer=tok, model_name=self.model)
             else:
-                inner = make_generator(gen_cfg, model_name=self.model, tokenizer=self.tokenizer)
+                inner = make_generator(gen_cfg, model_name=self.model, tokenizer=self.tokenizer, revision=self.revision)
             self._generators[key] = CachedGenerator(inner, self.identity(), gen_cfg, path)
         return self._generators[key]

@@ -152,7 +152,7 @@ def _api_lm(ctx: EvalContext) -> Any:
 def _vllm_lm(ctx: EvalContext) -> Any:
     from lm_eval.api.registry import get_model
 
-    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto",
+    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto", revision=ctx.revision,
                              tensor_parallel_size=ctx.cfg.generation.tensor_parallel_size)
 
 

@@ -129,7 +129,8 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
     todo = [i for i in range(len(ctx.examples)) if i not in done]
     shard = todo[acc.process_index :: acc.num_processes]
     chunk = max(1, gcfg.batch_size) * 4
-    generator = make_generator(gcfg, model=model, tokenizer=ctx.tokenizer, model_name=reference)
+    generator = make_generator(gcfg, model=model, tokenizer=ctx.tokenizer, model_name=reference,
+                               revision=ctx.cfg.shared.pins().get(reference))  # vllm loads the model itself
     template = gcfg.prompt_template
     written = len(done)
     for c in range(math.ceil(math.ceil(len(todo) / acc.num_processes) / chunk)):
