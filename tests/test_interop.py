@@ -250,10 +250,10 @@ def _mt_bench_folder(tmp_path, rule: str = "verdict"):
     return folder, metrics
 
 
-def _show_result(folder) -> dict[str, str]:
+def _show_result(folder, judge: str = "gpt-4") -> dict[str, str]:
     """FastChat's show_result.py, run on our files; its three tables by title."""
     proc = subprocess.run([sys.executable, "-m", "fastchat.llm_judge.show_result", "--mode", "single",
-                           "--bench-name", "mt_bench", "--judge-model", "gpt-4"], cwd=folder / "interop" / "fastchat",
+                           "--bench-name", "mt_bench", "--judge-model", judge], cwd=folder / "interop" / "fastchat",
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return dict(re.findall(r"#+ (\w[\w ]*?) #+\n(.*?)(?=\n\n#|\Z)", proc.stdout, re.S))
@@ -280,6 +280,57 @@ def test_fastchat_show_result_equals_our_scores(tmp_path, rule):
         cells = lines[-1].split()  # one model: its row is the table's last line
         assert cells[:-1] == row and float(cells[-1]) == pytest.approx(value, abs=1e-6), tables[title]
     assert metrics["ambiguous"].value == (1.0 if rule == "verdict" else 0.0)
+
+
+def _rating_judge(tokenizer, folder):
+    """A one-layer Llama with set weights (like test_gsm8k's answers_three) that answers any chat with
+    "Rating: [[7]]" and stops: attention and MLP are zero, each token of that text (and any other
+    token, for the first) points to the next one."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text = tokenizer("Rating: [[7]]", add_special_tokens=False)["input_ids"]
+    assert len(set(text)) == len(text)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.norm.weight.fill_(1.0)
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb[:, 0] = 1.0  # any token -> direction 0 -> the text's first token
+        for k, (tok, nxt) in enumerate(zip(text, [*text[1:], tokenizer.eos_token_id]), 1):
+            emb[tok, 0], emb[tok, k] = 0.0, 1.0
+            head[nxt, k] = 1.0
+        head[text[0], 0] = 1.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_fastchat_show_result_equals_an_evaluation_with_a_rating_judge(tmp_path, data_dir, tiny_model_dir, tokenizer):
+    """End to end: MT-Bench answered by the tiny model and judged by a local model that rates every turn
+    7 (its text parsed as every judgment is); the interop files the evaluation writes give show_result's
+    tables equal to ours."""
+    pytest.importorskip("fastchat", reason="fschat is a test dependency (gsil-bench[interop])")
+    from gsil_bench.core.config import JudgeConfig
+
+    judge = _rating_judge(tokenizer, tmp_path / "judge")
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=4, batch_size=2),
+                     judge=JudgeConfig(backend="hf", model=str(judge), max_tokens=12))
+    res = evaluate(str(tiny_model_dir), ["mt_bench"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=2)["mt_bench"]
+    assert res["metrics"]["score"]["value"] == 7.0 and res["metrics"]["missing"]["value"] == 0
+    name, judge_name = model_name(str(tiny_model_dir)), model_name(str(judge))
+    judged = read_jsonl(tmp_path / f"out/mt_bench/interop/fastchat/data/mt_bench/model_judgment/{judge_name}_single.jsonl")
+    assert [(j["turn"], j["score"], j["judgment"]) for j in judged] == [(1, 7.0, "Rating: [[7]]"),
+                                                                        (2, 7.0, "Rating: [[7]]")] * 2
+    tables = _show_result(tmp_path / "out/mt_bench", judge=judge_name)
+    assert tables["First turn"].strip().splitlines()[-1].split() == [name, "1", "7.0"]
+    assert tables["Second turn"].strip().splitlines()[-1].split() == [name, "2", "7.0"]
+    assert tables["Average"].strip().splitlines()[-1].split() == [name, "7.0"]
 
 
 @pytest.mark.slow
