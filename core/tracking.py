@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.errors import ConfigError, Problem
+from gsil_bench.core.io import temp_name
 from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Tracking:
         ids_file = self.folder / "mlflow_runs.json"
         ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
         ids[self.run_name] = run_id
-        tmp = ids_file.with_suffix(".tmp")
+        tmp = temp_name(ids_file)
         tmp.write_text(json.dumps(ids, indent=1))
         tmp.replace(ids_file)
 

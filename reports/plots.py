@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from gsil_bench.core.io import temp_name  # noqa: E402
 from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
 from gsil_bench.reports.stats import Interval  # noqa: E402
 from gsil_bench.reports.style import column_label, method_colors, scale, task_label  # noqa: E402
@@ -48,8 +49,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for suffix, meta in FORMATS.items():
         dest = path.with_suffix(suffix)
-        tmp = dest.with_name(f".{dest.stem}.tmp{suffix}")
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata=meta)
+        tmp = temp_name(dest)  # unique per process: two workers may write one run's report at once
+        fig.savefig(tmp, format=suffix[1:], dpi=DPI, bbox_inches="tight", metadata=meta)
         tmp.replace(dest)
     plt.close(fig)
     return path
