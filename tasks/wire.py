@@ -73,7 +73,7 @@ def check_hashes(items: list[Any]) -> None:
         return
     hashed = [i for i in items if type(i) in _HASHED]
     try:
-        hashes = list(map(hash, hashed))
+        hashes: list[int | None] = list(map(hash, hashed))
     except TypeError:  # a tuple holding a list: never a key, so never a set or dict member
         hashes = [_hash(i) for i in hashed]
     for h in [h for h, n in Counter(hashes).items() if n > HASH_GROUP and h is not None]:
