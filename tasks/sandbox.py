@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +330,9 @@ def _probe() -> str:
     """'' when a bwrap sandbox starts and runs Python here, else why not."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
-    if shutil.which("prlimit") is None:
-        return "prlimit is not installed (package util-linux)"
+    for tool in ("prlimit", "choom"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (package util-linux)"
     r = run_program("print(6 * 7)", Limits(timeout=30), mode="bwrap")
     if r.status != "exited" or r.stdout.strip() != "42":
         why = (r.stderr.strip().splitlines() or [r.status])[-1]
@@ -368,17 +369,15 @@ def resolve_mode(requested: str) -> str:
             raise SandboxUnavailable(
                 f"cannot isolate model-written code: {why}. Install bubblewrap and allow user namespaces, "
                 "or accept the weaker sandbox without OS isolation explicitly with shared.eval.code_sandbox=process")
-        _log_limits(requested)
     else:
         log.warning("code sandbox 'process': model-written code is NOT isolated by the OS (shared network, "
                     "files and process view); use it only for trusted completions")
-        _log_limits(requested)
     return requested
 
 
 @functools.cache
-def _log_limits(mode: str) -> None:
-    log.info(limits_in_force(mode))
+def _log_limits(mode: str, limits: Limits) -> None:
+    log.info(limits_in_force(mode, limits))
 
 
 def run_program(source: str, limits: Limits = Limits(), *, mode: str = "bwrap") -> RunResult:
@@ -472,6 +471,8 @@ def check_many(jobs: Sequence[dict[str, Any]], *, mode: str, workers: int | None
                desc: str = "execute") -> list[dict[str, Any]]:
     """Score jobs (see tasks.checker) on a pool of `workers` checkers, keeping order."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    for limits in {replace(job["limits"], timeout=0.0) for job in jobs}:
+        _log_limits(mode, limits)  # once per process and set of limits (time limits vary by problem)
     pool = CheckerPool(mode, workers)
     try:
         with ThreadPoolExecutor(max_workers=workers) as ex:
