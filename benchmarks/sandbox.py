@@ -65,7 +65,8 @@ def completions(task: str, data_dir: Path, dest: Path) -> Path:
 
 def run_side(tree: Path, task: str, comp: Path, workers: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, task, str(comp), str(workers)], env=env, cwd=tempfile.gettempdir(),
+    # -P: the working folder (a shared /tmp) is not on sys.path, so a stray /tmp/numbers.py cannot shadow a module
+    proc = subprocess.run([sys.executable, "-P", "-c", CHILD, task, str(comp), str(workers)], env=env, cwd=tempfile.gettempdir(),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: {task} failed:\n{proc.stderr[-3000:]}")

@@ -1,4 +1,10 @@
-"""What confines a sandboxed candidate beyond rlimits: a seccomp filter, and cgroup v2 detection.
+"""What confines a sandboxed candidate beyond rlimits: a seccomp filter, and cgroups.
+
+Cgroups: where the harness is root and the cgroup v1 memory and pids hierarchies are writable
+(containers like these machines), every candidate gets a memory cgroup and a pids cgroup of its
+own (`CandidateCgroups`): all its processes together are held to one memory limit and one
+process limit. A delegated cgroup v2 subtree is detected (`cgroup_v2_subtree`) and named in
+the log, but not used: no machine here has one to test it on.
 
 `program()` is a classic BPF program that bubblewrap loads (`--seccomp FD`).
 
@@ -19,11 +25,19 @@ Syscall numbers: linux/arch/x86/entry/syscalls/syscall_64.tbl and include/uapi/a
 
 from __future__ import annotations
 
+import atexit
 import errno
+import functools
+import logging
 import os
 import platform
+import secrets
+import signal
 import struct
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
 NR, ARCH, ARG0_LOW = 0, 4, 16
@@ -90,3 +104,104 @@ def cgroup_v2_subtree() -> Path | None:
         if {"memory", "pids"} <= controllers and os.access(folder, os.W_OK):
             return folder
     return None
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_LEFT: list[Path] = []  # cgroups that were still busy when their candidate ended: removed at exit
+
+
+@functools.cache
+def cgroup_v1_parents() -> dict[str, Path] | None:
+    """Where per-candidate cgroups can be made: this process's folders in writable cgroup v1 memory
+    and pids hierarchies (a root harness in a container), else None."""
+    if os.geteuid() != 0:
+        return None
+    found: dict[str, Path] = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in set(controllers.split(",")) & {"memory", "pids"}:
+                found[c] = CGROUP_ROOT / c / path.lstrip("/")
+        for folder in found.values():
+            probe = folder / f"gsil-probe-{os.getpid()}"
+            probe.mkdir()
+            probe.rmdir()
+    except (OSError, ValueError):
+        return None
+    return found if set(found) == {"memory", "pids"} else None
+
+
+class CandidateCgroups:
+    """One candidate's memory and pids cgroups (v1): everything it runs counts against one memory
+    limit and one process limit. Made before it starts, emptied and removed after it ends."""
+
+    def __init__(self, parents: dict[str, Path], memory_bytes: int, pids: int) -> None:
+        name = f"gsil-{secrets.token_hex(6)}"
+        self.memory, self.pids = parents["memory"] / name, parents["pids"] / name
+        self.memory.mkdir()
+        self.pids.mkdir()
+        (self.memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        try:  # with swap accounting, swap counts too (absent without it)
+            (self.memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+        except OSError:
+            pass
+        (self.pids / "pids.max").write_text(str(pids))
+
+    def wrap(self, argv: list[str], uid: int) -> list[str]:
+        """`argv` started inside both cgroups: a shell joins them as root, then setpriv drops to `uid`
+        before anything of the candidate's runs (no window in which it runs outside them)."""
+        join = 'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"'
+        return ["/bin/sh", "-c", join, "sh", str(self.memory / "cgroup.procs"), str(self.pids / "cgroup.procs"),
+                "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
+
+    def remove(self) -> None:
+        """Kill what is left in the candidate's cgroups and remove them (retried briefly, then at exit)."""
+        for folder in (self.pids, self.memory):
+            _kill_members(folder)
+            if not _rmdir(folder, 2.0):
+                _LEFT.append(folder)
+
+
+def candidate_cgroups(memory_bytes: int, pids: int) -> CandidateCgroups | None:
+    """A memory and a pids cgroup for one candidate, where they can be made (else None: rlimits alone)."""
+    parents = cgroup_v1_parents()
+    if parents is None:
+        return None
+    try:
+        return CandidateCgroups(parents, memory_bytes, pids)
+    except OSError as err:
+        log.warning("no cgroups for a candidate (%s): its limits are the rlimits alone", err)
+        return None
+
+
+def _kill_members(folder: Path) -> None:
+    try:
+        pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _rmdir(folder: Path, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            folder.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:  # EBUSY while the killed processes are being reaped
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+@atexit.register
+def _remove_left() -> None:
+    for folder in _LEFT:
+        _kill_members(folder)
+        _rmdir(folder, 1.0)

@@ -19,8 +19,10 @@ files, processes (RLIMIT_NPROC), no core dumps, no message queues; the wall-cloc
 checker's. When the harness is root every candidate runs under a fresh uid of its own, so
 RLIMIT_NPROC (counted per uid) caps one program and one candidate's processes never count
 against another's; `choom` gives every sandboxed process OOM score adjustment 1000, so the
-kernel's OOM killer takes a candidate's process before the harness. No cgroup is used:
-`limits_in_force` says so in the log, with what bounds a candidate instead.
+kernel's OOM killer takes a candidate's process before the harness. Where a root harness can
+write the cgroup v1 memory and pids hierarchies, every candidate also gets a memory cgroup
+(address space + /tmp, for all its processes together) and a pids cgroup of its own
+(tasks.confine); `limits_in_force` says in the log which of these are in force.
 
 Mode `process` is weaker and must be chosen explicitly (`shared.eval.code_sandbox=process`):
 the same limits, a fresh working folder, a fresh uid when root, a new session and a
@@ -261,10 +263,18 @@ class Spawned:
                        **{MARKER: self.marker.split("=", 1)[1]})
             cmd += argv
         ids: dict[str, Any] = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
+        self.cgroups = confine.candidate_cgroups((limits.memory_mb + limits.file_mb) << 20, nproc_limit(limits)) \
+            if self.uid is not None else None
+        if self.cgroups is not None and self.uid is not None:
+            cmd, ids = self.cgroups.wrap(cmd, self.uid), {}
         self.start = time.monotonic()
         try:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                                          start_new_session=True, close_fds=True, pass_fds=fds, **ids)
+        except BaseException:
+            if self.cgroups is not None:
+                self.cgroups.remove()
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
@@ -278,6 +288,8 @@ class Spawned:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
+        if self.cgroups is not None:
+            self.cgroups.remove()
         if rc is not None and self.mode == "bwrap" and rc > 128:  # bwrap reports a signal as 128 + n
             rc = 128 - rc
         if self.mode == "process":
@@ -352,6 +364,9 @@ def limits_in_force(mode: str, limits: Limits = Limits()) -> str:
                                                  else " (seccomp)"),
                   "seccomp: memfd, System V shm, message queues, mounts, namespaces denied" if confine.supported()
                   else f"no seccomp filter (unknown machine {platform.machine()})"]
+    if confine.cgroup_v1_parents() is not None and _as_nobody():
+        return "; ".join(parts + [f"cgroup v1 per candidate: memory {limits.memory_mb + limits.file_mb} MiB for all "
+                                  f"its processes and /tmp together, {nproc_limit(limits)} processes and threads"])
     cg = confine.cgroup_v2_subtree()
     parts.append(f"cgroup v2 subtree {cg} found but not used (memory per candidate bounded by processes x address "
                  "space)" if cg else "no delegated cgroup v2 subtree: memory per candidate is bounded by processes x "

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from gsil_bench.tasks import confine
-from gsil_bench.tasks.sandbox import CheckerPool, Limits, limits_in_force, run_program
+from gsil_bench.tasks.sandbox import CheckerPool, Limits, Spawned, limits_in_force, python, run_program
 
 RAW = Limits(timeout=5.0, memory_mb=256, file_mb=16)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\n"
@@ -99,3 +101,26 @@ def test_the_log_says_which_limits_are_in_force():
     assert "address space 256 MiB per process" in line and "/dev read-only" in line and "cgroup" in line
     if os.geteuid() == 0:
         assert "its own uid" in line
+
+
+# forks six children that each try to hold 60 MiB; each child alone fits its address space
+FAMILY = ("import os, time\nkids = []\nfor _ in range(6):\n    pid = os.fork()\n    if pid == 0:\n        try:\n"
+          "            held = b'x' * (60 << 20)\n        except MemoryError:\n            os._exit(3)\n"
+          "        time.sleep(3)\n        os._exit(0)\n    kids.append(pid)\n"
+          "print([os.waitpid(p, 0)[1] & 0x7f for p in kids])\n")
+
+
+@pytest.mark.skipif(confine.cgroup_v1_parents() is None, reason="no writable cgroup v1 memory and pids hierarchies")
+def test_a_candidates_processes_share_one_memory_limit_where_cgroups_exist():
+    r = run_program(FAMILY, Limits(timeout=10.0, memory_mb=128, file_mb=16))
+    killed = eval(r.stdout).count(9)  # SIGKILL: the cgroup's OOM killer, inside the candidate's cgroup
+    assert killed >= 4, r  # 144 MiB for the whole candidate: at most two children hold 60 MiB at once
+    sb = Spawned("bwrap", RAW, [python(), "-c", "import time; time.sleep(30)"], stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folders = (sb.cgroups.memory, sb.cgroups.pids)
+    deadline = time.monotonic() + 10
+    while not all((f / "cgroup.procs").read_text().split() for f in folders) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the shell joins both cgroups right after it starts
+    assert all((f / "cgroup.procs").read_text().split() for f in folders)  # it runs inside both
+    sb.kill()
+    assert not any(f.exists() for f in folders)  # killed and removed with the candidate
