@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import secrets
+import shutil
 import signal
 import struct
 import time
@@ -114,7 +115,7 @@ _LEFT: list[Path] = []  # cgroups that were still busy when their candidate ende
 def cgroup_v1_parents() -> dict[str, Path] | None:
     """Where per-candidate cgroups can be made: this process's folders in writable cgroup v1 memory
     and pids hierarchies (a root harness in a container), else None."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:  # setpriv (util-linux) drops to the candidate's uid
         return None
     found: dict[str, Path] = {}
     try:

@@ -117,10 +117,12 @@ def test_a_candidates_processes_share_one_memory_limit_where_cgroups_exist():
     assert killed >= 4, r  # 144 MiB for the whole candidate: at most two children hold 60 MiB at once
     sb = Spawned("bwrap", RAW, [python(), "-c", "import time; time.sleep(30)"], stdin=subprocess.DEVNULL,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folders = (sb.cgroups.memory, sb.cgroups.pids)
-    deadline = time.monotonic() + 10
-    while not all((f / "cgroup.procs").read_text().split() for f in folders) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the shell joins both cgroups right after it starts
-    assert all((f / "cgroup.procs").read_text().split() for f in folders)  # it runs inside both
-    sb.kill()
+    try:
+        folders = (sb.cgroups.memory, sb.cgroups.pids)
+        deadline = time.monotonic() + 10
+        while not all((f / "cgroup.procs").read_text().split() for f in folders) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the shell joins both cgroups right after it starts
+        assert all((f / "cgroup.procs").read_text().split() for f in folders)  # it runs inside both
+    finally:
+        sb.kill()
     assert not any(f.exists() for f in folders)  # killed and removed with the candidate
