@@ -7,7 +7,7 @@ of a git revision, default the merge-base with main) and after (this tree), side
 Each side runs in its own process (`PYTHONPATH` = that tree, exported with `git archive`)
 on the same completions file (every problem's canonical solution), the same workers and
 data; a first untimed run fills each side's EvalPlus expected-output cache, then `repeat`
-timed runs follow (the median is reported). Both must score 100%, or the run stops. The
+timed runs follow, alternating the sides (the median is reported). Both must score 100%, or the run stops. The
 machine's load average is recorded before and after, since a shared machine moves the
 absolute times; the ratio after/before is the figure that matters (target: <= 1.5).
 """
@@ -65,7 +65,8 @@ def completions(task: str, data_dir: Path, dest: Path) -> Path:
 
 def run_side(tree: Path, task: str, comp: Path, workers: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, task, str(comp), str(workers)], env=env, cwd=tempfile.gettempdir(),
+    # -P: the working folder (a shared /tmp) is not on sys.path, so a stray /tmp/numbers.py cannot shadow a module
+    proc = subprocess.run([sys.executable, "-P", "-c", CHILD, task, str(comp), str(workers)], env=env, cwd=tempfile.gettempdir(),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: {task} failed:\n{proc.stderr[-3000:]}")
@@ -76,16 +77,19 @@ def run_side(tree: Path, task: str, comp: Path, workers: int) -> dict[str, Any]:
 
 
 def measure(task: str, trees: dict[str, Path], comp: Path, workers: int, repeat: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for side, tree in trees.items():
+    """Warm each side's cache, then alternate the sides `repeat` times (a shared machine's load
+    drifts; alternating spreads it over both sides alike)."""
+    for tree in trees.values():
         run_side(tree, task, comp, workers)  # warm-up: fills the expected-output cache
-        times = []
-        for _ in range(repeat):
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in trees}
+    for _ in range(repeat):
+        for side, tree in trees.items():
             res = run_side(tree, task, comp, workers)
-            times.append(res["seconds"])
+            runs[side].append(res)
             log.info("%s %s: %.1f s (%s)", task, side, res["seconds"], res["sandbox"])
-        out[side] = {"seconds": statistics.median(times), "runs": times, "sandbox": res["sandbox"],
-                     "metrics": res["metrics"]}
+    out: dict[str, Any] = {side: {"seconds": statistics.median(r["seconds"] for r in rs),
+                                  "runs": [r["seconds"] for r in rs], "sandbox": rs[-1]["sandbox"],
+                                  "metrics": rs[-1]["metrics"]} for side, rs in runs.items()}
     out["ratio_after_over_before"] = out["after"]["seconds"] / out["before"]["seconds"]
     return out
 

@@ -23,12 +23,20 @@ A verdict: {"status": passed|failed|timeout|crashed, "seconds", "detail", "outpu
 
 from __future__ import annotations
 
+import bisect
 import builtins
-import importlib
+import cmath
+import collections
+import functools
+import heapq
+import itertools
 import math
+import operator
 import os
 import pickle
+import re
 import select
+import string
 import struct
 import subprocess
 import sys
@@ -41,8 +49,14 @@ from typing import Any
 from gsil_bench.tasks import wire
 from gsil_bench.tasks.sandbox import Limits, Spawned, nproc_limit, read_capped, server_argv
 
-REPLY_CAP = 64 << 20
+REPLY_CAP = wire.DIGEST_OVER + (1 << 20)  # the server digests larger results; a bigger frame is forged
 BUILTIN_NAMES = frozenset(dir(builtins))
+# The only modules a test's name may resolve to: the checker's own copies, fixed here. A test's `math` is
+# this `math` when the candidate's `math` is the module `math`; any other module is an opaque Ref.
+TRUSTED_MODULES = {m.__name__: m for m in (bisect, cmath, collections, functools, heapq, itertools, math, operator,
+                                           re, string, sys)}
+# The exception types a candidate's error may arrive as: a fixed table of builtin Exception classes.
+EXCEPTIONS = {n: c for n, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, Exception)}
 MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
                "intersection_array", "find_dissimilar", "Diff")
 MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
@@ -107,8 +121,11 @@ class Sandbox:
         return reply
 
     def value(self, reply: dict[str, Any]) -> Any:
+        """The reply's value, decoded by the call's deadline (linear time, see tasks.wire)."""
         try:
-            return wire.decode(reply["ok"])
+            return wire.decode(reply["ok"], budget=wire.Budget(self.deadline))
+        except wire.Expired:
+            raise Timeout() from None
         except (wire.WireError, TypeError, ValueError, RecursionError) as err:
             raise Broken(f"an unreadable value ({err})") from None
 
@@ -130,8 +147,8 @@ def _exception(info: Any) -> Exception:
     if not (isinstance(info, list) and len(info) == 2 and all(isinstance(i, str) for i in info)):
         raise Broken("a malformed error reply")
     name, msg = info
-    cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    cls = EXCEPTIONS.get(name)
+    if cls is not None:
         try:
             return cls(msg)
         except Exception:
@@ -166,15 +183,17 @@ def _names(code: types.CodeType) -> set[str]:
 
 
 def _materialize(sb: Sandbox, name: str, info: Any) -> Any:
+    """What a name the tests use stands for here. Nothing the candidate names is imported, looked up or
+    called: a function or class is a `Remote` (calls cross to the sandbox), plain data is rebuilt, a module
+    is the checker's own copy only when it is the fixed trusted module of that very name, and anything
+    else is an opaque `Ref`."""
     kind = info.get("k") if isinstance(info, dict) else None
     if kind in ("function", "class"):
         return Remote(sb, name)
-    if isinstance(kind, str) and kind.startswith("module:"):
-        module = kind.split(":", 1)[1]
-        if module.split(".")[0] in sys.stdlib_module_names:  # the checker's own copy of a library module
-            return importlib.import_module(module)
     if kind == "value":
         return sb.value({"ok": info.get("v")})
+    if kind == f"module:{name}" and name in TRUSTED_MODULES:
+        return TRUSTED_MODULES[name]
     return wire.Ref(name)
 
 
@@ -227,9 +246,21 @@ def _digits(a: int, b: int) -> int:
     return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(w), y.zfill(w)))
 
 
+def _same_shape(out: Any, exp: Any) -> bool:
+    """The same nesting before any tolerance: lists and tuples of the same type and length at every level,
+    numbers where numbers are expected, else the same type. EvalPlus checks the top level only, so
+    np.allclose broadcasts [[]] against [1.5] to an empty array and calls them equal; here they differ."""
+    if isinstance(exp, (list, tuple)):
+        return type(out) is type(exp) and len(out) == len(exp) and all(map(_same_shape, out, exp))
+    if isinstance(exp, (int, float, complex)):
+        return isinstance(out, (int, float, complex))
+    return type(out) is type(exp)
+
+
 def evalplus_match(dataset: str, entry: str, inp: list[Any], out: Any, exp: Any, atol: float) -> bool:
     """EvalPlus's comparison of one output (evalplus/eval/__init__.py `unsafe_execute`, its
-    special oracles for HumanEval/32 and MBPP+), on plain data only."""
+    special oracles for HumanEval/32 and MBPP+), on plain data only; stricter than EvalPlus where
+    EvalPlus is wrong: nested shapes are compared before the float tolerance (`_same_shape`)."""
     if dataset == "humaneval" and entry == "find_zero":
         return abs(_poly(inp[0], out)) <= atol
     if dataset == "mbpp" and entry in MBPP_NOT_NONE:  # out = ["b", bool] or ["n", out is not None]
@@ -251,7 +282,7 @@ def evalplus_match(dataset: str, entry: str, inp: list[Any], out: Any, exp: Any,
     if not exact and atol != 0:
         import numpy as np
 
-        if type(out) is not type(exp) or (isinstance(exp, (list, tuple)) and len(out) != len(exp)):
+        if type(out) is not type(exp) or not _same_shape(out, exp):
             return False
         return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
     return bool(exact)

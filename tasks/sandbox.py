@@ -1,7 +1,7 @@
 """Run untrusted, model-written Python, isolated by the operating system.
 
 Mode `bwrap` (the default): every program runs under bubblewrap in fresh Linux namespaces:
-- user: an unprivileged uid (the harness drops to `nobody` first when it runs as root),
+- user: an unprivileged uid (a fresh one per candidate when the harness runs as root),
   no capabilities, no_new_privs (bubblewrap sets it);
 - pid: a private PID namespace with its own /proc; when the program's first process
   ends (or is killed, or the harness dies: --die-with-parent) every descendant dies, and
@@ -10,12 +10,22 @@ Mode `bwrap` (the default): every program runs under bubblewrap in fresh Linux n
 - mount: a read-only view of /usr (the system interpreter and its stdlib) and numpy, a
   fresh size-capped tmpfs at /tmp as the only writable place, nothing else (no harness
   files, home, /etc, run folders); ipc, uts and cgroup namespaces are private too;
-- environment: cleared (PATH, LANG, HOME=/tmp only); stdin is the checker's channel.
+- environment: cleared (PATH, LANG, HOME=/tmp only); stdin is the checker's channel;
+- /dev read-only (no tmpfs space in /dev or /dev/shm), no nested user namespaces
+  (--disable-userns), and a seccomp filter (tasks.confine) denying memfd, System V shm,
+  message queues, mounts and namespaces.
 Resource limits apply through `prlimit`: address space, CPU time, file size, open
-files, processes (RLIMIT_NPROC), no core dumps; the wall-clock limit is the checker's.
+files, processes (RLIMIT_NPROC), no core dumps, no message queues; the wall-clock limit is the
+checker's. When the harness is root every candidate runs under a fresh uid of its own, so
+RLIMIT_NPROC (counted per uid) caps one program and one candidate's processes never count
+against another's; `choom` gives every sandboxed process OOM score adjustment 1000, so the
+kernel's OOM killer takes a candidate's process before the harness. Where a root harness can
+write the cgroup v1 memory and pids hierarchies, every candidate also gets a memory cgroup
+(address space + /tmp, for all its processes together) and a pids cgroup of its own
+(tasks.confine); `limits_in_force` says in the log which of these are in force.
 
-Mode `process` is weaker and must be chosen explicitly (`eval.code_sandbox: process`):
-the same limits, a fresh working folder, `nobody` as uid when root, a new session and a
+Mode `process` is weaker and must be chosen explicitly (`shared.eval.code_sandbox=process`):
+the same limits, a fresh working folder, a fresh uid when root, a new session and a
 sweep of leftover processes, but the program shares the network, file system and PID
 view of the host. `resolve_mode` refuses `bwrap` in one line when it cannot work.
 
@@ -32,6 +42,7 @@ import functools
 import logging
 import os
 import pickle
+import platform
 import secrets
 import shutil
 import signal
@@ -42,19 +53,22 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gsil_bench
 from gsil_bench.core.progress import track
-from gsil_bench.tasks import wire
+from gsil_bench.tasks import confine, wire
 
 log = logging.getLogger(__name__)
 
 MODES = ("bwrap", "process")
 MARKER = "GSIL_SANDBOX_RUN"
 NOBODY = 65534
+OWN_PROCS = 4  # what the sandbox itself runs under the candidate's uid: bwrap, its init, slack
+UIDS = (1 << 30, 1 << 31)  # per-candidate uids (when root), drawn at random: one candidate per uid
+OOM_SCORE_ADJ = 1000  # the kernel's OOM killer takes a sandboxed process before anything of the harness
 HERE = Path(__file__).resolve().parent
 SITE = "/opt/site"  # numpy inside the sandbox
 GSIL = "/opt/gsil"  # sandbox_server.py and wire.py inside the sandbox
@@ -69,7 +83,7 @@ class Limits:
     timeout: float = 10.0  # wall-clock seconds
     memory_mb: int = 2048  # RLIMIT_AS
     file_mb: int = 64  # RLIMIT_FSIZE (any file written, output included) and the /tmp size
-    max_procs: int = 64  # processes/threads the program may add (RLIMIT_NPROC headroom)
+    max_procs: int = 16  # processes/threads one program may run (RLIMIT_NPROC; its own uid when root)
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 32 * 1024  # program output kept (head and tail)
 
@@ -136,7 +150,7 @@ def _remove_staged(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _bwrap_argv(limits: Limits) -> list[str]:
+def _bwrap_argv(limits: Limits, seccomp_fd: int | None) -> list[str]:
     argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib64", "lib32"):
@@ -153,17 +167,51 @@ def _bwrap_argv(limits: Limits) -> list[str]:
             argv += ["--ro-bind", str(d), f"{SITE}/{d.name}"]
     for name in ("sandbox_server.py", "wire.py"):
         argv += ["--ro-bind", str(_server_folder() / name), f"{GSIL}/{name}"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
-             "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
+    # /dev read-only: its device nodes still work, but neither /dev nor /dev/shm is tmpfs space to fill
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--size", str(limits.file_mb << 20),
+             "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
              "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
              "--setenv", "TMPDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "PYTHONHASHSEED", "0",
-             "--setenv", "PYTHONPATH", SITE, "--"]
-    return argv
+             "--setenv", "PYTHONPATH", SITE]
+    if _bwrap_disables_userns():
+        argv += ["--unshare-user", "--disable-userns"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return argv + ["--"]
+
+
+@functools.cache
+def _bwrap_disables_userns() -> bool:
+    """bubblewrap >= 0.8 can forbid nested user namespaces (the seccomp filter forbids them too)."""
+    try:
+        return "--disable-userns" in subprocess.run(["bwrap", "--help"], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+
+
+def _seccomp_fd() -> int | None:
+    """A pipe holding the seccomp filter (tasks.confine), read by bwrap; None where the ABI is unknown."""
+    if not confine.supported():
+        return None
+    r, w = os.pipe()
+    os.write(w, _SECCOMP())
+    os.close(w)
+    return r
+
+
+_SECCOMP = functools.cache(confine.program)
 
 
 def _prlimit_argv(limits: Limits, nproc: int) -> list[str]:
-    return ["prlimit", f"--as={limits.memory_mb << 20}", f"--cpu={int(limits.timeout) + 2}",
-            f"--fsize={limits.file_mb << 20}", f"--nofile={limits.open_files}", "--core=0", f"--nproc={nproc}", "--"]
+    return ["choom", "-n", str(OOM_SCORE_ADJ), "--", "prlimit", f"--as={limits.memory_mb << 20}",
+            f"--cpu={int(limits.timeout) + 2}", f"--fsize={limits.file_mb << 20}", f"--nofile={limits.open_files}",
+            "--core=0", "--msgqueue=0", f"--nproc={nproc}", "--"]
+
+
+def candidate_uid() -> int | None:
+    """A fresh uid for one candidate when the harness is root (RLIMIT_NPROC is counted per uid, so
+    one candidate's processes never count against another's); None otherwise."""
+    return UIDS[0] + secrets.randbelow(UIDS[1] - UIDS[0]) if _as_nobody() else None
 
 
 def _user_threads(uid: int) -> int:
@@ -181,37 +229,55 @@ def _user_threads(uid: int) -> int:
 
 
 def nproc_limit(limits: Limits, workers: int = 1) -> int:
-    """RLIMIT_NPROC for a program: what its uid already runs plus the program's headroom."""
-    uid = NOBODY if _as_nobody() else os.getuid()
-    base = _user_threads(uid) if Path("/proc").is_dir() else 0
-    return base + (limits.max_procs + 4) * max(1, workers)
+    """RLIMIT_NPROC for a program. Root: the program runs under its own uid, so the cap fits one
+    program; otherwise the uid is shared: what it already runs plus every worker's headroom."""
+    if _as_nobody():
+        return limits.max_procs + OWN_PROCS
+    base = _user_threads(os.getuid()) if Path("/proc").is_dir() else 0
+    return base + (limits.max_procs + OWN_PROCS) * max(1, workers)
 
 
 class Spawned:
-    """One sandboxed process: `argv` run under the mode's isolation, limits and uid."""
+    """One sandboxed process: `argv` run under the mode's isolation and limits, as its own uid (root)."""
 
     def __init__(self, mode: str, limits: Limits, argv: list[str], *, stdin: Any, stdout: Any, stderr: Any,
                  nproc: int | None = None) -> None:
         self.mode, self.marker = mode, f"{MARKER}={secrets.token_hex(8)}"
         self.workdir: Path | None = None
+        self.uid = candidate_uid()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        cmd = _prlimit_argv(limits, nproc or nproc_limit(limits))
+        cmd = _prlimit_argv(limits, nproc_limit(limits) if self.uid is not None else nproc or nproc_limit(limits))
+        fds: tuple[int, ...] = ()
         if mode == "bwrap":
-            cmd += _bwrap_argv(limits) + argv
+            sfd = _seccomp_fd()
+            fds = () if sfd is None else (sfd,)
+            cmd += _bwrap_argv(limits, sfd) + argv
             cwd = "/"
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
-            if _as_nobody():
-                os.chown(self.workdir, NOBODY, NOBODY)
+            if self.uid is not None:
+                os.chown(self.workdir, self.uid, self.uid)
             cwd = str(self.workdir)
             env.update(HOME=cwd, TMPDIR=cwd, OMP_NUM_THREADS="1", PYTHONHASHSEED="0",
                        PYTHONPATH=":".join(str(d.parent) for d in _numpy_dirs()[:1]),
                        **{MARKER: self.marker.split("=", 1)[1]})
             cmd += argv
-        ids: dict[str, Any] = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if _as_nobody() else {}
+        ids: dict[str, Any] = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
+        self.cgroups = confine.candidate_cgroups((limits.memory_mb + limits.file_mb) << 20, nproc_limit(limits)) \
+            if self.uid is not None else None
+        if self.cgroups is not None and self.uid is not None:
+            cmd, ids = self.cgroups.wrap(cmd, self.uid), {}
         self.start = time.monotonic()
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                                     start_new_session=True, close_fds=True, **ids)
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                                         start_new_session=True, close_fds=True, pass_fds=fds, **ids)
+        except BaseException:
+            if self.cgroups is not None:
+                self.cgroups.remove()
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def kill(self) -> int | None:
         """Kill the program and everything it started; return its exit status if it had
@@ -222,6 +288,8 @@ class Spawned:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
+        if self.cgroups is not None:
+            self.cgroups.remove()
         if rc is not None and self.mode == "bwrap" and rc > 128:  # bwrap reports a signal as 128 + n
             rc = 128 - rc
         if self.mode == "process":
@@ -274,13 +342,36 @@ def _probe() -> str:
     """'' when a bwrap sandbox starts and runs Python here, else why not."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
-    if shutil.which("prlimit") is None:
-        return "prlimit is not installed (package util-linux)"
+    for tool in ("prlimit", "choom"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (package util-linux)"
     r = run_program("print(6 * 7)", Limits(timeout=30), mode="bwrap")
     if r.status != "exited" or r.stdout.strip() != "42":
         why = (r.stderr.strip().splitlines() or [r.status])[-1]
         return f"a test sandbox did not start ({why}); user namespaces may be disabled"
     return ""
+
+
+def limits_in_force(mode: str, limits: Limits = Limits()) -> str:
+    """One line for the log: what bounds one candidate here."""
+    uid = "its own uid" if _as_nobody() else f"the harness's uid {os.getuid()} (shared by all candidates)"
+    parts = [f"code sandbox {mode}: each candidate runs as {uid}", f"address space {limits.memory_mb} MiB per process",
+             f"{nproc_limit(limits)} processes and threads", f"files {limits.file_mb} MiB",
+             f"OOM score adjustment {OOM_SCORE_ADJ}"]
+    if mode == "bwrap":
+        parts += [f"/tmp {limits.file_mb} MiB", "/dev read-only",
+                  "no nested user namespaces" + (" (bwrap --disable-userns and seccomp)" if _bwrap_disables_userns()
+                                                 else " (seccomp)"),
+                  "seccomp: memfd, System V shm, message queues, mounts, namespaces denied" if confine.supported()
+                  else f"no seccomp filter (unknown machine {platform.machine()})"]
+    if confine.cgroup_v1_parents() is not None and _as_nobody():
+        return "; ".join(parts + [f"cgroup v1 per candidate: memory {limits.memory_mb + limits.file_mb} MiB for all "
+                                  f"its processes and /tmp together, {nproc_limit(limits)} processes and threads"])
+    cg = confine.cgroup_v2_subtree()
+    parts.append(f"cgroup v2 subtree {cg} found but not used (memory per candidate bounded by processes x address "
+                 "space)" if cg else "no delegated cgroup v2 subtree: memory per candidate is bounded by processes x "
+                 "address space, not by a cgroup")
+    return "; ".join(parts)
 
 
 def resolve_mode(requested: str) -> str:
@@ -292,11 +383,16 @@ def resolve_mode(requested: str) -> str:
         if why:
             raise SandboxUnavailable(
                 f"cannot isolate model-written code: {why}. Install bubblewrap and allow user namespaces, "
-                "or accept the weaker sandbox without OS isolation explicitly with eval.code_sandbox=process")
+                "or accept the weaker sandbox without OS isolation explicitly with shared.eval.code_sandbox=process")
     else:
         log.warning("code sandbox 'process': model-written code is NOT isolated by the OS (shared network, "
                     "files and process view); use it only for trusted completions")
     return requested
+
+
+@functools.cache
+def _log_limits(mode: str, limits: Limits) -> None:
+    log.info(limits_in_force(mode, limits))
 
 
 def run_program(source: str, limits: Limits = Limits(), *, mode: str = "bwrap") -> RunResult:
@@ -390,6 +486,8 @@ def check_many(jobs: Sequence[dict[str, Any]], *, mode: str, workers: int | None
                desc: str = "execute") -> list[dict[str, Any]]:
     """Score jobs (see tasks.checker) on a pool of `workers` checkers, keeping order."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    for limits in {replace(job["limits"], timeout=0.0) for job in jobs}:
+        _log_limits(mode, limits)  # once per process and set of limits (time limits vary by problem)
     pool = CheckerPool(mode, workers)
     try:
         with ThreadPoolExecutor(max_workers=workers) as ex:

@@ -14,6 +14,11 @@ exactly (and order-sensitively) by digest, which a wrong answer cannot match wit
 knowing the expected output it never sees. Frames are a 4-byte big-endian length and that
 many bytes of UTF-8 JSON; a frame over `MAX_FRAME` is refused before it is read.
 
+Decoding untrusted data takes time and memory linear in the frame: `decode` checks a `Budget`
+(the call's deadline) as it goes, and refuses a container holding more than `HASH_GROUP`
+distinct values that share one hash (ints `k + i * (2**61 - 1)` all hash alike, which makes
+building a set or dict of them, here or in a test's `set(...)`, quadratic).
+
 This module is stdlib-only: it is also loaded inside the sandbox by `sandbox_server`.
 """
 
@@ -24,17 +29,67 @@ import json
 import math
 import os
 import struct
+import time
+from collections import Counter
 from typing import Any
 
 MAX_FRAME = 256 << 20
 DIGEST_OVER = 16 << 20  # a call's result encoded larger than this crosses as a Digest
 BIG_LEN = 100_000  # a result container longer than this crosses as a Digest of its repr
 MAX_DEPTH = 100
+HASH_GROUP = 64  # distinct values one container may hold under one hash
 _BIG = 1 << 1000
+# Types whose hash a candidate can choose (str and bytes hashes are salted per process).
+_HASHED = frozenset({int, float, complex, tuple, frozenset})
 
 
 class WireError(ValueError):
     """A value that cannot cross, or a malformed frame."""
+
+
+class Expired(Exception):
+    """Decoding ran past the call's deadline."""
+
+
+class Budget:
+    """The deadline a decoding must finish by (time.monotonic), checked every `EVERY` containers."""
+
+    EVERY = 64
+    __slots__ = ("deadline", "n")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline, self.n = deadline, 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n % self.EVERY == 0 and time.monotonic() > self.deadline:
+            raise Expired("decoding ran past the time limit")
+
+
+def check_hashes(items: list[Any]) -> None:
+    """Refuse more than HASH_GROUP distinct values sharing one hash (in linear time: values with a
+    hash that occurs more than HASH_GROUP times are compared with at most HASH_GROUP others)."""
+    if len(items) <= HASH_GROUP:
+        return
+    hashed = [i for i in items if type(i) in _HASHED]
+    try:
+        hashes: list[int | None] = list(map(hash, hashed))
+    except TypeError:  # a tuple holding a list: never a key, so never a set or dict member
+        hashes = [_hash(i) for i in hashed]
+    for h in [h for h, n in Counter(hashes).items() if n > HASH_GROUP and h is not None]:
+        distinct: list[Any] = []
+        for v, hv in zip(hashed, hashes):
+            if hv == h and not any(v == d for d in distinct):
+                distinct.append(v)
+                if len(distinct) > HASH_GROUP:
+                    raise WireError(f"a container of {len(items)} values, more than {HASH_GROUP} sharing one hash")
+
+
+def _hash(v: Any) -> int | None:
+    try:
+        return hash(v)
+    except TypeError:
+        return None
 
 
 class Ref:
@@ -106,30 +161,42 @@ def encode(x: Any, depth: int = 0) -> Any:
     raise WireError(f"a {type(x).__name__} cannot cross the sandbox boundary (plain data only)")
 
 
-def decode(x: Any, depth: int = 0, refs: dict[str, Any] | None = None) -> Any:
-    """Rebuild a value from its encoded form; `refs` resolves `Ref`s (sandbox side only)."""
+def decode(x: Any, depth: int = 0, refs: dict[str, Any] | None = None, budget: Budget | None = None) -> Any:
+    """Rebuild a value from its encoded form; `refs` resolves `Ref`s (sandbox side only); `budget`
+    bounds the time (Expired past its deadline)."""
     if depth > MAX_DEPTH:
         raise WireError("value nested too deeply")
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
     if not isinstance(x, dict) or len(x) != 1:
         raise WireError(f"malformed value of type {type(x).__name__}")
+    if budget is not None:
+        budget.tick()
     (tag, v), = x.items()
-    d = depth + 1
-    if tag == "L":
-        return [decode(i, d, refs) for i in _seq(v)]
-    if tag == "T":
-        return tuple(decode(i, d, refs) for i in _seq(v))
+    if tag in _CONTAINERS:
+        items = [decode(i, depth + 1, refs, budget) for i in _seq(v)]
+        check_hashes(items)
+        return _CONTAINERS[tag](items)
     if tag == "D":
-        return {decode(k, d, refs): decode(val, d, refs) for k, val in (_pair(p) for p in _seq(v))}
-    if tag == "S":
-        return {decode(i, d, refs) for i in _seq(v)}
-    if tag == "FS":
-        return frozenset(decode(i, d, refs) for i in _seq(v))
+        pairs = [_pair(p) for p in _seq(v)]
+        keys = [decode(k, depth + 1, refs, budget) for k, _ in pairs]
+        check_hashes(keys)
+        return dict(zip(keys, [decode(val, depth + 1, refs, budget) for _, val in pairs]))
+    if tag == "R" and isinstance(v, str):
+        if refs is None or v not in refs:
+            raise WireError(f"unknown sandbox object {v!r}")
+        return refs[v]
+    return _scalar(tag, v, depth)
+
+
+_CONTAINERS: dict[str, Any] = {"L": list, "T": tuple, "S": set, "FS": frozenset}
+
+
+def _scalar(tag: str, v: Any, depth: int) -> Any:
     if tag == "B" and isinstance(v, str):
         return base64.b64decode(v.encode(), validate=True)
     if tag == "C":
-        re_, im = (decode(i, d) for i in _pair(v))
+        re_, im = (decode(i, depth + 1) for i in _pair(v))
         return complex(float(re_), float(im))
     if tag == "F" and v in ("nan", "inf", "-inf"):
         return float(v)
@@ -137,10 +204,6 @@ def decode(x: Any, depth: int = 0, refs: dict[str, Any] | None = None) -> Any:
         return Digest(v[0], v[1])
     if tag == "I" and isinstance(v, str):
         return int(v, 16)
-    if tag == "R" and isinstance(v, str):
-        if refs is None or v not in refs:
-            raise WireError(f"unknown sandbox object {v!r}")
-        return refs[v]
     raise WireError(f"malformed value with tag {tag!r}")
 
 
@@ -188,7 +251,7 @@ def parse_frame(header: bytes, read: Any) -> Any:
         raise WireError(f"frame of {n} bytes exceeds {MAX_FRAME}")
     try:
         return json.loads(read(n).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSONDecodeError, huge ints
         raise WireError(f"malformed frame: {err}") from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from helpers import data_rows, write_jsonl
@@ -144,3 +145,113 @@ def test_the_weaker_process_mode_scores_the_same_and_says_so(tmp_path, data_dir)
     res = evaluate("p", ["humaneval"], cfg, tmp_path / "o", data_dir=str(data_dir), completions=comp, limit=3)
     assert res["humaneval"]["sandbox"] == "process"
     assert res["humaneval"]["metrics"]["pass@1"]["value"] == pytest.approx(2 / 3)
+
+
+# What a candidate may bind a name the tests use to: modules whose import has a side effect (venv.__main__
+# creates environments named by the process's argv in its working folder; unittest.__main__ exits the
+# process), a class, and a callable of its choosing. The trusted side must treat each as an opaque stand-in.
+BINDINGS = ("types.ModuleType('venv.__main__')", "types.ModuleType('unittest.__main__')", "types.ModuleType('this')",
+            "types.SimpleNamespace", "exec")
+
+
+def _binding_program(names: list[str], binding: str, entry: str = "") -> str:
+    """Bind `names` to `binding`; `entry` (when given) stays a function, so loading gets past it."""
+    defined = f"def {entry}(*args, **kwargs):\n    return None\n" if entry else ""
+    return "import types\n" + "".join(f"{n} = {binding}\n" for n in names if n != entry) + defined
+
+
+def _assert_jobs(data_dir, rows: list[tuple[str, str, str, str]]) -> list[dict]:
+    """For each (tests, entry, header, setup): every name the tests use, bound to each binding."""
+    from gsil_bench.tasks.checker import BUILTIN_NAMES, _names
+
+    jobs = []
+    for tests, entry, header, setup in rows:
+        trusted: dict = {}
+        exec(header, trusted)
+        names = sorted(n for n in _names(compile(tests, "t", "exec")) | {entry}
+                       if n == entry or (n not in trusted and n not in BUILTIN_NAMES))
+        jobs += [{"kind": "asserts", "source": _binding_program(names, b, keep), "entry": entry, "tests": tests,
+                  "header": header, "setup": setup, "limits": L} for b in BINDINGS for keep in (entry, "")]
+    return jobs
+
+
+def _plus_jobs(rows: list[tuple[str, str, list]]) -> list[dict]:
+    return [{"kind": "differential", "source": _binding_program([entry], b), "entry": entry, "dataset": dataset,
+             "atol": 0.0, "limits": L, "base": (inputs[:2], wire.encode([0] * len(inputs[:2])), 5.0), "plus": None}
+            for dataset, entry, inputs in rows for b in BINDINGS]
+
+
+def test_names_the_tests_use_bound_to_modules_classes_and_callables_run_nothing_here(data_dir, tmp_path,
+                                                                                     monkeypatch):
+    from gsil_bench.tasks.evalplus import mbpp_inputs
+
+    he = data_rows(data_dir, "humaneval/HumanEval.jsonl")
+    mbpp = {r["task_id"]: r for r in data_rows(data_dir, "mbpp/mbpp.jsonl")}
+    rows = [(r["test"] + f"\ncheck({r['entry_point']})\n", r["entry_point"], r["prompt"], "") for r in he[:2]]
+    rows += [("\n".join(mbpp[i]["test_list"]) + "\n", mbpp[i]["code"].split("def ", 1)[1].split("(")[0], "",
+              mbpp[i]["test_setup_code"]) for i in (11, 367)]
+    hp = data_rows(data_dir, "humaneval_plus/HumanEvalPlus.jsonl")[:2]
+    mp = data_rows(data_dir, "mbpp_plus/MbppPlus.jsonl")[:2]
+    plus = [("humaneval", r["entry_point"], r["base_input"]) for r in hp]
+    plus += [("mbpp", r["entry_point"], mbpp_inputs(r["task_id"], r["base_input"])) for r in mp]
+    jobs = _assert_jobs(data_dir, rows) + _plus_jobs(plus)
+    monkeypatch.chdir(tmp_path)  # the checkers' working folder: an import of venv.__main__ would write here
+    verdicts = check_many(jobs, mode="bwrap", workers=2)
+    got = [v if j["kind"] == "asserts" else v["base"] for j, v in zip(jobs, verdicts)]
+    assert [v["status"] for v in got] == ["failed"] * len(jobs), [v["detail"] for v in got]
+    assert not any("checker process died" in v["detail"] for v in got)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+# A candidate that finds the reply descriptor (the only write-only pipe it holds) and writes its own frame.
+FLOOD = ("import fcntl, os, stat, struct, time\n"
+         "def add(a, b):\n"
+         "    body = {body}\n"
+         "    for fd in range(3, 64):\n"
+         "        try:\n"
+         "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:\n"
+         "                os.write(fd, struct.pack('>I', len(body)) + body)\n"
+         "        except OSError:\n"
+         "            pass\n"
+         "    time.sleep(60)\n")
+COLLIDING = "[str(1 + i * (2 ** 61 - 1)) for i in range(60000)]"  # 60,000 ints with one hash
+
+
+@pytest.mark.parametrize("body", [
+    "('{\"ok\":{\"D\":[' + ','.join('[' + k + ',0]' for k in " + COLLIDING + ") + ']}}').encode()",
+    "('{\"ok\":{\"S\":[' + ','.join(" + COLLIDING + ") + ']}}').encode()",
+    "b'{\"ok\":{\"L\":[' + b'0,' * 30_000_000 + b'0]}}'",  # a 60 MB reply
+], ids=["colliding-dict", "colliding-set", "60MB"])
+def test_a_flooded_reply_fails_its_own_job_within_about_its_limit(body):
+    limit = 3.0
+    job = {"kind": "asserts", "source": FLOOD.format(body=body), "entry": "add", "tests": ADD_TESTS,
+           "limits": Limits(timeout=limit, memory_mb=1024)}
+    [v] = check_many([job], mode="bwrap", workers=1)
+    assert v["status"] in ("failed", "timeout") and v["seconds"] < limit + 3, v
+    assert "checker process died" not in v["detail"]
+
+
+def test_decoding_is_linear_and_refuses_values_that_share_one_hash():
+    same = [1 + i * (2 ** 61 - 1) for i in range(wire.HASH_GROUP + 1)]
+    for tag in ("L", "S", "T"):
+        with pytest.raises(wire.WireError, match="sharing one hash"):
+            wire.decode({tag: same})
+    with pytest.raises(wire.WireError, match="sharing one hash"):
+        wire.decode({"D": [[k, 0] for k in same]})
+    # equal values and the few legitimate collisions (-1 and -2 hash alike) are fine
+    legit = [0] * 1000 + [-1, -2] * 500 + [[1], [2]] * 100
+    assert wire.decode(wire.encode(legit)) == legit
+    assert wire.decode({"L": [{"T": [1, {"L": [2]}]}] * 100}) == [(1, [2])] * 100  # unhashable tuples pass
+    with pytest.raises(wire.Expired):
+        wire.decode({"L": [{"L": [0]}] * 1000}, budget=wire.Budget(0.0))
+
+
+def test_nested_shapes_are_compared_before_the_float_tolerance():
+    # EvalPlus's rule: same type and length, then np.allclose, which broadcasts [[]] against [1.5] to an
+    # empty array and calls them equal
+    assert not evalplus_match("humaneval", "f", [1], [[]], [1.5], 0.0)
+    assert not evalplus_match("mbpp", "f", [1], [[1.5]], [1.5], 0.0)
+    assert not evalplus_match("humaneval", "f", [1], [[1.0, 2.0], (3.0,)], [[1.0, 2.0], [3.0]], 1e-6)
+    assert not evalplus_match("humaneval", "f", [1], [[1.0], [2.0, 3.0]], [[1.0, 2.0], [3.0]], 1e-6)
+    assert evalplus_match("humaneval", "f", [1], [[1.0, 2.0000001], [3, 4.0]], [[1.0, 2.0], [3.0, 4.0]], 1e-6)
+    assert evalplus_match("humaneval", "f", [1], [1.0000001], [1.0], 0.0)
