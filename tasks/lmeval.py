@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gsil_bench.core.facts import MetricFacts, proportion
+from gsil_bench.core.generation import AUTO_START
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
 from gsil_bench.core.registry import Registry, did_you_mean
@@ -130,9 +131,12 @@ def _hf_lm(ctx: EvalContext) -> Any:
 
     model, tok = ctx.hf()
     device = str(next(model.parameters()).device)
-    gen = ctx.cfg.generation  # auto: lm-eval's own search, from batch_size down, halving on out-of-memory
-    size: int | str = "auto" if gen.auto_batch_size else gen.batch_size
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=size, max_batch_size=gen.batch_size, device=device)
+    # auto on a GPU: lm-eval's own search, from batch_size down, halving on CUDA's out-of-memory error; on a CPU
+    # batch_size as is (lm-eval probes with full-length sequences, and running out of host memory kills the process)
+    gen = ctx.cfg.generation
+    size: int | str = "auto" if gen.auto_batch_size and device.startswith("cuda") else gen.batch_size
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=size, max_batch_size=max(gen.batch_size, AUTO_START),
+                device=device)
 
 
 @LM_BACKENDS.register("openai")

@@ -4,6 +4,8 @@
         --limit 5 --judge http://127.0.0.1:8080/v1 --judge-model gpt-4
     gsil-bench eval --tasks humaneval --completions samples.jsonl
     gsil-bench eval --tasks arc_challenge shared.eval.num_fewshot=25 shared.eval.generation.max_new_tokens=64
+    gsil-bench eval --model my-org/my-model --tasks gsm8k,arc_challenge --batch_size auto \
+        --num_fewshot gsm8k=5,arc_challenge=25 --output_path out --log_samples      (lm-eval's flag names)
 
 Prints every metric with its 95% interval when done; results are in --output.
 """
@@ -21,6 +23,7 @@ from gsil_bench.core.config import DEFAULT_MODEL, EvalConfig
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import busy_ancestor
 from gsil_bench.harness.commands import add_overrides
+from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_overrides
 
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
@@ -38,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="completion-style prompts even for chat models")
     parser.add_argument("--completions", default=None, help="score these code completions (task_id + completion JSONL)")
     parser.add_argument("--config", default=None, help="experiment YAML: take its shared.eval block (and model)")
+    add_lm_eval_flags(parser)
     add_overrides(parser)
 
 
@@ -48,13 +52,14 @@ def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str 
     from gsil_bench.core.strict import apply_overrides, to_plain
 
     model = data_dir = None
+    overrides = list(args.overrides) + lm_eval_overrides(args)
     if args.config:
-        exp = load_experiment(args.config, args.overrides)
+        exp = load_experiment(args.config, overrides)
         model, data_dir = exp.shared.model, exp.shared.data_dir
     else:
         exp = ExperimentConfig(name="eval", methods=[])
-        if args.overrides:
-            exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
+        if overrides:
+            exp = experiment_from_dict(apply_overrides(to_plain(exp), overrides), "command line", overrides)
     cfg = exp.shared.eval
     if args.no_chat_template:
         cfg = replace(cfg, chat_template=False)
