@@ -64,7 +64,7 @@ def figure_problems(fig: plt.Figure) -> list[str]:
     """What a reviewer would object to in a drawn figure: a panel with no data, a panel without title
     or axis labels, tick labels printed over one another."""
     out = []
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (matplotlib.use above)
     for ax in (a for a in fig.axes if a.get_visible()):
         name = ax.get_title() or "untitled panel"
         has_data = any(len(np.atleast_1d(line.get_xdata())) for line in ax.get_lines()) or ax.patches or ax.collections

@@ -92,12 +92,10 @@ class Task(Protocol):
     # True when the task applies `ctx.limit` itself (lm-eval does); else run_task cuts the documents
     applies_limit: bool
 
-    display: str  # how reports name the task ("HumanEval+"); `about`: one sentence for the report's glossary
-    about: str
-
-    # the facts of each metric it writes (core.facts; a `family/part` metric takes its family's); a task
-    # whose metric names are open-ended (lm-eval's, pass@k) defines `metric_facts(name)` instead
-    METRICS: dict[str, MetricFacts]
+    # Also declared by every task (tests/test_facts.py checks them; docs/extending.md), read with getattr:
+    # `display` (how reports name the task, "HumanEval+"), `about` (one sentence for the report's glossary),
+    # and the facts of each metric it writes: `METRICS: dict[str, MetricFacts]` (core.facts; a `family/part`
+    # metric takes its family's), or `metric_facts(name)` where the names are open-ended (lm-eval's, pass@k).
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]: ...
 
