@@ -56,6 +56,11 @@ def test_flags_without_an_equivalent_are_answered(capsys):
     assert "expected N or TASK=N" in capsys.readouterr().err
 
 
+def test_per_task_fewshot_names_tasks_of_the_evaluation(capsys):
+    assert main(["eval", "--tasks", "gsm8k", "--num_fewshot", "gsm8k=5,arc_chalenge=25"]) == 2
+    assert "num_fewshot: arc_chalenge: not among the tasks (gsm8k)" in capsys.readouterr().err
+
+
 def test_override_errors_name_the_command_line(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "shared": {"optimizer": {"lr": 1e-6}}, "methods": [{"loss": "sft"}]}))
