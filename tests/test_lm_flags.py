@@ -48,6 +48,10 @@ def test_flags_without_an_equivalent_are_answered(capsys):
     assert main(["eval", "--tasks", "gsm8k", "--seed", "1234"]) == 2
     err = capsys.readouterr().err
     assert "--seed: gsil-bench eval has no global seed" in err and "shared.seeds" in err and "Traceback" not in err
+    assert main(["eval", "--model", "hf", "--model_args", "pretrained=org/name,revision=v1"]) == 2
+    assert "--model_args: gsil-bench eval takes the model itself, --model ORG/NAME" in capsys.readouterr().err
+    assert main(["eval", "--model", "vllm", "--tasks", "gsm8k"]) == 2
+    assert "--model vllm: on gsil-bench eval --model names the model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "--batch_size", "big"])
     assert "--batch_size: expected a positive number or 'auto'" in capsys.readouterr().err

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 SEED_ANSWER = ("--seed: gsil-bench eval has no global seed to set: greedy generation is deterministic, the sampled "
                "code completions use seeds 1..shared.eval.samples_per_task and lm-eval tasks run with lm-eval's "
                "default seeds, all recorded in metrics.json; training seeds are shared.seeds (run) or --seed (train)")
+MODEL_ARGS_ANSWER = ("--model_args: gsil-bench eval takes the model itself, --model ORG/NAME or a folder (lm-eval's "
+                     "pretrained=), with --revision (revision=), --device (device=) and --batch_size; the backend is "
+                     "shared.eval.generation.backend (hf, vllm, openai; lm-eval's --model hf|vllm|local-completions)")
+# lm-eval's model types: on lm-eval's command line --model names the backend, on ours the model
+LM_EVAL_BACKENDS = {"hf": "hf", "huggingface": "hf", "vllm": "vllm", "local-completions": "openai",
+                    "local-chat-completions": "openai", "openai-completions": "openai", "openai-chat-completions": "openai"}
 # lm-eval gen_kwargs that our own tasks' generation settings mean too
 GEN_KWARGS = {"temperature": "temperature", "top_p": "top_p", "max_gen_toks": "max_new_tokens",
               "max_new_tokens": "max_new_tokens"}
@@ -90,7 +96,7 @@ class _Answer(argparse.Action):
 
 
 def add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("lm-evaluation-harness flag names (the same meaning; see docs/extending.md)")
+    group = parser.add_argument_group("lm-evaluation-harness flag names (the same meaning as in lm-eval; README, Evaluation)")
     group.add_argument("--batch_size", type=batch_size, default=None, metavar="N|auto",
                        help="generation batch size; auto: the largest that fits (halved on out-of-memory)")
     group.add_argument("--num_fewshot", type=num_fewshot, default=None, metavar="N|TASK=N,...",
@@ -104,11 +110,16 @@ def add_lm_eval_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gen_kwargs", type=gen_kwargs, default=None, metavar="K=V,...",
                        help="generation settings in lm-eval's syntax (temperature, top_p, max_gen_toks, ...)")
     group.add_argument("--seed", nargs="?", action=_Answer, const=SEED_ANSWER, help="answered with gsil-bench's seeds")
+    group.add_argument("--model_args", action=_Answer, const=MODEL_ARGS_ANSWER, help="answered: use --model and the flags above")
 
 
 def lm_eval_overrides(args: argparse.Namespace) -> list[str]:
     """The KEY=VALUE overrides the lm-eval flags given mean (flags not given add nothing)."""
     out: list[str] = []
+    if args.model in LM_EVAL_BACKENDS:
+        raise GsilError(f"--model {args.model}: on gsil-bench eval --model names the model (ORG/NAME, a folder, a .gguf), "
+                        f"not lm-eval's model type; the backend is shared.eval.generation.backend="
+                        f"{LM_EVAL_BACKENDS[args.model]}")
     if args.batch_size == "auto":
         out.append("shared.eval.generation.auto_batch_size=true")
     elif args.batch_size is not None:
