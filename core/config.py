@@ -113,6 +113,7 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     batch_size: int = 16
+    auto_batch_size: bool = False  # backend "hf": batch_size is the first size tried, halved on out-of-memory until a batch fits (then kept)
     cache: Literal["dynamic", "static"] = "dynamic"  # backend "hf": KV cache; static = preallocated, lean decode loop
     compile: bool = False  # backend "hf" with cache static: torch.compile the decode step (CUDA graphs on a GPU)
     base_url: str | None = None  # backend "openai": server URL, e.g. http://127.0.0.1:8000/v1
@@ -147,7 +148,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["gsm8k", "humaneval", "mt_bench"])
     limit: int | None = None  # first N items of every task
     chat_template: bool = True  # apply the model's chat template to prompts
-    num_fewshot: int | None = None  # lm-eval tasks: override the task default
+    num_fewshot: int | dict[str, int] | None = None  # lm-eval tasks: override the task default (one count, or per task: {gsm8k: 5})
     samples_per_task: int = 1  # code tasks: completions per problem (pass@k for k <= this)
     sample_temperature: float = 0.8  # code tasks: temperature of the samples_per_task sampled completions (pass@k)
     code_timeout: float = 10.0  # code tasks: seconds per sandboxed program (EvalPlus: at least 4x the canonical time)
@@ -163,6 +164,7 @@ class EvalConfig:
     # exit 0 even when a task's primary metric has no value for any item (e.g. a judge that never produced a
     # parseable rating); false: `eval` and `run` exit 1 naming the task. Not hashed: it decides the exit status only
     allow_empty: bool = False
+    device: str | None = None  # the evaluated model's device (cuda, cuda:1, cpu, mps); null = cuda when available, else cpu
     reference_model: str | None = None  # held-out likelihood tasks: the model of the margin's log ratios; null = shared.model (runner) / no margin (eval)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     generation: GenerationConfig = field(
@@ -376,6 +378,7 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tu
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         data = apply_overrides(data, overrides)
+        loc.mark_overrides(overrides)
     cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
         try:
@@ -408,9 +411,12 @@ def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Loca
             raise ConfigError(f"{where}: plugins[{i}]: cannot import {name!r} ({err})") from None
 
 
-def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    """Build an experiment from plain data (e.g. a run folder's config.yaml), schema-checked."""
-    cfg, errors = build_collecting(ExperimentConfig, data, Located(source))
+def experiment_from_dict(data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Build an experiment from plain data (e.g. a run folder's config.yaml), schema-checked;
+    `overrides`: the command line's KEY=VALUE already applied to `data` (errors name them)."""
+    loc = Located(source)
+    loc.mark_overrides(overrides or [])
+    cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if errors or cfg is None:
         raise ValidationError(errors or [f"{source}: the experiment cannot be built"])
     import_plugins(cfg.plugins)
@@ -427,7 +433,8 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (SharedConfig, "self_play"), (EvalConfig, "fastchat_template"), (EvalConfig, "code_sandbox"),
                 (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size"), (LoraConfig, "save_adapter"),
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
-                (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model")}
+                (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
+                (EvalConfig, "device"), (GenerationConfig, "auto_batch_size")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed

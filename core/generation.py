@@ -77,6 +77,7 @@ class HFGenerator:
                              "shape every step, so a compiled step would recompile)")
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self._static: StaticDecoder | None = None
+        self._fits = 0  # auto_batch_size: the batch size that fitted (0: none tried yet)
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
@@ -91,38 +92,75 @@ class HFGenerator:
         self.model.eval()
         torch.manual_seed(seed)
         bar = Progress(len(ids), desc)
+        start = 0
         try:
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
+            while start < len(order):
+                size = self.batch_size
+                idx = order[start : start + size]
                 # a compiled step wants one shape for the whole call: pad every batch to the longest prompt
                 width = max(len(i) for i in ids) if cfg.compile else None
                 input_ids, mask = left_pad([ids[i] for i in idx], self._pad_id(), width)
-                with torch.no_grad():
-                    new = self._decode(input_ids, mask, seed + start)
+                try:
+                    with torch.no_grad():
+                        new = self._decode(input_ids, mask, seed + start, bar)
+                except Exception as err:
+                    if not (cfg.auto_batch_size and size > 1 and is_out_of_memory(err)):
+                        raise
+                    self._halve(size)
+                    continue
                 for row, i in enumerate(idx):
                     out[i] = self._completion(new[row], stop)
                 bar.update(len(idx))
+                start += len(idx)
         finally:
             bar.close()
             if was_training:
                 self.model.train()
         return [c for c in out if c is not None]
 
+    @property
+    def batch_size(self) -> int:
+        """cfg.batch_size; with auto_batch_size the size that fitted last, first max(batch_size, AUTO_START)
+        on a GPU (on a CPU running out of memory kills the process instead of raising: batch_size as is)."""
+        if self._fits:
+            return self._fits
+        on_gpu = next(self.model.parameters()).device.type == "cuda"
+        return max(self.cfg.batch_size, AUTO_START) if self.cfg.auto_batch_size and on_gpu else self.cfg.batch_size
+
+    def _halve(self, size: int) -> None:
+        """Out of memory at `size` rows (auto_batch_size): retry the batch at half the size, and keep that."""
+        import gc
+
+        import torch
+
+        self._fits, self._static = max(1, size // 2), None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("generation: out of memory at batch size %d; batch size %d from now on", size, self._fits)
+
     def _pad_id(self) -> int:
         tok = self.tok
         return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
-    def _decode(self, input_ids: Any, mask: Any, seed: int) -> list[list[int]]:
-        """New token ids per row (EOS included when reached, then padding)."""
+    def _decode(self, input_ids: Any, mask: Any, seed: int, bar: Progress) -> list[list[int]]:
+        """New token ids per row (EOS included when reached, then padding); a long batch reports
+        its decoding step to `bar` (a log line at most every $GSIL_PROGRESS_SECONDS)."""
         cfg, tok = self.cfg, self.tok
+        oom_test_hook(input_ids.shape[0])
         device = next(self.model.parameters()).device
+        rows = input_ids.shape[0]
+
+        def on_step(t: int) -> None:
+            bar.within(f"batch of {rows}: token {t}/{cfg.max_new_tokens}")
+
         if cfg.cache == "static":
             if self._static is None:
                 self._static = StaticDecoder(self.model, pad_id=self._pad_id(), eos_id=tok.eos_token_id,
-                                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                             max_new_tokens=cfg.max_new_tokens, batch_size=self.batch_size,
                                              compile=cfg.compile)
             return self._static.run(input_ids.to(device), mask.to(device), temperature=cfg.temperature,
-                                    top_p=cfg.top_p, seed=seed).tolist()
+                                    top_p=cfg.top_p, seed=seed, on_step=on_step).tolist()
         sample = cfg.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens}
         if sample:
@@ -131,7 +169,7 @@ class HFGenerator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         gen = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=mask.to(device), pad_token_id=self._pad_id(),
-            eos_token_id=tok.eos_token_id, **kwargs,
+            eos_token_id=tok.eos_token_id, stopping_criteria=step_report(input_ids.shape[1], on_step), **kwargs,
         )
         return gen[:, input_ids.shape[1] :].tolist()
 
@@ -143,6 +181,47 @@ class HFGenerator:
         text = self.tok.decode(new[:n], skip_special_tokens=True)
         text, hit = truncate_at_stop(text, stop)
         return Completion(text, n, "stop" if hit else finish)
+
+
+AUTO_START = 64  # auto_batch_size on a GPU: the first batch size tried (lm-eval's max_batch_size default)
+OOM_TEST_ENV = "GSIL_TEST_OOM_ROWS"  # tests only: a batch of more rows raises torch's OutOfMemoryError
+
+
+def oom_test_hook(rows: int) -> None:
+    """Fault injection for the auto batch size's test (as GSIL_TEST_KILL is for resuming): with
+    $GSIL_TEST_OOM_ROWS=N, decoding more than N rows raises the error CUDA raises when memory runs out."""
+    import os
+
+    limit = os.environ.get(OOM_TEST_ENV)
+    if limit and rows > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"{OOM_TEST_ENV}={limit}: {rows} rows do not fit")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError other devices raise (as accelerate's
+    find_executable_batch_size tells them)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "CUDNN_STATUS_NOT_SUPPORTED", "CUBLAS_STATUS_ALLOC_FAILED"))
+
+
+def step_report(prompt_width: int, on_step: Callable[[int], None]) -> Any:
+    """A stopping criterion for `model.generate` that never stops: it reports each decoding step."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StepReport(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+            on_step(int(input_ids.shape[1]) - prompt_width)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StepReport()])
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[Any, Any]:
@@ -238,7 +317,7 @@ class StaticDecoder:
         return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
     def run(self, input_ids: Any, mask: Any, *, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-            scores: list[Any] | None = None) -> Any:
+            scores: list[Any] | None = None, on_step: Callable[[int], None] | None = None) -> Any:
         """[b, w] left-padded prompts -> [b, max_new_tokens] new token ids (pad after EOS).
         `scores`, when given, receives each step's [b, vocab] float32 logits (for checks)."""
         import torch
@@ -266,6 +345,8 @@ class StaticDecoder:
             done |= nxt == self.eos_id
             if t + 1 == self.max_new or ((t + 1) % self.CHECK_EVERY == 0 and bool(done.all())):
                 break
+            if on_step is not None:
+                on_step(t + 1)
             if self.compile and device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self._step(nxt[:, None], prompt_len + t, full_mask, cache)

@@ -7,15 +7,19 @@ every `GSIL_PROGRESS_SECONDS` seconds (default 30) and one at the end, e.g.
     12:01:07 INFO core.progress: mt_bench judge: 96/160 (60%), 41.2 s elapsed, ~27.5 s left
 
 `track(iterable, total, desc)` wraps a loop the same way. Generation, reference scoring,
-sandboxed execution, judging and training all report through it.
+sandboxed execution, judging and training all report through it; `Progress.within` reports
+inside one long unit (a generation batch, step by step). `bar_lines()` (the CLI wraps every
+command in it) routes other libraries' carriage-return bars into lines when stderr is a file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -56,6 +60,14 @@ class Progress:
             self.last = now
             self.log.info("%s", self.line(now))
 
+    def within(self, detail: str) -> None:
+        """Progress inside one long unit of work (a generation batch's decoding step): in a log file,
+        a line with `detail` at most every $GSIL_PROGRESS_SECONDS; nothing on a terminal (the bar moves per unit)."""
+        now = time.monotonic()
+        if self.to_log and now - self.last >= interval_s():
+            self.last = now
+            self.log.info("%s (%s)", self.line(now), detail)
+
     def line(self, now: float | None = None) -> str:
         """`desc: n/total (pct), elapsed, ~left` (plus the postfix)."""
         elapsed = (now or time.monotonic()) - self.started
@@ -86,3 +98,73 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit:
         for item in iterable:
             yield item
             bar.update(1)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+class BarLines:
+    """A text stream that turns carriage-return progress bars into plain lines.
+
+    Off a terminal, any library's tqdm bar (lm-eval's request bars, `Loading weights`, a
+    data set's map) would write `\\r`-separated redraws into the log file. Written through
+    this stream, a bar becomes one line at most every $GSIL_PROGRESS_SECONDS plus its
+    final state; text without `\\r` passes through unchanged."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pending = ""  # the bar being redrawn (text after its last \r), not yet ended by \n
+        self.last = time.monotonic()
+
+    def write(self, text: str) -> int:
+        if not self.pending and "\r" not in text:
+            return int(self.inner.write(text))
+        *ended, rest = (self.pending + text).split("\n")
+        for line in ended:
+            self._emit(line)
+        self.pending = ("\r" + rest.rsplit("\r", 1)[-1]) if "\r" in rest else rest
+        if self.pending and not rest.endswith("\r") and time.monotonic() - self.last >= interval_s():
+            self._emit(self.pending)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        shown = ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip()
+        if shown:
+            self.inner.write(shown + "\n")
+            self.last = time.monotonic()
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, ... of the real stream
+        return getattr(self.inner, name)
+
+
+@contextmanager
+def bar_lines() -> Iterator[None]:
+    """While the block runs, and only when stderr is not a terminal: third-party progress bars
+    reach the log as lines (BarLines on stderr and stdout) and the Hugging Face libraries' own
+    bars are off ($HF_HUB_DISABLE_PROGRESS_BARS, $HF_DATASETS_DISABLE_PROGRESS_BARS, unless set)."""
+    import sys
+
+    if sys.stderr.isatty():
+        yield
+        return
+    env = {key: os.environ.get(key) for key in QUIET_ENV}
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = BarLines(sys.stdout), BarLines(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        for key, old in env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old

@@ -30,8 +30,17 @@ class Located:
     def __init__(self, file: str, lines: dict[str, int] | None = None) -> None:
         self.file = file
         self.lines = lines or {}
+        self.given: dict[str, str] = {}  # key path -> the command line's KEY=VALUE that set it
+
+    def mark_overrides(self, overrides: list[str]) -> None:
+        """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML."""
+        for text in overrides:
+            self.given[text.split("=", 1)[0].strip()] = text
 
     def at(self, key: str) -> str:
+        for k in [key] + [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]:
+            if k in self.given:  # this key or a mapping above it came from the command line
+                return f"command line {self.given[k]!r}"
         line = self.lines.get(key)
         if line is None and "." in key:  # fall back to the nearest parent with a line
             return self.at(key.rsplit(".", 1)[0])

@@ -344,6 +344,18 @@ def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
     return run
 
 
+@contextmanager
+def _marked_if_interrupted(run: Run) -> Iterator[None]:
+    """Ctrl-C: plan.json says `interrupted` (the step's own record already does), then the
+    KeyboardInterrupt goes on to the CLI; a rerun of the same command resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        run.plan["status"] = "interrupted"
+        run.save_plan()
+        raise
+
+
 def _write_provenance(run: Run, data_files: dict[str, str], started: float) -> None:
     path = run.layout.provenance
     sessions = read_json(path).get("sessions", []) if path.is_file() else []
@@ -368,6 +380,9 @@ def _execute(run: Run, step: Step, fail_fast: bool) -> bool:
     try:
         STEPS.get(step.kind).execute(run, step)
         rec.update(status="done")
+    except KeyboardInterrupt:  # Ctrl-C: marked, then the CLI prints one line and exits 130
+        rec.update(status="interrupted", error="interrupted (Ctrl-C); rerun the same command to resume")
+        raise
     except Exception as err:  # recorded; the other steps go on unless fail_fast
         rec.update(status="failed", error=f"{type(err).__name__}: {err}")
         log.error("step %s failed:\n%s", step.id, traceback.format_exc())
@@ -453,13 +468,14 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
         _write_provenance(run, data_files, started)
         todo = [s for s in run.steps if s.status != "done"]
         log.info("%s: %d steps, %d done, %d to do", root, len(run.steps), len(run.steps) - len(todo), len(todo))
-        if world > 1:  # training together first, in order; then evaluation claimed step by step
-            for step in [s for s in todo if s.kind == "train"]:
-                _execute(run, step, fail_fast=True)
-            _use_local_device()
-            _work(run, [s for s in todo if s.kind == "eval"], started, fail_fast)
-        else:
-            _work(run, todo, started, fail_fast)
+        with _marked_if_interrupted(run):
+            if world > 1:  # training together first, in order; then evaluation claimed step by step
+                for step in [s for s in todo if s.kind == "train"]:
+                    _execute(run, step, fail_fast=True)
+                _use_local_device()
+                _work(run, [s for s in todo if s.kind == "eval"], started, fail_fast)
+            else:
+                _work(run, todo, started, fail_fast)
         run.refresh()  # every step's status from the disk (other processes' steps included)
         failed = [s.id for s in run.steps if s.status in ("failed", "blocked")]
         run.plan["status"] = "failed" if failed else "done"

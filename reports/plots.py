@@ -2,8 +2,9 @@
 
 - `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
   side per task with their intervals, against the baseline and the starting model;
-- `training_curves`: loss, real and generated rewards and classifier accuracy per
-  optimizer step, per method (self-play iterations concatenated);
+- `training_curves`: the loss (one panel per loss family: their scales differ), real and
+  generated rewards and classifier accuracy per optimizer step, per method (self-play
+  iterations concatenated, each iteration's start marked);
 - `iteration_plot`: score against self-play iteration (iteration 0 = the starting model).
 
 Each returns the PNG path, or None when the run holds nothing to draw. A method has one
@@ -21,12 +22,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from gsil_bench.core.io import temp_name  # noqa: E402
 from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
 from gsil_bench.reports.stats import Interval  # noqa: E402
-from gsil_bench.reports.style import column_label, method_colors, scale, task_label  # noqa: E402
+from gsil_bench.reports.style import method_colors, scale  # noqa: E402
 from gsil_bench.reports.tables import Comparison  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,38 @@ matplotlib.rcParams["svg.hashsalt"] = "gsil-bench"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically."""
+    """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically; a
+    figure with a problem a reader would see (figure_problems) is saved with a warning naming it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for suffix, meta in FORMATS.items():
         dest = path.with_suffix(suffix)
         tmp = temp_name(dest)  # unique per process: two workers may write one run's report at once
         fig.savefig(tmp, format=suffix[1:], dpi=DPI, bbox_inches="tight", metadata=meta)
         tmp.replace(dest)
+        if suffix == ".png":  # drawn now: text extents are known
+            for problem in figure_problems(fig):
+                log.warning("%s: %s", path.name, problem)
     plt.close(fig)
     return path
+
+
+def figure_problems(fig: plt.Figure) -> list[str]:
+    """What a reviewer would object to in a drawn figure: a panel with no data, a panel without title
+    or axis labels, tick labels printed over one another."""
+    out = []
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (matplotlib.use above)
+    for ax in (a for a in fig.axes if a.get_visible()):
+        name = ax.get_title() or "untitled panel"
+        has_data = any(len(np.atleast_1d(line.get_xdata())) for line in ax.get_lines()) or ax.patches or ax.collections
+        if not has_data:
+            out.append(f"{name}: empty panel")
+        if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
+            out.append(f"{name}: missing title or axis label")
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            if any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
+                out.append(f"{name}: overlapping {axis.axis_name} tick labels")
+    return out
 
 
 def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -82,13 +106,31 @@ def _scale_for_spread(ax: plt.Axes) -> None:
     sizes = [float(np.nanmax(np.abs(y))) for y in data if y.size]
     sizes = [v for v in sizes if v > 0]
     if len(sizes) > 1 and max(sizes) > 20 * min(sizes):
-        ax.set_yscale("symlog", linthresh=max(min(sizes), 1e-3))
+        lin = 10.0 ** np.floor(np.log10(max(min(sizes), 1e-3)))  # a power of ten: the linear part is one decade
+        ax.set_yscale("symlog", linthresh=lin)
+        ax.yaxis.set_major_locator(FixedLocator(_symlog_ticks(ax, lin)))
+        ax.yaxis.set_minor_locator(FixedLocator([]))
         ax.set_title(ax.get_title() + " (symlog)")
 
 
+def _symlog_ticks(ax: plt.Axes, lin: float) -> list[float]:
+    """0, then powers of ten from 10 x linthresh outwards (every second one past five): no label sits
+    within a decade of 0's, where matplotlib's default puts 10^-1 on top of 0."""
+    lo, hi = (float(v) for v in ax.dataLim.intervaly)
+    ticks = [0.0]
+    for sign, extent in ((1.0, hi), (-1.0, -lo)):
+        powers = []
+        p = 10 * lin
+        while p <= extent * 1.0001:
+            powers.append(sign * p)
+            p *= 10
+        ticks += powers[::2] if len(powers) > 5 else powers
+    return sorted(ticks)
+
+
 def family_members(run: RunData, family: str) -> list[str]:
-    """Methods whose loss belongs to `family` (the loss name's prefix before '-')."""
-    return [m for m in run.methods if m != BASE and run.loss_of(m).split("-")[0] == family]
+    """Methods whose loss belongs to `family` (loss_family)."""
+    return [m for m in run.methods if m != BASE and loss_family(run, m) == family]
 
 
 def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | None:
@@ -104,7 +146,7 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             cell = comp.cells.get((m, it, col)) if it is not None else None
             if cell is None:
                 continue
-            iv, k = cell.interval, scale(cell.metric)
+            iv, k = cell.interval, scale(comp.facts_of(col))
             err = [[k * _below(iv)], [k * _above(iv)]]
             ax.bar(x, k * iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
             drawn.append(iv.value)
@@ -113,11 +155,11 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
                 continue
             cell = next((c for k, c in comp.cells.items() if k[0] == ref and k[2] == col), None)
             if cell is not None:
-                ax.axhline(scale(cell.metric) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
+                ax.axhline(scale(comp.facts_of(col)) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
                            linewidth=1.2, label=ref)
         ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(task_label(comp.task_of(col)))
-        ax.set_ylabel(column_label(comp.task_of(col), comp.metric_of(col)))
+        ax.set_title(comp.run.display(comp.task_of(col)))
+        ax.set_ylabel(comp.label_of(col))
         ax.set_xlabel(f"{family.upper()} member (convex function)")
     fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
     fig.tight_layout()
@@ -125,27 +167,64 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
     return _save(fig, path)
 
 
-def training_curves(run: RunData, path: Path) -> Path | None:
-    methods = [m for m in run.methods if any(t.method == m for t in run.train)]
-    if not methods:
-        return None
+def loss_family(run: RunData, method: str) -> str:
+    """The family of a method's loss: as its training summary records it (`family`), else the loss
+    name's part before '-' (summaries written before losses declared their family)."""
+    fam = next((t.summary.get("family") for t in run.train if t.method == method and t.summary.get("family")), None)
+    return str(fam or run.loss_of(method).split("-")[0])
+
+
+def _concatenated(run: RunData, methods: list[str]) -> tuple[dict[tuple[str, int], list[dict]],
+                                                             dict[str, dict[float, int]]]:
+    """Each (method, seed)'s curve with its iterations one after another on one step axis (`_x`), and
+    per method the steps where an iteration starts -> that iteration (the boundaries drawn on the axis)."""
     curves: dict[tuple[str, int], list[dict]] = {}
+    starts: dict[str, dict[float, int]] = {}
     for m in methods:
         for seed in sorted({t.seed for t in run.train if t.method == m}):
             rows: list[dict] = []
             for t in sorted((t for t in run.train if t.method == m and t.seed == seed), key=lambda t: t.iteration):
                 offset = rows[-1]["_x"] if rows else 0
+                if rows:
+                    starts.setdefault(m, {}).setdefault(offset + 0.5, t.iteration)
                 rows += [{**r, "_x": offset + int(r.get("step", i + 1))} for i, r in enumerate(t.curve())]
             curves[(m, seed)] = rows
-    panels = [(k, title) for k, title in CURVES if any(k in r for rows in curves.values() for r in rows)]
+    return curves, starts
+
+
+def _panels(run: RunData, curves: dict[tuple[str, int], list[dict]]) -> list[tuple[str, str, list[str]]]:
+    """(metrics.jsonl key, title, methods) per panel: the loss once per loss family (their scales differ:
+    a token-mean NLL beside a summed-log-ratio hinge), then each reward panel for every method."""
+    methods = list(dict.fromkeys(m for m, _ in curves))
+    has = {key: [m for m in methods if any(key in r for (mm, _), rows in curves.items() if mm == m for r in rows)]
+           for key, _ in CURVES}
+    families = list(dict.fromkeys(loss_family(run, m) for m in has["loss"]))
+    panels = [("loss", f"training loss: {fam}", [m for m in has["loss"] if loss_family(run, m) == fam]) for fam in families]
+    return panels + [(key, title, has[key]) for key, title in CURVES[1:] if has[key]]
+
+
+def _mark_iterations(ax: plt.Axes, starts: dict[float, int]) -> None:
+    """A dotted line where each self-play iteration starts, labelled at the top."""
+    for x, it in sorted(starts.items()):
+        ax.axvline(x, color="0.55", linestyle=":", linewidth=0.9, zorder=0)
+        ax.text(x, 1.0, f" iter {it}", transform=ax.get_xaxis_transform(), fontsize=7, color="0.35",
+                va="top", ha="left")
+
+
+def training_curves(run: RunData, path: Path) -> Path | None:
+    methods = [m for m in run.methods if any(t.method == m for t in run.train)]
+    if not methods:
+        return None
+    curves, starts = _concatenated(run, methods)
+    panels = _panels(run, curves)
     if not panels:
         return None
     fig, axes = _grid(len(panels))
     colors = method_colors(run.methods)
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title, shown) in zip(axes, panels):
         for (m, seed), rows in curves.items():
             pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
+            if pts and m in shown:
                 x, y = zip(*pts)
                 first_seed = seed == min(s for mm, s in curves if mm == m)
                 ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
@@ -154,7 +233,8 @@ def training_curves(run: RunData, path: Path) -> Path | None:
         ax.set_ylabel(YLABELS.get(key, key))
         if key == "loss":
             _scale_for_spread(ax)
-        ax.set_xlabel("optimizer step (iterations concatenated)")
+        _mark_iterations(ax, {x: it for m in shown for x, it in starts.get(m, {}).items()})
+        ax.set_xlabel("optimizer step (self-play iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _figure_legend(fig, axes)
@@ -170,7 +250,7 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     fig, axes = _grid(len(cols))
     colors = method_colors(per_iter.run.methods)
     for ax, col in zip(axes, cols):
-        k = scale(per_iter.metric_of(col))
+        k = scale(per_iter.facts_of(col))
         base = next((_scaled(c.interval, k) for (m, _, t), c in cells.items() if m == BASE and t == col), None)
         if base is not None:
             ax.errorbar([0], [base.value], yerr=[[_below(base)], [_above(base)]], color="black", marker="s",
@@ -186,10 +266,12 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
             ax.errorbar(x, y, yerr=err, color=colors[m], marker="o", markersize=4, capsize=3, linewidth=1.2, label=m)
             if base is not None:  # from the starting model to the first iteration
                 ax.plot([0, x[0]], [base.value, y[0]], color=colors[m], linewidth=0.8, linestyle=":")
-        ax.set_title(task_label(per_iter.task_of(col)))
-        ax.set_ylabel(column_label(per_iter.task_of(col), per_iter.metric_of(col)))
+        ax.set_title(per_iter.run.display(per_iter.task_of(col)))
+        ax.set_ylabel(per_iter.label_of(col))
         ax.set_xlabel("self-play iteration (0 = starting model)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        last = max((k[1] for k in cells), default=1)
+        ax.set_xticks(range(last + 1))  # the iterations themselves (a one-point panel gets no fractional ticks)
+        ax.set_xlim(-0.5, last + 0.5)
     fig.tight_layout()
     _figure_legend(fig, axes)
     return _save(fig, path)

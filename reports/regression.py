@@ -8,9 +8,9 @@ when it is both statistically significant (in the bad direction) and larger than
 metric's tolerance (practical significance:
 identical code gives a zero change, and a float-level change such as another summation
 order stays far below every tolerance). Tolerances: `report.tolerance` of the candidate's
-config ("task/metric" or "metric" -> units), else DEFAULT_TOLERANCE by the metric name's
-longest prefix, else FALLBACK_TOLERANCE; `--tolerance X` sets one for every metric.
-EXACT_METRICS (scorer canaries: fixed completions with known verdicts, no noise) drop
+config ("task/metric" or "metric" -> units), else the tolerance the task declared for the
+metric (core.facts, in metrics.json); `--tolerance X` sets one for every metric. A metric
+declared `exact` (scorer canaries: fixed completions with known verdicts, no noise) drops
 on any decrease beyond the tolerance, significant or not.
 
 Training is compared too (reports.trajectory): every logged step of every training
@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gsil_bench.core.facts import MetricFacts  # noqa: E402
 from gsil_bench.core.io import atomic_write_text  # noqa: E402
 from gsil_bench.reports import html as H  # noqa: E402
 from gsil_bench.reports.rundata import EvalResult, RunData, load_run  # noqa: E402
@@ -39,16 +40,6 @@ from gsil_bench.reports.tables import aggregate, fmt  # noqa: E402
 from gsil_bench.reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows  # noqa: E402
 
 log = logging.getLogger(__name__)
-# metric-name prefix -> the smallest drop that matters, in the metric's units
-DEFAULT_TOLERANCE: dict[str, float] = {
-    "exact_match": 0.02, "pass@": 0.02, "accuracy": 0.02,  # 0/1 items: 2 points
-    "score": 0.25, "turn": 0.25,  # MT-Bench ratings (1-10)
-    "logp": 0.01,  # held-out mean token log-prob (nats per token)
-    "margin": 0.5,  # held-out GSIL margin (summed log ratios, nats)
-    "agreement": 0.0,  # scorer canaries: every known verdict must still hold
-}
-FALLBACK_TOLERANCE = 0.01
-EXACT_METRICS = ("agreement",)
 STATUS_MARK = {"drop": "▼ drop", "gain": "▲ gain", "ok": "ok", "unpaired": "unpaired", "missing": "MISSING"}
 
 
@@ -96,14 +87,13 @@ class CompareResult:
         return self.baseline.shared_hash == self.candidate.shared_hash
 
 
-def tolerance_for(task: str, metric: str, overrides: dict[str, float] | None = None) -> float:
-    """The smallest drop of `task`'s `metric` that counts (see the module docstring)."""
+def tolerance_for(task: str, metric: str, facts: MetricFacts, overrides: dict[str, float] | None = None) -> float:
+    """The smallest drop of `task`'s `metric` that counts: report.tolerance / --tolerance, else the declared one."""
     over = overrides or {}
     for key in (f"{task}/{metric}", metric, "*"):
         if key in over:
             return float(over[key])
-    hits = [p for p in DEFAULT_TOLERANCE if metric.startswith(p)]
-    return DEFAULT_TOLERANCE[max(hits, key=len)] if hits else FALLBACK_TOLERANCE
+    return facts.tolerance
 
 
 def _status(higher_is_better: bool, d: PairedDiff | None, tolerance: float, exact: bool = False) -> str:
@@ -145,8 +135,8 @@ def _compare_task(result: CompareResult, method: str, task: str) -> None:
             continue
         c_value, c_items = _values(c_res, metric, n_boot, alpha)
         d = paired_bootstrap(b_items, c_items, n_boot=n_boot, alpha=alpha) if b_items and c_items else None
-        higher = bool(b_res[0].metric(metric).get("higher_is_better", True))
-        status = _status(higher, d, tolerance_for(task, metric, result.tolerance), metric.startswith(EXACT_METRICS))
+        facts = b_res[0].facts(metric)
+        status = _status(facts.higher_is_better, d, tolerance_for(task, metric, facts, result.tolerance), facts.exact)
         result.changes.append(Change(method, task, metric, b_res[0].iteration, c_res[0].iteration, b_value,
                                      c_value, d, status))
 
@@ -217,10 +207,11 @@ def _header(result: CompareResult) -> list[str]:
     lines = [f"baseline: {b.root} (shared hash {b.shared_hash})", f"candidate: {c.root} (shared hash {c.shared_hash})"]
     if not result.same_config:
         lines.append("WARNING: the shared blocks differ: this is not a like-for-like comparison.")
-    tol = ", ".join(f"{k}: {v:g}" for k, v in sorted(result.tolerance.items())) or "defaults"
+    tol = ", ".join(f"{k}: {v:g}" for k, v in sorted(result.tolerance.items())) or "none set"
+    declared = sorted({(c.task, c.metric, b.facts(c.task, c.metric).tolerance) for c in result.changes})
     lines.append(f"paired bootstrap over shared sample ids, {result.n_boot} resamples, alpha={result.alpha}; "
-                 f"a drop must be significant and larger than its tolerance ({tol}; defaults by metric: "
-                 + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
+                 f"a drop must be significant and larger than its tolerance (report.tolerance: {tol}; as the tasks "
+                 "declare them: " + ", ".join(f"{t}/{m} {v:g}" for t, m, v in declared) + ")")
     return lines
 
 

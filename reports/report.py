@@ -7,12 +7,17 @@ Writes <run>/report/:
     costs.md / costs.tex   training cost per method (tokens, wall time)
     published.csv  with report.published: the paper's numbers beside ours (reports.published)
     results.csv  every metric of every evaluation, long format
-    plots/ablation.png training.png iterations.png
+    plots/<figure>.png (+ .pdf, .svg) for each entry of FIGURES
+
+FIGURES is the one list of the report's figures: `write_report` draws each, and the HTML
+page shows each in its own section, in that order; a new figure is one entry (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,37 @@ from gsil_bench.reports.published import load_published, published_display, publ
 from gsil_bench.reports.rundata import RunData, load_run
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What a figure may draw from: the run, the final-iteration and the per-iteration comparisons."""
+
+    run: RunData
+    comp: tables.Comparison
+    per_iter: tables.Comparison
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the report: `draw(inputs, png_path)` returns the PNG path, or None when the run holds
+    nothing to draw (the HTML section then shows `empty`)."""
+
+    key: str  # report/plots/<key>.png and the HTML ids (fig-<key>, <key>-section)
+    title: str  # the HTML section's heading
+    caption: str
+    empty: str
+    draw: Callable[[ReportInputs, Path], Path | None]
+
+
+FIGURES: list[Figure] = [
+    Figure("ablation", "Loss-family ablation", "GSIL members per task, final iteration, with intervals",
+           "No GSIL method in this run.", lambda x, p: plots.ablation_plot(x.comp, p)),
+    Figure("iterations", "Score against self-play iteration", "score per iteration (0 = starting model)",
+           "No evaluated iteration yet.", lambda x, p: plots.iteration_plot(x.per_iter, p)),
+    Figure("training", "Training curves", "training metrics per optimizer step; dotted lines: iteration starts",
+           "No training metrics yet.", lambda x, p: plots.training_curves(x.run, p)),
+]
 
 
 def config_check(run: RunData) -> tuple[bool | None, str]:
@@ -118,7 +154,7 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
         status[s.get("status", "?")] = status.get(s.get("status", "?"), 0) + 1
     pk = prov.get("packages") or {}
     rows = [
-        ("run folder", H.esc(run.root.resolve())),
+        ("run folder", H.esc(run.root.name) + ' <span class="note">(the paths on this page are relative to it)</span>'),
         ("shared-block hash", f'<code>{H.esc(run.shared_hash or "unknown")}</code> <span class="{cls}">{H.esc(text)}</span>'
          + (f' <span class="note">{H.esc(method_overrides(run))}</span>' if method_overrides(run) else "")),
         ("model", H.esc(((run.config.get("shared") or {}).get("model")) or "?")),
@@ -130,6 +166,20 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
         ("data files", H.esc(", ".join(f"{k}: {v.get('sha256', '')[:12]}" for k, v in (prov.get("data") or {}).items()))),
     ]
     return rows
+
+
+def glossary_html(run: RunData) -> str:
+    """Every task of the run with what it measures, and each metric the tables show with its definition
+    (as the tasks declared them: core.facts)."""
+    rows = "".join(f"<tr><td>{H.esc(task)}</td><td>{H.esc(label) or '<em>the task</em>'}</td><td>{H.esc(text)}</td></tr>"
+                   for task, label, text in run.glossary())
+    return (f'<table id="glossary" class="meta"><tr><th>task</th><th>metric</th><th>what it measures</th></tr>{rows}'
+            "</table>")
+
+
+def relative(text: str, root: Path) -> str:
+    """`text` with paths inside the run folder written relative to it."""
+    return text.replace(str(root.resolve()) + "/", "").replace(str(root) + "/", "")
 
 
 def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
@@ -147,22 +197,22 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
         body.append(H.section(f"Differences against {comp.baseline}", diffs.to_html(
             escape=False, table_id="differences", classes="results", border=0, index=False)
             + f"<p class=note>{H.esc(significance.differences_note(comp, 'html'))}</p>", "differences-section"))
-    body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
-                          or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
-    body.append(H.section("Score against self-play iteration",
-                          H.figure(figs["iterations"], "score per iteration (0 = starting model)", "fig-iterations")
-                          + tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"), "iter-section"))
-    body.append(H.section("Training curves", H.figure(figs["training"], "training metrics per step", "fig-training")
-                          or "<p class=note>No training metrics yet.</p>", "training-section"))
+    for fig in FIGURES:
+        body.append(H.section(fig.title, H.figure(figs.get(fig.key), fig.caption, f"fig-{fig.key}")
+                              or f"<p class=note>{H.esc(fig.empty)}</p>", f"{fig.key}-section"))
+    body.append(H.section("Every iteration", tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"),
+                          "iter-section"))
+    body.append(H.section("Metrics", glossary_html(run), "glossary-section"))
     cost_html = tables.to_html(tables.cost_display(costs), "costs") if len(costs) else "<p class=note>No training summaries yet.</p>"
     workers = tables.worker_frame(run)
     worker_html = ("<h3>Processes</h3>" + tables.to_html(workers, "workers", "process")
                    + "<p class=note>Finished steps per process (host:pid[:rank]) and their wall time.</p>") if len(workers) else ""
     body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>" + worker_html,
                           "cost-section"))
-    failed = [st for st in run.plan.get("steps", []) if st.get("status") in ("failed", "blocked")]
+    failed = [st for st in run.plan.get("steps", []) if st.get("status") in ("failed", "blocked", "interrupted")]
     if failed:
-        rows = "".join(f"<tr><td>{H.esc(st['id'])}</td><td>{H.esc(st['status'])}</td><td>{H.esc(st.get('error') or '')}</td></tr>"
+        rows = "".join(f"<tr><td>{H.esc(st['id'])}</td><td>{H.esc(st['status'])}</td>"
+                       f"<td>{H.esc(relative(st.get('error') or '', run.root))}</td></tr>"
                        for st in failed)
         body.insert(2, H.section("Unfinished steps", '<p class="bad">These steps did not finish; their results are '
                                  "missing below. Rerun the same command to retry them.</p>"
@@ -183,11 +233,8 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
     costs = tables.cost_frame(run)
     check = config_check(run)
     published = published_table(run, n_boot, alpha)
-    figs = {
-        "ablation": plots.ablation_plot(comp, out / "plots" / "ablation.png"),
-        "training": plots.training_curves(run, out / "plots" / "training.png"),
-        "iterations": plots.iteration_plot(per_iter, out / "plots" / "iterations.png"),
-    }
+    inputs = ReportInputs(run, comp, per_iter)
+    figs = {fig.key: fig.draw(inputs, out / "plots" / f"{fig.key}.png") for fig in FIGURES}
     atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published))
     if published is not None:
         atomic_write_text(out / "published.csv", published.to_csv(index=False))

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from gsil_bench.core.errors import GsilError
+from gsil_bench.core.facts import MetricFacts
 from gsil_bench.core.io import is_done, read_json, read_jsonl, read_jsonl_strict
 from gsil_bench.core.layout import BASE, RunLayout
 
@@ -74,6 +75,17 @@ class EvalResult:
             return dict(self.metrics["metrics"][name])
         except KeyError:
             raise RunDataError(f"{self.folder / 'metrics.json'}: no metric {name!r}") from None
+
+    def facts(self, name: str | None = None) -> MetricFacts:
+        """The facts the task declared for metric `name` (default: primary) in metrics.json: label, glossary,
+        direction, percent display, exactness, tolerance (core.facts; older files: the undeclared defaults)."""
+        m = self.metric(name)
+        return MetricFacts.from_json(m.get("facts"), name or self.primary, bool(m.get("higher_is_better", True)))
+
+    @property
+    def display(self) -> str:
+        """The task's display name, as it declared it in metrics.json (older files: its name)."""
+        return str(self.metrics.get("display") or self.task)
 
     @property
     def higher_is_better(self) -> bool:
@@ -167,6 +179,29 @@ class RunData:
             return []
         it = max(e.iteration for e in rows) if iteration is None else iteration
         return sorted((e for e in rows if e.iteration == it), key=lambda e: e.seed or 0)
+
+    def facts(self, task: str, metric: str) -> MetricFacts:
+        """A metric's declared facts, from the first evaluation of `task` that holds it."""
+        for e in self.evals:
+            if e.task == task and metric in (e.metrics.get("metrics") or {}):
+                return e.facts(metric)
+        return MetricFacts.from_json(None, metric)
+
+    def display(self, task: str) -> str:
+        """A task's display name (from its metrics.json; else its name)."""
+        return next((e.display for e in self.evals if e.task == task), task)
+
+    def glossary(self) -> list[tuple[str, str, str]]:
+        """(task display, metric label, what it measures) for every task's shown metrics, plus the task's own line."""
+        rows: list[tuple[str, str, str]] = []
+        for task in self.tasks:
+            first = next(e for e in self.evals if e.task == task)
+            rows.append((first.display, "", str(first.metrics.get("about") or "")))
+            for name in first.shown:
+                if name in (first.metrics.get("metrics") or {}):
+                    f = first.facts(name)
+                    rows.append((first.display, f.label + (" (%)" if f.percent else ""), f.glossary))
+        return rows
 
     def final_iteration(self, method: str) -> int | None:
         its = [e.iteration for e in self.evals if e.method == method]

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from gsil_bench.reports.style import column_label, number, task_label
+from gsil_bench.core.facts import MetricFacts
+from gsil_bench.reports.style import metric_text, number
 from gsil_bench.reports.tables import Comparison
 
 
@@ -38,7 +39,8 @@ def comparisons(comp: Comparison) -> list[dict]:
             continue
         rows.append({"method": method, "iteration": it, "task": comp.task_of(column), "metric": cell.metric, "diff": d.diff,
                      "ci_low": d.ci_low, "ci_high": d.ci_high, "p": d.p_value, "n": d.n,
-                     "higher_is_better": cell.higher_is_better})
+                     "higher_is_better": cell.higher_is_better,
+                     "facts": cell.facts or MetricFacts.from_json(None, cell.metric)})
     for row, adj in zip(rows, holm([float(r["p"]) for r in rows])):
         row["p_holm"] = adj
     return rows
@@ -54,15 +56,15 @@ def differences_frame(comp: Comparison, style: str = "md") -> pd.DataFrame:
     """Rows (method, task): difference [interval], p, Holm p; significant after Holm in bold."""
     records = []
     for r in comparisons(comp):
-        diff = number(r["diff"], r["metric"], signed=True)
-        ci = f"[{number(r['ci_low'], r['metric'], True)}, {number(r['ci_high'], r['metric'], True)}]"
+        facts = r["facts"]
+        diff = number(r["diff"], facts, signed=True)
+        ci = f"[{number(r['ci_low'], facts, True)}, {number(r['ci_high'], facts, True)}]"
         sig = r["p_holm"] < comp.alpha
         p_holm = _p(r["p_holm"], style)
         if sig:
             p_holm = {"md": f"**{p_holm}**", "tex": rf"\textbf{{{p_holm}}}", "html": f"<strong>{p_holm}</strong>"}[style]
         name = r["method"] if style != "html" else html.escape(r["method"])
-        records.append({"method": name, "task": task_label(r["task"]),
-                        "metric": column_label(r["task"], r["metric"]).removeprefix(task_label(r["task"]) + " "),
+        records.append({"method": name, "task": comp.run.display(r["task"]), "metric": metric_text(facts),
                         f"difference vs {comp.baseline}": diff, f"{int(round(100 * (1 - comp.alpha)))}% interval": ci,
                         "p": _p(r["p"], style), "p (Holm)": p_holm, "n": str(r["n"])})
     return pd.DataFrame(records)

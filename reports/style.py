@@ -3,20 +3,16 @@ tasks and metrics, and percentages for fractions.
 
 `method_colors(methods)` is computed once from the run's full method list (the starting
 model first) and passed to every figure, so a method keeps its colour whether or not it
-appears in a given panel. `column_label("gsm8k", "exact_match,strict-match")` gives
-"GSM8K exact match, strict (%)"; `value_text` writes a fraction as a percentage.
+appears in a given panel. Labels, units and percentages come from the facts each task
+declared for its metrics (core.facts, read from metrics.json by reports.rundata):
+`column_label("GSM8K", facts)` gives "GSM8K exact match, strict-match (%)"; `number`
+writes a fraction as a percentage. Nothing here knows a task or metric by name.
 """
 
 from __future__ import annotations
 
-import re
+from gsil_bench.core.facts import MetricFacts
 
-TASK_NAMES = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "humaneval_plus": "HumanEval+", "mbpp": "MBPP",
-              "mbpp_plus": "MBPP+", "mt_bench": "MT-Bench", "arc_challenge": "ARC-Challenge",
-              "hellaswag": "HellaSwag", "truthfulqa_mc2": "TruthfulQA", "mmlu": "MMLU", "winogrande": "Winogrande"}
-METRIC_WORDS = {"exact_match": "exact match", "acc_norm": "accuracy (norm.)", "acc": "accuracy",
-                "score": "score (1-10)", "strict-match": "strict", "flexible-extract": "flexible"}
-PERCENT = re.compile(r"^(pass@\d+|exact_match|acc|acc_norm|accuracy|mc1|mc2)(\b|[+,/_-])")
 BASE_COLOR = (0.0, 0.0, 0.0, 1.0)
 # Okabe-Ito (colour-blind safe) first, then tab20 for long method lists
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#999999"]
@@ -34,38 +30,26 @@ def method_colors(methods: list[str], base: str = "base") -> dict[str, str | tup
     return colors
 
 
-def task_label(task: str) -> str:
-    return TASK_NAMES.get(task, task)
+def metric_text(facts: MetricFacts) -> str:
+    """A metric's label with its unit: "exact match, strict-match (%)"."""
+    return facts.label + (" (%)" if facts.percent else "")
 
 
-def is_percent(metric: str) -> bool:
-    """Fractions of items (accuracy, exact match, pass@k) are shown as percentages."""
-    return bool(PERCENT.match(metric))
+def column_label(display: str, facts: MetricFacts) -> str:
+    """A table header / axis label: the task's display name, the metric's label and unit."""
+    return f"{display} {metric_text(facts)}"
 
 
-def metric_label(metric: str) -> str:
-    """"exact_match,strict-match" -> "exact match, strict"; "pass@1+" stays."""
-    parts = re.split(r"[,/]", metric)
-    words = [METRIC_WORDS.get(p, p.replace("_", " ")) for p in parts]
-    return ", ".join(words)
+def scale(facts: MetricFacts) -> float:
+    return 100.0 if facts.percent else 1.0
 
 
-def column_label(task: str, metric: str) -> str:
-    """A table header / axis label: task, metric and unit."""
-    unit = " (%)" if is_percent(metric) else ""
-    return f"{task_label(task)} {metric_label(metric)}{unit}"
-
-
-def scale(metric: str) -> float:
-    return 100.0 if is_percent(metric) else 1.0
-
-
-def number(v: float | None, metric: str, signed: bool = False) -> str:
+def number(v: float | None, facts: MetricFacts, signed: bool = False) -> str:
     """A value in the metric's display unit: percentages with one decimal, else 3 significant."""
     if v is None or v != v:
         return "–"
-    x = v * scale(metric)
-    if is_percent(metric):
+    x = v * scale(facts)
+    if facts.percent:
         return f"{x:+.1f}" if signed else f"{x:.1f}"
     spec = "+.3f" if signed else ".3f"
     return format(x, spec) if abs(x) < 10 else format(x, spec.replace("3", "2"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gsil_bench.core.facts import MetricFacts
 from gsil_bench.reports.rundata import BASE, EvalResult, RunData
 from gsil_bench.reports.stats import (
     Interval,
@@ -30,7 +31,7 @@ from gsil_bench.reports.stats import (
     paired_bootstrap,
     t_interval,
 )
-from gsil_bench.reports.style import column_label, number, task_label
+from gsil_bench.reports.style import column_label, number
 
 UP, DOWN = "▲", "▼"
 
@@ -40,6 +41,7 @@ class Cell:
     interval: Interval
     metric: str
     higher_is_better: bool = True  # the metric's direction, from metrics.json
+    facts: MetricFacts | None = None  # the metric's declared facts (label, percent, ...), from metrics.json
     vs_baseline: PairedDiff | None = None
     best: bool = False
 
@@ -76,6 +78,14 @@ class Comparison:
             if c == column:
                 return cell.metric
         return next((e.primary for e in self.run.evals if e.task == task), "")
+
+    def facts_of(self, column: str) -> MetricFacts:
+        """The declared facts of a column's metric (from the run's metrics.json files)."""
+        return self.run.facts(self.task_of(column), self.metric_of(column))
+
+    def label_of(self, column: str) -> str:
+        """'<task display name> <metric label> (<unit>)' for headers and axes."""
+        return column_label(self.run.display(self.task_of(column)), self.facts_of(column))
 
     def n_of(self, column: str) -> int:
         return max((c.interval.n for (_, _, col), c in self.cells.items() if col == column), default=0)
@@ -155,7 +165,8 @@ def build_comparison(run: RunData, *, baseline: str = "sft", n_boot: int = 2000,
             if not res or metric not in res[0].metrics.get("metrics", {}):
                 continue
             interval, items = aggregate(res, n_boot=n_boot, alpha=alpha, metric=metric)
-            cell = Cell(interval, metric, bool(res[0].metric(metric).get("higher_is_better", True)))
+            facts = res[0].facts(metric)
+            cell = Cell(interval, metric, facts.higher_is_better, facts)
             is_base_row = method == baseline and it == run.final_iteration(baseline)
             if not per_iteration and not is_base_row and items and base_items.get(col):
                 cell.vs_baseline = paired_bootstrap(base_items[col], items, n_boot=n_boot, alpha=alpha)
@@ -185,8 +196,8 @@ def _planned_iterations(run: RunData, method: str) -> int | None:
 def _cell_text(cell: Cell | None, style: str) -> str:
     if cell is None:
         return "–"
-    iv = cell.interval
-    value, ci = number(iv.value, cell.metric), f"[{number(iv.ci_low, cell.metric)}, {number(iv.ci_high, cell.metric)}]"
+    iv, facts = cell.interval, cell.facts or MetricFacts.from_json(None, cell.metric)
+    value, ci = number(iv.value, facts), f"[{number(iv.ci_low, facts)}, {number(iv.ci_high, facts)}]"
     mark = {1: UP, -1: DOWN}.get(cell.sign, "")
     if style == "md":
         v = f"**{value}**" if cell.best else value
@@ -207,7 +218,7 @@ def _cell_text(cell: Cell | None, style: str) -> str:
 
 def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = False) -> pd.DataFrame:
     """Formatted cells: index = row labels, columns = 'task (metric)'."""
-    cols = {c: column_label(comp.task_of(c), comp.metric_of(c)) for c in comp.columns}
+    cols = {c: comp.label_of(c) for c in comp.columns}
     data = {
         _row_label(comp, m, it, per_iteration): [_cell_text(comp.cells.get((m, it, c)), style) for c in comp.columns]
         for m, it in comp.rows
@@ -219,7 +230,7 @@ def comparison_frame(comp: Comparison, style: str = "md", per_iteration: bool = 
 
 def legend(comp: Comparison) -> str:
     seeds = sorted({c.interval.seeds for c in comp.cells.values()})
-    ns = ", ".join(f"{task_label(t)}: n={comp.n_of(t)}" for t in comp.columns if "/" not in t)
+    ns = ", ".join(f"{comp.run.display(t)}: n={comp.n_of(t)}" for t in comp.columns if "/" not in t)
     over = "examples" + (" and seeds (two-level bootstrap)" if max(seeds, default=1) > 1 else "")
     marks = (
         f"{UP}/{DOWN}: significantly better/worse than `{comp.baseline}` (paired bootstrap over items matched by id, "

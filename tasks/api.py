@@ -79,6 +79,16 @@ def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = 
             resolve_mode(cfg.code_sandbox)
         except SandboxUnavailable as err:
             out.append(Problem("eval.code_sandbox", str(err)))
+    if isinstance(cfg.num_fewshot, dict):  # per task: every key one of the tasks (ours or its lm-eval name)
+        known = set(names)
+        for n in names:
+            try:
+                known.add(getattr(make_task(n), "lm_task", n))
+            except TaskError:
+                continue  # reported above
+        unknown = [k for k in cfg.num_fewshot if k not in known]
+        if unknown:
+            out.append(Problem("eval.num_fewshot", f"{', '.join(unknown)}: not among the tasks ({', '.join(names)})"))
     if cfg.samples_per_task < 1:
         out.append(Problem("eval.samples_per_task", f"must be >= 1, got {cfg.samples_per_task}"))
     if cfg.limit is not None and cfg.limit < 1:

@@ -9,8 +9,8 @@ scores the outputs and aggregates per-item scores into metrics with 95% interval
 
 `run_task` drives one task into its folder `<out>/<task>/`: samples.jsonl (one line per
 item: id, prompt, output, extracted, reference, scores, plus task fields),
-metrics.json (task, model, primary, reported, metrics {name: value, ci_low, ci_high, n, stderr,
-ci_method}, config), provenance.json, then DONE last. A folder whose DONE records the
+metrics.json (task, model, primary, reported, display, about, metrics {name: value, ci_low, ci_high,
+n, stderr, ci_method, higher_is_better, facts (core.facts: label, glossary, percent, exact, tolerance)}, config), provenance.json, then DONE last. A folder whose DONE records the
 same evaluation key (model identity + task + limit + settings) and whose result files
 still match the digests DONE records is skipped; anything else is recomputed (a changed
 file with a warning), reusing the generation/judgment caches.
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from gsil_bench.core.config import hash_view
 from gsil_bench.core.errors import GsilError
+from gsil_bench.core.facts import MetricFacts, lookup, undeclared
 from gsil_bench.core.io import (
     append_jsonl,
     atomic_write_json,
@@ -91,6 +92,11 @@ class Task(Protocol):
     # True when the task applies `ctx.limit` itself (lm-eval does); else run_task cuts the documents
     applies_limit: bool
 
+    # Also declared by every task (tests/test_facts.py checks them; docs/extending.md), read with getattr:
+    # `display` (how reports name the task, "HumanEval+"), `about` (one sentence for the report's glossary),
+    # and the facts of each metric it writes: `METRICS: dict[str, MetricFacts]` (core.facts; a `family/part`
+    # metric takes its family's), or `metric_facts(name)` where the names are open-ended (lm-eval's, pass@k).
+
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]: ...
 
     def evaluate(self, docs: list[dict[str, Any]], ctx: EvalContext) -> TaskResult | list[Sample]: ...
@@ -109,10 +115,31 @@ def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
         cls.name = name
         cls.applies_limit = bool(getattr(cls, "applies_limit", False))
         cls.reported = tuple(getattr(cls, "reported", ()))
+        cls.display = getattr(cls, "display", None) or name
         TASKS.add(name, cls, **meta)
         return cls
 
     return deco
+
+
+def facts_of(task: Task, name: str, metric: Metric | None = None) -> MetricFacts:
+    """The facts `task` declares for its metric `name` (a warning and the defaults when it declares none)."""
+    hook = getattr(task, "metric_facts", None)
+    found = hook(name) if callable(hook) else lookup(getattr(task, "METRICS", {}), name)
+    if found is None:
+        log.warning("%s: metric %r has no declared facts (direction, tolerance, display; see docs/extending.md): "
+                    "reports show it with the defaults", task.name, name)
+        return undeclared(name, metric.higher_is_better if metric is not None else True)
+    return found
+
+
+def metrics_record(task: Task, metrics: dict[str, Metric]) -> dict[str, Any]:
+    """metrics.json's `metrics`: each value with its interval, direction and declared facts."""
+    out = {}
+    for name, m in metrics.items():
+        facts = facts_of(task, name, m)
+        out[name] = {**m.to_json(), "higher_is_better": facts.higher_is_better, "facts": facts.to_json()}
+    return out
 
 
 def _config_record(task: Task, ctx: EvalContext) -> dict[str, Any]:
@@ -135,8 +162,8 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     tmp.replace(folder / "samples.jsonl")
     metrics = {
         "task": task.name, "model": ctx.model, "primary": task.primary,
-        "reported": list(task.reported),
-        "metrics": {k: m.to_json() for k, m in result.metrics.items()},
+        "reported": list(task.reported), "display": getattr(task, "display", task.name),
+        "about": getattr(task, "about", ""), "metrics": metrics_record(task, result.metrics),
         "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
     }
     if not result.complete:

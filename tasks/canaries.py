@@ -24,6 +24,7 @@ import ast
 import logging
 from typing import Any, ClassVar
 
+from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
 from gsil_bench.tasks.code import Problem
 from gsil_bench.tasks.context import EvalContext
@@ -149,6 +150,13 @@ class ScorerCanaries:
     name: ClassVar[str]
     primary: ClassVar[str] = "agreement"
     reported: ClassVar[tuple[str, ...]] = ()
+    display: ClassVar[str] = "scorer canaries"
+    about: ClassVar[str] = ("fixed completions with known verdicts through the real code and GSM8K scorers; "
+                            "the model plays no part")
+    METRICS: ClassVar[dict[str, MetricFacts]] = {
+        "agreement": proportion("agreement with known verdicts", "share of canaries the scorers judge as "
+                                "expected; must stay 100%", tolerance=0.0, exact=True),
+    }
     applies_limit = True  # a fixed set: eval.limit does not apply
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import iter_jsonl_file
 from gsil_bench.tasks.base import Sample, TaskError, TaskResult
 from gsil_bench.tasks.context import EvalContext
@@ -120,6 +121,18 @@ class CodeTask:
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
         raise NotImplementedError
+
+    def metric_facts(self, name: str) -> MetricFacts | None:
+        """pass@k (`+`: the base and EvalPlus's extra tests; `-sampled`: pass@1 over the sampled completions)."""
+        m = re.fullmatch(r"pass@(\d+)(\+?)(-sampled)?", name)
+        if m is None:
+            return None
+        k, plus, sampled = int(m[1]), bool(m[2]), bool(m[3])
+        tests = "the base tests and EvalPlus's extra tests" if plus else "every test"
+        if k == 1 and not sampled:
+            return proportion(name, f"share of problems whose greedy completion passes {tests}")
+        return proportion(name, f"unbiased estimate (Chen et al., 2021) that one of {k} sampled completions "
+                                f"passes {tests}")
 
     def load(self, ctx: EvalContext) -> list[Problem]:
         return self.problems(ctx)

@@ -165,7 +165,7 @@ class EvalContext:
         if self.model_obj is None:
             import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
             log.info("loading %s on %s", self.model, device)
             self.model_obj, self.tokenizer = load_model(
                 self.model, revision=self.revision, dtype=pick_dtype("auto", device), device=device)

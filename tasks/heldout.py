@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
 from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
@@ -156,8 +157,22 @@ class HeldOutLikelihood:
     reported: ClassVar[tuple[str, ...]] = ("margin",)  # GSIL's classifier on held-out prompts
     applies_limit = False
 
+    METRICS: ClassVar[dict[str, MetricFacts]] = {
+        "logp_real": MetricFacts("log-prob of demonstrations (nats/token)", "mean token log-probability the model "
+                                 "gives the held-out demonstration, teacher-forced", tolerance=0.01),
+        "logp_gen": MetricFacts("log-prob of own answers (nats/token)", "mean token log-probability of the model's "
+                                "own greedy answer to the same prompt", tolerance=0.01),
+        "margin": MetricFacts("GSIL margin (nats)", "r(real) - r(generated), r = log pi_model - log pi_reference "
+                              "summed over the response: GSIL's classifier on held-out prompts", tolerance=0.5),
+        "accuracy": proportion("classifier accuracy", "share of held-out prompts with margin > 0"),
+    }
+    ABOUT = {"gsm8k": "GSM8K test questions with their worked solutions",
+             "mt_bench": "MT-Bench first turns with GPT-4's reference answers"}
+
     def __init__(self, name: str, source: str) -> None:
         self.name, self.source = name, source
+        self.display = f"held-out {'GSM8K' if source == 'gsm8k' else 'MT-Bench'}"
+        self.about = f"likelihood of held-out demonstrations: {self.ABOUT[source]}, no sampling, no judge"
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         if self.source == "gsm8k":

@@ -44,6 +44,9 @@ def _problem(row: dict[str, Any]) -> Problem:
 
 @register_task("humaneval", completions=True)
 class HumanEval(CodeTask):
+    display = "HumanEval"
+    about = "164 hand-written Python problems (OpenAI), scored by running their unit tests in the sandbox"
+
     def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "humaneval/HumanEval.jsonl", also=_package_copy(),
                          hub=("openai/openai_humaneval", None, "test"),
@@ -53,6 +56,8 @@ class HumanEval(CodeTask):
 
 @register_task("humaneval_plus", completions=True)
 class HumanEvalPlus(CodeTask):
+    display = "HumanEval+"
+    about = "HumanEval with EvalPlus's extra tests (80x more inputs), outputs checked against the canonical solution"
     plus = True
     dataset = "humaneval"
 

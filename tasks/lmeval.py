@@ -22,11 +22,14 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gsil_bench.core.facts import MetricFacts, proportion
+from gsil_bench.core.generation import AUTO_START
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
 from gsil_bench.core.registry import Registry, did_you_mean
@@ -129,7 +132,12 @@ def _hf_lm(ctx: EvalContext) -> Any:
 
     model, tok = ctx.hf()
     device = str(next(model.parameters()).device)
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=ctx.cfg.generation.batch_size, device=device)
+    # auto on a GPU: lm-eval's own search, from batch_size down, halving on CUDA's out-of-memory error; on a CPU
+    # batch_size as is (lm-eval probes with full-length sequences, and running out of host memory kills the process)
+    gen = ctx.cfg.generation
+    size: int | str = "auto" if gen.auto_batch_size and device.startswith("cuda") else gen.batch_size
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=size, max_batch_size=max(gen.batch_size, AUTO_START),
+                device=device)
 
 
 @LM_BACKENDS.register("openai")
@@ -156,6 +164,45 @@ def _vllm_lm(ctx: EvalContext) -> Any:
                              tensor_parallel_size=ctx.cfg.generation.tensor_parallel_size)
 
 
+# lm-eval's registered metrics (lm_eval/api/metrics.py) and their facts; a metric lm-eval reports that is not
+# here keeps lm-eval's own direction and is shown by its name
+LM_EVAL_METRICS: dict[str, MetricFacts] = {
+    "exact_match": proportion("exact match", "share of answers equal to the reference after the filter's extraction"),
+    "acc": proportion("accuracy", "share of items whose most likely choice (summed log-prob) is the correct one"),
+    "acc_norm": proportion("accuracy (length-normalised)", "share of items whose most likely choice, log-prob "
+                           "divided by the choice's length in bytes, is the correct one"),
+    "mc1": proportion("MC1", "share of questions whose most likely single answer is the true one"),
+    "mc2": proportion("MC2", "normalised probability mass the model puts on the true answers"),
+    "f1": proportion("F1", "token-overlap F1 between answer and reference"),
+}
+# display names of lm-eval tasks run under their own name (pass-through) or wrapped by a protocol
+LM_EVAL_DISPLAY = {"gsm8k": "GSM8K", "gsm8k_cot_zeroshot": "GSM8K (chat, 0-shot CoT)", "arc_challenge": "ARC-Challenge",
+                   "hellaswag": "HellaSwag", "truthfulqa_mc2": "TruthfulQA", "mmlu": "MMLU", "winogrande": "Winogrande",
+                   "gsm8k_v0.3": "GSM8K (lm-eval 0.3)", "gsm8k_v0.4.0": "GSM8K (lm-eval 0.4.0)"}
+
+
+def lm_eval_facts(name: str) -> MetricFacts | None:
+    """`metric/filter`, `leaf/metric/filter` or `subjects/metric/filter` -> lm-eval's metric facts, the
+    filter (unless lm-eval's `none`) and the subject mean in the label."""
+    parts = name.split("/")
+    at = next((i for i, p in enumerate(parts) if p in LM_EVAL_METRICS), None)
+    if at is None:
+        return None
+    facts = LM_EVAL_METRICS[parts[at]]
+    label = facts.label + "".join(f", {p}" for p in parts[at + 1:] if p != "none")
+    if parts[0] == "subjects":
+        return replace(facts, label=f"{label}, mean over subjects", glossary=f"unweighted mean over subjects of the {facts.glossary}")
+    return replace(facts, label=label)
+
+
+def fewshot_for(setting: int | dict[str, int] | None, name: str, lm_task: str) -> int | None:
+    """EvalConfig.num_fewshot for one task: one count for every task, or a per-task mapping (by our task
+    name or lm-eval's; a task it does not name keeps its own default)."""
+    if isinstance(setting, dict):
+        return setting.get(name, setting.get(lm_task))
+    return setting
+
+
 class LmEvalTask:
     """One lm-eval task (or group) under our name; `chat`: None = EvalConfig.lm_eval_chat_template."""
 
@@ -164,17 +211,23 @@ class LmEvalTask:
 
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
                  primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
-                 config: dict[str, Any] | None = None, subject_mean: str | None = None) -> None:
+                 config: dict[str, Any] | None = None, subject_mean: str | None = None, display: str | None = None,
+                 about: str | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
         self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
         self.config = config  # a whole lm-eval task config (a protocol's own task), instead of lm-eval's YAML
         self.subject_mean = subject_mean  # a group's metric ("acc/none"): also its unweighted mean over subtasks
+        self.display = display or LM_EVAL_DISPLAY.get(self.lm_task, name)
+        self.about = about or f"lm-evaluation-harness task {self.lm_task}, scored by lm-eval itself"
         self._spec: Any = None
 
     @property
     def primary(self) -> str:
         return self._primary or ""
+
+    def metric_facts(self, name: str) -> MetricFacts | None:
+        return lm_eval_facts(name)
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         if self.config is not None:
@@ -198,7 +251,7 @@ class LmEvalTask:
         cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ctx.identity())}"
         cache.parent.mkdir(parents=True, exist_ok=True)
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
-        fewshot = self.fewshot if self.fewshot is not None else ctx.cfg.num_fewshot
+        fewshot = self.fewshot if self.fewshot is not None else fewshot_for(ctx.cfg.num_fewshot, self.name, self.lm_task)
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
             gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,

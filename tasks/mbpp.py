@@ -42,6 +42,8 @@ def _entry_point(row: dict[str, Any]) -> str:
 
 @register_task("mbpp", completions=True)
 class Mbpp(CodeTask):
+    display = "MBPP"
+    about = "mostly basic Python problems (Google), scored by running their assert tests in the sandbox"
     dataset = "mbpp"
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
@@ -67,6 +69,8 @@ class Mbpp(CodeTask):
 
 @register_task("mbpp_plus", completions=True)
 class MbppPlus(CodeTask):
+    display = "MBPP+"
+    about = "MBPP's sanitised problems with EvalPlus's extra tests"
     plus = True
     dataset = "mbpp"
 

@@ -177,6 +177,9 @@ def eurus_completion(text: str) -> str:
 class HumanEvalGSIL(HumanEval):
     """HumanEval with the Eurus prompt, sampling and timeout; pass@1 of one sample at temperature 0.2."""
 
+    display = "HumanEval (GSIL protocol)"
+    about = "HumanEval as the GSIL paper scored it (Eurus scripts: prompt, one sample at temperature 0.2, timeout)"
+
     def problems(self, ctx: EvalContext) -> list[Problem]:
         probs = super().problems(ctx)
         for p in probs:  # execution.py:41-43: prompt + completion + "\n" + test + "\n" + check(entry_point)
@@ -238,6 +241,9 @@ CONVERSATIONS = {"zephyr": (zephyr_conversation, ["</s>"])}  # name -> (renderer
 @register_task("mt_bench_fastchat", protocol="mt_bench_fastchat")
 class MTBenchFastChat(MTBench):
     """MT-Bench with FastChat's per-category temperatures, answer length, conversation template and judge."""
+
+    display: ClassVar[str] = "MT-Bench (FastChat)"
+    about: ClassVar[str] = "MT-Bench with FastChat's per-category temperatures, 1024 tokens, conversation template and judge"
 
     primary: ClassVar[str] = "score"
 

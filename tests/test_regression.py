@@ -153,13 +153,20 @@ def test_practical_significance_float_level_changes_never_alarm(baseline, tmp_pa
 
 
 def test_tolerance_lookup_order():
-    from gsil_bench.reports.regression import FALLBACK_TOLERANCE, tolerance_for
+    """report.tolerance by task/metric, then by metric, then the tolerance the task declared (core.facts)."""
+    from gsil_bench.core.facts import DEFAULT_TOLERANCE, MetricFacts
+    from gsil_bench.reports.regression import tolerance_for
+    from gsil_bench.tasks.api import make_task
+    from gsil_bench.tasks.base import facts_of
 
-    assert tolerance_for("gsm8k", "exact_match/strict-match") == 0.02
-    assert tolerance_for("heldout_gsm8k", "logp_real") == 0.01
-    assert tolerance_for("heldout_gsm8k", "margin", {"margin": 2.0}) == 2.0
-    assert tolerance_for("heldout_gsm8k", "margin", {"margin": 2.0, "heldout_gsm8k/margin": 3.0}) == 3.0
-    assert tolerance_for("mystery", "thing") == FALLBACK_TOLERANCE
+    gsm8k, heldout = make_task("gsm8k"), make_task("heldout_gsm8k")
+    strict, margin = facts_of(gsm8k, "exact_match/strict-match"), facts_of(heldout, "margin")
+    assert tolerance_for("gsm8k", "exact_match/strict-match", strict) == 0.02
+    assert tolerance_for("heldout_gsm8k", "logp_real", facts_of(heldout, "logp_real")) == 0.01
+    assert tolerance_for("heldout_gsm8k", "margin", margin) == 0.5
+    assert tolerance_for("heldout_gsm8k", "margin", margin, {"margin": 2.0}) == 2.0
+    assert tolerance_for("heldout_gsm8k", "margin", margin, {"margin": 2.0, "heldout_gsm8k/margin": 3.0}) == 3.0
+    assert tolerance_for("mystery", "thing", MetricFacts.from_json(None, "thing")) == DEFAULT_TOLERANCE
 
 
 def _edit_curve(run_dir, method, iteration, step, key, value):

@@ -80,7 +80,7 @@ def test_markdown_latex_html_render(run_dir):
     md = tables.to_markdown(tables.comparison_frame(comp, "md"))
     assert md.count("\n") == 6 and "**" in md and tables.UP in md  # header, rule, 5 rows
     tex = tables.to_latex(tables.comparison_frame(comp, "tex"), "cap", "tab:x")
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{", r"MT-Bench score (1-10)", r"$^{\uparrow}$",
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{", r"MT-Bench judge score (1-10)", r"$^{\uparrow}$",
                   r"GSM8K exact match (\%)"):
         assert token in tex
     page = tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
@@ -146,7 +146,7 @@ def test_an_unscored_task_shows_a_dash(tmp_path):
     md = (write_report(root, n_boot=200).parent / "tables.md").read_text()
     table = md.split("\n\n")[2]
     rows = table.splitlines()[2:]
-    assert "MT-Bench score (1-10)" in table and len(rows) == 5
+    assert "MT-Bench judge score (1-10)" in table and len(rows) == 5
     assert all(row.split("|")[-2].strip() == "–" for row in rows)
 
 

@@ -16,6 +16,8 @@ from gsil_bench.reports import significance, tables
 from gsil_bench.reports.report import write_report
 from gsil_bench.reports.rundata import load_run
 from gsil_bench.reports.style import column_label, method_colors, number
+from gsil_bench.tasks.api import make_task
+from gsil_bench.tasks.base import facts_of
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_figures_come_as_300_dpi_png_pdf_and_svg_with_axis_labels(report):
         with Image.open(plots / f"{name}.png") as img:
             assert round(img.info["dpi"][0]) == 300
     svg = (plots / "iterations.svg").read_text()
-    for label in ("self-play iteration (0 = starting model)", "GSM8K exact match (%)", "MT-Bench score (1-10)"):
+    for label in ("self-play iteration (0 = starting model)", "GSM8K exact match (%)", "MT-Bench judge score (1-10)"):
         assert label in svg
     assert "GSIL member (convex function)" in (plots / "ablation.svg").read_text()
 
@@ -70,8 +72,9 @@ def test_tables_use_display_names_percentages_and_holm(report):
     assert f"**{100 * gsm.value:.1f}** [{100 * gsm.ci_low:.1f}, {100 * gsm.ci_high:.1f}]" in md
     assert "| GSM8K exact match (%)" in md and "## Differences against sft" in md and "p (Holm)" in md
     diff = next(r for r in rows if r["method"] == "gsil-logistic" and r["task"] == "gsm8k")
-    assert f"| {number(diff['diff'], 'exact_match', signed=True)} " in md
-    assert column_label("mbpp_plus", "pass@1+") == "MBPP+ pass@1+ (%)"
+    assert f"| {number(diff['diff'], diff['facts'], signed=True)} " in md and diff["facts"].percent
+    plus = make_task("mbpp_plus")  # labels and units as the task declares them (core.facts)
+    assert column_label(plus.display, facts_of(plus, "pass@1+")) == "MBPP+ pass@1+ (%)"
 
 
 def test_latex_caption_is_clean_and_seeds_are_integers(report):

@@ -11,7 +11,7 @@ from helpers import data_rows
 from gsil_bench.harness.cli import main
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
-METRIC_KEYS = {"value", "ci_low", "ci_high", "n", "stderr", "ci_method", "higher_is_better"}
+METRIC_KEYS = {"value", "ci_low", "ci_high", "n", "stderr", "ci_method", "higher_is_better", "facts"}
 SAMPLE_KEYS = {"id", "prompt", "output", "extracted", "reference", "scores"}
 
 
@@ -37,6 +37,7 @@ def test_three_tasks_end_to_end_on_the_embedded_model(tmp_path, data_dir, embedd
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["task"] == task and metrics["model"] == EMBEDDED and metrics["primary"] == primary
         assert primary in metrics["metrics"] and all(set(m) == METRIC_KEYS for m in metrics["metrics"].values())
+        assert all(m["facts"]["label"] and m["facts"]["glossary"] for m in metrics["metrics"].values())  # declared
         assert metrics["config"]["limit"] == 2 and metrics["config"]["eval"]["generation"]["max_new_tokens"] == 8
         samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
         assert len(samples) == 2 and all(SAMPLE_KEYS <= set(s) for s in samples)

@@ -294,8 +294,8 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
         if acc.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == plan.total or "eval/nll" in record):
             append_jsonl(run.folder / "metrics.jsonl", [record])
             log_step(run, record, plan.total, bar.to_log)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")  # before update: the line update may log shows this step's loss
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (step + 1) % t.save_every == 0 and step + 1 < plan.total:
             save_progress(run, tr, plan, info, started)
         kill_hook("step", step + 1, run.iteration)

@@ -4,6 +4,8 @@
         --limit 5 --judge http://127.0.0.1:8080/v1 --judge-model gpt-4
     gsil-bench eval --tasks humaneval --completions samples.jsonl
     gsil-bench eval --tasks arc_challenge shared.eval.num_fewshot=25 shared.eval.generation.max_new_tokens=64
+    gsil-bench eval --model my-org/my-model --tasks gsm8k,arc_challenge --batch_size auto \
+        --num_fewshot gsm8k=5,arc_challenge=25 --output_path out --log_samples      (lm-eval's flag names)
 
 Prints every metric with its 95% interval when done; results are in --output.
 """
@@ -22,6 +24,7 @@ from gsil_bench.core.config import DEFAULT_MODEL, EvalConfig
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import busy_ancestor
 from gsil_bench.harness.commands import add_overrides
+from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_overrides
 
 log = logging.getLogger(__name__)
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
@@ -42,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-empty", action="store_true",
                         help="exit 0 even when a task's primary metric has no value (shared.eval.allow_empty)")
     parser.add_argument("--config", default=None, help="experiment YAML: take its shared.eval block (and model)")
+    add_lm_eval_flags(parser)
     add_overrides(parser)
 
 
@@ -51,18 +55,19 @@ def _experiment(args: argparse.Namespace) -> Any:
     from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
     from gsil_bench.core.strict import apply_overrides, to_plain
 
+    overrides = list(args.overrides) + lm_eval_overrides(args)
     if args.config:
-        return load_experiment(args.config, args.overrides)
+        return load_experiment(args.config, overrides)
     exp = ExperimentConfig(name="eval", methods=[])
-    if args.overrides:
-        exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
+    if overrides:
+        exp = experiment_from_dict(apply_overrides(to_plain(exp), overrides), "command line", overrides)
     return replace(exp, shared=replace(exp.shared, model=args.model)) if args.model else exp
 
 
 def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, Any]:
     """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
-    `shared.eval.*`) and the flags; also the experiment's shared block (model, revision, data_dir).
-    With --config the settings are those `run` applies (tasks.api.experiment_eval)."""
+    `shared.eval.*`), lm-eval's flag names and the other flags; also the experiment's shared block (model,
+    revision, data_dir). With --config the settings are those `run` applies (tasks.api.experiment_eval)."""
     from gsil_bench.tasks.api import experiment_eval
 
     shared = _experiment(args).shared

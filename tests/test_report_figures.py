@@ -1,0 +1,189 @@
+"""The report's figures for the main job (configs/smoke.yaml: its ten methods, its tasks), on a run
+folder written in the documented formats with the facts the real tasks declare: display names
+and units on every axis, no raw task or metric names, one loss panel per loss family, iteration
+starts marked, tick labels that do not overprint, a glossary, and no absolute path in the page.
+Per-item scores are drawn from a seeded RNG: inputs to the report code, never a model's result."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import yaml
+
+from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
+from gsil_bench.reports import plots
+from gsil_bench.reports.report import FIGURES, write_report
+from gsil_bench.reports.rundata import load_run
+from gsil_bench.tasks.api import make_task
+from gsil_bench.tasks.base import facts_of
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+SELF_PLAY = ("spin", "gsil-")
+# each loss's value at the first step (sequence log ratios near 0, a = 0.01, b = 2, beta = 0.1): the scales differ
+START = {"sft": 1.4, "dpo": 0.69, "dpo-hinge": 1.0, "dpo-ipo": 25.0, "spin": 0.69, "gsil-logistic": 0.25,
+         "gsil-brier": 0.79, "gsil-hinge": 3.0, "gsil-kliep": 5.39, "gsil-lsif": -3.7}
+
+
+def _eval(folder: Path, task: str, values: dict[str, list[float]], primary: str, reported: list[str]) -> None:
+    declared = make_task(task)
+    n = len(next(iter(values.values())))
+    append_jsonl(folder / "samples.jsonl", [{"id": f"{task}-{i}", "prompt": "q", "output": "a", "extracted": "a",
+                                              "reference": "r", "scores": {k: v[i] for k, v in values.items()}}
+                                             for i in range(n)])
+    metrics = {}
+    for name, vals in values.items():
+        x = np.asarray(vals)
+        se = float(x.std(ddof=1) / math.sqrt(n))
+        f = facts_of(declared, name)
+        metrics[name] = {"value": float(x.mean()), "ci_low": float(x.mean() - 1.96 * se), "n": n, "stderr": se,
+                         "ci_high": float(x.mean() + 1.96 * se), "higher_is_better": f.higher_is_better,
+                         "facts": f.to_json()}
+    atomic_write_json(folder / "metrics.json", {"task": task, "model": "m", "primary": primary, "reported": reported,
+                                                "display": declared.display, "about": declared.about,
+                                                "metrics": metrics})
+    mark_done(folder)
+
+
+def _heldout(folder: Path, level: float, rng: np.random.Generator) -> None:
+    logp = list(rng.normal(-1.2 + level, 0.3, 16))
+    margin = list(rng.normal(10 * level, 2.0, 16))
+    _eval(folder, "heldout_gsm8k", {"logp_real": logp, "margin": margin, "accuracy": [float(m > 0) for m in margin]},
+          "logp_real", ["margin"])
+
+
+def _train(folder: Path, loss: str, iteration: int) -> None:
+    rows = []
+    for s in (1, 2):
+        row = {"step": s, "loss": START[loss] * (1 - 0.05 * (s + 2 * iteration)), "lr": 1e-5, "grad_norm": 1.0}
+        if loss != "sft":
+            row.update({"rewards/real": 0.01 * s, "rewards/generated": -0.01 * s, "rewards/accuracy": 0.5})
+        rows.append(row)
+    append_jsonl(folder / "metrics.jsonl", rows)
+    atomic_write_json(folder / "summary.json", {"method": loss, "loss": loss, "seed": 0, "iteration": iteration,
+                                                "steps": 2, "shared_hash": "h", "final": rows[-1]})
+    mark_done(folder)
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    rng = np.random.default_rng(0)
+    (root / "config.yaml").write_text(yaml.safe_dump({**SMOKE, "report": {**SMOKE.get("report", {}), "bootstrap": 200}}))
+    _heldout(root / "eval" / "base" / "iter-0" / "heldout_gsm8k", 0.0, rng)
+    _eval(root / "eval" / "base" / "iter-0" / "scorer_canaries", "scorer_canaries", {"agreement": [1.0] * 20},
+          "agreement", [])
+    for i, m in enumerate(SMOKE["methods"]):
+        loss = m["loss"]
+        for it in range(1, 3 if loss.startswith(SELF_PLAY) else 2):
+            _train(root / loss / "seed-0" / f"iter-{it}", loss, it)
+            _heldout(root / "eval" / loss / "seed-0" / f"iter-{it}" / "heldout_gsm8k", 0.02 * (i + it), rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(main_job) -> tuple[Path, list[str]]:
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("gsil_bench.reports.plots").addHandler(handler)
+    try:
+        page = write_report(main_job)
+    finally:
+        logging.getLogger("gsil_bench.reports.plots").removeHandler(handler)
+    return page, seen
+
+
+def _svg_text(path: Path) -> str:
+    return path.read_text()
+
+
+def test_every_figure_of_the_main_job_uses_display_names_and_units(report, main_job):
+    page, _ = report
+    plots_dir = main_job / "report" / "plots"
+    for fig in FIGURES:
+        assert (plots_dir / f"{fig.key}.png").is_file(), fig.key
+    iterations = _svg_text(plots_dir / "iterations.svg")
+    assert "held-out GSM8K log-prob of demonstrations (nats/token)" in iterations
+    assert "held-out GSM8K GSIL margin (nats)" in iterations
+    for svg in (plots_dir / f"{fig.key}.svg" for fig in FIGURES):
+        text = _svg_text(svg)
+        for raw in ("heldout_gsm8k", "logp_real", "scorer_canaries", "logp real"):  # a raw name, or one de-underscored
+            assert raw not in text, (svg.name, raw)
+
+
+def test_losses_of_each_family_get_their_own_axis_and_iterations_are_marked(report, main_job):
+    text = _svg_text(main_job / "report" / "plots" / "training.svg")
+    for family in ("sft", "dpo", "spin", "gsil"):
+        assert f"training loss: {family}" in text
+    assert "iter 2" in text  # the second self-play iteration's start, on the concatenated step axis
+    run = load_run(main_job)
+    curves, starts = plots._concatenated(run, run.methods)
+    self_play = [m["loss"] for m in SMOKE["methods"] if m["loss"].startswith(SELF_PLAY)]
+    assert starts == {m: {2.5: 2} for m in self_play}  # after iteration 1's two steps; sft and DPO have one
+    panels = plots._panels(run, curves)
+    gsil = next(shown for key, title, shown in panels if title == "training loss: gsil")
+    assert sorted(gsil) == sorted(m["loss"] for m in SMOKE["methods"] if m["loss"].startswith("gsil"))
+
+
+def test_no_figure_of_the_main_job_has_overprinted_ticks_or_unlabelled_panels(report):
+    _, problems = report
+    assert not [p for p in problems if "overlapping" in p or "missing" in p], problems
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22 item 6: empty panels (the scorer canaries, which only the starting "
+                                       "model has) are the 'sweeps' developer's change; remove this mark with it")
+def test_no_figure_of_the_main_job_has_an_empty_panel(report, main_job):
+    from gsil_bench.reports import tables
+
+    run = load_run(main_job)
+    comp = tables.build_comparison(run, baseline="sft", n_boot=100)
+    members = plots.family_members(run, "gsil")
+    for col in comp.columns:  # every ablation panel shows at least one member's bar
+        assert any((m, it, col) in comp.cells for m in members for it in (1, 2)), col
+
+
+def test_the_check_finds_what_a_reviewer_would(tmp_path):
+    """figure_problems on figures drawn wrong on purpose: symlog with the smallest curve's size as
+    linthresh (0.3, what the report used to choose) and matplotlib's default ticks prints 10^-1 on
+    top of 0; an empty panel; a panel with no labels. Our symlog axis on the same curves passes."""
+    curves = ([0.3, 0.25, 0.2], [25.0, 20.0, 15.0], [-0.5, -1.0, -2.0])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 2.4))
+    for y in curves:
+        a.plot([0, 1, 2], y)
+    a.set_yscale("symlog", linthresh=0.3)
+    a.set(title="loss", xlabel="step", ylabel="loss")
+    fig.savefig(tmp_path / "bad.png")
+    found = plots.figure_problems(fig)
+    assert "loss: overlapping y tick labels" in found
+    assert "untitled panel: empty panel" in found and "untitled panel: missing title or axis label" in found
+    plt.close(fig)
+    fig, a = plt.subplots(figsize=(4.2, 2.4))
+    for y in curves:
+        a.plot([0, 1, 2], y)
+    a.set(title="loss", xlabel="step", ylabel="loss")
+    plots._scale_for_spread(a)  # ours: a power-of-ten linthresh, no tick within a decade of 0
+    fig.savefig(tmp_path / "good.png")
+    assert a.get_yscale() == "symlog" and plots.figure_problems(fig) == []
+    plt.close(fig)
+
+
+def test_the_page_has_a_glossary_and_no_absolute_path(report, main_job):
+    page, _ = report
+    html = page.read_text()
+    assert str(main_job.resolve()) not in html and str(main_job) not in html
+    glossary = re.search(r'<table id="glossary".*?</table>', html, re.S).group(0)
+    assert "held-out GSM8K" in glossary and "GSIL margin (nats)" in glossary and "scorer canaries" in glossary
+    assert "mean token log-probability the model gives the held-out demonstration" in glossary
+    for fig in FIGURES:
+        assert f'id="{fig.key}-section"' in html
