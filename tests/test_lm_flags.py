@@ -33,14 +33,15 @@ def test_lm_eval_flags_become_our_settings(tmp_path):
         "--output_path", str(tmp_path / "out"), "--log_samples", "--apply_chat_template", "--revision", "v1.0",
         "--device", "cuda:1", "--gen_kwargs", "temperature=0.7,top_p=0.9,max_gen_toks=64,do_sample=True",
         "shared.eval.limit=3"])
-    cfg, _, _ = _eval_config(args)
+    cfg, shared = _eval_config(args)
     assert args.output == str(tmp_path / "out")
+    assert shared.model_revision == "v1.0"  # --revision pins the evaluated model (SharedConfig.pins)
     assert cfg.generation.auto_batch_size and cfg.generation.batch_size == 16  # from 64 on a GPU (core.generation)
     assert cfg.num_fewshot == {"gsm8k": 5, "arc_challenge": 25} and cfg.limit == 3
     assert cfg.lm_eval_chat_template and cfg.device == "cuda:1"
     assert cfg.lm_eval_gen_kwargs == "temperature=0.7,top_p=0.9,max_gen_toks=64,do_sample=True"
     assert (cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens) == (0.7, 0.9, 64)
-    cfg, _, _ = _eval_config(build_parser().parse_args(["eval", "--batch_size", "8", "--num_fewshot", "3"]))
+    cfg, _ = _eval_config(build_parser().parse_args(["eval", "--batch_size", "8", "--num_fewshot", "3"]))
     assert (cfg.generation.batch_size, cfg.generation.auto_batch_size, cfg.num_fewshot) == (8, False, 3)
 
 
@@ -129,13 +130,13 @@ def test_eval_with_lm_eval_flags_end_to_end(tmp_path, tiny_model_dir, data_dir, 
     batch size, its generation length, our output folder; the per-item samples are written."""
     out = tmp_path / "out"
     assert main(["eval", "--model", str(tiny_model_dir), "--tasks", "gsm8k", "--limit", "2", "--num_fewshot",
-                 "gsm8k=1,arc_challenge=25", "--batch_size", "auto", "--gen_kwargs", "max_gen_toks=8",
+                 "gsm8k=1", "--batch_size", "auto", "--gen_kwargs", "max_gen_toks=8",
                  "--output_path", str(out), "--log_samples", "--data-dir", str(data_dir)]) == 0
     import json
 
     rec = json.loads((out / "gsm8k" / "metrics.json").read_text())
     assert rec["lm_eval"]["n-shot"] == {"gsm8k": 1} and rec["n_items"] == 2
-    assert rec["config"]["eval"]["num_fewshot"] == {"gsm8k": 1, "arc_challenge": 25}
+    assert rec["config"]["eval"]["num_fewshot"] == {"gsm8k": 1}
     assert rec["config"]["eval"]["generation"]["auto_batch_size"] is True
     assert len((out / "gsm8k" / "samples.jsonl").read_text().splitlines()) == 2
     assert f"results: {out}" in capsys.readouterr().out
