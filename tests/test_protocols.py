@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_official import ZEPHYR_TEMPLATE
+from helpers import ZEPHYR_TEMPLATE
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.tasks.api import evaluate
