@@ -108,6 +108,9 @@ def make_accelerator(precision: str) -> Any:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
+    if precision == "bf16-weights" and acc.distributed_type.name != "DEEPSPEED":
+        log.warning("shared.train.precision bf16-weights without DeepSpeed: the optimizer steps the bf16 weights "
+                    "themselves, and updates below bf16's resolution are lost (docs/reproduction.md, Precision)")
     return acc
 
 
