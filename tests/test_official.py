@@ -81,6 +81,18 @@ def test_self_play_prompt_is_the_official_raw_text(tokenizer):
     assert text == "### Instruction: " + "Name a prime {above} 10." + "\n\n### Response: "  # first user turn, braces kept
     # a raw string goes to the model as is (no chat template); SPIN generate.py:40-46 tokenises with add_special_tokens=False
     assert render_prompt(tokenizer, text) == text
+    for name, wrong in WRONG_RAW_PROMPTS.items():
+        assert wrong(chat) != text, name
+
+
+# plausible wrong self-play prompts (each differs from the official text on the chat above)
+WRONG_RAW_PROMPTS = {
+    "last_user_turn": lambda chat: raw_prompt(SPIN_PROMPT_TEMPLATE, [m for m in chat if m["role"] == "user"][-1:]),
+    "str_format": lambda chat: "### Instruction: {prompt}\n\n### Response: ".format(
+        prompt=chat[0]["content"].format(above="above")),  # format() applied to the user text too
+    "no_trailing_space": lambda chat: raw_prompt(SPIN_PROMPT_TEMPLATE, chat).rstrip(),
+    "one_newline": lambda chat: raw_prompt("### Instruction: {prompt}\n### Response: ", chat),
+}
 
 
 def test_training_text_is_the_official_one(zephyr_tok):
@@ -94,6 +106,25 @@ def test_training_text_is_the_official_one(zephyr_tok):
     own = official_texts(zephyr_tok, [{"role": "system", "content": "Be brief."},
                                       {"role": "user", "content": "Hi"}], "Hello")[0]
     assert own == f"<|system|>\nBe brief.{eos}\n<|user|>\nHi{eos}\n<|assistant|>\n"
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    for name, wrong in WRONG_TRAINING_TEXTS.items():
+        assert wrong(zephyr_tok, chat, "4.") != (prompt, response), name
+
+
+def _render(tok, messages, gen=False):
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+
+
+# plausible wrong training texts: (prompt, response) built another way
+WRONG_TRAINING_TEXTS = {
+    "no_empty_system": lambda tok, chat, r: (_render(tok, chat, True), official_texts(tok, chat, r)[1]),
+    "prefix_kept": lambda tok, chat, r: (official_texts(tok, chat, r)[0],
+                                         _render(tok, [{"role": "assistant", "content": r}])),
+    "whole_conversation_split": lambda tok, chat, r: (
+        official_texts(tok, chat, r)[0],
+        _render(tok, [{"role": "system", "content": ""}, *chat, {"role": "assistant", "content": r}])[
+            len(official_texts(tok, chat, r)[0]) - 1:]),  # split one rendering at the prompt's length, off by one
+}
 
 
 CHAT = [{"role": "user", "content": "Explain photosynthesis to a child in two short sentences."}]
