@@ -370,3 +370,13 @@ def test_self_play_stores_the_official_response_and_ids(tmp_path, data_dir):
                                  pad_token_id=tok.eos_token_id)[0, len(ids):].tolist()
         decoded = tok.decode(out)  # GSIL generate.py:114 batch_decode: special tokens kept, so "</s>" shows
         assert rec["response"] == official_response(decoded, tok.eos_token) == gsil_response(decoded)
+
+
+def test_openai_backend_refuses_prompt_truncation():
+    """A server tokenises the text it gets: truncation to GSIL's 1024 tokens cannot be honoured, so it is refused."""
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import OpenAIGenerator
+
+    with pytest.raises(ValueError, match="max_prompt_tokens: the openai backend sends text"):
+        OpenAIGenerator(GenerationConfig(backend="openai", base_url="http://127.0.0.1:9", max_prompt_tokens=1024))
+    OpenAIGenerator(GenerationConfig(backend="openai", base_url="http://127.0.0.1:9"))  # no truncation: fine

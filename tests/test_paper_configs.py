@@ -1,5 +1,6 @@
 """Both paper configs pass the strict validation offline and carry the official values
-(uclaml/SPIN a12ba80, tengxiao1/GSIL bf269e0, alignment-handbook 925acdf; docs/reproduction.md)."""
+(uclaml/SPIN a12ba80, tengxiao1/GSIL bf269e0, alignment-handbook 95dc472 (DPO data split and recipe) and 925acdf;
+lm-sys/FastChat 0e6d3e4; docs/reproduction.md)."""
 
 from __future__ import annotations
 
