@@ -380,3 +380,29 @@ def test_openai_backend_refuses_prompt_truncation():
     with pytest.raises(ValueError, match="max_prompt_tokens: the openai backend sends text"):
         OpenAIGenerator(GenerationConfig(backend="openai", base_url="http://127.0.0.1:9", max_prompt_tokens=1024))
     OpenAIGenerator(GenerationConfig(backend="openai", base_url="http://127.0.0.1:9"))  # no truncation: fine
+
+
+@pytest.mark.slow  # a llama.cpp server and a 135M model on CPU
+def test_self_play_through_the_openai_backend_stores_the_official_response(tmp_path, llama_server):
+    """The post-processing holds on the server backend too: each stored response is the official post-processing
+    of what the server returns for the raw self-play prompt (the same request, asked again, is deterministic)."""
+    from helpers import make_cfg
+
+    from gsil_bench.core.config import GenerationConfig
+    from gsil_bench.core.generation import make_generator
+    from gsil_bench.core.io import read_jsonl
+    from gsil_bench.core.models import load_tokenizer
+    from gsil_bench.trainers.api import train_method
+    from gsil_bench.trainers.official import official_response
+
+    gen = {"backend": "openai", "base_url": llama_server, "api_model": "smollm2", "max_new_tokens": 8,
+           "prompt_template": SPIN_PROMPT_TEMPLATE}
+    cfg = make_cfg("embedded:smollm2-135m-instruct", [{"loss": "spin"}], generation=gen,
+                   train={"max_steps": 1, "batch_size": 1, "max_length": 256, "max_prompt_length": 192})
+    (res,) = train_method(cfg, "spin", 0, tmp_path / "run")
+    server = make_generator(GenerationConfig(**gen))
+    eos = load_tokenizer("embedded:smollm2-135m-instruct").eos_token
+    recs = read_jsonl(res.folder / "generations.jsonl")
+    for rec in recs:
+        (comp,) = server.generate([rec["prompt_text"]], seed=0)
+        assert rec["response"] == official_response(comp.text, eos) == rec["response"].lstrip()
