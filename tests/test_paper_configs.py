@@ -153,3 +153,13 @@ def test_paper_configs_hold_bf16_weights_and_truncate_as_their_generators(tmp_pa
     assert "without DeepSpeed" in caplog.text
     weights = load_file(next(res.checkpoint.glob("*.safetensors")))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_paper_zephyr_on_a_server_backend_fails_validation(data_dir):
+    """GSIL's 1024-token prompt cut cannot reach a server: the openai backend is refused before any work."""
+    from gsil_bench.core.strict import ConfigError
+
+    path = CONFIGS / "paper-zephyr.yaml"
+    cfg = load_experiment(path, ["shared.generation.backend=openai", "shared.generation.base_url=http://127.0.0.1:9/v1"])
+    with pytest.raises(ConfigError, match=r"shared.generation.max_prompt_tokens: the 'openai' backend sends text"):
+        validate(cfg, load_yaml(path)[1], data_dir=str(data_dir))
