@@ -144,7 +144,6 @@ def test_humaneval_gsil_generates_with_bos(tmp_path, data_dir, bos_model):
     assert gen.gen.bos == "tokenizer" and gen._settings()["bos"] == "tokenizer"
 
 
-@pytest.mark.slow  # ~25 s: two 1024-token answers
 def test_mt_bench_fastchat_generates_with_bos(tmp_path, data_dir, bos_model):
     ctx = _bos_eval_ctx(tmp_path, data_dir, bos_model, "mt")
     mt = TASKS.get("mt_bench_fastchat")()
