@@ -50,7 +50,7 @@ for _hub, _name, _dir, _splits in (
     ("allenai/winogrande", "winogrande_xl", "winogrande", ("train", "validation")),
 ):
     LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
-LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
+LM_BACKENDS: Registry[Callable[..., Any]] = Registry("lm-eval model backend")  # (ctx, add_bos) -> lm-eval LM
 
 
 def lm_eval_version() -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from gsil_bench.core.config import JudgeConfig
 from gsil_bench.tasks.base import TASKS, TaskError, TaskResult, register_task
@@ -222,7 +222,7 @@ FASTCHAT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "mat
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 FASTCHAT_MAX_NEW_TOKENS = 1024  # gen_model_answer.py:234-236
 FASTCHAT_JUDGE = {"temperature": 0.0, "max_tokens": 2048}  # common.py:167
-FASTCHAT_RATING_RULE = "fastchat"  # common.py:175-183: the first [[x]] match (else the first [x]) is the rating
+FASTCHAT_RATING_RULE: Literal["fastchat"] = "fastchat"  # common.py:175-183: the first [[x]] match (else the first [x]) is the rating
 FASTCHAT_BOS = "tokenizer"  # gen_model_answer.py:114: tokenizer([prompt]) adds the tokenizer's special tokens (BOS)
 
 
