@@ -87,7 +87,10 @@ class TrainConfig:
     max_steps: int | None = None  # cap on optimizer steps per iteration (null = no cap)
     max_length: int = 1024  # prompt + response tokens
     max_prompt_length: int = 512  # prompt tokens (left-truncated beyond this)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that supports it; fp16: autocast + loss scaling (V100, T4)
+    # auto: bf16 on a GPU that supports it; bf16: fp32 weights under bf16 autocast; bf16-weights: the models hold bf16
+    # weights as the official runs do (no fp32 master copy unless DeepSpeed keeps one; docs/reproduction.md);
+    # fp16: autocast + loss scaling (V100, T4)
+    precision: Literal["auto", "bf16", "bf16-weights", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
     logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
@@ -123,6 +126,11 @@ class GenerationConfig:
     max_retries: int = 3
     concurrency: int = 4  # simultaneous requests (server backends)
     tensor_parallel_size: int = 1  # backend "vllm": GPUs one model is split over (vLLM's tensor_parallel_size)
+    # backends hf, vllm: "never" tokenises prompts without special tokens (the official self-play generators); "tokenizer"
+    # with the tokenizer's own (BOS on Llama/Mistral tokenizers), as FastChat and vLLM on a string do (protocols set it)
+    bos: Literal["never", "tokenizer"] = "never"
+    # backends hf, vllm: cut prompts to this many tokens on the tokenizer's truncation side (GSIL: 1024); null = never
+    max_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -434,7 +442,8 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size"), (LoraConfig, "save_adapter"),
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
-                (EvalConfig, "device"), (GenerationConfig, "auto_batch_size")}
+                (EvalConfig, "device"), (GenerationConfig, "auto_batch_size"),
+                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed

@@ -63,6 +63,25 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: GenerationConfig) -> list[int]:
+    """The token ids the hf and vllm backends send for `prompt` (one function, so both send the same).
+
+    `cfg.bos`: "never" tokenises without special tokens, as the official self-play generators do (GSIL
+    gsil/generate.py:50-57, SPIN spin/generate.py:40-46); "tokenizer" with the tokenizer's own special tokens
+    (BOS on Llama/Mistral tokenizers), as FastChat (fastchat/llm_judge/gen_model_answer.py:114,
+    `tokenizer([prompt])`) and vLLM given a string (Eurus eval/Coding/human_eval/evaluate_human_eval.py:45) do.
+    A chat rendered by a template that already opens with BOS gets no second one (no official tool renders it).
+    `cfg.max_prompt_tokens`: the tokenizer's own truncation to that many tokens, on its `truncation_side`
+    (GSIL gsil/generate.py:52-55: max_length=1024, truncation=True; SPIN does not truncate, :44)."""
+    text = render_prompt(tokenizer, prompt)
+    special = cfg.bos == "tokenizer"
+    bos = getattr(tokenizer, "bos_token", None)
+    if special and not isinstance(prompt, str) and bos and text.startswith(bos):
+        special = False
+    cut: dict[str, Any] = {"truncation": True, "max_length": cfg.max_prompt_tokens} if cfg.max_prompt_tokens else {}
+    return list(tokenizer(text, add_special_tokens=special, **cut)["input_ids"])
+
+
 class HFGenerator:
     """Batched generation with a loaded Hugging Face model.
 
@@ -85,7 +104,7 @@ class HFGenerator:
         import torch
 
         tok, cfg = self.tok, self.cfg
-        ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = [prompt_ids(tok, p, cfg) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths batch together
         out: list[Completion | None] = [None] * len(ids)
         was_training = self.model.training
@@ -375,6 +394,9 @@ class OpenAIGenerator:
 
         if not cfg.base_url:
             raise ValueError("generation.base_url is required for backend 'openai'")
+        if cfg.max_prompt_tokens:
+            raise ValueError("generation.max_prompt_tokens: the openai backend sends text (the server tokenises); "
+                             "use backend hf or vllm, or max_prompt_tokens: null")
         self.cfg = cfg
         self.client = OpenAIClient(
             cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, max_retries=cfg.max_retries,
@@ -412,8 +434,14 @@ def _openai(cfg: GenerationConfig, *, model_name: str | None = None, **_: Any) -
     return OpenAIGenerator(cfg, model_name)
 
 
+def vllm_requests(tokenizer: Any, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[dict[str, list[int]]]:
+    """vLLM's prompts as token ids (`TokensPrompt`), the ids the hf backend sends: vLLM given a string would
+    tokenise it with special tokens (a BOS the official self-play generators do not add, GSIL gsil/generate.py:57)."""
+    return [{"prompt_token_ids": prompt_ids(tokenizer, p, cfg)} for p in prompts]
+
+
 class VLLMGenerator:
-    """In-process vLLM (optional extra)."""
+    """In-process vLLM (optional extra); prompts go as token ids (`vllm_requests`)."""
 
     def __init__(self, model_path: str, cfg: GenerationConfig, tokenizer: Any, revision: str | None = None) -> None:
         from vllm import LLM
@@ -432,7 +460,7 @@ class VLLMGenerator:
             max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
             stop=list(stop) if stop else None,
         )
-        outs = self.llm.generate([render_prompt(self.tok, p) for p in prompts], params)
+        outs = self.llm.generate(vllm_requests(self.tok, prompts, cfg), params)
         result = []
         for o in outs:
             c = o.outputs[0]

@@ -156,7 +156,7 @@ def pick_dtype(precision: str, device: str) -> Any:
     """'auto' -> bf16 on a CUDA device that supports it, else fp32."""
     import torch
 
-    if precision == "bf16":
+    if precision in ("bf16", "bf16-weights"):
         return torch.bfloat16
     if precision == "fp32":
         return torch.float32

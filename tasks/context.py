@@ -69,7 +69,12 @@ class CachedGenerator:
 
     def _settings(self) -> dict[str, Any]:
         g = self.gen
-        return {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p}
+        out: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p}
+        if g.bos != "never":  # the token ids sent change; left out at the default so older caches stay valid
+            out["bos"] = g.bos
+        if g.max_prompt_tokens:
+            out["max_prompt_tokens"] = g.max_prompt_tokens
+        return out
 
     def key(self, prompt: Prompt, stop: Sequence[str] | None, seed: int) -> str:
         return hash_obj({"model": self.identity, "prompt": prompt, "stop": list(stop or []), "seed": seed,

@@ -53,7 +53,7 @@ for _hub, _name, _dir, _splits in (
     ("allenai/winogrande", "winogrande_xl", "winogrande", ("train", "validation")),
 ):
     LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
-LM_BACKENDS: Registry[Callable[[Any], Any]] = Registry("lm-eval model backend")
+LM_BACKENDS: Registry[Callable[..., Any]] = Registry("lm-eval model backend")  # (ctx, add_bos) -> lm-eval LM
 LOGGED_ONCE = ("doc", "arguments", "resps")  # fields of lm-eval's per-filter sample records equal across its filters
 
 
@@ -127,7 +127,7 @@ def localize(cfg: dict[str, Any], lm_task: str, data_dir: Path | None) -> tuple[
 
 
 @LM_BACKENDS.register("hf")
-def _hf_lm(ctx: EvalContext) -> Any:
+def _hf_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     model, tok = ctx.hf()
@@ -137,11 +137,13 @@ def _hf_lm(ctx: EvalContext) -> Any:
     gen = ctx.cfg.generation
     size: int | str = "auto" if gen.auto_batch_size and device.startswith("cuda") else gen.batch_size
     return HFLM(pretrained=model, tokenizer=tok, batch_size=size, max_batch_size=max(gen.batch_size, AUTO_START),
-                device=device)
+                device=device, add_bos_token=add_bos)
 
 
 @LM_BACKENDS.register("openai")
-def _api_lm(ctx: EvalContext) -> Any:
+def _api_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
+    """The server tokenises the text it receives (llama.cpp adds BOS when the model's metadata says so): `add_bos`
+    cannot be forced here (docs/reproduction.md, fidelity table)."""
     from lm_eval.api.registry import get_model
 
     gen = ctx.cfg.generation
@@ -157,10 +159,11 @@ def _api_lm(ctx: EvalContext) -> Any:
 
 
 @LM_BACKENDS.register("vllm")
-def _vllm_lm(ctx: EvalContext) -> Any:
+def _vllm_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
     from lm_eval.api.registry import get_model
 
     return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto", revision=ctx.revision,
+                             add_bos_token=add_bos,
                              tensor_parallel_size=ctx.cfg.generation.tensor_parallel_size)
 
 
@@ -212,7 +215,7 @@ class LmEvalTask:
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
                  primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
                  config: dict[str, Any] | None = None, subject_mean: str | None = None, display: str | None = None,
-                 about: str | None = None) -> None:
+                 about: str | None = None, add_bos: bool | None = None) -> None:
         self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
         self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
@@ -220,6 +223,7 @@ class LmEvalTask:
         self.subject_mean = subject_mean  # a group's metric ("acc/none"): also its unweighted mean over subtasks
         self.display = display or LM_EVAL_DISPLAY.get(self.lm_task, name)
         self.about = about or f"lm-evaluation-harness task {self.lm_task}, scored by lm-eval itself"
+        self.add_bos = add_bos  # lm-eval's add_bos_token (None: lm-eval's default, the tokenizer's; a protocol fixes it)
         self._spec: Any = None
 
     @property
@@ -247,8 +251,9 @@ class LmEvalTask:
         from lm_eval.tasks import TaskManager
 
         chat = self.apply_chat(ctx)
-        lm = LM_BACKENDS.get(ctx.cfg.generation.backend)(ctx)
-        cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ctx.identity())}"
+        lm = LM_BACKENDS.get(ctx.cfg.generation.backend)(ctx, self.add_bos)
+        ident = ctx.identity() if self.add_bos is None else {**ctx.identity(), "add_bos_token": self.add_bos}
+        cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ident)}"  # lm-eval keys its cache by request text, not ids
         cache.parent.mkdir(parents=True, exist_ok=True)
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
         fewshot = self.fewshot if self.fewshot is not None else fewshot_for(ctx.cfg.num_fewshot, self.name, self.lm_task)
@@ -267,7 +272,7 @@ class LmEvalTask:
         if not self._primary:
             self._primary = next(iter(metrics), "")
         info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
-            "task": self.lm_task, "apply_chat_template": chat, "n-shot": out.get("n-shot"),
+            "task": self.lm_task, "apply_chat_template": chat, "add_bos_token": self.add_bos, "n-shot": out.get("n-shot"),
             "versions": out.get("versions"), "n-samples": out.get("n-samples"), "results": out.get("results"),
             "higher_is_better": out.get("higher_is_better"),
             "configs": out.get("configs")}}

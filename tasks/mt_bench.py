@@ -146,7 +146,7 @@ class MTBench:
             samples.append(Sample(str(d["question_id"]), d["turns"], [a1[i], a2[i]], ratings, d["reference"], scores,
                                   {"category": d["category"], "missing": 2 - len(parsed) - ambiguous,
                                    "ambiguous": ambiguous, "judgments": judgments}))
-        info = {"judge": records[0]["judge"], "judge_errors": len(errors), "rating_rule": ctx.cfg.judge.rating_rule}
+        info = {"judge": records[0]["judge"], "judge_errors": len(errors), "rating_rule": self.judge_config(ctx).rating_rule}
         if errors:
             log.warning("mt_bench: %d of %d judgments failed (first: %s)", len(errors), len(records), errors[0])
             info["judge_error"] = errors[0]

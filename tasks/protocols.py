@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from gsil_bench.core.config import JudgeConfig
 from gsil_bench.tasks.base import TASKS, TaskError, TaskResult, register_task
@@ -108,10 +108,17 @@ GSM8K_V040: dict[str, Any] = {
 }
 
 
+# Both harness versions the papers used tokenise every request of a causal LM without special tokens, so without
+# BOS (b281b09 lm_eval/models/huggingface.py:343-355 `add_special_tokens`; 46c7966 :610-626 `tok_encode` and
+# :628-642 `tok_batch_encode`); lm-eval 0.4.13 left alone follows the tokenizer, which adds BOS on zephyr's
+LEADERBOARD_ADD_BOS = False
+
+
 def _openllm(name: str, lm_task: str, yaml: str | None, fewshot: int, primary: str) -> None:
     mean = "acc/none" if primary.startswith("subjects/") else None
     TASKS.add(name, lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot,
-                                       subject_mean=mean), backend="lm-eval", protocol="open_llm_v1")
+                                       subject_mean=mean, add_bos=LEADERBOARD_ADD_BOS),
+              backend="lm-eval", protocol="open_llm_v1")
 
 
 for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
@@ -120,16 +127,18 @@ for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
 
 def _gsm8k_v03() -> LmEvalTask:
     return LmEvalTask("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
-                      config=GSM8K_V03)
+                      config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS)
 
 
 TASKS.add("openllm_gsm8k", _gsm8k_v03, backend="lm-eval", protocol="open_llm_v1")
 # SPIN's MMLU: lm-eval v0.4.0 weights a group's subtasks by size (lm_eval/evaluator.py:472-519 at 46c7966),
 # as 0.4.13's mmlu group does (weight_by_size: True)
 TASKS.add("openllm_mmlu_v040", lambda: LmEvalTask("openllm_mmlu_v040", "mmlu", chat=False, primary="mmlu/acc/none",
-                                                  fewshot=5), backend="lm-eval", protocol="open_llm_v1_spin")
+                                                  fewshot=5, add_bos=LEADERBOARD_ADD_BOS),
+          backend="lm-eval", protocol="open_llm_v1_spin")
 TASKS.add("openllm_gsm8k_v040", lambda: LmEvalTask("openllm_gsm8k_v040", "gsm8k_v0.4.0", chat=False,
-                                                   primary="exact_match/get-answer", fewshot=5, config=GSM8K_V040),
+                                                   primary="exact_match/get-answer", fewshot=5, config=GSM8K_V040,
+                                                   add_bos=LEADERBOARD_ADD_BOS),
           backend="lm-eval", protocol="open_llm_v1_spin")
 
 PROTOCOLS: dict[str, list[str]] = {
@@ -151,6 +160,7 @@ EURUS_INSTRUCTION = ("Write Python code to solve the task.\n"
 EURUS_PREFIX = " ```python\ndef"
 EURUS_SAMPLING = {"temperature": 0.2, "max_new_tokens": 1024, "top_p": 1.0}  # :23, :40-43 (vLLM top_p 1)
 EURUS_TIMEOUT = 3.0  # :99
+EURUS_BOS = "tokenizer"  # :45 llm.generate(question_list): vLLM tokenises each string with special tokens (BOS)
 
 
 def eurus_signature(prompt: str, entry_point: str) -> str:
@@ -194,7 +204,7 @@ class HumanEvalGSIL(HumanEval):
             return super().evaluate(docs, ctx)
         tok = ctx.get_tokenizer()
         prompts = [eurus_prompt(tok, p.prompt, p.entry_point) for p in docs]
-        gen = ctx.generator(**EURUS_SAMPLING)
+        gen = ctx.generator(**EURUS_SAMPLING, bos=EURUS_BOS)
         comps = gen.generate(prompts, stop=[tok.eos_token] if tok.eos_token else None, seed=0, desc=self.name)
         codes = [[p.prompt + eurus_completion(c.text)] for p, c in zip(docs, comps)]
         try:
@@ -215,6 +225,8 @@ FASTCHAT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "mat
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 FASTCHAT_MAX_NEW_TOKENS = 1024  # gen_model_answer.py:234-236
 FASTCHAT_JUDGE = {"temperature": 0.0, "max_tokens": 2048}  # common.py:167
+FASTCHAT_RATING_RULE: Literal["fastchat"] = "fastchat"  # common.py:175-183: the first [[x]] match (else the first [x]) is the rating
+FASTCHAT_BOS = "tokenizer"  # gen_model_answer.py:114: tokenizer([prompt]) adds the tokenizer's special tokens (BOS)
 
 
 def fastchat_temperature(category: str) -> float:
@@ -256,7 +268,7 @@ class MTBenchFastChat(MTBench):
 
     def judge_config(self, ctx: EvalContext) -> JudgeConfig:
         return replace(ctx.cfg.judge, temperature=FASTCHAT_JUDGE["temperature"],
-                       max_tokens=int(FASTCHAT_JUDGE["max_tokens"]))
+                       max_tokens=int(FASTCHAT_JUDGE["max_tokens"]), rating_rule=FASTCHAT_RATING_RULE)
 
     def _prompts(self, ctx: EvalContext, turns: list[list[tuple[str, str | None]]]) -> tuple[list[Any], list[str] | None]:
         name = ctx.cfg.fastchat_template
@@ -273,7 +285,7 @@ class MTBenchFastChat(MTBench):
         special = self._special_tokens(ctx)
         for temp in sorted({fastchat_temperature(d["category"]) for d in docs}):
             idx = [i for i, d in enumerate(docs) if fastchat_temperature(d["category"]) == temp]
-            gen = ctx.generator(temperature=temp, max_new_tokens=FASTCHAT_MAX_NEW_TOKENS)
+            gen = ctx.generator(temperature=temp, max_new_tokens=FASTCHAT_MAX_NEW_TOKENS, bos=FASTCHAT_BOS)
             first, stop = self._prompts(ctx, [[(docs[i]["turns"][0], None)] for i in idx])
             for i, c in zip(idx, gen.generate(first, stop=stop, seed=0, desc=f"{self.name} turn 1 (T={temp})")):
                 a1[i] = _clean(c.text, special)

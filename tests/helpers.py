@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: read data rows, write completions, the tiny training config."""
+"""Small helpers shared by tests: read data rows, write completions, the tiny training config, and a
+tokenizer that adds BOS (built offline) with zephyr's chat template."""
 
 from __future__ import annotations
 
@@ -49,3 +50,32 @@ def make_cfg(model, methods, **shared):
         "iterations": 1,
     }
     return experiment_from_dict({"name": "t", "methods": methods, "shared": _merge(base, shared)})
+
+
+# GSIL gsil/alignment/data.py:13 (alignment-handbook's zephyr template), copied verbatim
+ZEPHYR_TEMPLATE = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"  # noqa: E501
+
+
+def bos_tokenizer(*, truncation_side: str = "right", chat_template: str | None = ZEPHYR_TEMPLATE):
+    """A Llama-style tokenizer that ADDS a BOS token, as zephyr's (Mistral's) does: `<unk>` 0, `<s>` 1, `</s>` 2,
+    then byte-level BPE over the 256 bytes (a few merges, so tokens are not all single bytes); its post-processor
+    prepends `<s>` whenever special tokens are added (the tokenizer's default), and `</s>` in text is the EOS
+    token. zephyr's chat template. SmolLM2's tokenizer, the suite's usual one, adds no BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", truncation_side=truncation_side)
+    fast.chat_template = chat_template
+    return fast

@@ -1,5 +1,6 @@
 """Both paper configs pass the strict validation offline and carry the official values
-(uclaml/SPIN a12ba80, tengxiao1/GSIL bf269e0, alignment-handbook 925acdf; docs/reproduction.md)."""
+(uclaml/SPIN a12ba80, tengxiao1/GSIL bf269e0, alignment-handbook 95dc472 (DPO data split and recipe) and 925acdf;
+lm-sys/FastChat 0e6d3e4; docs/reproduction.md)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,78 @@ def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
                    "shared.generation.prompt_template='### {prompt}'"):
         changed = load_experiment(CONFIGS / "smoke.yaml", [change])
         assert shared_hash(changed) != shared_hash(cfg) and train_key(changed, "spin", 0) != train_key(cfg, "spin", 0)
+
+
+def _fastchat_rating(judgment: str) -> float:
+    """FastChat fastchat/llm_judge/common.py:36-37 and :175-183 (0e6d3e4), verbatim logic: the first [[x]], else
+    the first [x]; -1 when neither."""
+    import ast
+    import re
+
+    match = re.search(r"\[\[(\d+\.?\d*)\]\]", judgment) or re.search(r"\[(\d+\.?\d*)\]", judgment)
+    return ast.literal_eval(match.groups()[0]) if match else -1
+
+
+JUDGMENTS = ["Rating: [[7]]", "The answer quotes [[10]] but deserves [[3]].", "Score [8] then [[6]]", "no rating",
+             "[[7.5]] and [2]", "Rating: [5]"]
+
+
+@pytest.mark.parametrize("name", ["paper-zephyr", "paper-spin"])
+def test_paper_configs_rate_mt_bench_by_fastchats_rule(name):
+    """The configs do not set a rating rule: the mt_bench_fastchat protocol fixes FastChat's, so they inherit it."""
+    from gsil_bench.tasks.base import TASKS
+    from gsil_bench.tasks.context import EvalContext
+    from gsil_bench.tasks.judge import parse_judgment
+
+    cfg = load_experiment(CONFIGS / f"{name}.yaml")
+    assert "rating_rule" not in load_yaml(CONFIGS / f"{name}.yaml")[0]["shared"]["eval"]["judge"]
+    assert cfg.shared.eval.judge.rating_rule == "verdict"  # the user-level default ...
+    judge = TASKS.get("mt_bench_fastchat")().judge_config(EvalContext("m", cfg.shared.eval))
+    assert (judge.rating_rule, judge.temperature, judge.max_tokens) == ("fastchat", 0.0, 2048)  # ... the protocol's
+    want = [_fastchat_rating(j) for j in JUDGMENTS]
+    assert [parse_judgment(j, judge.rating_rule)[0] or -1 for j in JUDGMENTS] == want
+    # wrong rules: the verdict rule (several different ratings: not scored), the last match, [[x]] only
+    assert [parse_judgment(j, "verdict")[0] or -1 for j in JUDGMENTS] != want
+    import re
+    last = [float(m[-1]) if (m := re.findall(r"\[\[?(\d+\.?\d*)\]\]?", j)) else -1 for j in JUDGMENTS]
+    double_only = [float(m.group(1)) if (m := re.search(r"\[\[(\d+\.?\d*)\]\]", j)) else -1 for j in JUDGMENTS]
+    assert last != want and double_only != want
+
+
+def test_paper_configs_hold_bf16_weights_and_truncate_as_their_generators(tmp_path, caplog):
+    """Both configs hold bf16 weights (GSIL finetune.sh:20,26; SPIN config.yaml:15 under DeepSpeed's bf16 mode);
+    GSIL cuts self-play prompts to 1024 tokens (gsil/generate.py:52-55), SPIN does not (spin/generate.py:44).
+    A tiny run with bf16-weights holds bf16 weights in policy, reference and checkpoint; without DeepSpeed it
+    warns that no fp32 master copy is kept."""
+    import logging
+
+    import torch
+    from helpers import bos_tokenizer, make_cfg
+    from safetensors.torch import load_file
+
+    from gsil_bench.core.models import save_tiny_llama
+    from gsil_bench.trainers.api import precision_of, train_method
+    from gsil_bench.trainers.reference import weights_dtype
+
+    zephyr, spin = (load_experiment(CONFIGS / f"{n}.yaml") for n in ("paper-zephyr", "paper-spin"))
+    assert zephyr.shared.train.precision == spin.shared.train.precision == "bf16-weights"
+    assert (zephyr.shared.generation.max_prompt_tokens, spin.shared.generation.max_prompt_tokens) == (1024, None)
+    assert precision_of(zephyr) == "bf16-weights" and weights_dtype("bf16-weights") == torch.bfloat16
+    assert weights_dtype("bf16") == weights_dtype("fp32") == torch.float32  # autocast keeps fp32 weights
+    model_dir = save_tiny_llama(tmp_path / "model", bos_tokenizer())
+    cfg = make_cfg(model_dir, [{"loss": "spin"}], train={"max_steps": 1, "precision": "bf16-weights"})
+    with caplog.at_level(logging.WARNING, logger="gsil_bench.trainers.api"):
+        (res,) = train_method(cfg, "spin", 0, tmp_path / "run")
+    assert "without DeepSpeed" in caplog.text
+    weights = load_file(next(res.checkpoint.glob("*.safetensors")))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_paper_zephyr_on_a_server_backend_fails_validation(data_dir):
+    """GSIL's 1024-token prompt cut cannot reach a server: the openai backend is refused before any work."""
+    from gsil_bench.core.strict import ConfigError
+
+    path = CONFIGS / "paper-zephyr.yaml"
+    cfg = load_experiment(path, ["shared.generation.backend=openai", "shared.generation.base_url=http://127.0.0.1:9/v1"])
+    with pytest.raises(ConfigError, match=r"shared.generation.max_prompt_tokens: the 'openai' backend sends text"):
+        validate(cfg, load_yaml(path)[1], data_dir=str(data_dir))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_official import ZEPHYR_TEMPLATE
+from helpers import ZEPHYR_TEMPLATE, bos_tokenizer
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.tasks.api import evaluate
@@ -164,6 +164,31 @@ def test_gsm8k_v03_scoring_equals_the_old_harness(completion):
         assert bool(ours) == _v03_is_correct(completion, gold), (completion, gold)
 
 
+V03_COMPLETIONS = [" She sold 48 clips.\n#### 72", " #### 1,234", " #### 72.", " #### $72", " no answer", " #### -3",
+                   " ####72"]
+V03_GOLDS = ["Natalia sold 48/2 = 24 clips.\n#### 72", "So the total is\n#### 1234", "#### -3"]
+
+
+def _score_with(regexes, ignore_case, completion, gold, fallback="[invalid]"):
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    pred = list(RegexFilter(r"#### (\-?[0-9\.\,]+)", fallback=fallback).apply([[completion]], [{}]))[0][0]
+    return bool(exact_match_hf_evaluate([pred], [" " + gold], regexes_to_ignore=regexes, ignore_case=ignore_case,
+                                        ignore_punctuation=False)["exact_match"])
+
+
+def test_wrong_gsm8k_scorers_fail_the_v03_pin():
+    """lm-eval 0.4.13's own strict-match rule and two near misses are not b281b09's: each disagrees with the old
+    harness on some completion above, so the pin rules them out."""
+    wrong = {"lm_eval_0.4.13_strict": ([",", r"\$", r"(?s).*#### ", r"\.$"], False),
+             "trailing_dot_ignored": ([",", r"(?s).*#### ", r"\.$", r"^\s+", r"\s+$"], False),
+             "no_comma_removal": ([r"(?s).*#### ", r"^\s+", r"\s+$"], False)}
+    for name, (regexes, case) in wrong.items():
+        assert any(_score_with(regexes, case, c, g) != _v03_is_correct(c, g)
+                   for c in V03_COMPLETIONS for g in V03_GOLDS), name
+
+
 def test_gsm8k_v040_is_spins_yaml():
     """lm-eval v0.4.0 (46c7966, SPIN README.md:247) lm_eval/tasks/gsm8k/gsm8k.yaml, values copied from the file."""
     from gsil_bench.tasks.protocols import GSM8K_V040
@@ -176,6 +201,14 @@ def test_gsm8k_v040_is_spins_yaml():
         "Question: {{question}}\nAnswer:", "{{answer}}", 5)  # :10-11, :29
     task = TASKS.get("openllm_gsm8k_v040")()
     assert task.fewshot == 5 and task.primary == "exact_match/get-answer" and task.chat_pref is False
+    # the wrong file to follow: lm-eval 0.4.13's own gsm8k.yaml stops elsewhere and ignores a trailing "."
+    import yaml
+
+    from gsil_bench.tasks.lmeval import builtin_yaml
+
+    installed = yaml.safe_load(builtin_yaml("gsm8k/gsm8k.yaml").read_text())
+    assert installed["generation_kwargs"]["until"] != GSM8K_V040["generation_kwargs"]["until"]
+    assert installed["metric_list"][0]["regexes_to_ignore"] != GSM8K_V040["metric_list"][0]["regexes_to_ignore"]
 
 
 def test_gsm8k_v03_runs_through_lm_eval(tmp_path, data_dir, tiny_model, tokenizer):
@@ -196,6 +229,17 @@ def test_gsm8k_v03_runs_through_lm_eval(tmp_path, data_dir, tiny_model, tokenize
 HE_PROMPT = 'from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n    """ Check if any two numbers are closer than threshold.\n    >>> has_close_elements([1.0, 2.0], 0.5)\n    False\n    """\n'  # noqa: E501
 
 
+# plausible wrong HumanEval prompts (each differs from Eurus's text)
+WRONG_EURUS_PROMPTS = {
+    "no_forced_prefix": lambda tok: eurus_prompt(tok, HE_PROMPT, "has_close_elements").removesuffix(" ```python\ndef"),
+    "prefix_without_space": lambda tok: eurus_prompt(tok, HE_PROMPT, "has_close_elements").replace(
+        "\n ```python\ndef", "\n```python\ndef"),
+    "raw_prompt_no_chat": lambda tok: HE_PROMPT,
+    "signature_with_def": lambda tok: eurus_prompt(tok, HE_PROMPT, "has_close_elements").replace(
+        "`has_close_elements(", "`def has_close_elements("),
+}
+
+
 def test_humaneval_prompt_and_sampling_are_eurus(tokenizer):
     import copy
 
@@ -210,6 +254,8 @@ def test_humaneval_prompt_and_sampling_are_eurus(tokenizer):
             "the following problem: Present code in ```python```\n"
             "```python\n" + HE_PROMPT + "```\n" + eos + "\n<|assistant|>\n ```python\ndef")
     assert eurus_prompt(tok, HE_PROMPT, "has_close_elements") == want
+    for name, wrong in WRONG_EURUS_PROMPTS.items():
+        assert wrong(tok) != want, name
     assert EURUS_SAMPLING == {"temperature": 0.2, "max_new_tokens": 1024, "top_p": 1.0} and EURUS_TIMEOUT == 3.0
     assert eurus_completion(" f(x):\n    return 1\n```\nmore") == "def  f(x):\n    return 1\n"
 
@@ -250,8 +296,50 @@ def test_zephyr_conversation_is_fastchats():
     # conversation.py:2102-2112 (system_template "<|system|>\n{system_message}", roles <|user|>/<|assistant|>,
     # sep "</s>", CHATML) rendered by :195-205 with an empty system message
     assert zephyr_conversation([("Hi?", None)]) == "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\n"
-    assert zephyr_conversation([("Hi?", "Hello."), ("Bye?", None)]) == (
-        "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\nHello.</s>\n<|user|>\nBye?</s>\n<|assistant|>\n")
+    want = "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\nHello.</s>\n<|user|>\nBye?</s>\n<|assistant|>\n"
+    assert zephyr_conversation([("Hi?", "Hello."), ("Bye?", None)]) == want
+    turns = [("Hi?", "Hello."), ("Bye?", None)]
+    wrong = {  # plausible wrong renderings of the same turns
+        "no_system_turn": zephyr_conversation(turns).removeprefix("<|system|>\n</s>\n"),
+        "hf_template_no_system": _zephyr_hf(turns, system=False),
+        "sep_without_newline": zephyr_conversation(turns).replace("</s>\n", "</s>"),
+        "answer_stripped_of_sep": zephyr_conversation(turns).replace("Hello.</s>\n", "Hello.\n"),
+    }
+    for name, text in wrong.items():
+        assert text != want, name
+    assert _zephyr_hf(turns, system=True) == want  # the HF template with an empty system turn renders the same
+
+
+def _zephyr_hf(turns, *, system):
+    tok = bos_tokenizer()
+    msgs = ([{"role": "system", "content": ""}] if system else []) + [
+        m for q, a in turns for m in [{"role": "user", "content": q}] + ([{"role": "assistant", "content": a}] if a else [])]
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def _fastchat_clean(output, tokenizer):
+    """FastChat gen_model_answer.py:161-167 (0e6d3e4), verbatim logic."""
+    for special_token in tokenizer.special_tokens_map.values():
+        if isinstance(special_token, list):
+            for special_tok in special_token:
+                output = output.replace(special_tok, "")
+        else:
+            output = output.replace(special_token, "")
+    return output.strip()
+
+
+def test_mt_bench_answer_cleaning_is_fastchats():
+    from gsil_bench.tasks.protocols import _clean
+
+    tok = bos_tokenizer()
+    special = [v for x in tok.special_tokens_map.values() for v in (x if isinstance(x, list) else [x])]
+    raw = ["  Hello</s> ", "<s>\nA <unk>list:\n- one\n\n", "done", " a </s> b \t"]
+    want = [_fastchat_clean(t, tok) for t in raw]
+    assert [_clean(t, special) for t in raw] == want
+    wrong = {"strip_only": [t.strip() for t in raw], "eos_only": [t.replace("</s>", "").strip() for t in raw],
+             "lstrip": [_fastchat_clean(t, tok) + t[len(t.rstrip()):] for t in raw]}
+    for name, texts in wrong.items():
+        assert texts != want, name
 
 
 @pytest.mark.slow  # ~1 min: six 1024-token answers of the tiny model
@@ -275,5 +363,5 @@ def test_mt_bench_fastchat_answers_at_category_temperatures(tmp_path, data_dir, 
         for prompt in (zephyr_conversation([(d["turns"][0], None)]),
                        zephyr_conversation([(d["turns"][0], answer), (d["turns"][1], None)])):
             key = hash_obj({"model": ctx.identity(), "prompt": prompt, "stop": ["</s>"], "seed": 0,
-                            "gen": {"max_new_tokens": 1024, "temperature": temp, "top_p": 1.0}})
+                            "gen": {"max_new_tokens": 1024, "temperature": temp, "top_p": 1.0, "bos": "tokenizer"}})
             assert key in {r["key"] for r in recs}, (d["category"], prompt[:60])

@@ -84,7 +84,8 @@ def make_accelerator(precision: str) -> Any:
     # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
     # then becomes data parallel over gloo instead of N independent single-process runs.
     # Generation and reference scoring run before training: give collectives hours, not 30 min.
-    kwargs = {"mixed_precision": precision if precision in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
+    mixed = "bf16" if precision == "bf16-weights" else precision  # under DeepSpeed: its bf16 mode, fp32 master copy
+    kwargs = {"mixed_precision": mixed if mixed in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
               "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=12))]}
     try:
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
@@ -107,6 +108,9 @@ def make_accelerator(precision: str) -> Any:
         raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
+    if precision == "bf16-weights" and acc.distributed_type.name != "DEEPSPEED":
+        log.warning("shared.train.precision bf16-weights without DeepSpeed: the optimizer steps the bf16 weights "
+                    "themselves, and updates below bf16's resolution are lost (docs/reproduction.md, Precision)")
     return acc
 
 
@@ -119,12 +123,12 @@ def _cpu_launch_without_processes() -> bool:
 
 
 def precision_of(cfg: ExperimentConfig) -> str:
-    """The training precision the loop runs `cfg` at on this machine: fp16, bf16 or fp32."""
+    """The training precision the loop runs `cfg` at on this machine: fp16, bf16, bf16-weights or fp32."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.shared.train.precision == "fp16":
-        return "fp16"  # autocast + loss scaling (accelerate's GradScaler); checks.py requires CUDA
+    if cfg.shared.train.precision in ("fp16", "bf16-weights"):
+        return cfg.shared.train.precision  # fp16: autocast + loss scaling (accelerate's GradScaler); checks.py requires CUDA
     return "bf16" if pick_dtype(cfg.shared.train.precision, device) == torch.bfloat16 else "fp32"
 
 

@@ -71,4 +71,9 @@ def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> lis
         return [Problem("shared.generation.backend",
                         "'openai' serves one fixed model, but self-play iteration 2+ must generate with the "
                         "previous iteration's checkpoint; use backend 'hf' or 'vllm' (or shared.iterations: 1)")]
+    gen = cfg.shared.generation
+    if LOSSES.self_play(method.loss) and gen.backend == "openai" and gen.max_prompt_tokens:
+        return [Problem("shared.generation.max_prompt_tokens",
+                        "the 'openai' backend sends text (the server tokenises), so prompts cannot be cut to "
+                        f"{gen.max_prompt_tokens} tokens; use backend 'hf' or 'vllm', or max_prompt_tokens: null")]
     return []

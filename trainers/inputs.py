@@ -44,8 +44,16 @@ from gsil_bench.core.io import append_jsonl, atomic_write_text, hash_obj, is_don
 from gsil_bench.core.layout import RunLayout
 from gsil_bench.trainers.data import EncodedSeq, Example, TrainItem
 from gsil_bench.trainers.losses import Loss
-from gsil_bench.trainers.official import encode_with, fit, raw_prompt
-from gsil_bench.trainers.reference import RefLogps, free_model, load_causal_lm, load_ref, reference_logps, save_ref
+from gsil_bench.trainers.official import encode_with, fit, official_response, raw_prompt
+from gsil_bench.trainers.reference import (
+    RefLogps,
+    free_model,
+    load_causal_lm,
+    load_ref,
+    reference_logps,
+    save_ref,
+    weights_dtype,
+)
 from gsil_bench.trainers.state import kill_hook
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,7 @@ class MethodContext:
     examples: list[Example]  # demonstrations, or preference pairs (DPO on preference data)
     real: list[EncodedSeq]
     rejected: list[EncodedSeq] | None  # preference data: the rejected side
-    precision: str  # "bf16" or "fp32": how models run (part of cache keys)
+    precision: str  # "bf16", "bf16-weights", "fp16" or "fp32": how models run (part of cache keys)
     encoding: str = "chat"  # DataConfig.encoding of the data in use ("spin": pairs truncated together)
 
 
@@ -112,7 +120,8 @@ def main_locked(accelerator: Any, lock_path: Path) -> Iterator[None]:
 
 def _load_reference(ctx: MethodContext, name: str) -> Any:
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
-    return load_causal_lm(name, revision=revision, device=ctx.accelerator.device).eval()
+    return load_causal_lm(name, revision=revision, device=ctx.accelerator.device,
+                          dtype=weights_dtype(ctx.precision)).eval()
 
 
 def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_seed: int) -> None:
@@ -140,7 +149,8 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
                        for i in mine]
             comps = generator.generate(prompts, seed=gen_seed + (mine[0] if mine else 0),
                                        desc="self-play generation") if mine else []
-        recs = [{"index": i, "prompt": ctx.examples[i].prompt, "response": comp.text, "tokens": comp.tokens,
+        recs = [{"index": i, "prompt": ctx.examples[i].prompt, "response": _response(ctx, comp.text),
+                 "tokens": comp.tokens,
                  "finish_reason": comp.finish_reason, "real": ctx.examples[i].response,
                  **({"prompt_text": text} if template is not None else {})}
                 for i, comp, text in zip(mine, comps, prompts)]
@@ -149,6 +159,15 @@ def _generate(ctx: MethodContext, model: Any, reference: str, work: Path, gen_se
             append_jsonl(partial, recs)
         written += len(recs)
         kill_hook("generated", written)
+
+
+def _response(ctx: MethodContext, text: str) -> str:
+    """The stored response: on the official self-play prompt (generation.prompt_template), the official
+    post-processing (EOS text dropped, left-stripped: trainers.official.official_response), whatever the
+    backend; the chat-template path keeps the text as decoded."""
+    if ctx.cfg.shared.generation.prompt_template is None:
+        return text
+    return official_response(text, ctx.tokenizer.eos_token)
 
 
 def _encode_generated(ctx: MethodContext, records: list[dict[str, Any]]) -> list[EncodedSeq]:
@@ -249,6 +268,7 @@ def inputs_key(ctx: MethodContext, reference: str, generate: bool, history: list
         "precision": ctx.precision, "real": tokens_digest(ctx.real),
         "rejected": tokens_digest(ctx.rejected) if ctx.rejected is not None else None,
         "generation": gen, "seed": ctx.seed if sampled else None,
+        **({"response": "official_response"} if generate and s.generation.prompt_template is not None else {}),
         **({"history": [sha256_file(f) for f in history]} if history else {}),
         **({"encoding": ctx.encoding, "lengths": [ctx.cfg.shared.train.max_prompt_length,
                                                   ctx.cfg.shared.train.max_length]} if ctx.encoding != "chat" else {}),

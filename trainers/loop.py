@@ -50,7 +50,7 @@ from gsil_bench.trainers.inputs import MethodContext
 from gsil_bench.trainers.logprobs import LogpsModule, batch_logps
 from gsil_bench.trainers.losses import LossInputs
 from gsil_bench.trainers.publish import write_model_card
-from gsil_bench.trainers.reference import RefLogps, load_causal_lm
+from gsil_bench.trainers.reference import RefLogps, load_causal_lm, weights_dtype
 from gsil_bench.trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
 from gsil_bench.trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
 
@@ -120,10 +120,11 @@ def enable_checkpointing(model: Any) -> None:
 
 
 def load_policy(name: str, ctx: Any, device: Any = None) -> Any:
-    """The trainable policy: fp32 weights, optional gradient checkpointing and LoRA."""
+    """The trainable policy: fp32 weights (bf16 with precision bf16-weights), optional gradient checkpointing and LoRA."""
     t = ctx.cfg.shared.train
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
-    model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device if device is None else device)
+    model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device if device is None else device,
+                           dtype=weights_dtype(ctx.precision))
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_checkpointing(model)

@@ -17,6 +17,9 @@ uclaml/SPIN a12ba808a51c23bb98c7cc892d261e9c2f71ff8e and tengxiao1/GSIL bf269e0c
 - Tokens (SPIN spin/alignment/utils.py, GSIL gsil/alignment/utils.py:69-100): prompt and response tokenised
   separately without special tokens; every EOS token inside them gets attention mask 0 (still a label in
   the response); one EOS is appended to the response with attention 1.
+- Self-play response (GSIL gsil/generate.py:119, SPIN spin/generate.py:106 and spin/generate_vllm.py:70):
+  `r.replace("</s>", "").lstrip()` on the decoded text: the EOS text (zephyr's "</s>") removed wherever it
+  occurs, then leading whitespace stripped (`official_response`: self-play on this prompt, every backend).
 - Truncation (GSIL gsil/alignment/utils.py:102-120, "keep_end"): only when prompt + the LONGER of the two
   responses exceeds max_length is the prompt cut to its last max_prompt_length tokens; if still too long,
   both responses are cut to max_length - max_prompt_length tokens.
@@ -36,6 +39,12 @@ from gsil_bench.trainers.data import Chat, DataError, EncodedSeq, Example, encod
 SPIN_PROMPT_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
 # SPIN spin/run_spin.py:30, GSIL gsil/run_gsil.py:92: apply_chat_template_spin(..., assistant_prefix=...)
 ASSISTANT_PREFIX = "<|assistant|>\n"
+
+
+def official_response(text: str, eos_text: str | None) -> str:
+    """The stored self-play response: GSIL gsil/generate.py:119 (SPIN spin/generate.py:106, generate_vllm.py:70)
+    `r.replace("</s>", "").lstrip()`, with the tokenizer's EOS text for zephyr's "</s>"."""
+    return (text.replace(eos_text, "") if eos_text else text).lstrip()
 
 
 def first_user(prompt: Chat) -> str:

@@ -94,14 +94,20 @@ def load_ref(path: str | Path, key: str | None = None) -> RefLogps:
     return ref
 
 
-def load_causal_lm(name: str, *, revision: str | None, device: Any) -> Any:
-    """A causal LM in fp32 on `device` (mixed precision comes from autocast), without
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype models hold their weights in: bf16 for precision "bf16-weights" (as the official runs load them,
+    GSIL scripts/finetune.sh:20 and gsil/generate.py:82), else fp32 (mixed precision comes from autocast)."""
+    return torch.bfloat16 if precision == "bf16-weights" else torch.float32
+
+
+def load_causal_lm(name: str, *, revision: str | None, device: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """A causal LM in `dtype` (fp32 by default: mixed precision comes from autocast) on `device`, without
     reloading its tokenizer (trainers.api loads that once per method)."""
     from transformers import AutoModelForCausalLM
 
     try:
         check_weights(resolve(name))
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=dtype)
     except OSError as err:
         raise ModelError(f"model {name!r}: cannot load ({err})") from None
     return model.to(device)
