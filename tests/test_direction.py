@@ -145,10 +145,13 @@ def test_sft_step1_loss_is_the_starting_models_nll(all_methods_run, start_model,
     examples = load_examples(cfg.shared.train_data, data_dir)
     first = read_jsonl(results["sft"][0].folder / "metrics.jsonl")[0]
     batch = [examples[i] for i in step_indices(len(examples), 2, 0, 1, 0, 2)]
-    assert first["loss"] == pytest.approx(_nll_per_token(start_model, tokenizer, batch), rel=1e-4)
+    want = _nll_per_token(start_model, tokenizer, batch)
+    assert first["loss"] == pytest.approx(want, rel=1e-4), (
+        f"SFT's step-1 loss {first['loss']:.6f} is not the starting model's token-mean NLL {want:.6f} of step 1's "
+        "demonstrations in the chat template, EOS included: the trainer trains on another text")
     trained = _load(results["sft"][0].checkpoint)
     before, after = _nll_per_token(start_model, tokenizer, examples), _nll_per_token(trained, tokenizer, examples)
-    assert after < before - 0.01, (before, after)
+    assert after < before - 0.01, f"SFT did not lower the demonstrations' NLL: {before:.4f} before, {after:.4f} after"
 
 
 @pytest.mark.parametrize("label", PAIRWISE)
