@@ -66,4 +66,4 @@ def load(folder: str | Path):
     """A checkpoint folder as a float32 causal LM in eval mode (transformers directly)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()

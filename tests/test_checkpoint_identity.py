@@ -46,17 +46,17 @@ def identity_experiment(model_dir: Path) -> dict:
     }
 
 
-def expected_logps(model_dir: Path, tokenizer, data_dir: Path) -> list[float]:
-    """The summed log-prob of each held-out GSM8K solution (first LIMIT test rows) under `model_dir`."""
+def expected_logps(model_dir: Path, tokenizer, data_dir: Path, limit: int = LIMIT) -> list[float]:
+    """The summed log-prob of each held-out GSM8K solution (the first `limit` test rows) under `model_dir`."""
     model = load(model_dir)
     out = []
-    for row in read_jsonl(data_dir / "gsm8k" / "test.jsonl")[:LIMIT]:
+    for row in read_jsonl(data_dir / "gsm8k" / "test.jsonl")[:limit]:
         ids, start = chat_sequence(tokenizer, [{"role": "user", "content": row["question"]}], row["answer"])
         out.append(response_logp(model, ids, start))
     return out
 
 
-def _close(a: list[float], b: list[float]) -> bool:
+def close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in zip(a, b))
 
 
@@ -68,8 +68,8 @@ def check_scored_by(task_dir: Path, own: str, expected: dict[str, list[float]], 
     assert got == prints[own], (f"{task_dir}: scored the weights of {named or 'no known checkpoint'} "
                                 f"(fingerprint {got}), not those of {own}")
     logps = [s["sum_logp_real"] for s in read_jsonl(task_dir / "samples.jsonl")]
-    if not _close(logps, expected[own]):
-        like = [k for k, v in expected.items() if _close(logps, v)]
+    if not close(logps, expected[own]):
+        like = [k for k, v in expected.items() if close(logps, v)]
         pytest.fail(f"{task_dir}: per-item log-probs {logps} are not {own}'s {expected[own]} "
                     f"(they are {like or 'no checkpoint'}'s): the evaluation scored another model")
 
@@ -82,7 +82,7 @@ def test_each_checkpoint_is_scored_by_its_own_weights_in_one_process(tmp_path, t
                "dpo": root / "dpo" / "seed-0" / "iter-1" / "checkpoint"}
     prints = {k: weights_fingerprint(load(f)) for k, f in folders.items()}
     expected = {k: expected_logps(f, tokenizer, data_dir) for k, f in folders.items()}
-    assert len(set(prints.values())) == 3, f"the checkpoints have equal weights: {prints}"
+    assert len(set(prints.values())) == 3, f"checkpoints with identical weights (training saved its start?): {prints}"
     for a in expected:  # on every item the three checkpoints give different log-probs: the check can tell
         for b in expected:
             assert a == b or all(abs(x - y) > 1e-2 for x, y in zip(expected[a], expected[b])), (a, b, expected)
