@@ -20,7 +20,6 @@ import torch
 from helpers import ALL_METHODS, make_cfg
 from independent import chat_sequence, load, response_logp
 
-import gsil_bench.trainers.loop as loop
 from gsil_bench.core.io import read_json, read_jsonl
 from gsil_bench.trainers.api import train_method
 from gsil_bench.trainers.data import load_examples
@@ -166,26 +165,6 @@ def test_training_raises_real_over_generated(all_methods_run, start_model, token
     assert margin > 0.05, margin
 
 
-@pytest.fixture(scope="module")
-def two_iterations(tiny_model_dir, tmp_path_factory):
-    """GSIL (a = 0.5, b = 0), two self-play iterations of 2 steps each; the policy's weights as each
-    iteration's loop received them (before its first step), observed by wrapping trainers.loop.prepare:
-    (results, {iteration: state dict})."""
-    cfg = make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}], iterations=2)
-    starts: dict[int, dict[str, torch.Tensor]] = {}
-    real_prepare = loop.prepare
-
-    def observed(run, plan):
-        tr = real_prepare(run, plan)
-        starts[run.iteration] = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
-        return tr
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "prepare", observed)
-        results = train_method(cfg, "gsil-logistic", 0, tmp_path_factory.mktemp("two-iter") / "run")
-    return results, starts
-
-
 def _same_weights(state: dict[str, torch.Tensor], folder) -> bool:
     """`state` holds exactly the weights saved in `folder` (every saved tensor equal)."""
     from safetensors.torch import load_file
@@ -194,10 +173,10 @@ def _same_weights(state: dict[str, torch.Tensor], folder) -> bool:
     return all(k in state and torch.equal(state[k], v) for k, v in saved.items())
 
 
-def test_iteration2_starts_at_iteration1_weights(two_iterations, tiny_model_dir):
+def test_iteration2_starts_at_iteration1_weights(two_gsil_iterations, tiny_model_dir):
     """The policy iteration 2 trains is iteration 1's saved checkpoint, not the starting model
     (and iteration 1's is the starting model)."""
-    (first, _), starts = two_iterations
+    (first, _), starts = two_gsil_iterations
     assert _same_weights(starts[1], tiny_model_dir), "iteration 1 did not start from the starting model"
     assert not _same_weights(starts[2], tiny_model_dir), \
         "iteration 2 started from the base model, not iteration 1's checkpoint"
@@ -205,11 +184,11 @@ def test_iteration2_starts_at_iteration1_weights(two_iterations, tiny_model_dir)
         "iteration 2 did not start from iteration 1's saved checkpoint"
 
 
-def test_reference_of_iteration_k_is_iteration_k_minus_1(two_iterations, tiny_model_dir, start_model, tokenizer):
+def test_reference_of_iteration_k_is_iteration_k_minus_1(two_gsil_iterations, tiny_model_dir, start_model, tokenizer):
     """The reference log-probs iteration k trains against (ref_logps.pt, real and generated) are
     those of iteration k-1's weights, computed independently: the starting model for k = 1,
     iteration 1's checkpoint (and not the starting model) for k = 2."""
-    (first, second), _ = two_iterations
+    (first, second), _ = two_gsil_iterations
     for res, ref_model, name in ((first, start_model, "the starting model"),
                                  (second, load(first.checkpoint), "iteration 1's checkpoint")):
         saved = torch.load(res.folder / "ref_logps.pt", weights_only=True)
@@ -224,10 +203,10 @@ def test_reference_of_iteration_k_is_iteration_k_minus_1(two_iterations, tiny_mo
                 f"iteration {res.iteration}'s reference log-probs ({side}) {got} are not those of {name} {want}"
 
 
-def test_policy_equals_reference_at_each_iteration_start_and_differs_after_one_step(two_iterations):
+def test_policy_equals_reference_at_each_iteration_start_and_differs_after_one_step(two_gsil_iterations):
     """Every iteration's first step sees log ratios 0 (policy = reference, up to rounding: the
     rewards are mean log ratios); after one optimizer step they are not 0 (the reference is frozen)."""
-    results, _ = two_iterations
+    results, _ = two_gsil_iterations
     for res in results:
         steps = read_jsonl(res.folder / "metrics.jsonl")
         assert len(steps) >= 2
@@ -240,9 +219,9 @@ def test_policy_equals_reference_at_each_iteration_start_and_differs_after_one_s
             "the reference moves with the policy (no frozen reference)")
 
 
-def test_iteration2_raises_real_over_generated(two_iterations, tokenizer):
+def test_iteration2_raises_real_over_generated(two_gsil_iterations, tokenizer):
     """Iteration 2 raises r(real) - r(generated) relative to its reference, iteration 1's checkpoint."""
-    (first, second), _ = two_iterations
+    (first, second), _ = two_gsil_iterations
     gens = read_jsonl(second.folder / "generations.jsonl")
     pairs = [(g["prompt"], g["real"], g["response"]) for g in gens]
     assert _margin(load(first.checkpoint), load(second.checkpoint), tokenizer, pairs) > 0.05
