@@ -39,7 +39,7 @@ from gsil_bench.core.io import (
 )
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.registry import Registry
-from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.context import EvalContext, weights_fingerprint
 from gsil_bench.tasks.stats import Metric
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
         "about": getattr(task, "about", ""), "metrics": metrics_record(task, result.metrics),
         "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
     }
+    if ctx.model_obj is not None:  # the weights actually scored (a model served from the wrong place shows here)
+        metrics["weights_fingerprint"] = weights_fingerprint(ctx.model_obj)
     if not result.complete:
         metrics["incomplete"] = True
     atomic_write_json(folder / "metrics.json", metrics)

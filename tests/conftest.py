@@ -64,6 +64,31 @@ def all_methods_run(tiny_model_dir, data_dir, tmp_path_factory):
     return cfg, run, {m.label: train_method(cfg, m.label, 0, run) for m in cfg.methods}
 
 
+@pytest.fixture(scope="session")
+def two_gsil_iterations(tiny_model_dir, tmp_path_factory):
+    """GSIL (a = 0.5, b = 0), two self-play iterations of 2 steps each; the policy's weights as each
+    iteration's loop received them (before its first step), observed by wrapping trainers.loop.prepare:
+    (results, {iteration: state dict})."""
+    from helpers import make_cfg
+
+    import gsil_bench.trainers.loop as loop
+    from gsil_bench.trainers.api import train_method
+
+    cfg = make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}], iterations=2)
+    starts: dict[int, dict] = {}
+    real_prepare = loop.prepare
+
+    def observed(run, plan):
+        tr = real_prepare(run, plan)
+        starts[run.iteration] = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        return tr
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "prepare", observed)
+        results = train_method(cfg, "gsil-logistic", 0, tmp_path_factory.mktemp("two-iter") / "run")
+    return results, starts
+
+
 @pytest.fixture()
 def tiny_model(tokenizer):
     from gsil_bench.core.models import tiny_llama

@@ -16,7 +16,6 @@ from gsil_bench.trainers.data import (
     data_file,
     encode,
     load_examples,
-    render,
 )
 
 
@@ -104,20 +103,45 @@ def _real_examples(data_dir, n=40):
     return out
 
 
-def test_prompt_tokens_are_exact_prefix_on_real_tokenizer(tokenizer, data_dir):
-    """Over real GSM8K and code examples: the encoded sequence equals the tokenisation of the full
-    chat-templated text, its first response_start tokens equal the tokenised generation prompt,
-    and the response ends with <|im_end|> (eos) without the template's trailing newline."""
+@pytest.mark.parametrize(("encoding", "max_prompt_length", "max_length"),
+                         [("chat", 4096, 8192), ("chat", 64, 96), ("spin", 4096, 8192)])
+def test_training_text_is_the_tokenizers_chat_template(tmp_path, tiny_model_dir, data_dir, tokenizer, encoding,
+                                                       max_prompt_length, max_length):
+    """What the trainer trains on (every example's token ids, response start and attention mask, as
+    trainers.api.build_context encodes them) equals the text built here with the tokenizer's own
+    apply_chat_template (tests/independent.py): `chat` (the prompt's END kept, then the response
+    cut), and the official paper-mode text (`encoding: spin`: an empty system turn, EOS inside
+    masked, one EOS appended); never the project's own renderer."""
+    from helpers import make_cfg
+    from independent import chat_sequence, official_sequence
+
+    from gsil_bench.trainers.api import build_context
+
+    cfg = make_cfg(tiny_model_dir, [{"loss": "sft"}],
+                   train_data={"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 12, "encoding": encoding},
+                   train={"max_prompt_length": max_prompt_length, "max_length": max_length})
+    ctx, _ = build_context(cfg, "sft", 0, tmp_path, str(data_dir))
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert tokenizer.eos_token_id == eos
-    for ex in _real_examples(data_dir):
-        seq = encode(tokenizer, ex.prompt, ex.response, max_prompt_length=4096, max_length=8192)
-        head, full = render(tokenizer, ex.prompt, ex.response)
-        assert seq.input_ids[: seq.response_start] == tokenizer(head, add_special_tokens=False)["input_ids"]
-        assert seq.input_ids + tokenizer("\n", add_special_tokens=False)["input_ids"] == \
-            tokenizer(full, add_special_tokens=False)["input_ids"]
-        assert seq.input_ids[-1] == eos and eos not in seq.input_ids[seq.response_start:-1]
-        assert tokenizer.decode(seq.input_ids[seq.response_start:]) == ex.response + "<|im_end|>"
+    assert tokenizer.eos_token_id == eos and len(ctx.real) == 12
+    for ex, seq in zip(ctx.examples, ctx.real):
+        if encoding == "chat":
+            ids, start = chat_sequence(tokenizer, ex.prompt, ex.response, max_prompt_length=max_prompt_length,
+                                       max_length=max_length)
+            mask = None
+        else:
+            user = next(m["content"] for m in ex.prompt if m["role"] == "user")
+            ids, start, mask = official_sequence(tokenizer, user, ex.response)
+        got = tokenizer.decode(seq.input_ids)
+        assert "<|im_start|>" in tokenizer.decode(seq.input_ids[: seq.response_start]), \
+            f"{ex.source}: the training prompt carries no chat template: {got[:300]!r}"
+        assert seq.input_ids[-1] == eos or len(seq.input_ids) == max_length, \
+            f"{ex.source}: the training sequence does not end with EOS: {got[-80:]!r}"
+        assert (seq.input_ids, seq.response_start) == (ids, start), (
+            f"{ex.source}: the training text is not the chat template's:\n  trained: {got!r}\n"
+            f"  template: {tokenizer.decode(ids)!r}")
+        assert seq.attention_mask == mask
+        if encoding == "chat" and max_length == 8192:  # untruncated: the demonstration, then one EOS
+            assert tokenizer.decode(seq.input_ids[seq.response_start:]) == ex.response + "<|im_end|>"
 
 
 def test_truncation_keeps_prompt_end_and_total_length(tokenizer):

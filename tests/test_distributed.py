@@ -121,6 +121,7 @@ def test_sft_over_two_processes_equals_one_process(tiny_model_dir, data_dir, tmp
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
 
 
+@pytest.mark.slow  # 48 s (an accelerate launch)
 def test_accelerate_cpu_launch_of_several_processes_is_refused_with_the_working_command(tiny_model_dir, data_dir, tmp_path):
     """`accelerate launch --cpu --num_processes 2` runs ONE process (accelerate's multi-CPU path
     needs MPI): gsil-bench says so and names the launch that works, instead of training alone."""

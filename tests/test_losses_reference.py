@@ -112,8 +112,9 @@ def test_sft_value_and_gradient_equal_the_reference():
 
 
 @pytest.mark.parametrize("name", GSIL + PAIRWISE)
-def test_reference_gradients_equal_finite_differences(name):
-    """The reference's closed-form gradients are right: central differences in float64."""
+def test_numpy_reference_gradients_equal_finite_differences(name):
+    """The yardstick itself (tests/reference_losses.py, not project code): its closed-form gradients
+    equal central differences of its own values, in float64. Project code: the next test."""
     params = {"a": 0.3, "b": 0.5} if name in GSIL else {"beta": 0.2}
     x = _batch(9, 3.0, 0.5, n=4)  # log ratios within +-3: z = 0.3 r + 0.5 in [-0.4, 1.4]
     want = _reference(name, x, params)
@@ -125,6 +126,30 @@ def test_reference_gradients_equal_finite_differences(name):
             down[key][i] -= h
             fd = (_reference(name, up, params).loss - _reference(name, down, params).loss) / (2 * h)
             assert fd == pytest.approx(grad[i], rel=1e-5, abs=1e-9), (key, i)
+
+
+@pytest.mark.parametrize("name", GSIL + PAIRWISE + ["sft"])
+def test_project_loss_gradients_equal_finite_differences(name):
+    """Project code: trainers.losses' autograd gradients with respect to every log-prob input equal
+    central differences of trainers.losses' own values (float64), at log ratios where every term is
+    active and real and generated differ."""
+    params = {} if name == "sft" else {"a": 0.3, "b": 0.5} if name in GSIL else {"beta": 0.2}
+    x = _batch(13, 3.0, 0.5, n=4)
+    _, grads = _ours(name, x, params)
+
+    def value(y):
+        t = {k: torch.tensor(v, dtype=torch.float64) for k, v in y.items()}
+        return compute_loss(name, LossInputs(**t), params).loss.item()
+
+    h = 1e-5
+    for key in ("policy_real", "ref_real", "policy_gen", "ref_gen"):
+        for i in range(4):
+            up, down = {**x, key: x[key].copy()}, {**x, key: x[key].copy()}
+            up[key][i] += h
+            down[key][i] -= h
+            fd = (value(up) - value(down)) / (2 * h)
+            assert grads[key][i] == pytest.approx(fd, rel=1e-5, abs=1e-9), \
+                f"{name}: d loss / d {key}[{i}] is {grads[key][i]} by autograd, {fd} by finite differences"
 
 
 def test_logistic_gradients_in_closed_form():

@@ -26,7 +26,8 @@ def _cfg(model, method: dict, packing: bool):
         "iterations": 1}})
 
 
-@pytest.mark.parametrize("method", [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}, {"loss": "sft"}],
+@pytest.mark.parametrize("method", [  # gsil-logistic (50 s) in the slow suite; packed = padded for it: test_training
+    pytest.param({"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}, marks=pytest.mark.slow), {"loss": "sft"}],
                          ids=["gsil-logistic", "sft"])
 def test_packed_lora_training_matches_padded(tiny_model_dir, data_dir, tmp_path, method):
     from transformers import AutoModelForCausalLM

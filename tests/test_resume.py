@@ -99,6 +99,7 @@ def test_kill9_mid_training_resumes_to_the_same_result(base_run, data_dir, tmp_p
     assert _same_weights(folder / "checkpoint", want / "checkpoint")
 
 
+@pytest.mark.slow  # 69 s; the slow test_kill9_during_generation_training_and_before_done kills at the same stages
 def test_kill9_during_generation_and_before_done(base_run, data_dir, tmp_path):
     """One iteration, killed after 4 of 8 self-play generations, then between the checkpoint
     and the DONE marker: the generations continue where they stopped, the finished checkpoint

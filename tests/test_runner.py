@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from independent import load
 
 from gsil_bench.core.config import load_experiment
 from gsil_bench.core.strict import ConfigError, load_yaml
 from gsil_bench.harness.runner import fingerprint, plan_steps, run_experiment
 from gsil_bench.harness.validate import validate
 from gsil_bench.reports.index import RunIndex
+from gsil_bench.tasks.context import weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,7 @@ def tiny_experiment(model_dir: Path, **eval_over) -> dict:
         "shared": {
             "model": str(model_dir),
             "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
+            "optimizer": {"lr": 1e-3},  # every checkpoint's weights move (its per-item log-probs: test_checkpoint_identity)
             "train": {"batch_size": 2, "max_length": 128, "max_prompt_length": 64, "save_every": 1},
             "generation": {"max_new_tokens": 8, "batch_size": 4},
             "iterations": 2,
@@ -160,7 +163,7 @@ def test_resuming_with_another_training_config_is_refused(tmp_path, tiny_model_d
     data["shared"]["seeds"] = [0, 1]
     data["methods"].append({"loss": "spin", "params": {"beta": 0.1}})
     _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)  # eval, seeds, new methods: fine
-    data["shared"]["optimizer"] = {"lr": 1e-3}
+    data["shared"]["optimizer"] = {"lr": 1e-4}
     with pytest.raises(ConfigError, match=r"another training configuration \(shared.optimizer differ"):
         _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)
 
@@ -190,6 +193,7 @@ def _check_each_eval_scored_its_checkpoint(root: Path, base_model: Path) -> None
     steps = [s for s in json.loads((root / "plan.json").read_text())["steps"] if s["kind"] == "eval"]
     assert len(steps) == 6
     weights: dict[Path, str] = {}
+    wanted: dict[Path, str] = {}  # model folder -> sha256 of its weights
     for s in steps:
         if s["method"] == "base":
             folder, want = root / "eval" / "base" / "iter-0", base_model
@@ -199,6 +203,7 @@ def _check_each_eval_scored_its_checkpoint(root: Path, base_model: Path) -> None
         rec = json.loads((folder / "model.json").read_text())
         assert Path(rec["model"]) == want and rec["fingerprint"] == fingerprint(str(want)), s["id"]
         weights[folder] = _weights_sha(want)
+        wanted[want] = weights[folder]
     by_fp = {}
     for folder in weights:
         by_fp.setdefault(json.loads((folder / "model.json").read_text())["fingerprint"], set()).add(weights[folder])
@@ -215,6 +220,19 @@ def _check_each_eval_scored_its_checkpoint(root: Path, base_model: Path) -> None
                 metrics = json.loads((folder / task / "metrics.json").read_text())
                 prov = json.loads((folder / task / "provenance.json").read_text())
                 assert metrics["model"] == model and prov["model_identity"]["model"] == model, (folder, task)
+    _check_scored_weights(weights, wanted)
+
+
+def _check_scored_weights(weights: dict[Path, str], wanted: dict[Path, str]) -> None:
+    """Each task's result carries the fingerprint of the weights it scored, equal to that of its own
+    model folder loaded here (per-item log-probs recomputed on each checkpoint: test_checkpoint_identity)."""
+    loaded = {sha: weights_fingerprint(load(folder)) for folder, sha in wanted.items()}
+    for folder, sha in weights.items():
+        model = json.loads((folder / "model.json").read_text())["model"]
+        for task in ("gsm8k", "humaneval"):
+            scored = json.loads((folder / task / "metrics.json").read_text())["weights_fingerprint"]
+            named = [str(f) for f, s in wanted.items() if loaded[s] == scored]
+            assert scored == loaded[sha], f"{folder}/{task} scored the weights of {named}, not {model}'s"
 
 
 def test_tiny_run_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir):

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from helpers import data_rows
 
 from gsil_bench.harness.cli import main
@@ -24,6 +25,7 @@ def _eval(out: Path, data_dir: Path, *extra: str) -> int:
                  *extra])
 
 
+@pytest.mark.slow  # 114 s on 2 busy cores; the default suite keeps one real-model run (test_training's GSIL)
 def test_three_tasks_end_to_end_on_the_embedded_model(tmp_path, data_dir, embedded_dir, capsys):
     out = tmp_path / "eval"
     assert _eval(out, data_dir) == 0

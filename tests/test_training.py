@@ -72,7 +72,7 @@ def test_rerun_is_idempotent(all_methods_run):
         train_method(changed, "spin", 0, run)
 
 
-def test_gsil_two_self_play_iterations(tiny_model_dir, data_dir, tmp_path):
+def test_gsil_two_self_play_iterations(two_gsil_iterations, tiny_model_dir):
     """Iteration 2 starts from iteration 1's checkpoint, which also generates its negatives
     and scores the reference log-probs."""
     from transformers import AutoModelForCausalLM
@@ -85,7 +85,7 @@ def test_gsil_two_self_play_iterations(tiny_model_dir, data_dir, tmp_path):
 
     cfg = make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0}}], iterations=2)
     assert iteration_plan(cfg, "gsil-logistic") == 2 and iteration_plan(make_cfg(tiny_model_dir, [{"loss": "dpo"}]), "dpo") == 1
-    results = train_method(cfg, "gsil-logistic", 0, tmp_path)
+    results, _ = two_gsil_iterations  # that configuration, trained (tests/conftest.py)
     assert [r.iteration for r in results] == [1, 2]
     first, second = results
     summary = read_json(second.folder / "summary.json")

@@ -100,6 +100,7 @@ def _run(cfg: Path, out: Path, data_dir: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # 172 s in the default suite's measurement (three runs of the CLI)
 def test_two_independent_runs_split_one_folder_and_match_a_single_run(tmp_path, tiny_model_dir, data_dir):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(_experiment(tiny_model_dir), sort_keys=False))
@@ -122,6 +123,7 @@ def test_two_independent_runs_split_one_folder_and_match_a_single_run(tmp_path, 
     assert 'id="workers"' in html and all(w in html for w in workers)
 
 
+@pytest.mark.slow  # 85 s (two runs of the CLI, one killed)
 def test_a_killed_worker_leaves_its_step_to_the_next_run(tmp_path, tiny_model_dir, data_dir):
     """kill -9 in the middle of a step: the rerun redoes only unfinished steps."""
     cfg = tmp_path / "exp.yaml"

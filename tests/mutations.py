@@ -1,0 +1,144 @@
+"""Plant each known bug in a copy of the code and run the default-suite tests that must catch it.
+
+    python tests/mutations.py [NAME ...]        (from the repository root; all mutations by default)
+
+For every mutation: the repository is copied (tests/test_planted_regressions.code_copy), one
+exact text is replaced in one file, and the named tests run in the copy with
+`-m "not slow and not gpu"` and no golden files regenerated (GSIL_REGEN_PINNED unset). The report
+lists, per mutation, which tests failed and their first assertion message; a mutation that fails
+none of its tests is a hole in the suite, and the exit status is 1. The slow test
+tests/test_mutations.py runs all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_planted_regressions import code_copy  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One planted bug: in `file`, `old` (present exactly once) becomes `new`; `tests` must catch it."""
+
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+CACHE_OLD = """            self.model_obj, self.tokenizer = load_model(
+                self.model, revision=self.revision, dtype=pick_dtype("auto", device), device=device)"""
+CACHE_NEW = """            cache = globals().setdefault("_PROCESS_MODEL", {})  # planted: keyed by nothing
+            if "m" not in cache:
+                cache["m"] = load_model(self.model, revision=self.revision, dtype=pick_dtype("auto", device),
+                                        device=device)
+            self.model_obj, self.tokenizer = cache["m"]"""
+NO_FROZEN_OLD = """        inputs = LossInputs(logps[:b].float(), ref_real.to(device), logps[b:].float(),
+                            None if ref_gen is None else ref_gen.to(device), n_tokens[:b], token_share)"""
+NO_FROZEN_NEW = """        inputs = LossInputs(logps[:b].float(), logps[:b].detach().float(), logps[b:].float(),
+                            logps[b:].detach().float(), n_tokens[:b], token_share)"""
+SWAP_NEW = """        inputs = LossInputs(logps[b:].float(), ref_gen.to(device), logps[:b].float(),
+                            ref_real.to(device), n_tokens[:b], token_share)"""
+IDENTITY = "tests/test_checkpoint_identity.py"
+ITER = "tests/test_direction.py::test_iteration2_starts_at_iteration1_weights"
+REF = "tests/test_direction.py::test_policy_equals_reference_at_each_iteration_start_and_differs_after_one_step"
+REF_K = "tests/test_direction.py::test_reference_of_iteration_k_is_iteration_k_minus_1"
+STEP2 = "tests/test_direction.py::test_step2_loss_is_its_closed_form_at_asymmetric_log_ratios"
+TEXT = "tests/test_data.py::test_training_text_is_the_tokenizers_chat_template"
+SFT_NLL = "tests/test_direction.py::test_sft_step1_loss_is_the_starting_models_nll"
+
+MUTATIONS: dict[str, Mutation] = {
+    "model-cache-keyed-by-nothing": Mutation("tasks/context.py", CACHE_OLD, CACHE_NEW, (IDENTITY,)),
+    "reference-is-the-policy": Mutation("trainers/loop.py", NO_FROZEN_OLD, NO_FROZEN_NEW, (REF,)),
+    "iteration-2-starts-from-base": Mutation(
+        "trainers/api.py", "train_iteration(LoopRun(it_ctx, k, folder, reference,",
+        "train_iteration(LoopRun(it_ctx, k, folder, cfg.shared.model,", (ITER,)),
+    "iteration-2-reference-is-base": Mutation(
+        "trainers/api.py", "inputs = prepare_inputs(it_ctx, k, reference, folder)",
+        "inputs = prepare_inputs(it_ctx, k, cfg.shared.model, folder)", (REF_K,)),
+    "swapped-real-generated": Mutation("trainers/loop.py", NO_FROZEN_OLD, SWAP_NEW, (STEP2,)),
+    "dropped-chat-template": Mutation(
+        "trainers/data.py",
+        """    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)""",
+        """    head = "\\n".join(m["content"] for m in prompt) + "\\n"
+    full = head + response""", (TEXT, SFT_NLL)),
+    "dropped-eos": Mutation("trainers/data.py", "ids = ids[: len(ids) - ids[::-1].index(eos)]\n    else:\n"
+                            "        ids = [*ids, eos]",
+                            "ids = ids[: len(ids) - ids[::-1].index(eos) - 1]\n    else:\n        ids = ids",
+                            (TEXT, SFT_NLL)),
+    "identical-checkpoints": Mutation(  # training saves the weights it started from
+        "trainers/loop.py", "        save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
+        "        save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
+        "run.folder / \"checkpoint\"", (IDENTITY,)),
+    "eval-scores-the-base-model": Mutation(  # every eval step scores the starting model, recorded as its own
+        "harness/runner.py", "evaluate(rec[\"model\"], todo, eval_cfg,", "evaluate(run.cfg.shared.model, todo, eval_cfg,",
+        (IDENTITY,)),
+}
+
+
+def plant(dst: Path, name: str) -> Path:
+    """A copy of the repository at `dst` with mutation `name` planted."""
+    code_copy(dst, None)
+    m = MUTATIONS[name]
+    path = dst / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"{m.file} no longer holds the text mutation {name!r} replaces: update tests/mutations.py")
+    path.write_text(text.replace(m.old, m.new))
+    return dst
+
+
+def failures(junit: Path) -> dict[str, str]:
+    """Failed test id -> its assertion message, from pytest's JUnit XML report."""
+    import xml.etree.ElementTree as ET
+
+    out = {}
+    if not junit.is_file():
+        return out
+    for case in ET.parse(junit).iter("testcase"):
+        for bad in [*case.iter("failure"), *case.iter("error")]:
+            test = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+            out[test] = " ".join((bad.get("message") or "").split())
+    return out
+
+
+def run_mutation(name: str, work: Path) -> dict[str, str]:
+    """Plant `name` in a copy under `work`, run its tests there; {failed test: message}."""
+    code = plant(work / name, name)
+    env = {k: v for k, v in os.environ.items() if k != "GSIL_REGEN_PINNED"}
+    env.update(PYTHONPATH=str(code), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    junit = work / f"{name}.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                           "-m", "not slow and not gpu", *MUTATIONS[name].tests], cwd=code, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    found = failures(junit)
+    if proc.returncode not in (0, 1):  # collection or usage error: the tests did not run
+        found["<pytest>"] = f"exit {proc.returncode}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+    return found
+
+
+def main(names: list[str]) -> int:
+    names = names or list(MUTATIONS)
+    missed = []
+    with tempfile.TemporaryDirectory(prefix="mutations-") as tmp:
+        for name in names:
+            found = run_mutation(name, Path(tmp))
+            print(f"{name}: {'CAUGHT' if found else 'MISSED'} ({MUTATIONS[name].file})", flush=True)
+            for test, message in found.items():
+                print(f"    {test}: {message[:400]}", flush=True)
+            if not found or "<pytest>" in found:
+                missed.append(name)
+    print(f"{len(names) - len(missed)} of {len(names)} mutations caught" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
