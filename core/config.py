@@ -223,6 +223,10 @@ class MethodConfig:
     # shared keys this method changes, dotted below `shared` (e.g. {"optimizer.name": "adamw"}); explicit,
     # validated and shown in the report beside the shared hash, which still covers the unchanged block
     overrides: dict[str, Any] = field(default_factory=dict)
+    # set by a sweep's expansion (core.sweeps): the swept keys ("params.b", "overrides.optimizer.lr") with this
+    # variant's values, and the label the variant was expanded from
+    sweep: dict[str, Any] = field(default_factory=dict)
+    sweep_of: str | None = None
 
     @property
     def label(self) -> str:
@@ -361,13 +365,20 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
 def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
     """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
     every problem: (the config or None when it cannot be built, where its keys are, the
-    problems one line each with file:line). Plugins are imported so their losses and tasks
+    problems one line each with file:line). Sweeps (lists of values) are expanded into method
+    variants first (core.sweeps). Plugins are imported so their losses and tasks
     exist for the checks that follow (harness.validate)."""
     data, loc = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         data = apply_overrides(data, overrides)
+    from gsil_bench.core.sweeps import expand_sweeps
+
+    try:
+        data, loc = expand_sweeps(data, loc)
+    except ConfigError as err:
+        return None, loc, [str(err)]
     cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
         try:
@@ -401,8 +412,11 @@ def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Loca
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    """Build an experiment from plain data (e.g. a run folder's config.yaml), schema-checked."""
-    cfg, errors = build_collecting(ExperimentConfig, data, Located(source))
+    """Build an experiment from plain data (e.g. a run folder's config.yaml), sweeps expanded, schema-checked."""
+    from gsil_bench.core.sweeps import expand_sweeps
+
+    data, loc = expand_sweeps(data, Located(source))
+    cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if errors or cfg is None:
         raise ValidationError(errors or [f"{source}: the experiment cannot be built"])
     import_plugins(cfg.plugins)

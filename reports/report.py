@@ -7,7 +7,7 @@ Writes <run>/report/:
     costs.md / costs.tex   training cost per method (tokens, wall time)
     published.csv  with report.published: the paper's numbers beside ours (reports.published)
     results.csv  every metric of every evaluation, long format
-    plots/ablation.png training.png iterations.png
+    plots/ablation.png training.png iterations.png anatomy.png sweep-<key>.png (reports.anatomy, reports.ablation)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import yaml
 
 from gsil_bench.core.datadir import data_dir
 from gsil_bench.core.io import atomic_write_text
+from gsil_bench.reports import ablation, anatomy, plots, significance, tables
 from gsil_bench.reports import html as H
-from gsil_bench.reports import plots, significance, tables
 from gsil_bench.reports.published import load_published, published_display, published_frame, resolve_published
 from gsil_bench.reports.rundata import RunData, load_run
 
@@ -133,7 +133,8 @@ def _provenance_rows(run: RunData, check: tuple[bool | None, str]) -> list[tuple
 
 
 def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
-          figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None) -> str:
+          figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None,
+          extra: list[str] | None = None) -> str:
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
     note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
     body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
@@ -149,6 +150,7 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
             + f"<p class=note>{H.esc(significance.differences_note(comp, 'html'))}</p>", "differences-section"))
     body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
                           or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
+    body += extra or []  # parameter ablations, loss anatomy (reports.ablation, reports.anatomy)
     body.append(H.section("Score against self-play iteration",
                           H.figure(figs["iterations"], "score per iteration (0 = starting model)", "fig-iterations")
                           + tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"), "iter-section"))
@@ -188,7 +190,10 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
         "training": plots.training_curves(run, out / "plots" / "training.png"),
         "iterations": plots.iteration_plot(per_iter, out / "plots" / "iterations.png"),
     }
-    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published))
+    sweeps = ablation.sweep_plots(comp, out / "plots")
+    figs["anatomy"] = anatomy.anatomy_plot(run, out / "plots" / "anatomy.png")
+    extra = anatomy.report_sections(run, figs["anatomy"], sweeps)
+    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published) + anatomy.anatomy_markdown(run))
     if published is not None:
         atomic_write_text(out / "published.csv", published.to_csv(index=False))
     atomic_write_text(out / "tables.tex", _latex(run, comp, per_iter))
@@ -197,6 +202,6 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
         atomic_write_text(out / "costs.md", tables.to_markdown(shown) + "\n\nTotals over iterations, mean over seeds.\n")
         atomic_write_text(out / "costs.tex", tables.to_latex(shown, f"{run.name}: training cost", f"tab:{run.name}-cost"))
     atomic_write_text(out / "results.csv", run.results_frame().to_csv(index=False))
-    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published))
+    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published, extra))
     log.info("report written to %s", out / "index.html")
     return out / "index.html"
