@@ -62,27 +62,34 @@ def _references(comp: Comparison, facts: dict[str, dict[str, Any]]) -> list[tupl
     return [(m, s) for m, s in refs if m in comp.run.methods and not (facts.get(m) or {}).get("sweep")]
 
 
-def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple[Any, str]]],
-           facts: dict[str, dict[str, Any]], colors: dict[str, Any], key: str) -> None:
+def sweep_points(comp: Comparison, col: str, lines: dict[str, list[tuple[Any, str]]]
+                 ) -> dict[str, list[tuple[Any, float, float, float]]]:
+    """Line -> [(parameter value, value, interval low, interval high)] in display units, for the
+    variants with a result in column `col`."""
     k = scale(comp.metric_of(col))
-    numeric = all(isinstance(v, int | float) for pts in lines.values() for v, _ in pts)
-    ticks = sorted({v for pts in lines.values() for v, _ in pts}, key=lambda v: (isinstance(v, str), v))
-    for j, (name, pts) in enumerate(lines.items()):
-        xs, ys, lo, hi = [], [], [], []
+    out: dict[str, list[tuple[Any, float, float, float]]] = {}
+    for name, pts in lines.items():
         for v, label in pts:
             cell = _cell(comp, label, col)
-            if cell is None:
-                continue
-            iv = cell.interval
-            xs.append(float(v) if numeric else ticks.index(v))
-            ys.append(k * iv.value)
-            lo.append(max(0.0, k * (iv.value - iv.ci_low)))
-            hi.append(max(0.0, k * (iv.ci_high - iv.value)))
-        if xs:
-            dodge = (j - (len(lines) - 1) / 2) * 0.02 * (max(xs) - min(xs) or 1)
-            color = colors.get(pts[0][1], "grey")
-            ax.errorbar(np.array(xs) + dodge, ys, yerr=[lo, hi], color=color, marker="o", markersize=4,
-                        capsize=3, linewidth=1.3, label=name)
+            if cell is not None:
+                iv = cell.interval
+                out.setdefault(name, []).append((v, k * iv.value, k * iv.ci_low, k * iv.ci_high))
+    return out
+
+
+def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple[Any, str]]],
+           facts: dict[str, dict[str, Any]], colors: dict[str, Any], key: str) -> None:
+    ticks = sorted({v for pts in lines.values() for v, _ in pts}, key=lambda v: (isinstance(v, str), v))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in ticks)
+    points = sweep_points(comp, col, lines)
+    for j, (name, pts) in enumerate(points.items()):
+        xs = np.array([float(v) if numeric else ticks.index(v) for v, *_ in pts], dtype=float)
+        ys = np.array([p[1] for p in pts])
+        err = np.array([[max(0.0, p[1] - p[2]) for p in pts], [max(0.0, p[3] - p[1]) for p in pts]])
+        dodge = (j - (len(points) - 1) / 2) * 0.02 * (float(xs.max() - xs.min()) or 1.0)
+        ax.errorbar(xs + dodge, ys, yerr=err, color=colors.get(lines[name][0][1], "grey"), marker="o", markersize=4,
+                    capsize=3, linewidth=1.3, label=name)
+    k = scale(comp.metric_of(col))
     for ref, style in _references(comp, facts):
         cell = _cell(comp, ref, col)
         if cell is not None:
@@ -93,6 +100,12 @@ def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple
     ax.set_title(task_label(comp.task_of(col)))
     ax.set_ylabel(column_label(comp.task_of(col), comp.metric_of(col)))
     ax.set_xlabel(f"{key.rsplit('.', 1)[-1]} ({key})")
+
+
+def sweep_lines(comp: Comparison) -> dict[str, dict[str, list[tuple[Any, str]]]]:
+    """Swept key -> its lines (`_lines`), for every key of the run's sweeps."""
+    facts = method_facts(comp.run)
+    return {key: _lines(facts, key) for key in swept_keys(facts)}
 
 
 def sweep_plots(comp: Comparison, out_dir: Path) -> list[Path]:
