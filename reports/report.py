@@ -149,7 +149,7 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
             escape=False, table_id="differences", classes="results", border=0, index=False)
             + f"<p class=note>{H.esc(significance.differences_note(comp, 'html'))}</p>", "differences-section"))
     body.append(H.section("Loss-family ablation", H.figure(figs["ablation"], "GSIL members per task", "fig-ablation")
-                          or "<p class=note>No GSIL method in this run.</p>", "ablation-section"))
+                          or "<p class=note>No unswept GSIL member in this run (swept ones: Parameter ablations).</p>", "ablation-section"))
     body += extra or []  # parameter ablations, loss anatomy (reports.ablation, reports.anatomy)
     body.append(H.section("Score against self-play iteration",
                           H.figure(figs["iterations"], "score per iteration (0 = starting model)", "fig-iterations")
