@@ -97,6 +97,8 @@ def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple
                        linewidth=1.0 if style == "-." else 1.3, label=ref)
     if not numeric:
         ax.set_xticks(range(len(ticks)), [_text(t) for t in ticks])
+    elif min(ticks) > 0 and max(ticks) >= 10 * min(ticks):  # a learning rate: decades apart
+        ax.set_xscale("log")
     ax.set_title(task_label(comp.task_of(col)))
     ax.set_ylabel(column_label(comp.task_of(col), comp.metric_of(col)))
     ax.set_xlabel(f"{key.rsplit('.', 1)[-1]} ({key})")
