@@ -33,7 +33,7 @@ NOTE = ("w_real = -dL/dr_real and w_gen = dL/dr_gen, by autograd through the los
         "of the summed response log-probs. \"at r=0\": the start of every iteration (first iteration's parameters); "
         "\"end\": at the last logged step's mean log ratios (mean over seeds, the last iteration's parameters). "
         "gen share = w_gen / (w_real + w_gen): 0.5 balanced, 1 only pushes the model's own generation down. "
-        "SFT: per response token.")
+        "SFT: per response token. hash: the method's own hash (shared block as it trains, loss, parameters).")
 
 
 def load_facts(run: RunData) -> dict[str, Any] | None:
@@ -93,6 +93,7 @@ def anatomy_frame(run: RunData) -> pd.DataFrame:
             "gen share at r=0": _num(_share(z.get("w_real"), z.get("w_gen"))),
             "w_real end": _num(end_real), "w_gen end": _num(end_gen),
             "gen share end": _num(_share(end_real, end_gen)) if end_real is not None else "–",
+            "hash": m.get("hash") or "–",  # the method's own hash (core.sweeps.variant_hash)
         })
     return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
 
