@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gsil_bench.core.io import read_json  # noqa: E402
 from gsil_bench.core.layout import RunLayout  # noqa: E402
@@ -133,6 +134,7 @@ def anatomy_plot(run: RunData, path: Path) -> Path | None:
     curves.axhline(0.5, color="black", linestyle=":", linewidth=1)
     curves.set_ylim(-0.02, 1.02)
     curves.set_xlabel("optimizer step (iterations concatenated)")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("generated share")
     curves.set_title("along training (logged mean log ratios)" if drawn else "along training: no logged rewards")
     fig.tight_layout()

@@ -132,3 +132,14 @@ def test_dry_run_shows_the_expansion_and_the_shared_work(tmp_path, tiny_model_di
             ) in text
     assert "[todo] train gsil-logistic[b=2] (loss gsil-logistic) seed 1: iter 1: 2 steps" in text
     assert f"{1 + 6 * 2 * 2} of {1 + 6 * 2 * 2} steps to do" in text  # base eval + (train + eval) x 6 x 2 seeds
+
+
+def test_the_shipped_sweep_config_expands_as_documented():
+    """configs/ablation-b.yaml (docs/ablation.md): two GSIL members over b in {0, 1, 2} beside SFT, DPO and SPIN."""
+    from pathlib import Path
+
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "ablation-b.yaml")
+    assert [m.label for m in cfg.methods] == ["sft", "dpo", "spin"] + [
+        f"gsil-{member}[b={b}]" for member in ("logistic", "hinge") for b in (0, 1, 2)]
+    assert {m.params["a"] for m in cfg.methods if m.sweep_of} == {0.01} and len(cfg.shared.seeds) >= 3
+    assert len({inputs_group(cfg, m.label) for m in cfg.methods}) == 1  # one set of starting-model generations
