@@ -267,7 +267,8 @@ def describe_sweeps(cfg: Any, uses_inputs: typing.Callable[[str], bool]) -> list
             groups.setdefault(inputs_group(cfg, m.label), []).append(m.label)
     for key, labels in groups.items():
         sampled = for_method(cfg, labels[0]).shared.generation.temperature > 0
-        lines.append(f"shared work {key}: the starting model's generations and reference log-probs, made once"
+        lines.append(f"shared work (inputs group {key}): the starting model's generations and reference log-probs, "
+                     f"made once"
                      f"{' per seed' if sampled else ''} for {len(labels)} method(s): {', '.join(labels)}")
     lines.append("shared work: the starting model's evaluation, once for every method; each variant trains "
                  "(and, self-playing, generates from iteration 2 on) with its own value")

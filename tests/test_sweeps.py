@@ -127,7 +127,7 @@ def test_dry_run_shows_the_expansion_and_the_shared_work(tmp_path, tiny_model_di
             f"(hash {variant_hash(cfg, 'gsil-logistic[b=0]')}), gsil-logistic[b=1] (hash ") in text
     assert "sweep dpo-lr: overrides.optimizer.lr in [1e-06, 1e-05] -> 2 variants" in text
     group = inputs_group(cfg, "gsil-logistic[b=0]")
-    assert (f"shared work {group}: the starting model's generations and reference log-probs, made once for 5 "
+    assert (f"shared work (inputs group {group}): the starting model's generations and reference log-probs, made once for 5 "
             "method(s): gsil-logistic[b=0], gsil-logistic[b=1], gsil-logistic[b=2], dpo-lr[lr=1e-06], dpo-lr[lr=1e-05]"
             ) in text
     assert "[todo] train gsil-logistic[b=2] (loss gsil-logistic) seed 1: iter 1: 2 steps" in text
