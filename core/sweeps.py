@@ -213,7 +213,9 @@ def _relocated(loc: Located, origin: list[int]) -> Located:
         for k, v in loc.lines.items():
             if k == head or k.startswith(head + ".") or k.startswith(head + "["):
                 lines[f"methods[{j}]" + k[len(head):]] = v
-    return Located(loc.file, lines)
+    moved = copy.copy(loc)  # keeps whatever else a Located records (e.g. which keys came from the command line)
+    moved.lines = lines
+    return moved
 
 
 def variant_hash(cfg: Any, label: str) -> str:
