@@ -241,6 +241,10 @@ class MethodConfig:
     # shared keys this method changes, dotted below `shared` (e.g. {"optimizer.name": "adamw"}); explicit,
     # validated and shown in the report beside the shared hash, which still covers the unchanged block
     overrides: dict[str, Any] = field(default_factory=dict)
+    # set by a sweep's expansion (core.sweeps): the swept keys ("params.b", "overrides.optimizer.lr") with this
+    # variant's values, and the label the variant was expanded from
+    sweep: dict[str, Any] = field(default_factory=dict)
+    sweep_of: str | None = None
 
     @property
     def label(self) -> str:
@@ -379,7 +383,8 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
 def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
     """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
     every problem: (the config or None when it cannot be built, where its keys are, the
-    problems one line each with file:line). Plugins are imported so their losses and tasks
+    problems one line each with file:line). Sweeps (lists of values) are expanded into method
+    variants first (core.sweeps). Plugins are imported so their losses and tasks
     exist for the checks that follow (harness.validate)."""
     data, loc = load_yaml(path)
     if not isinstance(data, dict):
@@ -387,6 +392,12 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tu
     if overrides:
         data = apply_overrides(data, overrides)
         loc.mark_overrides(overrides)
+    from gsil_bench.core.sweeps import expand_sweeps
+
+    try:
+        data, loc = expand_sweeps(data, loc)
+    except ConfigError as err:
+        return None, loc, [str(err)]
     cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
         try:
@@ -420,10 +431,13 @@ def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Loca
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
-    """Build an experiment from plain data (e.g. a run folder's config.yaml), schema-checked;
+    """Build an experiment from plain data (e.g. a run folder's config.yaml), sweeps expanded, schema-checked;
     `overrides`: the command line's KEY=VALUE already applied to `data` (errors name them)."""
+    from gsil_bench.core.sweeps import expand_sweeps
+
     loc = Located(source)
     loc.mark_overrides(overrides or [])
+    data, loc = expand_sweeps(data, loc)
     cfg, errors = build_collecting(ExperimentConfig, data, loc)
     if errors or cfg is None:
         raise ValidationError(errors or [f"{source}: the experiment cannot be built"])

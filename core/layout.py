@@ -1,6 +1,6 @@
 """The run folder's layout, written once: every writer and reader builds paths here.
 
-    <root>/config.yaml  provenance.json  plan.json  .lock
+    <root>/config.yaml  provenance.json  plan.json  losses.json  .lock
     <root>/shared/<key>/                                 work identical across methods (done once)
     <root>/<method>/seed-<s>/provenance.json
     <root>/<method>/seed-<s>/iter-<k>/                    checkpoint/ metrics.jsonl summary.json DONE ...
@@ -59,6 +59,11 @@ class RunLayout:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def loss_facts(self) -> Path:
+        """losses.json: every method's loss family, sweep, hash and anatomy (trainers.anatomy)."""
+        return self.root / "losses.json"
 
     @property
     def report_dir(self) -> Path:

@@ -240,28 +240,53 @@ def build_collecting(cls: type[T], data: Any, loc: Located) -> tuple[T | None, l
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `a.b.c=value` (value read as YAML) into (["a","b","c"], value)."""
+    """Parse `a.b.c=value` (value read as YAML, so `[0,1,2]` is a list) into (["a","b","c"], value)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. shared.optimizer.lr=1e-6")
     key, raw = text.split("=", 1)
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def _element(items: list[Any], key: str, text: str, where: str) -> Any:
+    """The element of a list an override names: by 0-based index, or by its label (a method's
+    `name`, else its `loss`)."""
+    if key.isdigit():
+        if int(key) < len(items):
+            return items[int(key)]
+        raise ConfigError(f"override {text!r}: {where} has {len(items)} entries, no index {key}")
+    labels = [str(v.get("name") or v.get("loss")) if isinstance(v, dict) else "" for v in items]
+    if labels.count(key) == 1:
+        return items[labels.index(key)]
+    if labels.count(key) > 1:
+        raise ConfigError(f"override {text!r}: {where} has several entries labelled {key!r}; use an index")
+    raise ConfigError(f"override {text!r}: no entry {key!r} in {where}{did_you_mean(key, labels)}; "
+                      f"entries: {', '.join(labels)} (or an index 0..{len(items) - 1})")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` overrides to nested plain data (a copy)."""
+    """Apply `key=value` overrides to nested plain data (a copy). A key is dotted; inside a list
+    (`methods`) a part names an entry by its label or 0-based index:
+    `methods.gsil-logistic.params.b=[0,1,2]`, `methods.0.params.beta=0.2`."""
     import copy
 
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
+        node: Any = data
+        for depth, k in enumerate(keys[:-1]):
+            where = ".".join(keys[:depth]) or "the config"
+            if isinstance(node, list):
+                nxt = _element(node, k, text, where)
+            else:
+                nxt = node.get(k)
+                if nxt is None:
+                    nxt = node[k] = {}
+            if not isinstance(nxt, dict | list):
                 raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
             node = nxt
+        if isinstance(node, list):
+            raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])} is a list; name an entry's key "
+                              f"({'.'.join(keys[:-1])}.<label or index>.<key>) or set the whole list")
         node[keys[-1]] = value
     return data
 

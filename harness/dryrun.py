@@ -4,7 +4,8 @@ For every step (train method × seed, evaluate each checkpoint) it says whether 
 already (skipped), partly done (training resumes from a saved state), or to do, with the
 optimizer steps per iteration, the self-play generations it needs, what is reused
 (finished iterations, shared iteration-1 inputs under shared/, finished task folders),
-and the settings that send results elsewhere (trackers, Hub push). Nothing is loaded but
+and the settings that send results elsewhere (trackers, Hub push). A sweep's variants are
+listed with their hashes and the work they share (core.sweeps). Nothing is loaded but
 the config and the training data file (to count its examples).
 """
 
@@ -17,6 +18,7 @@ from gsil_bench.core.config import ExperimentConfig
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.io import is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.core.sweeps import describe_sweeps
 from gsil_bench.harness.runner import Run, Step, _eval_done, _train_done, plan_steps
 from gsil_bench.trainers.api import iteration_plan, train_key
 from gsil_bench.trainers.data import load_examples
@@ -71,6 +73,7 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> 
              f"global batch {t.batch_size * t.grad_accum}, {n_steps} optimizer steps per iteration; "
              f"tasks {', '.join(cfg.shared.eval.tasks)}" + (f" (first {cfg.shared.eval.limit} items)"
                                                             if cfg.shared.eval.limit else "")]
+    lines += describe_sweeps(cfg, lambda label: LOSSES.needs_pairs(cfg.method(label).loss))
     todo = 0
     for step in run.steps:
         if step.kind == "train":

@@ -49,6 +49,7 @@ from gsil_bench.reports.index import RunIndex, default_index
 from gsil_bench.reports.report import write_report
 from gsil_bench.tasks.api import evaluate, experiment_eval
 from gsil_bench.tasks.base import TASKS
+from gsil_bench.trainers.anatomy import write_loss_facts
 from gsil_bench.trainers.api import iteration_plan, train_method
 from gsil_bench.trainers.publish import hub_revision, push_checkpoint, write_model_card
 
@@ -481,6 +482,7 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
         run.plan["status"] = "failed" if failed else "done"
         run.save_plan()
         _write_provenance(run, data_files, started)
+        write_loss_facts(cfg, root)  # families, sweeps and the loss anatomy, for the report
         page = write_report(root)
         RunIndex(index or default_index(root)).add_run(root)
     if failed:

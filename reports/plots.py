@@ -129,17 +129,23 @@ def _symlog_ticks(ax: plt.Axes, lin: float) -> list[float]:
 
 
 def family_members(run: RunData, family: str) -> list[str]:
-    """Methods whose loss belongs to `family` (loss_family)."""
-    return [m for m in run.methods if m != BASE and loss_family(run, m) == family]
+    """Unswept methods whose loss declared `family` in the registry (losses.json; sweep variants
+    have their own figure, reports.ablation)."""
+    from gsil_bench.reports.anatomy import method_facts
+
+    facts = method_facts(run)
+    return [m for m in run.methods if m != BASE and (facts.get(m) or {}).get("family") == family
+            and not (facts.get(m) or {}).get("sweep")]
 
 
 def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | None:
     members = [m for m in family_members(comp.run, family) if any(k[0] == m for k in comp.cells)]
-    if not members:
+    cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
+    if not members or not cols:
         return None
-    fig, axes = _grid(len(comp.columns))
+    fig, axes = _grid(len(cols))
     colors = method_colors(comp.run.methods)
-    for ax, col in zip(axes, comp.columns):  # a task, or task/metric
+    for ax, col in zip(axes, cols):  # a task, or task/metric
         xs, drawn = np.arange(len(members)), []
         for x, m in zip(xs, members):
             it = next((k[1] for k in comp.cells if k[0] == m and k[2] == col), None)
@@ -168,10 +174,11 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
 
 
 def loss_family(run: RunData, method: str) -> str:
-    """The family of a method's loss: as its training summary records it (`family`), else the loss
-    name's part before '-' (summaries written before losses declared their family)."""
-    fam = next((t.summary.get("family") for t in run.train if t.method == method and t.summary.get("family")), None)
-    return str(fam or run.loss_of(method).split("-")[0])
+    """The family of a method's loss as the loss declared it in the registry (losses.json); a run folder
+    without that file: the loss's own name (its own family), never guessed from the name."""
+    from gsil_bench.reports.anatomy import family_of
+
+    return family_of(run, method) or run.loss_of(method)
 
 
 def _concatenated(run: RunData, methods: list[str]) -> tuple[dict[tuple[str, int], list[dict]],
@@ -244,7 +251,7 @@ def training_curves(run: RunData, path: Path) -> Path | None:
 def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     cells = per_iter.cells
     methods = [m for m in per_iter.run.methods if m != BASE and any(k[0] == m for k in cells)]
-    cols = [c for c in per_iter.columns if any(k[2] == c for k in cells)]  # a task, or task/metric
+    cols = [c for c in per_iter.columns if any(k[0] in methods and k[2] == c for k in cells)]  # no empty panels
     if not methods or not cols:
         return None
     fig, axes = _grid(len(cols))

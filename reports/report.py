@@ -7,7 +7,7 @@ Writes <run>/report/:
     costs.md / costs.tex   training cost per method (tokens, wall time)
     published.csv  with report.published: the paper's numbers beside ours (reports.published)
     results.csv  every metric of every evaluation, long format
-    plots/<figure>.png (+ .pdf, .svg) for each entry of FIGURES
+    plots/<figure>.png (+ .pdf, .svg) for each entry of FIGURES; plots/sweep-<key>.png per swept parameter
 
 FIGURES is the one list of the report's figures: `write_report` draws each, and the HTML
 page shows each in its own section, in that order; a new figure is one entry (docs/extending.md).
@@ -26,8 +26,8 @@ import yaml
 
 from gsil_bench.core.datadir import data_dir
 from gsil_bench.core.io import atomic_write_text
+from gsil_bench.reports import ablation, anatomy, plots, significance, tables
 from gsil_bench.reports import html as H
-from gsil_bench.reports import plots, significance, tables
 from gsil_bench.reports.published import load_published, published_display, published_frame, resolve_published
 from gsil_bench.reports.rundata import RunData, load_run
 
@@ -53,15 +53,20 @@ class Figure:
     caption: str
     empty: str
     draw: Callable[[ReportInputs, Path], Path | None]
+    table: Callable[[ReportInputs], str] | None = None  # HTML shown above the figure in its section
 
 
 FIGURES: list[Figure] = [
     Figure("ablation", "Loss-family ablation", "GSIL members per task, final iteration, with intervals",
-           "No GSIL method in this run.", lambda x, p: plots.ablation_plot(x.comp, p)),
+           "No unswept GSIL member in this run (swept ones: Parameter ablations).",
+           lambda x, p: plots.ablation_plot(x.comp, p)),
     Figure("iterations", "Score against self-play iteration", "score per iteration (0 = starting model)",
            "No evaluated iteration yet.", lambda x, p: plots.iteration_plot(x.per_iter, p)),
     Figure("training", "Training curves", "training metrics per optimizer step; dotted lines: iteration starts",
            "No training metrics yet.", lambda x, p: plots.training_curves(x.run, p)),
+    Figure("anatomy", "Loss anatomy", "generated share of the loss's weight, at the start and along training",
+           "No loss facts yet (losses.json).", lambda x, p: anatomy.anatomy_plot(x.run, p),
+           table=lambda x: anatomy.anatomy_table_html(x.run)),
 ]
 
 
@@ -183,7 +188,8 @@ def relative(text: str, root: Path) -> str:
 
 
 def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
-          figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None) -> str:
+          figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None,
+          extra: list[str] | None = None) -> str:
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
     note = "" if comp.baseline in run.methods else f"<p class=note>Baseline {H.esc(comp.baseline)} is not in this run.</p>"
     body.append(H.section("Comparison", note + tables.to_html(tables.comparison_frame(comp, "html"), "comparison")
@@ -197,9 +203,12 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
         body.append(H.section(f"Differences against {comp.baseline}", diffs.to_html(
             escape=False, table_id="differences", classes="results", border=0, index=False)
             + f"<p class=note>{H.esc(significance.differences_note(comp, 'html'))}</p>", "differences-section"))
+    inputs = ReportInputs(run, comp, per_iter)
     for fig in FIGURES:
-        body.append(H.section(fig.title, H.figure(figs.get(fig.key), fig.caption, f"fig-{fig.key}")
-                              or f"<p class=note>{H.esc(fig.empty)}</p>", f"{fig.key}-section"))
+        table = fig.table(inputs) if fig.table else ""
+        body.append(H.section(fig.title, table + (H.figure(figs.get(fig.key), fig.caption, f"fig-{fig.key}")
+                                                  or f"<p class=note>{H.esc(fig.empty)}</p>"), f"{fig.key}-section"))
+    body += extra or []  # the parameter ablations: one figure per swept key (reports.ablation)
     body.append(H.section("Every iteration", tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"),
                           "iter-section"))
     body.append(H.section("Metrics", glossary_html(run), "glossary-section"))
@@ -235,7 +244,8 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
     published = published_table(run, n_boot, alpha)
     inputs = ReportInputs(run, comp, per_iter)
     figs = {fig.key: fig.draw(inputs, out / "plots" / f"{fig.key}.png") for fig in FIGURES}
-    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published))
+    extra = anatomy.sweep_section(ablation.sweep_plots(comp, out / "plots"))
+    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published) + anatomy.anatomy_markdown(run))
     if published is not None:
         atomic_write_text(out / "published.csv", published.to_csv(index=False))
     atomic_write_text(out / "tables.tex", _latex(run, comp, per_iter))
@@ -244,6 +254,6 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
         atomic_write_text(out / "costs.md", tables.to_markdown(shown) + "\n\nTotals over iterations, mean over seeds.\n")
         atomic_write_text(out / "costs.tex", tables.to_latex(shown, f"{run.name}: training cost", f"tab:{run.name}-cost"))
     atomic_write_text(out / "results.csv", run.results_frame().to_csv(index=False))
-    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published))
+    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published, extra))
     log.info("report written to %s", out / "index.html")
     return out / "index.html"

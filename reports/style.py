@@ -14,19 +14,26 @@ from __future__ import annotations
 from gsil_bench.core.facts import MetricFacts
 
 BASE_COLOR = (0.0, 0.0, 0.0, 1.0)
-# Okabe-Ito (colour-blind safe) first, then tab20 for long method lists
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#999999"]
+# 23 colours, each at least 21 CIELAB units (delta E 1976) from every earlier one and from the starting
+# model's black; the first 10 (the ten shipped methods in config order) at least 33 apart. Okabe-Ito
+# (colour-blind safe) first, then Paul Tol's and tab20's colours picked greedily for the largest smallest
+# distance (lightness below 80, so every colour shows on white). Longer method lists cycle with hues
+# spread around the wheel.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#332288", "#661100", "#BBBBBB", "#EE3377",
+           "#999933", "#17BECF", "#2CA02C", "#FF9896", "#882255", "#8C564B", "#9467BD", "#D62728", "#56B4E9",
+           "#BCBD22", "#7F7F7F", "#117733", "#AA4499", "#C5B0D5"]
 
 
 def method_colors(methods: list[str], base: str = "base") -> dict[str, str | tuple[float, ...]]:
     """Method -> colour, stable for one run (the starting model is black)."""
-    import matplotlib.pyplot as plt
+    import matplotlib
 
     others = [m for m in methods if m != base]
-    extra = plt.get_cmap("tab20")
+    extra = matplotlib.colormaps["hsv"]
     colors: dict[str, str | tuple[float, ...]] = {base: BASE_COLOR}
     for i, m in enumerate(others):
-        colors[m] = PALETTE[i] if i < len(PALETTE) else extra((i - len(PALETTE)) % extra.N)
+        j = i - len(PALETTE)
+        colors[m] = PALETTE[i] if j < 0 else extra((j * 0.381966) % 1.0)  # golden-ratio steps around the hue wheel
     return colors
 
 

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from gsil_bench.core.io import atomic_write_text  # noqa: E402
 from gsil_bench.reports import html as H  # noqa: E402
 from gsil_bench.reports.index import RunIndex  # noqa: E402
+from gsil_bench.reports.style import method_colors  # noqa: E402
 from gsil_bench.reports.tables import fmt  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,14 @@ def trend_plot(scores: pd.DataFrame, experiment: str, path: Path) -> Path | None
     rows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     methods = list(dict.fromkeys(exp["method"]))
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = method_colors(methods)  # the report's palette: one distinct colour per method
     for ax, task in zip(axes.ravel(), tasks):
         t = exp[exp["task"] == task]
-        for j, m in enumerate(methods):
+        for m in methods:
             s = t[t["method"] == m].set_index("run_id").reindex(runs)
             x = list(range(len(runs)))
             yerr = [(s["value"] - s["ci_low"]).fillna(0).clip(lower=0), (s["ci_high"] - s["value"]).fillna(0).clip(lower=0)]
-            ax.errorbar(x, s["value"], yerr=yerr, marker="o", markersize=3, capsize=2, color=cmap(j % cmap.N), label=m)
+            ax.errorbar(x, s["value"], yerr=yerr, marker="o", markersize=3, capsize=2, color=colors[m], label=m)
         ax.set_title(f"{task} ({t['metric'].iloc[0]})")
         ax.set_xticks(range(len(runs)), labels, rotation=35, ha="right", fontsize=7)
     for ax in axes.ravel()[len(tasks):]:

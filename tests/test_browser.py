@@ -56,7 +56,7 @@ def test_report_renders_in_chromium(tmp_path):
     got = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert got["comparison_rows"] == ["base", "sft", "spin", "gsil-logistic", "gsil-hinge"]
     assert got["iteration_rows"] == 8 and got["cost_rows"] == 4
-    assert len(got["images"]) == 3
+    assert len(got["images"]) == 4  # ablation, loss anatomy, per-iteration, training curves
     for img in got["images"]:
         assert img["ok"] and img["w"] > 300 and img["h"] > 200, img
     assert got["title"].startswith("synthetic")

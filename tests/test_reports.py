@@ -109,10 +109,11 @@ def test_write_report_outputs(run_dir):
     page = write_report(run_dir, n_boot=300)
     out = run_dir / "report"
     for name in ("tables.md", "tables.tex", "costs.md", "costs.tex", "results.csv",
-                 "plots/ablation.png", "plots/training.png", "plots/iterations.png"):
+                 "plots/ablation.png", "plots/training.png", "plots/iterations.png", "plots/anatomy.png"):
         assert (out / name).stat().st_size > 0, name
     text = page.read_text()
-    assert text.count('src="data:image/png;base64,') == 3 and 'id="comparison"' in text and 'id="costs"' in text
+    assert text.count('src="data:image/png;base64,') == 4 and 'id="comparison"' in text and 'id="costs"' in text
+    assert 'id="anatomy"' in text and 'id="fig-anatomy"' in text  # the loss anatomy (losses.json)
     assert "http://" not in text and "https://" not in text  # self-contained
     md = (out / "tables.md").read_text()
     assert "identical configuration" in md and "## Every iteration" in md and "gsil-hinge (iter 1)" in md

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
 from gsil_bench.tasks.api import make_task
 from gsil_bench.tasks.base import facts_of
+from gsil_bench.trainers.anatomy import write_loss_facts
 
 METHODS = {"sft": "sft", "spin": "spin", "gsil-logistic": "gsil-logistic", "gsil-hinge": "gsil-hinge"}
 SELF_PLAY = {"spin", "gsil-logistic", "gsil-hinge"}
@@ -93,4 +95,6 @@ def write_run(root: Path, *, name: str = "synthetic", accuracy: dict[str, float]
     atomic_write_json(root / "plan.json", {"run_id": f"{name}-{rng_seed}", "experiment": name,
                                            "shared_hash": shared_hash, "created": f"2024-10-0{1 + rng_seed % 9}T00:00:00",
                                            "steps": steps})
+    # the loss facts the harness writes before a report (families, anatomy), from the registry
+    write_loss_facts(experiment_from_dict(config), root)
     return root

@@ -355,7 +355,7 @@ def test_smoke_config_on_the_embedded_model(tmp_path, data_dir):
     for m in cfg.methods:
         assert f"| {m.label} " in md
     html = (out / "report" / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # ablation, training curves, per-iteration
+    assert html.count("data:image/png;base64,") == 4  # ablation, training curves, per-iteration, loss anatomy
     # the main job measures something: GSIL's held-out margin separates methods (disjoint 95% intervals)
     from gsil_bench.reports.rundata import load_run
     from gsil_bench.reports.tables import build_comparison

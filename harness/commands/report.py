@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         raise GsilError("give a RUN_DIR (or --trend INDEX)")
     from gsil_bench.reports.report import write_report
+    from gsil_bench.trainers.anatomy import refresh_loss_facts
 
+    refresh_loss_facts(args.run_dir)  # families, sweeps and the loss anatomy (losses.json)
     page = write_report(args.run_dir, baseline=args.baseline, n_boot=args.bootstrap, alpha=args.alpha)
     if args.index:
         from gsil_bench.reports.index import RunIndex
