@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from gsil_bench.reports.anatomy import method_facts  # noqa: E402
 from gsil_bench.reports.rundata import BASE  # noqa: E402
-from gsil_bench.reports.style import column_label, method_colors, scale, task_label  # noqa: E402
+from gsil_bench.reports.style import method_colors, scale  # noqa: E402
 from gsil_bench.reports.tables import Cell, Comparison  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def sweep_points(comp: Comparison, col: str, lines: dict[str, list[tuple[Any, st
                  ) -> dict[str, list[tuple[Any, float, float, float]]]:
     """Line -> [(parameter value, value, interval low, interval high)] in display units, for the
     variants with a result in column `col`."""
-    k = scale(comp.metric_of(col))
+    k = scale(comp.facts_of(col))
     out: dict[str, list[tuple[Any, float, float, float]]] = {}
     for name, pts in lines.items():
         for v, label in pts:
@@ -89,7 +89,7 @@ def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple
         dodge = (j - (len(points) - 1) / 2) * 0.02 * (float(xs.max() - xs.min()) or 1.0)
         ax.errorbar(xs + dodge, ys, yerr=err, color=colors.get(lines[name][0][1], "grey"), marker="o", markersize=4,
                     capsize=3, linewidth=1.3, label=name)
-    k = scale(comp.metric_of(col))
+    k = scale(comp.facts_of(col))
     for ref, style in _references(comp, facts):
         cell = _cell(comp, ref, col)
         if cell is not None:
@@ -99,8 +99,8 @@ def _panel(ax: plt.Axes, comp: Comparison, col: str, lines: dict[str, list[tuple
         ax.set_xticks(range(len(ticks)), [_text(t) for t in ticks])
     elif min(ticks) > 0 and max(ticks) >= 10 * min(ticks):  # a learning rate: decades apart
         ax.set_xscale("log")
-    ax.set_title(task_label(comp.task_of(col)))
-    ax.set_ylabel(column_label(comp.task_of(col), comp.metric_of(col)))
+    ax.set_title(comp.run.display(comp.task_of(col)))
+    ax.set_ylabel(comp.label_of(col))
     ax.set_xlabel(f"{key.rsplit('.', 1)[-1]} ({key})")
 
 

@@ -115,7 +115,8 @@ def anatomy_plot(run: RunData, path: Path) -> Path | None:
         if share is not None:
             bars.bar(x, share, color=colors.get(label, "grey"), edgecolor="black", linewidth=0.5, label=label)
     bars.axhline(0.5, color="black", linestyle=":", linewidth=1)
-    bars.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+    bars.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)  # upright names would overprint
+    bars.set_xlabel("method (its loss at the configured parameters)")
     bars.set_ylim(0, 1.02)
     bars.set_ylabel("generated share w_gen/(w_real+w_gen)")
     bars.set_title("weight at the start of an iteration (r = 0)")
