@@ -358,11 +358,34 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
     return replace(cfg, shared=shared), method
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (the repository's configs/), by name: smoke, nightly, ..."""
+    folder = Path(importlib.import_module("gsil_bench.configs").__path__[0])
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def config_file(name: str | Path) -> Path:
+    """An experiment file: a path, or the name of a packaged config (`gsil-bench run smoke`
+    works from an installed wheel, with no checkout)."""
+    path = Path(name)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (or name a packaged config: "
+                              f"{', '.join(packaged_configs())})")
+        return path
+    found = packaged_configs()
+    if str(name) not in found:
+        raise ConfigError(f"{name}: no such file, nor a packaged config{did_you_mean(str(name), list(found))} "
+                          f"(packaged: {', '.join(found)})")
+    return found[str(name)]
+
+
 def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
     """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
     every problem: (the config or None when it cannot be built, where its keys are, the
-    problems one line each with file:line). Plugins are imported so their losses and tasks
-    exist for the checks that follow (harness.validate)."""
+    problems one line each with file:line). `path` may name a packaged config (`smoke`).
+    Plugins are imported so their losses and tasks exist for the checks that follow (harness.validate)."""
+    path = config_file(path)
     data, loc = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")

@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_overrides(parser)
 
 
-def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
+def eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
     """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
     `shared.eval.*`) and the flags; also the config's model and data_dir."""
     from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
@@ -88,7 +88,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from gsil_bench.tasks.api import evaluate
 
-    cfg, cfg_model, cfg_data_dir = _eval_config(args)
+    cfg, cfg_model, cfg_data_dir = eval_config(args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)
     model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
