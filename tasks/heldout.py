@@ -16,7 +16,7 @@ item by item across runs):
 - `margin`: r(real) - r(gen) with r(y) = logp_model(y) - logp_ref(y) summed over the
   response tokens, where the reference is `eval.reference_model` (the experiment's
   starting model; the runner fills it in): GSIL's classifier logit on held-out prompts;
-- `accuracy`: margin > 0 (the classifier accuracy of METHODS.md on held-out prompts).
+- `accuracy`: margin > 0 (the classifier accuracy of docs/methods.md on held-out prompts).
 
 The reference model's log-probs are computed by loading that model in the same process
 and cached append-only, keyed by the reference's identity and the token ids: in

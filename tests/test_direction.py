@@ -4,7 +4,7 @@ items, SFT's negative log-likelihood falls, and iteration 2 starts at iteration 
 
 Log-probs here are computed independently of trainers.logprobs: one plain forward of each
 (prompt, response) sequence, float64 log-softmax, the response tokens summed. The reward of a
-response is r(y) = logp_checkpoint(y) - logp_start(y) (METHODS.md). If real and generated were
+response is r(y) = logp_checkpoint(y) - logp_start(y) (docs/methods.md). If real and generated were
 exchanged anywhere between the data and the loss, the margins below turn negative.
 """
 
