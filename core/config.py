@@ -411,16 +411,21 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
 
 def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
     """Import plugin modules (which register losses, tasks, ...): from the config file's
-    folder, the working directory, or anywhere on sys.path."""
-    for extra in (str(config_dir) if config_dir else None, str(Path.cwd())):
-        if extra and extra not in sys.path:
-            sys.path.append(extra)
-    for i, name in enumerate(modules):
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            where = loc.at(f"plugins[{i}]") if loc else "plugins"
-            raise ConfigError(f"{where}: plugins[{i}]: cannot import {name!r} ({err})") from None
+    folder, the working directory, or anywhere on sys.path. The two folders are on sys.path
+    only while the plugins import: the process's path is left as it was."""
+    added = [d for d in dict.fromkeys(str(p) for p in (config_dir, Path.cwd()) if p) if d not in sys.path]
+    sys.path.extend(added)
+    try:
+        for i, name in enumerate(modules):
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                where = loc.at(f"plugins[{i}]") if loc else "plugins"
+                raise ConfigError(f"{where}: plugins[{i}]: cannot import {name!r} ({err})") from None
+    finally:
+        for d in added:
+            if d in sys.path:
+                sys.path.remove(d)
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from gsil_bench.core.config import load_experiment, shared_hash
@@ -121,7 +123,9 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
         "    return gsil_output(x, torch.relu(1 - z_real) ** 2, torch.relu(1 + z_gen) ** 2)\n"
     )
     p = _write(tmp_path, "name: x\nplugins: [my_losses_plugin]\nmethods:\n  - loss: gsil-squared-hinge-test\n    params: {a: 1.0, b: 0.0}\n")
+    before = list(sys.path)
     cfg = load_experiment(p)
+    assert sys.path == before  # the config's folder was searched for the plugin, and only then
     assert LOSSES.self_play("gsil-squared-hinge-test")
     z = torch.tensor([0.5])
     out = compute_loss(cfg.methods[0].loss, LossInputs(z, torch.zeros(1), -z, torch.zeros(1)), cfg.methods[0].params)
