@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.models import load_model, load_tokenizer, pick_dtype, resolve
 from gsil_bench.core.openai_client import OpenAIClient
 from gsil_bench.core.progress import Progress
@@ -73,8 +74,7 @@ class HFGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig) -> None:
         if cfg.compile and cfg.cache != "static":
-            raise ValueError("generation.compile: true needs generation.cache: static (a dynamic cache changes "
-                             "shape every step, so a compiled step would recompile)")
+            raise ConfigError(f"generation.compile: {COMPILE_NEEDS_STATIC}")
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self._static: StaticDecoder | None = None
 
@@ -292,7 +292,7 @@ class OpenAIGenerator:
     def __init__(self, cfg: GenerationConfig, model_name: str | None = None) -> None:
 
         if not cfg.base_url:
-            raise ValueError("generation.base_url is required for backend 'openai'")
+            raise ConfigError(f"generation.base_url: {OPENAI_NEEDS_URL}")
         self.cfg = cfg
         self.client = OpenAIClient(
             cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, max_retries=cfg.max_retries,
@@ -367,6 +367,27 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
     return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name))
+
+
+COMPILE_NEEDS_STATIC = ("true needs cache: static (a dynamic cache changes shape every step, so a compiled "
+                        "step would recompile)")
+OPENAI_NEEDS_URL = "the openai backend needs the server's URL, e.g. http://127.0.0.1:8000/v1"
+
+
+def generation_problems(cfg: GenerationConfig, key: str) -> list[Problem]:
+    """What can be checked of a generation block before any work (`key`: where it sits,
+    e.g. shared.generation): a registered backend, compile with a static cache, a server URL."""
+    out: list[Problem] = []
+    if cfg.backend not in GENERATORS:
+        try:
+            GENERATORS.get(cfg.backend)
+        except KeyError as err:
+            out.append(Problem(f"{key}.backend", err.args[0]))
+    if cfg.compile and cfg.cache != "static":
+        out.append(Problem(f"{key}.compile", COMPILE_NEEDS_STATIC))
+    if cfg.backend == "openai" and not cfg.base_url:
+        out.append(Problem(f"{key}.base_url", OPENAI_NEEDS_URL))
+    return out
 
 
 def make_generator(cfg: GenerationConfig, **kwargs: Any) -> Generator:

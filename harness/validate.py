@@ -33,7 +33,9 @@ from gsil_bench.tasks.context import EvalContext
 from gsil_bench.trainers.checks import check_method, check_training
 from gsil_bench.trainers.data import DATA_FORMATS, DataError, data_file
 
-SCOPES = ("train", "eval")  # what a command will do: train (methods, data) and/or eval (tasks)
+# what a command will do: train (methods, training settings, data), use the model, evaluate (tasks),
+# report (the baseline, published rows); `run` does all four, `train` the first two, `eval` the middle two
+SCOPES = ("train", "model", "eval", "report")
 
 
 def _method_problems(cfg: ExperimentConfig) -> list[Problem]:
@@ -129,19 +131,22 @@ def _task_problems(cfg: ExperimentConfig, root: Path | None, files: dict[str, st
 
 def problems(cfg: ExperimentConfig, *, data_dir: str | None = None, scope: tuple[str, ...] = SCOPES,
              files: dict[str, str] | None = None) -> list[Problem]:
-    """Every problem the registries and files can find in a schema-valid experiment.
-    `files` (if given) receives the data files to hash for provenance."""
+    """Every problem the registries and files can find in a schema-valid experiment, for the
+    work `scope` names. `files` (if given) receives the data files to hash for provenance."""
     files = {} if files is None else files
-    out = _method_problems(cfg) + _training_problems(cfg)
-    try:
-        resolve(cfg.shared.model)
-    except ModelError as err:
-        out.append(Problem("shared.model", str(err)))
+    out = _method_problems(cfg) + _training_problems(cfg) if "train" in scope else []
+    if "model" in scope:
+        try:
+            resolve(cfg.shared.model)
+        except ModelError as err:
+            out.append(Problem("shared.model", str(err)))
     root = resolve_data_dir(data_dir, cfg.shared.data_dir)
     if "train" in scope:
         out += _data_problems(cfg, root, files)
+    if "report" in scope:
+        out += _report_problems(cfg, root)
     if "eval" in scope:
-        out += _report_problems(cfg, root) + _task_problems(cfg, root, files)
+        out += _task_problems(cfg, root, files)
     return out
 
 

@@ -42,10 +42,10 @@ def test_config_wrong_type_and_bad_loss(tmp_path):
     # losses are the registry's business: the validation pass (harness.validate) checks them
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-logistc\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:3: methods\[0\].loss: .*did you mean 'gsil-logistic'"):
-        load_and_validate(p, scope=())
+        load_and_validate(p, scope=("train",))
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-hinge\n    params: {beta: 0.1}\n")
     with pytest.raises(ConfigError, match=r"has no parameter 'beta'.*takes: a, b"):
-        load_and_validate(p, scope=())
+        load_and_validate(p, scope=("train",))
 
 
 def test_shared_hash_ignores_methods_but_not_shared(tmp_path):

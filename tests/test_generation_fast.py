@@ -91,7 +91,9 @@ def test_sampling_is_seeded(tiny_model, tokenizer):
 
 
 def test_compile_needs_static_cache(tiny_model, tokenizer):
-    with pytest.raises(ValueError, match="generation.cache: static"):
+    from gsil_bench.core.errors import GsilError
+
+    with pytest.raises(GsilError, match="generation.compile: true needs cache: static"):
         HFGenerator(tiny_model, tokenizer, GenerationConfig(compile=True))
 
 

@@ -95,3 +95,43 @@ def test_a_nan_learning_rate_is_rejected_before_any_model_loads(tmp_path, data_d
     text = str(info.value)
     assert "shared.optimizer.lr: must be a finite number > 0, got nan" in text
     assert "shared.model:" in text  # the unresolvable model is a second problem of the same pass
+
+
+SETTINGS = """\
+name: settings
+shared:
+  model: {model}
+  train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 4}}
+  generation: {{cache: dynamic, compile: true}}
+  eval:
+    tasks: [gsm8k, no_such_task_xyz]
+    generation: {{backend: openai}}
+methods:
+  - loss: sft
+"""
+
+
+def test_settings_that_cannot_work_are_problems_before_any_work(tmp_path, tiny_model_dir, data_dir):
+    """A compiled decode step with a dynamic cache, an openai backend without a URL: found by the
+    validation pass (with file:line), not when generation starts."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(SETTINGS.format(model=tiny_model_dir))
+    with pytest.raises(ValidationError) as info:
+        load_and_validate(path, data_dir=str(data_dir))
+    text = "\n".join(info.value.lines)
+    assert f"{path}:{_line_of(path, 'compile: true')}: shared.generation.compile: true needs cache: static" in text
+    assert f"{path}:{_line_of(path, 'backend: openai')}: shared.eval.generation.base_url: the openai backend" in text
+
+
+def test_eval_with_a_config_goes_through_the_validation_pass(tmp_path, tiny_model_dir, data_dir):
+    """`gsil-bench eval --config` reports the config's problems as `run` does: file:line, key, exit 2."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(SETTINGS.format(model=tiny_model_dir))
+    proc = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "eval", "--config", str(path),
+                           "--output", str(tmp_path / "out"), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{path}:{_line_of(path, 'no_such_task_xyz')}: shared.eval.tasks: " in proc.stderr
+    assert f"{path}:{_line_of(path, 'backend: openai')}: shared.eval.generation.base_url" in proc.stderr
+    assert not (tmp_path / "out").exists()

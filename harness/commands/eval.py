@@ -17,9 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gsil_bench.core.config import DEFAULT_MODEL, EvalConfig
-from gsil_bench.core.errors import GsilError
+from gsil_bench.core.config import DEFAULT_MODEL, ExperimentConfig
+from gsil_bench.core.errors import GsilError, ValidationError
 from gsil_bench.core.io import busy_ancestor
+from gsil_bench.core.strict import Located
 from gsil_bench.harness.commands import add_overrides
 
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
@@ -41,23 +42,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_overrides(parser)
 
 
-def eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str | None]:
-    """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
-    `shared.eval.*`) and the flags; also the config's model and data_dir."""
-    from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
+def eval_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Located]:
+    """The experiment an evaluation reads: --config (or the defaults), the KEY=VALUE overrides
+    (the experiment's keys, `shared.eval.*`), then the flags (--tasks, --model, --judge, ...);
+    and where its keys are. Checked by the one validation pass (harness.validate) in `run`."""
+    from gsil_bench.core.config import experiment_from_dict, parse_experiment
     from gsil_bench.core.strict import apply_overrides, to_plain
 
-    model = data_dir = None
     if args.config:
-        exp = load_experiment(args.config, args.overrides)
-        model, data_dir = exp.shared.model, exp.shared.data_dir
+        exp, loc, lines = parse_experiment(args.config, args.overrides)
+        if lines or exp is None:
+            raise ValidationError(lines or [f"{args.config}: the experiment cannot be built"])
     else:
-        exp = ExperimentConfig(name="eval", methods=[])
+        exp, loc = ExperimentConfig(name="eval", methods=[]), Located("<command line>")
         if args.overrides:
             exp = experiment_from_dict(apply_overrides(to_plain(exp), args.overrides), "<command line>")
     cfg = exp.shared.eval
     if args.no_chat_template:
         cfg = replace(cfg, chat_template=False)
+    if args.tasks:
+        cfg = replace(cfg, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()])
     judge = cfg.judge
     if args.judge:
         if re.match(r"https?://", args.judge):
@@ -66,7 +70,8 @@ def eval_config(args: argparse.Namespace) -> tuple[EvalConfig, str | None, str |
             judge = replace(judge, backend="hf", model=args.judge)
     if args.judge_model:
         judge = replace(judge, model=args.judge_model)
-    return replace(cfg, judge=judge), model, data_dir
+    shared = replace(exp.shared, eval=replace(cfg, judge=judge), model=args.model or exp.shared.model)
+    return replace(exp, shared=shared), loc
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -86,19 +91,22 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gsil_bench.harness.validate import validate
     from gsil_bench.tasks.api import evaluate
 
-    cfg, cfg_model, cfg_data_dir = eval_config(args)
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)
-    model = args.model or cfg_model or (f"completions:{Path(args.completions).name}" if args.completions else DEFAULT_MODEL)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
-    out = Path(args.output or Path("runs") / "eval" / slug)
     if args.limit is not None and args.limit < 1:
         raise GsilError(f"--limit must be a positive number of items, got {args.limit}")
+    exp, loc = eval_config(args)
+    validate(exp, loc, data_dir=args.data_dir, scope=("eval",) if args.completions else ("model", "eval"))
+    cfg = exp.shared.eval
+    model = exp.shared.model if args.model or args.config or not args.completions \
+        else f"completions:{Path(args.completions).name}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+    out = Path(args.output or Path("runs") / "eval" / slug)
     busy = busy_ancestor(out)
     if busy is not None:
         raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
-    results = evaluate(model, names, cfg, out, data_dir=args.data_dir or cfg_data_dir, limit=args.limit,
-                       completions=args.completions)
+    results = evaluate(model, list(cfg.tasks), cfg, out, data_dir=args.data_dir or exp.shared.data_dir,
+                       limit=args.limit, completions=args.completions)
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
     return 1 if any(r.get("incomplete") for r in results.values()) else 0
