@@ -19,6 +19,11 @@ class ConfigError(GsilError, ValueError):
     """A configuration problem; the message names the file, line and key."""
 
 
+class FileError(GsilError, ValueError):
+    """A file the user gave or a run folder holds (data, completions, saved training state) whose
+    content does not fit; the message names the file (and line)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem a check found: the config key it concerns and what is wrong."""

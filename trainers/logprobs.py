@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from gsil_bench.core.errors import ConfigError
 from gsil_bench.trainers.data import Batch
 
 
@@ -64,7 +65,7 @@ def token_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, tor
     """Per-position log-probs of the next token, masked to response positions: returns
     (logps [B, T-1-first], mask [B, T-1-first], first) where column j is position first+j."""
     if chunk < 1:
-        raise ValueError(f"shared.train.logprob_chunk must be >= 1, got {chunk}")
+        raise ConfigError(f"shared.train.logprob_chunk: must be >= 1, got {chunk}")
     lm = causal_lm(model)
     kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.position_ids is not None:
