@@ -81,7 +81,7 @@ def dtype_for(device: torch.device) -> torch.dtype:
 def prepare_pairs(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker "prepare": GSM8K demonstrations + the model's own greedy responses, encoded
     with the loop's tokenisation; the texts TRL tokenises itself."""
-    from gsil_bench.trainers.data import render
+    from gsil_bench.core.scoring import render
 
     device = torch.device(spec["device"])
     tok = common.load_tokenizer()

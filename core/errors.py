@@ -19,6 +19,10 @@ class ConfigError(GsilError, ValueError):
     """A configuration problem; the message names the file, line and key."""
 
 
+class DataError(ConfigError):
+    """A data file problem; the message names the file, the line or record, and the field."""
+
+
 class FileError(GsilError, ValueError):
     """A file the user gave or a run folder holds (data, completions, saved training state) whose
     content does not fit; the message names the file (and line)."""
