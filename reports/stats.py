@@ -115,9 +115,8 @@ def hierarchical_ci(matrix: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.
 
 def t_interval(values: list[float], alpha: float = 0.05) -> Interval:
     """Mean over seeds with a Student-t interval (core.stats; used when per-item scores are missing)."""
-    x = np.asarray(values, dtype=float)
-    lo, hi = core_t_interval(x, 1 - alpha)
-    return Interval(float(x.mean()), lo, hi, 0, int(x.size))
+    lo, hi = core_t_interval(values, 1 - alpha)
+    return Interval(float(np.mean(values)), lo, hi, 0, len(values))
 
 
 def pair_by_id(base: Mapping[str, float], cand: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
