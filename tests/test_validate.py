@@ -135,3 +135,36 @@ def test_eval_with_a_config_goes_through_the_validation_pass(tmp_path, tiny_mode
     assert f"{path}:{_line_of(path, 'no_such_task_xyz')}: shared.eval.tasks: " in proc.stderr
     assert f"{path}:{_line_of(path, 'backend: openai')}: shared.eval.generation.base_url" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_cross_key_problem_is_listed_with_the_schema_ones(tmp_path, tiny_model_dir, data_dir):
+    """The config's own cross-key checks (self-play schedule, warm-up, per-method overrides) are
+    Problems like every other check: all of them listed at once, each at its line."""
+    path = tmp_path / "cross.yaml"
+    path.write_text(f"""\
+name: cross
+shared:
+  model: {tiny_model_dir}
+  train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 4}}
+  schedule: {{warmup_steps: -1}}
+  self_play:
+    history: 0
+    schedule:
+      - {{iteration: 0, lr: -1.0}}
+  optimizer: {{lr: fast}}
+methods:
+  - loss: spin
+  - loss: sft
+    overrides: {{model: x}}
+""")
+    with pytest.raises(ValidationError) as info:
+        load_and_validate(path, data_dir=str(data_dir))
+    lines = info.value.lines
+    expected = [("lr: fast", "shared.optimizer.lr: expected a number"),
+                ("overrides:", "methods[1].overrides.model: only keys below"),
+                ("history: 0", "shared.self_play.history: must be >= 1"),
+                ("iteration: 0", "shared.self_play.schedule[0].iteration: must be >= 1"),
+                ("iteration: 0", "shared.self_play.schedule[0].lr: must be > 0"),
+                ("warmup_steps", "shared.schedule.warmup_steps: must be >= 0")]
+    for text, start in expected:
+        assert any(line.startswith(f"{path}:{_line_of(path, text)}: {start}") for line in lines), (start, lines)

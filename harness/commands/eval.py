@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.config import DEFAULT_MODEL, ExperimentConfig
-from gsil_bench.core.errors import GsilError, ValidationError
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import busy_ancestor
 from gsil_bench.core.strict import Located
 from gsil_bench.harness.commands import add_overrides
@@ -46,13 +46,14 @@ def eval_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Located]:
     """The experiment an evaluation reads: --config (or the defaults), the KEY=VALUE overrides
     (the experiment's keys, `shared.eval.*`), then the flags (--tasks, --model, --judge, ...);
     and where its keys are. Checked by the one validation pass (harness.validate) in `run`."""
-    from gsil_bench.core.config import experiment_from_dict, parse_experiment
+    from gsil_bench.core.config import experiment_from_dict, parse_experiment, raise_problems
     from gsil_bench.core.strict import apply_overrides, to_plain
 
     if args.config:
-        exp, loc, lines = parse_experiment(args.config, args.overrides)
-        if lines or exp is None:
-            raise ValidationError(lines or [f"{args.config}: the experiment cannot be built"])
+        parsed, loc, problems = parse_experiment(args.config, args.overrides)
+        raise_problems(problems, loc, parsed)
+        assert parsed is not None
+        exp = parsed
     else:
         exp, loc = ExperimentConfig(name="eval", methods=[]), Located("<command line>")
         if args.overrides:
