@@ -78,6 +78,32 @@ def test_a_documented_command_parses_and_its_config_validates(where, argv, data_
             assert cli.main([*argv, "--dry-run", "--data-dir", str(data_dir)]) == 0, where
 
 
+BENCH = re.compile(r"python -m (benchmarks\.(?:training|generation))((?: --?[\w-]+(?: [\w.-]+)*)*)")
+
+
+def benchmark_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, module, arguments) for each `python -m benchmarks.training|generation ...` in the docs."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in BENCH.finditer(text):
+            if not text[m.end():].startswith(" <"):  # a placeholder (`--models <shape>`) is not a command
+                out.append((str(doc.relative_to(REPO)), m.group(1), shlex.split(m.group(2))))
+    return out
+
+
+BENCHES = benchmark_commands()
+
+
+@pytest.mark.parametrize("doc,module,argv", BENCHES, ids=[f"{d}:{m} {' '.join(a)}" for d, m, a in BENCHES])
+def test_a_documented_benchmark_command_parses(doc, module, argv, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ runs from a checkout, not installed
+    try:
+        importlib.import_module(module).parse_args(argv)
+    except SystemExit as err:
+        raise AssertionError(f"{doc}: `python -m {module} {' '.join(argv)}` does not parse (exit {err.code})") from None
+
+
 def _resolves(dotted: str) -> bool:
     """A module path, optionally followed by attributes: `core.strict.build`, `gsil_bench.tasks.api`."""
     parts = dotted.removeprefix("gsil_bench.").split(".")
