@@ -10,6 +10,7 @@ Backends, chosen by `GenerationConfig.backend`:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -387,6 +388,11 @@ def generation_problems(cfg: GenerationConfig, key: str) -> list[Problem]:
         out.append(Problem(f"{key}.compile", COMPILE_NEEDS_STATIC))
     if cfg.backend == "openai" and not cfg.base_url:
         out.append(Problem(f"{key}.base_url", OPENAI_NEEDS_URL))
+    if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        out.append(Problem(f"{key}.backend", "'vllm' needs vLLM installed: pip install 'gsil-bench[vllm]'"))
+    if cfg.tensor_parallel_size != 1 and cfg.backend != "vllm":
+        out.append(Problem(f"{key}.tensor_parallel_size", f"splits a model over GPUs with backend vllm only, "
+                                                          f"not {cfg.backend!r}"))
     return out
 
 
