@@ -19,7 +19,7 @@ LAYERS = ("core", "harness", "trainers", "tasks", "reports")
 INTERNAL = {
     ("core/generation.py", "generation backend 'hf' needs a model"),
     ("core/generation.py", "generation backend 'vllm' needs a model"),
-    ("harness/runner.py", "evaluation of "),
+    ("harness/steps.py", "evaluation of "),
     ("trainers/inputs.py", ": generations do not cover"),
     ("trainers/losses.py", "this loss needs reference log-probs"),
     ("trainers/losses.py", "this loss needs the generated"),
