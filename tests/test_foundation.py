@@ -133,3 +133,15 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
     p2 = _write(tmp_path, "name: x\nplugins: [no_such_plugin_mod]\nmethods:\n  - loss: sft\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:2: plugins\[0\]: cannot import 'no_such_plugin_mod'"):
         load_experiment(p2)
+
+
+def test_a_config_is_a_file_or_the_name_of_a_packaged_one(tmp_path, monkeypatch):
+    from gsil_bench.core.config import config_file, packaged_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert {"smoke", "nightly"} <= set(packaged_configs())
+    assert config_file("smoke") == packaged_configs()["smoke"] and config_file("smoke").is_file()
+    with pytest.raises(ConfigError, match=r"smok: no such file, nor a packaged config \(did you mean 'smoke'\?\)"):
+        config_file("smok")
+    with pytest.raises(ConfigError, match=r"configs/smoke.yaml: config file not found \(or name a packaged config"):
+        config_file("configs/smoke.yaml")
