@@ -1,1 +1,1 @@
-"""Benchmarks (python -m gsil_bench.benchmarks.training / benchmarks.generation)."""
+"""Benchmarks (python -m benchmarks.training / benchmarks.generation)."""

@@ -2,8 +2,8 @@
 GSM8K pairs (demonstration + the model's own greedy response, cached), FLOP counts,
 device ceilings (matrix-multiply rate, memory bandwidth) and timing/memory helpers.
 
-Nothing here is imported by the library; `python -m gsil_bench.benchmarks.training` and
-`python -m gsil_bench.benchmarks.generation` use it.
+Nothing here is imported by the library; `python -m benchmarks.training` and
+`python -m benchmarks.generation` use it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 against gsil-bench's fastest configuration, batch 64, 256 new tokens, and the bound
 that memory bandwidth puts on decoding.
 
-    python -m gsil_bench.benchmarks.generation --device cpu --quick    # tiny model
-    python -m gsil_bench.benchmarks.generation --device cuda           # SmolLM2-360M and -1.7B shapes, bf16
+    python -m benchmarks.generation --device cpu --quick    # tiny model
+    python -m benchmarks.generation --device cuda           # SmolLM2-360M and -1.7B shapes, bf16
 
 Prompts are GSM8K training questions (the self-play prompts), greedy decoding as in the
 released recipes. Configurations (all through `core.generation.HFGenerator`):
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gsil_bench.benchmarks import common
+from benchmarks import common
 from gsil_bench.core.config import GenerationConfig
 from gsil_bench.core.registry import Registry
 
@@ -63,7 +63,7 @@ class HFStaticGenerate:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gsil_bench.benchmarks.generation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="tiny model (CPU smoke benchmark)")
     p.add_argument("--models", nargs="+", help="model shapes (default: tiny on CPU/--quick, else 360m and 1.7b)")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for shape in models for r in bench_model(shape, configs, args, device, ceil)]
     from gsil_bench.core.provenance import collect
 
-    report = {"command": " ".join(["python -m gsil_bench.benchmarks.generation", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m benchmarks.generation", *(argv or sys.argv[1:])]),
               "hardware": common.hardware_line(device), "ceilings": common.as_dict(ceil), "rows": rows,
               "provenance": collect(vars(args), seed=0, started=started,
                                     data_files={"gsm8k_train": str(common.data_dir() / "gsm8k" / "train.jsonl")})}

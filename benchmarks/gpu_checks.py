@@ -1,6 +1,6 @@
 """Correctness checks of the fast paths on a CUDA GPU, run before the GPU benchmarks.
 
-    python -m gsil_bench.benchmarks.gpu_checks --out results.json
+    python -m benchmarks.gpu_checks --out results.json
 
 1. Packed (Flash-Attention varlen) vs padded (the loop's `batch_logps`) summed response
    log-probs and parameter gradients, bf16, SmolLM2-360M shape, real GSM8K pairs.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gsil_bench.benchmarks import common
+from benchmarks import common
 
 log = logging.getLogger("benchmarks")
 
@@ -116,7 +116,7 @@ def check_compiled_decode(shape: str = "smollm2-360m", n: int = 16, new: int = 6
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m gsil_bench.benchmarks.gpu_checks")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_checks")
     p.add_argument("--out")
     p.add_argument("--only", nargs="+", choices=["packed_vs_padded", "compiled_decode"])
     args = p.parse_args()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gsil_bench.benchmarks import common
+from benchmarks import common
 
 
 def _config(spec: dict[str, Any], model_dir: Path, n: int) -> Path:
@@ -99,7 +99,7 @@ def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         handle.remove()
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    from gsil_bench.benchmarks.training import step_times
+    from benchmarks.training import step_times
 
     return {"step_s": step_times(ends, spec["warmup"]), "peak_gib": common.peak_memory_gib(device),
             "loss_first": metrics[0]["loss"], "loss_last": metrics[-1]["loss"], "steps_run": summary["steps"],

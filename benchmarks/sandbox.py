@@ -1,10 +1,11 @@
 """Code-sandbox cost: the full canonical HumanEval and MBPP+ scoring runs, before (the code
 of a git revision, default the merge-base with main) and after (this tree), side by side.
 
-    python -m gsil_bench.benchmarks.sandbox --out benchmarks/results/<date>-sandbox/sandbox.json
-    python -m gsil_bench.benchmarks.sandbox --tasks humaneval --before 0f0b5e0
+    python -m benchmarks.sandbox --out benchmarks/results/<date>-sandbox/sandbox.json
+    python -m benchmarks.sandbox --tasks humaneval --before 0f0b5e0
 
-Each side runs in its own process (`PYTHONPATH` = that tree, exported with `git archive`)
+Each side runs in its own process (the revision exported with `git archive` and installed
+apart; this checkout through its own install)
 on the same completions file (every problem's canonical solution), the same workers and
 data; a first untimed run fills each side's EvalPlus expected-output cache, then `repeat`
 timed runs follow, alternating the sides (the median is reported). Both must score 100%, or the run stops. The
@@ -29,7 +30,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("gsil_bench.benchmarks.sandbox")
+log = logging.getLogger("benchmarks.sandbox")
 REPO = Path(__file__).resolve().parents[1]
 FILES = {"humaneval": "humaneval/HumanEval.jsonl", "mbpp_plus": "mbpp_plus/MbppPlus.jsonl"}
 
@@ -63,8 +64,23 @@ def completions(task: str, data_dir: Path, dest: Path) -> Path:
     return path
 
 
+def importable(tree: Path) -> str:
+    """What to put on PYTHONPATH for `tree`'s gsil_bench: nothing for this checkout (its editable
+    install), the tree itself for revisions that linked the folders under gsil_bench/, else the
+    tree installed once as a wheel installs it."""
+    if tree == REPO:
+        return os.environ.get("PYTHONPATH", "")
+    if (tree / "gsil_bench" / "core").is_dir():
+        return str(tree)
+    site = tree / ".site"
+    if not site.is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                        str(site), str(tree)], check=True)
+    return str(site)
+
+
 def run_side(tree: Path, task: str, comp: Path, workers: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": importable(tree)}
     # -P: the working folder (a shared /tmp) is not on sys.path, so a stray /tmp/numbers.py cannot shadow a module
     proc = subprocess.run([sys.executable, "-P", "-c", CHILD, task, str(comp), str(workers)], env=env, cwd=tempfile.gettempdir(),
                           capture_output=True, text=True)

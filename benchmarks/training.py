@@ -1,8 +1,8 @@
 """Training throughput: gsil-bench's optimizer step vs TRL's DPOTrainer, same model,
 same pairs, same batch and sequence limits, in one run.
 
-    python -m gsil_bench.benchmarks.training --device cpu --quick      # tiny model, a few minutes on a CPU
-    python -m gsil_bench.benchmarks.training --device cuda             # SmolLM2-360M and -1.7B shapes, bf16
+    python -m benchmarks.training --device cpu --quick      # tiny model, a few minutes on a CPU
+    python -m benchmarks.training --device cuda             # SmolLM2-360M and -1.7B shapes, bf16
 
 Data: GSM8K training demonstrations (real) paired with the model's own greedy response
 (generated once, cached under runs/bench-cache/). Each contestant runs in its own
@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-from gsil_bench.benchmarks import common
+from benchmarks import common
 
 METHODS = ("gsil-logistic", "spin", "dpo")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gsil_bench.benchmarks.training", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU smoke benchmark)")
     p.add_argument("--models", nargs="+", help="model shapes (default: tiny on CPU/--quick, else 360m and 1.7b)")
@@ -81,7 +81,7 @@ def dtype_for(device: torch.device) -> torch.dtype:
 def prepare_pairs(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker "prepare": GSM8K demonstrations + the model's own greedy responses, encoded
     with the loop's tokenisation; the texts TRL tokenises itself."""
-    from gsil_bench.trainers.data import render
+    from gsil_bench.core.scoring import render
 
     device = torch.device(spec["device"])
     tok = common.load_tokenizer()
@@ -194,7 +194,7 @@ def run_worker(name: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]
     """Run one worker in a fresh Python process; return its JSON result."""
     spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
     spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
-    cmd = [sys.executable, "-m", "gsil_bench.benchmarks.training", "--worker", spec["kind"], "--spec", str(spec_path)]
+    cmd = [sys.executable, "-m", "benchmarks.training", "--worker", spec["kind"], "--spec", str(spec_path)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=common.REPO)
     if proc.returncode != 0 or not result_path.is_file():
@@ -207,11 +207,11 @@ def worker_main(args: argparse.Namespace) -> None:
     spec = json.loads(args.spec.read_text())
     torch.manual_seed(0)
     if spec["kind"] == "trl":
-        from gsil_bench.benchmarks.trl_peer import trl_worker
+        from benchmarks.trl_peer import trl_worker
 
         result = trl_worker(spec)
     elif spec["kind"] == "loop":
-        from gsil_bench.benchmarks.loop_peer import loop_worker
+        from benchmarks.loop_peer import loop_worker
 
         result = loop_worker(spec)
     else:
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.extend(run_shape(args, shape, device, ceil, Path(tmp)))
     from gsil_bench.core.provenance import collect
 
-    report = {"command": " ".join(["python -m gsil_bench.benchmarks.training", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m benchmarks.training", *(argv or sys.argv[1:])]),
               "hardware": common.hardware_line(device), "ceilings": common.as_dict(ceil), "rows": rows,
               "ratio_vs_trl": ratio_vs_trl(rows), "ratio_vs_trl_stand_in": ratio_vs_trl(rows, "gsil:dpo"),
               "provenance": collect(vars(args) | {"out": str(args.out), "spec": None}, seed=0,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gsil_bench.benchmarks import common
+from benchmarks import common
 
 
 def _timer(device: torch.device, warmup: int, total: int) -> Any:
@@ -88,7 +88,7 @@ def trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
         same = _same_tokens(trainer.train_dataset, pairs)
         trainer.train()
     losses = timer.losses or [float("nan")]
-    from gsil_bench.benchmarks.training import step_times
+    from benchmarks.training import step_times
 
     return {"step_s": step_times(timer.ends, spec["warmup"]), "peak_gib": common.peak_memory_gib(device), "loss_first": losses[0],
             "loss_last": losses[-1], "same_tokens": same, "init_s": init_s,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from gsil_bench.core.errors import ConfigError, ValidationError
+from gsil_bench.core.errors import ConfigError, Problem, ValidationError
 from gsil_bench.core.registry import did_you_mean
-from gsil_bench.core.strict import Located, apply_overrides, build, build_collecting, load_yaml, to_plain
+from gsil_bench.core.strict import Located, apply_overrides, build_collecting, load_yaml, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -286,11 +286,31 @@ class ExperimentConfig:
 OVERRIDABLE = ("optimizer", "schedule", "train", "generation", "self_play")
 
 
-def check_overrides(cfg: ExperimentConfig, loc: Located) -> None:
+def override_problems(cfg: ExperimentConfig) -> list[Problem]:
     """methods[i].overrides: every key dotted below an overridable shared block, and the result valid."""
-    for m in cfg.methods:
-        if m.overrides:
-            method_shared(cfg, m.label, loc)
+    return [p for i, m in enumerate(cfg.methods) if m.overrides for p in _method_shared(cfg, i)[1]]
+
+
+def _method_shared(cfg: ExperimentConfig, index: int) -> tuple[SharedConfig | None, list[Problem]]:
+    """The shared block with methods[index]'s overrides applied, and the problems doing so."""
+    at = f"methods[{index}].overrides"
+    data, problems = to_plain(cfg.shared), []
+    for dotted, value in cfg.methods[index].overrides.items():
+        key, parts = f"{at}.{dotted}", str(dotted).split(".")
+        if parts[0] not in OVERRIDABLE:
+            problems.append(Problem(key, f"only keys below {', '.join(OVERRIDABLE)} may differ per method", at=at))
+            continue
+        node = data
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        if parts[-1] not in node:
+            problems.append(Problem(key, f"no shared key {dotted!r}", at=at))
+            continue
+        node[parts[-1]] = value
+    if problems:
+        return None, problems
+    shared, errs = build_collecting(SharedConfig, data, Located("<overrides>"), prefix=f"{at} -> shared")
+    return shared, [replace(p, at=at) for p in errs]
 
 
 def method_shared(cfg: ExperimentConfig, label: str, loc: Located | None = None) -> SharedConfig:
@@ -298,25 +318,10 @@ def method_shared(cfg: ExperimentConfig, label: str, loc: Located | None = None)
     method = cfg.method(label)
     if not method.overrides:
         return cfg.shared
-    index = [m.label for m in cfg.methods].index(label)
-    loc = loc or Located("<config>")
-    data = to_plain(cfg.shared)
-    for dotted, value in method.overrides.items():
-        key = f"methods[{index}].overrides.{dotted}"
-        parts = str(dotted).split(".")
-        if parts[0] not in OVERRIDABLE:
-            raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: only keys below "
-                              f"{', '.join(OVERRIDABLE)} may differ per method")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: no shared key {dotted!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"{loc.at(f'methods[{index}].overrides')}: {key}: no shared key {dotted!r}")
-        node[parts[-1]] = value
-    where = loc.at(f"methods[{index}].overrides")
-    return build(SharedConfig, data, Located(where), prefix=f"methods[{index}].overrides -> shared")
+    shared, problems = _method_shared(cfg, [m.label for m in cfg.methods].index(label))
+    raise_problems(problems, loc or Located("<config>"), shared)
+    assert shared is not None
+    return shared
 
 
 def for_method(cfg: ExperimentConfig, label: str) -> ExperimentConfig:
@@ -325,42 +330,41 @@ def for_method(cfg: ExperimentConfig, label: str) -> ExperimentConfig:
     return cfg if shared is cfg.shared else replace(cfg, shared=shared)
 
 
-def check_self_play(cfg: ExperimentConfig, loc: Located) -> None:
+def self_play_problems(cfg: ExperimentConfig) -> list[Problem]:
     """shared.self_play and methods[i].per_iteration: iterations >= 1 (entries beyond shared.iterations are
     simply not reached, so `shared.iterations=1` tries a long recipe), values sane."""
-    sp = cfg.shared.self_play
+    sp, out = cfg.shared.self_play, []
     if sp.history < 1:
-        raise ConfigError(f"{loc.at('shared.self_play.history')}: shared.self_play.history: must be >= 1, "
-                          f"got {sp.history}")
+        out.append(Problem("shared.self_play.history", f"must be >= 1, got {sp.history}"))
     for j, it in enumerate(sp.schedule):
         key = f"shared.self_play.schedule[{j}]"
         if it.iteration < 1:
-            raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {it.iteration}")
+            out.append(Problem(f"{key}.iteration", f"must be >= 1, got {it.iteration}", at=key))
         if it.lr is not None and it.lr <= 0:
-            raise ConfigError(f"{loc.at(key)}: {key}.lr: must be > 0, got {it.lr}")
+            out.append(Problem(f"{key}.lr", f"must be > 0, got {it.lr}", at=key))
         if it.epochs is not None and it.epochs < 1:
-            raise ConfigError(f"{loc.at(key)}: {key}.epochs: must be >= 1, got {it.epochs}")
+            out.append(Problem(f"{key}.epochs", f"must be >= 1, got {it.epochs}", at=key))
     seen = [it.iteration for it in sp.schedule]
     if len(seen) != len(set(seen)):
-        raise ConfigError(f"{loc.at('shared.self_play.schedule')}: shared.self_play.schedule: an iteration "
-                          f"appears twice ({seen})")
+        out.append(Problem("shared.self_play.schedule", f"an iteration appears twice ({seen})"))
     for i, m in enumerate(cfg.methods):
         for j, per in enumerate(m.per_iteration):
             key = f"methods[{i}].per_iteration[{j}]"
             if per.iteration < 1:
-                raise ConfigError(f"{loc.at(key)}: {key}.iteration: must be >= 1, got {per.iteration}")
+                out.append(Problem(f"{key}.iteration", f"must be >= 1, got {per.iteration}", at=key))
+    return out
 
 
-def check_schedule(cfg: ExperimentConfig, loc: Located) -> None:
+def schedule_problems(cfg: ExperimentConfig) -> list[Problem]:
     """shared.schedule.warmup_steps >= 0 and shared.generation.prompt_template contains {prompt}."""
-    steps = cfg.shared.schedule.warmup_steps
+    out, steps = [], cfg.shared.schedule.warmup_steps
     if steps is not None and steps < 0:
-        raise ConfigError(f"{loc.at('shared.schedule.warmup_steps')}: shared.schedule.warmup_steps: "
-                          f"must be >= 0, got {steps}")
+        out.append(Problem("shared.schedule.warmup_steps", f"must be >= 0, got {steps}"))
     template = cfg.shared.generation.prompt_template
     if template is not None and "{prompt}" not in template:
-        raise ConfigError(f"{loc.at('shared.generation.prompt_template')}: shared.generation.prompt_template: "
-                          f"must contain {{prompt}} (or be null for the chat template), got {template!r}")
+        out.append(Problem("shared.generation.prompt_template",
+                           f"must contain {{prompt}} (or be null for the chat template), got {template!r}"))
+    return out
 
 
 def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple[ExperimentConfig, MethodConfig]:
@@ -380,12 +384,36 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
     return replace(cfg, shared=shared), method
 
 
-def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig | None, Located, list[str]]:
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (the repository's configs/), by name: smoke, nightly, ..."""
+    folder = Path(importlib.import_module("gsil_bench.configs").__path__[0])
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def config_file(name: str | Path) -> Path:
+    """An experiment file: a path, or the name of a packaged config (`gsil-bench run smoke`
+    works from an installed wheel, with no checkout)."""
+    path = Path(name)
+    if path.is_file() or path.suffix or len(path.parts) > 1:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (or name a packaged config: "
+                              f"{', '.join(packaged_configs())})")
+        return path
+    found = packaged_configs()
+    if str(name) not in found:
+        raise ConfigError(f"{name}: no such file, nor a packaged config{did_you_mean(str(name), list(found))} "
+                          f"(packaged: {', '.join(found)})")
+    return found[str(name)]
+
+
+def parse_experiment(path: str | Path, overrides: list[str] | None = None
+                     ) -> tuple[ExperimentConfig | None, Located, list[Problem]]:
     """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
     every problem: (the config or None when it cannot be built, where its keys are, the
-    problems one line each with file:line). Sweeps (lists of values) are expanded into method
-    variants first (core.sweeps). Plugins are imported so their losses and tasks
-    exist for the checks that follow (harness.validate)."""
+    problems). `path` may name a packaged config (`smoke`). Sweeps (lists of values) are expanded
+    into method variants first (core.sweeps; a malformed sweep raises ConfigError at its file:line).
+    Plugins are imported so their losses and tasks exist for the checks that follow (harness.validate)."""
+    path = config_file(path)
     data, loc = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -394,40 +422,52 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None) -> tu
         loc.mark_overrides(overrides)
     from gsil_bench.core.sweeps import expand_sweeps
 
-    try:
-        data, loc = expand_sweeps(data, loc)
-    except ConfigError as err:
-        return None, loc, [str(err)]
-    cfg, errors = build_collecting(ExperimentConfig, data, loc)
+    data, loc = expand_sweeps(data, loc)
+    cfg, problems = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
-        try:
-            import_plugins(cfg.plugins, Path(path).resolve().parent, loc)
-        except ConfigError as err:
-            errors.append(str(err))
-    return cfg, loc, errors
+        problems += plugin_problems(cfg.plugins, Path(path).resolve().parent)
+    return cfg, loc, problems
+
+
+def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:
+    """Raise one ValidationError with every problem rendered (file:line, key, message), if any."""
+    if problems or cfg is None:
+        raise ValidationError([loc.render(p) for p in problems] or [f"{loc.file}: the experiment cannot be built"])
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment YAML against the schema (every schema problem in one error).
     The checks that need the registries (losses, tasks, data, model) are harness.validate's."""
-    cfg, _, errors = parse_experiment(path, overrides)
-    if errors or cfg is None:
-        raise ValidationError(errors or [f"{path}: the experiment cannot be built"])
+    cfg, loc, problems = parse_experiment(path, overrides)
+    raise_problems(problems, loc, cfg)
+    assert cfg is not None
     return cfg
 
 
-def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
+def plugin_problems(modules: list[str], config_dir: Path | None = None) -> list[Problem]:
     """Import plugin modules (which register losses, tasks, ...): from the config file's
-    folder, the working directory, or anywhere on sys.path."""
-    for extra in (str(config_dir) if config_dir else None, str(Path.cwd())):
-        if extra and extra not in sys.path:
-            sys.path.append(extra)
-    for i, name in enumerate(modules):
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            where = loc.at(f"plugins[{i}]") if loc else "plugins"
-            raise ConfigError(f"{where}: plugins[{i}]: cannot import {name!r} ({err})") from None
+    folder, the working directory, or anywhere on sys.path; a module that does not import is
+    a problem. The two folders are on sys.path only while the plugins import: the process's
+    path is left as it was."""
+    added = [d for d in dict.fromkeys(str(p) for p in (config_dir, Path.cwd()) if p) if d not in sys.path]
+    sys.path.extend(added)
+    out = []
+    try:
+        for i, name in enumerate(modules):
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r} ({err})"))
+    finally:
+        for d in added:
+            if d in sys.path:
+                sys.path.remove(d)
+    return out
+
+
+def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
+    """plugin_problems, raised as one error."""
+    raise_problems(plugin_problems(modules, config_dir), loc or Located("plugins"))
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
@@ -438,9 +478,9 @@ def experiment_from_dict(data: dict[str, Any], source: str = "<dict>", overrides
     loc = Located(source)
     loc.mark_overrides(overrides or [])
     data, loc = expand_sweeps(data, loc)
-    cfg, errors = build_collecting(ExperimentConfig, data, loc)
-    if errors or cfg is None:
-        raise ValidationError(errors or [f"{source}: the experiment cannot be built"])
+    cfg, problems = build_collecting(ExperimentConfig, data, loc)
+    raise_problems(problems, loc, cfg)
+    assert cfg is not None
     import_plugins(cfg.plugins)
     return cfg
 

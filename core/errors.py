@@ -19,12 +19,24 @@ class ConfigError(GsilError, ValueError):
     """A configuration problem; the message names the file, line and key."""
 
 
+class DataError(ConfigError):
+    """A data file problem; the message names the file, the line or record, and the field."""
+
+
+class FileError(GsilError, ValueError):
+    """A file the user gave or a run folder holds (data, completions, saved training state) whose
+    content does not fit; the message names the file (and line)."""
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One problem a check found: the config key it concerns and what is wrong."""
+    """One problem a check found: the config key it concerns and what is wrong. The one
+    representation of a problem, from the schema (core.strict) to every registry and file check;
+    rendered once, with the YAML's file:line, by `core.strict.Located.render`."""
 
     key: str  # dotted config key, e.g. "shared.optimizer.lr" ("" when no key applies)
     message: str  # what was expected, without the key
+    at: str | None = None  # the key whose line locates it, when not `key` (an unknown key's, a block's)
 
     def render(self, where: str | None = None) -> str:
         head = f"{where}: " if where else ""

@@ -10,12 +10,14 @@ Backends, chosen by `GenerationConfig.backend`:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from gsil_bench.core.config import GenerationConfig
+from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.models import load_model, load_tokenizer, pick_dtype, resolve
 from gsil_bench.core.openai_client import OpenAIClient
 from gsil_bench.core.progress import Progress
@@ -92,8 +94,7 @@ class HFGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig) -> None:
         if cfg.compile and cfg.cache != "static":
-            raise ValueError("generation.compile: true needs generation.cache: static (a dynamic cache changes "
-                             "shape every step, so a compiled step would recompile)")
+            raise ConfigError(f"generation.compile: {COMPILE_NEEDS_STATIC}")
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self._static: StaticDecoder | None = None
         self._fits = 0  # auto_batch_size: the batch size that fitted (0: none tried yet)
@@ -393,10 +394,9 @@ class OpenAIGenerator:
     def __init__(self, cfg: GenerationConfig, model_name: str | None = None) -> None:
 
         if not cfg.base_url:
-            raise ValueError("generation.base_url is required for backend 'openai'")
+            raise ConfigError(f"generation.base_url: {OPENAI_NEEDS_URL}")
         if cfg.max_prompt_tokens:
-            raise ValueError("generation.max_prompt_tokens: the openai backend sends text (the server tokenises); "
-                             "use backend hf or vllm, or max_prompt_tokens: null")
+            raise ConfigError(f"generation.max_prompt_tokens: {OPENAI_NO_PROMPT_CUT}")
         self.cfg = cfg
         self.client = OpenAIClient(
             cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout, max_retries=cfg.max_retries,
@@ -479,6 +479,34 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
     return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name, revision), revision)
+
+
+COMPILE_NEEDS_STATIC = ("true needs cache: static (a dynamic cache changes shape every step, so a compiled "
+                        "step would recompile)")
+OPENAI_NEEDS_URL = "the openai backend needs the server's URL, e.g. http://127.0.0.1:8000/v1"
+OPENAI_NO_PROMPT_CUT = ("the openai backend sends text (the server tokenises); use backend hf or vllm, "
+                        "or max_prompt_tokens: null")
+
+
+def generation_problems(cfg: GenerationConfig, key: str) -> list[Problem]:
+    """What can be checked of a generation block before any work (`key`: where it sits,
+    e.g. shared.generation): a registered backend, compile with a static cache, a server URL."""
+    out: list[Problem] = []
+    if cfg.backend not in GENERATORS:
+        try:
+            GENERATORS.get(cfg.backend)
+        except KeyError as err:
+            out.append(Problem(f"{key}.backend", err.args[0]))
+    if cfg.compile and cfg.cache != "static":
+        out.append(Problem(f"{key}.compile", COMPILE_NEEDS_STATIC))
+    if cfg.backend == "openai" and not cfg.base_url:
+        out.append(Problem(f"{key}.base_url", OPENAI_NEEDS_URL))
+    if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        out.append(Problem(f"{key}.backend", "'vllm' needs vLLM installed: pip install 'gsil-bench[vllm]'"))
+    if cfg.tensor_parallel_size != 1 and cfg.backend != "vllm":
+        out.append(Problem(f"{key}.tensor_parallel_size", f"splits a model over GPUs with backend vllm only, "
+                                                          f"not {cfg.backend!r}"))
+    return out
 
 
 def make_generator(cfg: GenerationConfig, **kwargs: Any) -> Generator:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gsil_bench.core.errors import GsilError
+from gsil_bench.core.errors import FileError, GsilError
 
 log = logging.getLogger(__name__)
 DONE = "DONE"
@@ -115,7 +115,7 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]
 
 def iter_jsonl_file(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) from a user's JSONL file, blank lines skipped; bad lines
-    (binary, invalid JSON, not an object) raise ValueError naming the file and line."""
+    (binary, invalid JSON, not an object) raise FileError (a ValueError) naming the file and line."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             rec = parse_json_line(raw, path, lineno)
@@ -124,30 +124,30 @@ def iter_jsonl_file(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def parse_json_line(raw: bytes, path: str | Path, lineno: int) -> Any:
-    """One JSONL line as a dict (None for a blank line); ValueError naming the file and line
+    """One JSONL line as a dict (None for a blank line); FileError naming the file and line
     for binary data, invalid JSON or anything but an object."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{path}:{lineno}: not UTF-8 text (a binary file?)") from None
+        raise FileError(f"{path}:{lineno}: not UTF-8 text (a binary file?)") from None
     if not line.strip():
         return None
     if "\0" in line:
-        raise ValueError(f"{path}:{lineno}: contains NUL bytes (a binary file?)")
+        raise FileError(f"{path}:{lineno}: contains NUL bytes (a binary file?)")
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+        raise FileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
     except RecursionError:
-        raise ValueError(f"{path}:{lineno}: JSON nested too deeply") from None
+        raise FileError(f"{path}:{lineno}: JSON nested too deeply") from None
     if not isinstance(rec, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        raise FileError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
     return rec
 
 
 def read_jsonl_strict(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file that was written whole: an invalid, non-object or unterminated
-    (torn) line raises ValueError naming the file and line."""
+    (torn) line raises FileError naming the file and line."""
     data = Path(path).read_bytes()
     lines = data.split(b"\n")
     out = []
@@ -155,13 +155,13 @@ def read_jsonl_strict(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         if lineno == len(lines):
-            raise ValueError(f"{path}:{lineno}: torn last line (no newline): the file was cut or changed")
+            raise FileError(f"{path}:{lineno}: torn last line (no newline): the file was cut or changed")
         try:
             rec = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({getattr(err, 'msg', err)})") from None
+            raise FileError(f"{path}:{lineno}: invalid JSON ({getattr(err, 'msg', err)})") from None
         if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            raise FileError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         out.append(rec)
     return out
 

@@ -10,6 +10,8 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from gsil_bench.core.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -38,7 +40,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T, **meta: Any) -> None:
         if name in self._items:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            raise ConfigError(f"{self.kind} {name!r} is already registered (a plugin may not reuse a name)")
         self._items[name] = obj
         self._meta[name] = dict(meta)
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from gsil_bench.core.aliases import alias_hint
-from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.registry import did_you_mean
 
 __all__ = ["ConfigError", "Located", "apply_overrides", "build", "build_collecting", "load_yaml", "parse_override",
@@ -45,6 +45,19 @@ class Located:
         if line is None and "." in key:  # fall back to the nearest parent with a line
             return self.at(key.rsplit(".", 1)[0])
         return f"{self.file}:{line}" if line else self.file
+
+    def render(self, problem: Problem) -> str:
+        """One line: file:line (of the problem's key, or its nearest parent), key, message."""
+        key = problem.key if problem.at is None else problem.at
+        return problem.render(self.at(key) if key else self.file)
+
+
+class _Bad(Exception):
+    """A value does not fit its field: the problem, not yet located."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 def _line_map(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
@@ -102,9 +115,9 @@ class _Skip(Exception):
     """A nested block could not be built; its problems are already collected."""
 
 
-def _convert(tp: Any, value: Any, key: str, loc: Located, errors: list[str] | None = None) -> Any:
+def _convert(tp: Any, value: Any, key: str, loc: Located, errors: list[Problem] | None = None) -> Any:
     origin = get_origin(tp)
-    fail = ConfigError(f"{loc.at(key)}: {key}: expected {_type_name(tp)}, got {value!r}")
+    fail = _Bad(Problem(key, f"expected {_type_name(tp)}, got {value!r}"))
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -118,7 +131,7 @@ def _convert(tp: Any, value: Any, key: str, loc: Located, errors: list[str] | No
                 continue
             try:
                 return _convert(arg, value, key, loc, errors)
-            except ConfigError:
+            except _Bad:
                 continue
         raise fail
     if origin is Literal:
@@ -166,27 +179,31 @@ def _convert(tp: Any, value: Any, key: str, loc: Located, errors: list[str] | No
         if isinstance(value, str):
             return value
         raise fail
-    raise ConfigError(f"{loc.at(key)}: {key}: unsupported field type {tp!r}")
+    raise _Bad(Problem(key, f"unsupported field type {tp!r}"))
 
 
 T = typing.TypeVar("T")
 
 
 def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "",
-          errors: list[str] | None = None) -> T:
+          errors: list[Problem] | None = None) -> T:
     """Build dataclass `cls` from plain data, strictly (unknown/missing keys, types).
 
-    Without `errors`, the first problem raises ConfigError. With a list, every problem
-    is appended to it (one line each, file:line first) and a key with a bad value keeps
-    its default, so one pass reports all of them; a block that cannot be built at all
-    (a required key missing) is left out of its parent."""
+    Without `errors`, the first problem raises ConfigError (its line rendered). With a list,
+    every problem is appended to it and a key with a bad value keeps its default, so one
+    pass reports all of them; a block that cannot be built at all (a required key missing)
+    is left out of its parent."""
     collect = errors is not None
-    errs: list[str] = errors if errors is not None else []
+    errs: list[Problem] = errors if errors is not None else []
     loc = loc or Located("<config>")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{loc.at(prefix)}: {prefix or 'config'}: expected a mapping, got {data!r}")
+        problem = Problem(prefix or "config", f"expected a mapping, got {data!r}", at=prefix)
+        if collect:
+            errs.append(problem)
+            raise _Skip()
+        raise ConfigError(loc.render(problem))
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -195,48 +212,46 @@ def build(cls: type[T], data: Any, loc: Located | None = None, prefix: str = "",
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             hint = alias_hint(str(key), full) or did_you_mean(str(key), list(fields))
-            errs.append(f"{loc.at(full)}: unknown key {full!r}{hint}; allowed here: {', '.join(fields)}")
+            errs.append(Problem("", f"unknown key {full!r}{hint}; allowed here: {', '.join(fields)}", at=full))
         else:
             try:
                 kwargs[key] = _convert(hints[key], value, full, loc, errors)
-            except ConfigError as err:
-                errs.append(str(err))
+            except _Bad as bad:
+                errs.append(bad.problem)
             except _Skip:
                 pass
         if not collect and len(errs) > n_before:
-            raise ConfigError(errs[n_before])
+            raise ConfigError(loc.render(errs[n_before]))
     buildable = True
     for name, f in fields.items():
         missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if missing and name not in kwargs:
             full = f"{prefix}.{name}" if prefix else name
-            if not any(f"{full!r}" in e or f" {full}:" in e or f" {full}[" in e for e in errs[n_before:]):
-                errs.append(f"{loc.at(prefix) if prefix else loc.file}: missing required key {full!r}")
+            if not any(p.key == full or (p.at or p.key).startswith((f"{full}.", f"{full}[")) for p in errs[n_before:]):
+                errs.append(Problem("", f"missing required key {full!r}", at=prefix))
             buildable = False
     if not collect and len(errs) > n_before:
-        raise ConfigError(errs[n_before])
+        raise ConfigError(loc.render(errs[n_before]))
     if not buildable:
         raise _Skip()
     try:
         obj = cls(**kwargs)
     except (ValueError, TypeError) as err:
-        msg = f"{loc.at(prefix) if prefix else loc.file}: {prefix or 'config'}: {err}"
+        problem = Problem(prefix or "config", str(err), at=prefix)
         if not collect:
-            raise ConfigError(msg) from None
-        errs.append(msg)
+            raise ConfigError(loc.render(problem)) from None
+        errs.append(problem)
         raise _Skip() from None
     return obj
 
 
-def build_collecting(cls: type[T], data: Any, loc: Located) -> tuple[T | None, list[str]]:
-    """Build `cls` collecting every problem: (the object or None, the problems, one line each)."""
-    errors: list[str] = []
+def build_collecting(cls: type[T], data: Any, loc: Located, prefix: str = "") -> tuple[T | None, list[Problem]]:
+    """Build `cls` collecting every problem: (the object or None, the problems)."""
+    errors: list[Problem] = []
     try:
-        return build(cls, data, loc, errors=errors), errors
+        return build(cls, data, loc, prefix, errors=errors), errors
     except _Skip:
         return None, errors
-    except ConfigError as err:
-        return None, [*errors, str(err)]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -19,7 +19,8 @@ from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.io import is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
 from gsil_bench.core.sweeps import describe_sweeps
-from gsil_bench.harness.runner import Run, Step, _eval_done, _train_done, plan_steps
+from gsil_bench.harness.plan import Run, Step, plan_steps
+from gsil_bench.harness.steps import eval_done, train_done
 from gsil_bench.trainers.api import iteration_plan, train_key
 from gsil_bench.trainers.data import load_examples
 from gsil_bench.trainers.losses import LOSSES
@@ -77,10 +78,10 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> 
     todo = 0
     for step in run.steps:
         if step.kind == "train":
-            done = Path(root).is_dir() and _train_done(run, step)
+            done = Path(root).is_dir() and train_done(run, step)
             lines.append(("[skip] " if done else "[todo] ") + _train_line(cfg, layout, step, n_steps, examples))
         else:
-            done = Path(root).is_dir() and _eval_done(run, step)
+            done = Path(root).is_dir() and eval_done(run, step)
             what = "the starting model" if step.method == BASE else f"{step.method} seed {step.seed} iter {step.iteration}"
             out = layout.eval_dir(step.method, step.seed, step.iteration)
             finished = [task for task in cfg.shared.eval.tasks if is_done(out / task)]

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from gsil_bench.core.config import (
     ExperimentConfig,
-    check_overrides,
-    check_schedule,
-    check_self_play,
     for_method,
+    override_problems,
     parse_experiment,
+    raise_problems,
+    schedule_problems,
+    self_play_problems,
 )
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.datadir import local_file
-from gsil_bench.core.errors import ConfigError, Problem, ValidationError
+from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.layout import RESERVED
 from gsil_bench.core.models import ModelError, resolve
 from gsil_bench.core.registry import did_you_mean
@@ -33,7 +34,9 @@ from gsil_bench.tasks.context import EvalContext
 from gsil_bench.trainers.checks import check_method, check_training
 from gsil_bench.trainers.data import DATA_FORMATS, DataError, data_file
 
-SCOPES = ("train", "eval")  # what a command will do: train (methods, data) and/or eval (tasks)
+# what a command will do: train (methods, training settings, data), use the model, evaluate (tasks),
+# report (the baseline, published rows); `run` does all four, `train` the first two, `eval` the middle two
+SCOPES = ("train", "model", "eval", "report")
 
 
 def _method_problems(cfg: ExperimentConfig) -> list[Problem]:
@@ -60,20 +63,9 @@ def _training_problems(cfg: ExperimentConfig) -> list[Problem]:
             try:
                 view = for_method(cfg, m.label)
             except ConfigError:
-                continue  # reported by check_overrides
+                continue  # reported by override_problems
             out += [p for p in check_training(view) if p not in out]
     return out
-
-
-def _structure_lines(cfg: ExperimentConfig, loc: Located) -> list[str]:
-    """The config's own cross-key checks (core.config), each already naming file:line and key."""
-    lines = []
-    for check in (check_overrides, check_self_play, check_schedule):
-        try:
-            check(cfg, loc)
-        except ConfigError as err:
-            lines.append(str(err))
-    return lines
 
 
 def _report_problems(cfg: ExperimentConfig, root: Path | None) -> list[Problem]:
@@ -129,35 +121,32 @@ def _task_problems(cfg: ExperimentConfig, root: Path | None, files: dict[str, st
 
 def problems(cfg: ExperimentConfig, *, data_dir: str | None = None, scope: tuple[str, ...] = SCOPES,
              files: dict[str, str] | None = None) -> list[Problem]:
-    """Every problem the registries and files can find in a schema-valid experiment.
-    `files` (if given) receives the data files to hash for provenance."""
+    """Every problem the registries and files can find in a schema-valid experiment, for the
+    work `scope` names. `files` (if given) receives the data files to hash for provenance."""
     files = {} if files is None else files
-    out = _method_problems(cfg) + _training_problems(cfg)
-    try:
-        resolve(cfg.shared.model)
-    except ModelError as err:
-        out.append(Problem("shared.model", str(err)))
+    out = override_problems(cfg) + self_play_problems(cfg) + schedule_problems(cfg)  # the config's own cross-key checks
+    if "train" in scope:
+        out += _method_problems(cfg) + _training_problems(cfg)
+    if "model" in scope:
+        try:
+            resolve(cfg.shared.model)
+        except ModelError as err:
+            out.append(Problem("shared.model", str(err)))
     root = resolve_data_dir(data_dir, cfg.shared.data_dir)
     if "train" in scope:
         out += _data_problems(cfg, root, files)
+    if "report" in scope:
+        out += _report_problems(cfg, root)
     if "eval" in scope:
-        out += _report_problems(cfg, root) + _task_problems(cfg, root, files)
+        out += _task_problems(cfg, root, files)
     return out
-
-
-def render(found: list[Problem], loc: Located) -> list[str]:
-    """One line per problem: file:line (of the key, or its nearest parent), key, message."""
-    return [p.render(loc.at(p.key) if p.key else loc.file) for p in found]
 
 
 def validate(cfg: ExperimentConfig, loc: Located | None = None, *, data_dir: str | None = None,
              scope: tuple[str, ...] = SCOPES) -> dict[str, str]:
     """Raise one ValidationError with every problem; return the data files to hash."""
     files: dict[str, str] = {}
-    loc = loc or Located("<config>")
-    lines = _structure_lines(cfg, loc) + render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
-    if lines:
-        raise ValidationError(lines)
+    raise_problems(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc or Located("<config>"))
     return files
 
 
@@ -165,10 +154,10 @@ def load_and_validate(path: str | Path, overrides: list[str] | None = None, *, d
                       scope: tuple[str, ...] = SCOPES) -> tuple[ExperimentConfig, Located, dict[str, str]]:
     """Parse and check an experiment in one pass: schema problems and every other problem
     are reported together. Returns (config, where its keys are, data files to hash)."""
-    cfg, loc, lines = parse_experiment(path, overrides)
+    cfg, loc, found = parse_experiment(path, overrides)
     files: dict[str, str] = {}
     if cfg is not None:
-        lines += _structure_lines(cfg, loc) + render(problems(cfg, data_dir=data_dir, scope=scope, files=files), loc)
-    if lines or cfg is None:
-        raise ValidationError(lines or [f"{path}: the experiment cannot be built"])
+        found += problems(cfg, data_dir=data_dir, scope=scope, files=files)
+    raise_problems(found, loc, cfg)
+    assert cfg is not None
     return cfg, loc, files

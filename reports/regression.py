@@ -25,19 +25,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from gsil_bench.core.facts import MetricFacts  # noqa: E402
-from gsil_bench.core.io import atomic_write_text  # noqa: E402
-from gsil_bench.reports import html as H  # noqa: E402
-from gsil_bench.reports.rundata import EvalResult, RunData, load_run  # noqa: E402
-from gsil_bench.reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap  # noqa: E402
-from gsil_bench.reports.tables import aggregate, fmt  # noqa: E402
-from gsil_bench.reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows  # noqa: E402
+from gsil_bench.core.facts import MetricFacts
+from gsil_bench.core.io import atomic_write_text
+from gsil_bench.reports import html as H
+from gsil_bench.reports.rundata import EvalResult, RunData, load_run
+from gsil_bench.reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap
+from gsil_bench.reports.tables import aggregate, fmt
+from gsil_bench.reports.trajectory import TrajectoryChange, compare_trajectories, trajectory_rows
 
 log = logging.getLogger(__name__)
 STATUS_MARK = {"drop": "▼ drop", "gain": "▲ gain", "ok": "ok", "unpaired": "unpaired", "missing": "MISSING"}
@@ -219,7 +216,8 @@ def forest_plot(result: CompareResult, path: Path) -> Path | None:
     pts = [c for c in result.changes if c.diff is not None]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(pts) + 1.2))
+    fig = Figure(figsize=(7, 0.35 * len(pts) + 1.2))  # no pyplot: the process's backend is left alone
+    ax = fig.subplots()
     for y, c in enumerate(pts):
         d = c.diff
         assert d is not None
@@ -232,7 +230,6 @@ def forest_plot(result: CompareResult, path: Path) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
     return path
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gsil_bench.core.stats import t_interval as core_t_interval
+
 DEFAULT_SEED = 20241014  # fixed: reports must be reproducible
 
 
@@ -112,15 +114,9 @@ def hierarchical_ci(matrix: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.
 
 
 def t_interval(values: list[float], alpha: float = 0.05) -> Interval:
-    """Mean over seeds with a Student-t interval (used when per-item scores are missing)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        v = float(x.mean())
-        return Interval(v, v, v, 0, int(x.size))
-    half = float(stats.t.ppf(1 - alpha / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half, 0, int(x.size))
+    """Mean over seeds with a Student-t interval (core.stats; used when per-item scores are missing)."""
+    lo, hi = core_t_interval(values, 1 - alpha)
+    return Interval(float(np.mean(values)), lo, hi, 0, len(values))
 
 
 def pair_by_id(base: Mapping[str, float], cand: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 from gsil_bench.core.config import EvalConfig, SharedConfig
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.errors import Problem
+from gsil_bench.core.generation import generation_problems
 from gsil_bench.core.io import folder_lock
 from gsil_bench.tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
 from gsil_bench.tasks.base import TASKS, Task, TaskError, run_task
@@ -71,9 +72,7 @@ def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = 
         out.append(Problem("eval.judge.base_url",
                            "mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
                            "(a local Hugging Face model), or eval.judge.base_url in the config"))
-    if cfg.generation.backend == "openai" and not cfg.generation.base_url:
-        out.append(Problem("eval.generation.base_url", "the openai backend needs the server's URL, "
-                                                       "e.g. http://127.0.0.1:8000/v1"))
+    out += generation_problems(cfg.generation, "eval.generation")
     if any(n in TASKS and TASKS.meta(n).get("completions") for n in names):  # code tasks run model-written code
         try:
             resolve_mode(cfg.code_sandbox)

@@ -25,6 +25,7 @@ from typing import Any
 
 from gsil_bench.core.io import atomic_write_json
 from gsil_bench.core.models import cache_root
+from gsil_bench.tasks.base import TaskError
 from gsil_bench.tasks.checker import MBPP_NOT_NONE
 from gsil_bench.tasks.sandbox import Limits, check_many
 
@@ -108,5 +109,5 @@ def expected_outputs(problems: Sequence[Any], *, mode: str, workers: int | None,
         out[pid][k] = (v["outputs"], v["canonical_seconds"])
         atomic_write_json(path, {"outputs": v["outputs"], "seconds": v["canonical_seconds"]})  # kept for reruns
     if failed:
-        raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+        raise TaskError(failed[0] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     return {pid: (pair[0], pair[1]) for pid, pair in out.items()}

@@ -8,7 +8,7 @@ template, as `trainers.data.encode` renders a (prompt, response) pair for traini
   reference answer (math, reasoning, coding), with that answer.
 
 Per item, teacher-forced and batched (no sampling, so the numbers are exact and paired
-item by item across runs):
+item by item across runs), encoded and scored by core.scoring, the code training runs:
 - `logp_real`: the mean token log-prob of the demonstration's response tokens under the
   model (the primary metric; the log-likelihood of real data that the SPIN and GSIL papers
   track over iterations);
@@ -16,7 +16,7 @@ item by item across runs):
 - `margin`: r(real) - r(gen) with r(y) = logp_model(y) - logp_ref(y) summed over the
   response tokens, where the reference is `eval.reference_model` (the experiment's
   starting model; the runner fills it in): GSIL's classifier logit on held-out prompts;
-- `accuracy`: margin > 0 (the classifier accuracy of METHODS.md on held-out prompts).
+- `accuracy`: margin > 0 (the classifier accuracy of docs/methods.md on held-out prompts).
 
 The reference model's log-probs are computed by loading that model in the same process
 and cached append-only, keyed by the reference's identity and the token ids: in
@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
+from gsil_bench.core.scoring import EncodedSeq, encode, score
 from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
 from gsil_bench.tasks.context import EvalContext, model_identity
 from gsil_bench.tasks.data import load_rows
@@ -45,70 +45,18 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 256  # prompt tokens kept (left-truncated), as training's max_prompt_length
 MAX_RESPONSE_TOKENS = 384  # response tokens scored (a longer demonstration is cut)
-SCORE_BATCH = 4  # sequences per forward pass (full-vocabulary logits: B x T x V floats)
+SCORE_BATCH = 4  # sequences per forward pass
 
 
-@dataclass(frozen=True)
-class Encoded:
-    """A tokenised (prompt, response): input_ids[:start] is the prompt."""
-
-    ids: tuple[int, ...]
-    start: int
-
-
-def encode_pair(tokenizer: Any, question: str, response: str) -> Encoded:
-    """The training format: the chat template applied once, the prompt's tokens a prefix of
-    the full sequence, the response ending at the end-of-turn token (trainers.data.encode's
-    rules, restated here because tasks may not import trainers; a test pins them equal)."""
+def encode_pair(tokenizer: Any, question: str, response: str) -> EncodedSeq:
+    """A held-out (question, demonstration) as training encodes it (core.scoring.encode, the one
+    encoder): the chat template once, the prompt's last MAX_PROMPT_TOKENS, the response's first
+    MAX_RESPONSE_TOKENS ending at the end-of-turn token."""
     if not getattr(tokenizer, "chat_template", None):
         raise TaskError(f"held-out likelihood needs a chat model: tokenizer "
                         f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
-    prompt = [{"role": "user", "content": question}]
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(head):
-        raise TaskError("the chat template does not render the conversation as the generation prompt followed "
-                        "by the response; cannot mark the response tokens")
-    p_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    r_ids = f_ids[len(p_ids):] if f_ids[: len(p_ids)] == p_ids else \
-        tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    r_ids = r_ids[: len(r_ids) - r_ids[::-1].index(eos)] if eos in r_ids else [*r_ids, eos]
-    p_ids = p_ids[-MAX_PROMPT_TOKENS:]
-    return Encoded(tuple(p_ids) + tuple(r_ids[:MAX_RESPONSE_TOKENS]), len(p_ids))
-
-
-def sequence_logps(model: Any, seqs: Sequence[Encoded], *, batch_size: int = SCORE_BATCH,
-                   pad_id: int = 0) -> list[tuple[float, int]]:
-    """(summed log-prob of the response tokens, number of response tokens) per sequence,
-    teacher-forced, right-padded batches of similar lengths (results in input order). The
-    LM head runs on the response positions only: for causal LMs whose logits are the output
-    embeddings of the body's last hidden state (Llama, Mistral, Qwen, SmolLM; a test pins
-    equality with the full forward pass)."""
-    import torch
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            part = [seqs[i] for i in order[b : b + batch_size]]
-            width = max(len(s.ids) for s in part)
-            ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(part), width), dtype=torch.long)
-            for r, s in enumerate(part):
-                ids[r, : len(s.ids)] = torch.tensor(s.ids)
-                mask[r, : len(s.ids)] = 1
-            # the body once, the LM head only on the positions that predict response tokens
-            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            head = model.get_output_embeddings()
-            for r, s in enumerate(part):
-                logits = head(hidden[r, s.start - 1 : len(s.ids) - 1]).float()
-                target = ids[r, s.start : len(s.ids)].to(device)
-                total = float(torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).sum())
-                out[order[b + r]] = (total, len(s.ids) - s.start)
-    return out
+    return encode(tokenizer, [{"role": "user", "content": question}], response, max_prompt_length=MAX_PROMPT_TOKENS,
+                  max_length=MAX_PROMPT_TOKENS + MAX_RESPONSE_TOKENS, max_response_length=MAX_RESPONSE_TOKENS)
 
 
 class ReferenceScorer:
@@ -122,10 +70,10 @@ class ReferenceScorer:
                      cache_root() / "reference_logps" / f"{hash_obj(self.identity)[:16]}.jsonl")
         self._model: Any = None
 
-    def _key(self, s: Encoded) -> str:
-        return hash_obj({"reference": self.identity, "ids": list(s.ids), "start": s.start})
+    def _key(self, s: EncodedSeq) -> str:
+        return hash_obj({"reference": self.identity, "ids": list(s.input_ids), "start": s.response_start})
 
-    def logps(self, seqs: Sequence[Encoded]) -> list[tuple[float, int]]:
+    def logps(self, seqs: Sequence[EncodedSeq]) -> list[tuple[float, int]]:
         cache = {r["key"]: (r["logp"], r["n"]) for r in read_jsonl(self.path, repair=True)} if self.path.is_file() else {}
         keys = [self._key(s) for s in seqs]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.items(), key=lambda kv: kv[1])
@@ -133,7 +81,7 @@ class ReferenceScorer:
             log.info("reference %s: scoring %d of %d sequences (%d cached)", self.name, len(todo), len(seqs),
                      len(seqs) - len(todo))
             model = self._load()
-            fresh = sequence_logps(model, [seqs[i] for _, i in todo])
+            fresh = score(model, [seqs[i] for _, i in todo], batch_size=SCORE_BATCH)
             append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for (k, _), (lp, n) in zip(todo, fresh)))
             cache.update({k: v for (k, _), v in zip(todo, fresh)})
         return [cache[k] for k in keys]
@@ -193,8 +141,8 @@ class HeldOutLikelihood:
         real = [encode_pair(tok, d["question"], d["answer"]) for d in docs]
         gen = [encode_pair(tok, d["question"], o) for d, o in zip(docs, own)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        lp_real = sequence_logps(model, real, pad_id=pad)
-        lp_gen = sequence_logps(model, gen, pad_id=pad)
+        lp_real = score(model, real, pad_id=pad, batch_size=SCORE_BATCH)
+        lp_gen = score(model, gen, pad_id=pad, batch_size=SCORE_BATCH)
         ref_name = ctx.cfg.reference_model
         ref_real = ref_gen = None
         if ref_name:

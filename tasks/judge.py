@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gsil_bench.core.config import GenerationConfig, JudgeConfig
+from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.generation import HFGenerator
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import load_model
@@ -115,7 +116,7 @@ class OpenAIJudge:
 
     def __init__(self, cfg: JudgeConfig, *, backoff: float = 1.0) -> None:
         if not cfg.base_url:
-            raise ValueError("eval.judge.base_url is required for judge backend 'openai' (or use --judge URL)")
+            raise ConfigError("eval.judge.base_url: required for judge backend 'openai' (or use --judge URL)")
         self.cfg = cfg
         self.client = OpenAIClient(cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
                                    max_retries=cfg.max_retries, backoff=backoff)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import logging
 import os
 import pickle
@@ -57,7 +58,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import gsil_bench
 from gsil_bench.core.progress import track
 from gsil_bench.tasks import confine, wire
 
@@ -417,6 +417,21 @@ def run_program(source: str, limits: Limits = Limits(), *, mode: str = "bwrap") 
                          seconds)
 
 
+@functools.lru_cache(maxsize=1)
+def checker_boot() -> str:
+    """Source that starts `tasks.checker` from the very file this process would import. The checker
+    runs isolated (-I: no PYTHONPATH, no working directory): from a wheel (site-packages, a --target
+    folder) the folder holding `gsil_bench/` goes first on its path; an editable install needs
+    nothing (setuptools' finder, loaded from site-packages, maps the checkout's folders). A checker
+    that imported another copy refuses to start."""
+    spec = importlib.util.find_spec("gsil_bench.tasks.checker")
+    assert spec is not None and spec.origin is not None
+    origin = Path(spec.origin).resolve()
+    roots = [str(origin.parents[2])] if origin.parents[1].name == "gsil_bench" else []
+    return (f"import os, sys; sys.path[:0] = {roots!r}; import gsil_bench.tasks.checker as c; "
+            f"assert os.path.realpath(c.__file__) == {str(origin)!r}, 'the checker imported ' + c.__file__; c.main()")
+
+
 class CheckerPool:
     """Long-lived trusted checker processes (tasks.checker), one per worker; each job gets a
     fresh sandbox inside its checker. A checker that dies or hangs is replaced."""
@@ -428,10 +443,7 @@ class CheckerPool:
         self._lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
-        # the folder that holds the gsil_bench package (the checker runs isolated: -I ignores PYTHONPATH)
-        root = str(Path(gsil_bench.__file__).parent.parent)
-        boot = f"import sys; sys.path.insert(0, {root!r}); from gsil_bench.tasks.checker import main; main()"
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", boot, self.mode, str(self.workers)],
+        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", checker_boot(), self.mode, str(self.workers)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         with self._lock:
             self._all.append(proc)

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _sps
 
+from gsil_bench.core.stats import t_interval
+
 Z95 = 1.959963984540054  # standard normal 97.5% quantile
 
 
@@ -56,17 +58,6 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Student's t interval for the mean (degenerate to the mean when n = 1 or s = 0)."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean
-    se = float(x.std(ddof=1)) / math.sqrt(len(x))
-    half = float(_sps.t.ppf(0.5 + confidence / 2, len(x) - 1)) * se
-    return mean - half, mean + half
 
 
 def sample_stderr(values: Sequence[float]) -> float | None:

@@ -1,9 +1,13 @@
-"""Small helpers shared by tests: read data rows, write completions, the tiny training config, and a
-tokenizer that adds BOS (built offline) with zephyr's chat template."""
+"""Small helpers shared by tests: read data rows, write completions, the tiny training config, a
+tokenizer that adds BOS (built offline) with zephyr's chat template, and build and unpack the package
+(wheel, sdist) from a source tree."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 from gsil_bench.core.config import experiment_from_dict
@@ -29,6 +33,23 @@ ALL_METHODS = [
     {"loss": "gsil-hinge", "params": {"a": 0.5, "b": 0.0}}, {"loss": "gsil-kliep", "params": {"a": 0.5, "b": 0.0}},
     {"loss": "gsil-lsif", "params": {"a": 0.5, "b": 0.0}},
 ]
+
+
+def build(kind: str, out: Path, src: Path) -> Path:
+    """Build a "wheel" or an "sdist" of the source tree `src` into `out`, offline with this
+    environment's setuptools (no build isolation); return the file."""
+    code = f"import sys, setuptools.build_meta as b; print(b.build_{kind}(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], cwd=src, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / proc.stdout.strip().splitlines()[-1]
+
+
+def install_wheel(wheel: Path, target: Path) -> Path:
+    """Unpack a pure-Python wheel into `target` (what pip install --target does); return `target`."""
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    return target
 
 
 def _merge(base: dict, over: dict) -> dict:

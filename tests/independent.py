@@ -3,7 +3,7 @@ renderers or scorers (trainers.data.encode/render, trainers.official, trainers.l
 tasks.heldout): the text comes from the tokenizer's own `apply_chat_template`, the log-probs
 from one plain forward pass of the sequence and a float64 log_softmax.
 
-The training format restated from METHODS.md and the chat template:
+The training format restated from docs/methods.md and the chat template:
 - chat (default): the prompt rendered with the generation prompt; the response is what the
   template appends for the assistant turn, up to and including the end-of-turn token (EOS),
   which is appended when the template writes none;

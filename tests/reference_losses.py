@@ -1,6 +1,6 @@
 """An independent float64 implementation of the loss family, for tests only.
 
-Written from /work/shared/METHODS.md ("Loss family" and "Baselines"), in plain numpy, without
+Written from docs/methods.md ("Loss family" and "Baselines"), in plain numpy, without
 reading or importing trainers/losses.py. For every loss it gives the batch loss and its
 closed-form gradient with respect to the policy log-probs of the real and the generated
 sequence (the reference log-probs enter with the opposite sign, since r = logp_theta - logp_ref).
@@ -43,7 +43,7 @@ class Reference:
 
 
 # --- GSIL members: (term(z), d term / dz) for the real and the generated side -------------
-# METHODS.md table: logistic -log s(z_r), -log s(-z_g); Brier (s(z_r) - 1)^2, s(z_g)^2;
+# docs/methods.md table: logistic -log s(z_r), -log s(-z_g); Brier (s(z_r) - 1)^2, s(z_g)^2;
 # hinge max(0, 1 - z_r), max(0, 1 + z_g); KLIEP -z_r, exp(z_g); LSIF -exp(z_r), exp(z_g)^2 / 2.
 
 def _logistic(zr: Array, zg: Array) -> tuple[Array, Array, Array, Array]:

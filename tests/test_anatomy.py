@@ -1,5 +1,5 @@
 """The loss anatomy (trainers.anatomy): w_real = -dL/dr_real and w_gen = dL/dr_gen by autograd
-through the registry, against closed forms derived from METHODS.md's loss table and against the
+through the registry, against closed forms derived from docs/methods.md's loss table and against the
 independent float64 implementation (tests/reference_losses.py); the reward scale measured from a
 loss's own metrics; along training from logged rewards; a plugged-in loss gets it for free; the
 report's anatomy table and figure; and each loss's declared family."""
@@ -23,7 +23,7 @@ def s(z: float) -> float:
     return 1 / (1 + math.exp(-z))
 
 
-# At r = 0 the GSIL logit is z = b on both sides, so with z = a r + b and dz/dr = a (METHODS.md table):
+# At r = 0 the GSIL logit is z = b on both sides, so with z = a r + b and dz/dr = a (docs/methods.md table):
 #   logistic  -log s(z_r) -> -dL/dr_r = a s(-b);          -log s(-z_g) -> dL/dr_g = a s(b)
 #   Brier     (s(z_r)-1)^2 -> 2 a s(b) s(-b)^2;            s(z_g)^2   -> 2 a s(b)^2 s(-b)
 #   hinge     max(0,1-z_r) -> a if b < 1 else 0;           max(0,1+z_g) -> a if b > -1 else 0

@@ -8,15 +8,8 @@ import json
 import pytest
 
 from gsil_bench.core.config import DataConfig
-from gsil_bench.trainers.data import (
-    DATA_FORMATS,
-    DataError,
-    EncodedSeq,
-    collate,
-    data_file,
-    encode,
-    load_examples,
-)
+from gsil_bench.core.scoring import EncodedSeq, collate, encode
+from gsil_bench.trainers.data import DATA_FORMATS, DataError, data_file, load_examples
 
 
 @pytest.mark.parametrize(("path", "fmt", "prompt_part", "response_key"), [

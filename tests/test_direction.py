@@ -7,7 +7,7 @@ falls, and each self-play iteration starts from, and is scored against, the prev
 Sequences and log-probs here are built independently of the project (tests/independent.py): the
 text from the tokenizer's own apply_chat_template, one plain forward of each (prompt, response)
 sequence, float64 log-softmax, the response tokens summed. The reward of a response is
-r(y) = logp_policy(y) - logp_reference(y) (METHODS.md).
+r(y) = logp_policy(y) - logp_reference(y) (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _sig(x: float) -> float:
 
 
 def closed_form(label: str, r_real: float, r_gen: float) -> float:
-    """One example's loss from its two log ratios, written from METHODS.md."""
+    """One example's loss from its two log ratios, written from docs/methods.md."""
     m, zr, zg = r_real - r_gen, A * r_real + B, A * r_gen + B
     return {
         "dpo": -math.log(_sig(BETA * m)), "spin": -math.log(_sig(BETA * m)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from gsil_bench.core.config import load_experiment, shared_hash
@@ -40,10 +42,10 @@ def test_config_wrong_type_and_bad_loss(tmp_path):
     # losses are the registry's business: the validation pass (harness.validate) checks them
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-logistc\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:3: methods\[0\].loss: .*did you mean 'gsil-logistic'"):
-        load_and_validate(p, scope=())
+        load_and_validate(p, scope=("train",))
     p = _write(tmp_path, "name: x\nmethods:\n  - loss: gsil-hinge\n    params: {beta: 0.1}\n")
     with pytest.raises(ConfigError, match=r"has no parameter 'beta'.*takes: a, b"):
-        load_and_validate(p, scope=())
+        load_and_validate(p, scope=("train",))
 
 
 def test_shared_hash_ignores_methods_but_not_shared(tmp_path):
@@ -121,7 +123,9 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
         "    return gsil_output(x, torch.relu(1 - z_real) ** 2, torch.relu(1 + z_gen) ** 2)\n"
     )
     p = _write(tmp_path, "name: x\nplugins: [my_losses_plugin]\nmethods:\n  - loss: gsil-squared-hinge-test\n    params: {a: 1.0, b: 0.0}\n")
+    before = list(sys.path)
     cfg = load_experiment(p)
+    assert sys.path == before  # the config's folder was searched for the plugin, and only then
     assert LOSSES.self_play("gsil-squared-hinge-test")
     z = torch.tensor([0.5])
     out = compute_loss(cfg.methods[0].loss, LossInputs(z, torch.zeros(1), -z, torch.zeros(1)), cfg.methods[0].params)
@@ -129,3 +133,15 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
     p2 = _write(tmp_path, "name: x\nplugins: [no_such_plugin_mod]\nmethods:\n  - loss: sft\n")
     with pytest.raises(ConfigError, match=r"exp.yaml:2: plugins\[0\]: cannot import 'no_such_plugin_mod'"):
         load_experiment(p2)
+
+
+def test_a_config_is_a_file_or_the_name_of_a_packaged_one(tmp_path, monkeypatch):
+    from gsil_bench.core.config import config_file, packaged_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert {"smoke", "nightly"} <= set(packaged_configs())
+    assert config_file("smoke") == packaged_configs()["smoke"] and config_file("smoke").is_file()
+    with pytest.raises(ConfigError, match=r"smok: no such file, nor a packaged config \(did you mean 'smoke'\?\)"):
+        config_file("smok")
+    with pytest.raises(ConfigError, match=r"configs/smoke.yaml: config file not found \(or name a packaged config"):
+        config_file("configs/smoke.yaml")

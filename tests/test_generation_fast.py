@@ -91,7 +91,9 @@ def test_sampling_is_seeded(tiny_model, tokenizer):
 
 
 def test_compile_needs_static_cache(tiny_model, tokenizer):
-    with pytest.raises(ValueError, match="generation.cache: static"):
+    from gsil_bench.core.errors import GsilError
+
+    with pytest.raises(GsilError, match="generation.compile: true needs cache: static"):
         HFGenerator(tiny_model, tokenizer, GenerationConfig(compile=True))
 
 
@@ -131,3 +133,23 @@ def test_compiled_cuda_greedy_matches_eager(tokenizer):
     compiled = _gen(model, tokenizer, max_new_tokens=32, batch_size=4, cache="static", compile=True)
     same = sum(a == b for a, b in zip(eager, compiled))
     assert same >= len(PROMPTS) - 1, (eager, compiled)  # bf16 kernels may flip one near-tie
+
+
+def test_generation_settings_are_checked_before_work():
+    """What a generation block cannot do is a problem of the validation pass, with its key."""
+    import importlib.util
+
+    from gsil_bench.core.generation import generation_problems
+
+    def keys(**kw):
+        return [p.key for p in generation_problems(GenerationConfig(**kw), "shared.generation")]
+
+    assert keys() == []
+    assert keys(compile=True) == ["shared.generation.compile"]
+    assert keys(cache="static", compile=True) == []
+    assert keys(backend="openai") == ["shared.generation.base_url"]
+    assert keys(backend="openai", base_url="http://127.0.0.1:8000/v1") == []
+    assert keys(backend="hff") == ["shared.generation.backend"]
+    assert keys(tensor_parallel_size=2) == ["shared.generation.tensor_parallel_size"]
+    vllm = importlib.util.find_spec("vllm") is not None
+    assert keys(backend="vllm") == ([] if vllm else ["shared.generation.backend"])

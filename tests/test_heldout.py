@@ -1,5 +1,6 @@
-"""The held-out likelihood tasks: training-format encoding, batched teacher-forced log-probs
-checked against an unbatched computation, and the margin against the reference model."""
+"""The held-out likelihood tasks: the training encoder with the task's limits, batched
+teacher-forced log-probs (core.scoring.score) checked against an unbatched full-logits
+computation, and the margin against the reference model."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.scoring import EncodedSeq, score
 from gsil_bench.tasks.api import evaluate
-from gsil_bench.tasks.heldout import Encoded, encode_pair, sequence_logps
-from gsil_bench.trainers.data import encode
+from gsil_bench.tasks.heldout import MAX_RESPONSE_TOKENS, encode_pair
 
 
 def _eval_cfg(tmp_path, reference=None) -> EvalConfig:
@@ -20,26 +21,28 @@ def _eval_cfg(tmp_path, reference=None) -> EvalConfig:
                       generation=GenerationConfig(max_new_tokens=6, batch_size=3))
 
 
-def test_encoding_is_the_training_format(tokenizer, data_dir):
+def test_encoding_is_the_training_format_with_its_limits(tokenizer, data_dir):
+    """The held-out items go through the training encoder (core.scoring.encode): the response ends at
+    the end-of-turn token, and a long demonstration is cut at MAX_RESPONSE_TOKENS."""
     row = read_jsonl(data_dir / "gsm8k" / "test.jsonl")[0]
     mine = encode_pair(tokenizer, row["question"], row["answer"])
-    ref = encode(tokenizer, [{"role": "user", "content": row["question"]}], row["answer"],
-                 max_prompt_length=256, max_length=256 + 384)
-    assert list(mine.ids) == ref.input_ids and mine.start == ref.response_start
-    assert mine.ids[-1] == tokenizer.eos_token_id
+    assert mine.input_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(mine.input_ids[mine.response_start:]).startswith(row["answer"][:20])
+    long = encode_pair(tokenizer, "Count.", " ".join(str(i) for i in range(2000)))
+    assert long.n_response == MAX_RESPONSE_TOKENS
 
 
 def test_batched_logps_equal_one_sequence_at_a_time(tiny_model, tokenizer):
     texts = [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour of the sky and the sea."),
              ("Say hi", "Hello there, how are you doing today?")]
     seqs = [encode_pair(tokenizer, q, a) for q, a in texts]
-    batched = sequence_logps(tiny_model, seqs, batch_size=3, pad_id=tokenizer.pad_token_id or 0)
+    batched = score(tiny_model, seqs, batch_size=3, pad_id=tokenizer.pad_token_id or 0)
     for s, (total, n) in zip(seqs, batched):
-        ids = torch.tensor([s.ids])
+        ids = torch.tensor([s.input_ids])
         with torch.no_grad():
             lp = torch.log_softmax(tiny_model(input_ids=ids).logits[0].float(), -1)
-        expect = sum(float(lp[t - 1, s.ids[t]]) for t in range(s.start, len(s.ids)))
-        assert n == len(s.ids) - s.start
+        expect = sum(float(lp[t - 1, s.input_ids[t]]) for t in range(s.response_start, len(s.input_ids)))
+        assert n == len(s.input_ids) - s.response_start
         assert total == pytest.approx(expect, abs=1e-4)
 
 
@@ -56,7 +59,7 @@ def test_margin_against_the_reference_and_its_cache(tmp_path, tiny_model_dir, to
     for s in samples:  # the reference's sums, recomputed here independently
         real = encode_pair(tokenizer, s["prompt"], s["reference"])
         gen = encode_pair(tokenizer, s["prompt"], s["output"])
-        (r_real, n_real), (r_gen, _) = sequence_logps(ref_model, [real, gen], batch_size=1)
+        (r_real, n_real), (r_gen, _) = score(ref_model, [real, gen], batch_size=1)
         expect = (s["sum_logp_real"] - r_real) - (s["sum_logp_gen"] - r_gen)
         assert s["scores"]["margin"] == pytest.approx(expect, abs=1e-3)
         assert s["scores"]["logp_real"] == pytest.approx(s["sum_logp_real"] / n_real)
@@ -80,6 +83,6 @@ def test_without_reference_there_is_no_margin(tmp_path, tiny_model_dir, data_dir
 
 
 def test_mean_logp_is_per_token(tiny_model, tokenizer):
-    s = Encoded((1, 2, 3, 4, 5), 2)
-    (total, n), = sequence_logps(tiny_model, [s])
+    s = EncodedSeq([1, 2, 3, 4, 5], 2)
+    (total, n), = score(tiny_model, [s])
     assert n == 3 and total < 0

@@ -1,6 +1,6 @@
 """The loss family against closed forms, properties, extreme inputs and TRL's DPO.
 
-Notation as in /work/shared/METHODS.md: r = logp_policy - logp_ref per sequence,
+Notation as in docs/methods.md: r = logp_policy - logp_ref per sequence,
 m = r_real - r_gen, GSIL logit z = a * r + b.
 """
 

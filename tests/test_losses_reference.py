@@ -1,5 +1,5 @@
 """Every loss against an independent float64 implementation (tests/reference_losses.py, numpy,
-written from /work/shared/METHODS.md): values, autograd gradients and metrics over random
+written from docs/methods.md): values, autograd gradients and metrics over random
 batches and several GSIL (a, b), including the paper's a = 0.01, b = 2; the reference's own
 gradients against finite differences; the logistic member's gradients in closed form."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import build, install_wheel
 
 from gsil_bench.core.io import read_json
 
@@ -55,27 +56,27 @@ def tiny_config(model_dir: Path) -> dict:
 
 
 def code_copy(dst: Path, planted: str | None) -> Path:
-    """The repository's files (tracked and new, not ignored) copied to `dst`, with one bug planted."""
+    """The repository's files (tracked and new, not ignored) copied to `dst/src` with one bug planted,
+    built into a wheel and unpacked into `dst/site` (what a user installs); returns `dst/site`."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
+    src = dst / "src"
     for rel in files:
-        src = REPO / rel
-        if src.is_symlink():  # gsil_bench/<layer> -> ../<layer>: the installed name must import the copy
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.readlink(src), dst / rel)
-        elif src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    imported = subprocess.run([sys.executable, "-c", "import gsil_bench.trainers.losses as m; print(m.__file__)"],
-                              capture_output=True, text=True, cwd=dst, env={**os.environ, "PYTHONPATH": str(dst)},
-                              check=True).stdout.strip()
-    assert Path(imported).is_relative_to(dst), f"the copy is not what runs: gsil_bench imports from {imported}"
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     if planted:
         rel, old, new = PLANTED[planted]
-        text = (dst / rel).read_text()
+        text = (src / rel).read_text()
         assert text.count(old) == 1, f"{rel} no longer holds the line the {planted} bug is planted in: update PLANTED"
-        (dst / rel).write_text(text.replace(old, new))
-    return dst
+        (src / rel).write_text(text.replace(old, new))
+    (dst / "dist").mkdir()
+    site = install_wheel(build("wheel", dst / "dist", src), dst / "site")
+    imported = subprocess.run([sys.executable, "-c", "import gsil_bench.trainers.losses as m; print(m.__file__)"],
+                              capture_output=True, text=True, cwd=dst, env={**os.environ, "PYTHONPATH": str(site)},
+                              check=True).stdout.strip()
+    assert Path(imported).is_relative_to(site), f"the copy is not what runs: gsil_bench imports from {imported}"
+    return site
 
 
 def cli(code: Path, *args: str) -> subprocess.CompletedProcess:

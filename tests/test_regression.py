@@ -210,3 +210,14 @@ def test_exact_metrics_drop_on_any_decrease():
     assert _status(True, one_lost, 0.0) == "ok"  # a noisy metric would need significance
     same = PairedDiff(0.0, 0.0, 0.0, 1.0, 76, 1.0, 1.0)
     assert _status(True, same, 0.0, exact=True) == "ok"
+
+
+def test_importing_the_regression_module_leaves_the_matplotlib_backend_alone():
+    """A user's own backend (a notebook's, a GUI's) is not replaced by importing gsil-bench."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import gsil_bench.reports.regression; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "svg"

@@ -20,7 +20,9 @@ from independent import load
 
 from gsil_bench.core.config import load_experiment
 from gsil_bench.core.strict import ConfigError, load_yaml
-from gsil_bench.harness.runner import fingerprint, plan_steps, run_experiment
+from gsil_bench.harness.plan import plan_steps
+from gsil_bench.harness.runner import run_experiment
+from gsil_bench.harness.steps import fingerprint
 from gsil_bench.harness.validate import validate
 from gsil_bench.reports.index import RunIndex
 from gsil_bench.tasks.context import weights_fingerprint
@@ -151,21 +153,21 @@ def test_fingerprint_is_content_based(tmp_path, tiny_model_dir):
 
 
 def test_resuming_with_another_training_config_is_refused(tmp_path, tiny_model_dir):
-    from gsil_bench.harness.runner import _check_same_experiment
+    from gsil_bench.harness.plan import check_same_experiment
 
     data = tiny_experiment(tiny_model_dir)
     root = tmp_path / "run"
     root.mkdir()
     (root / "config.yaml").write_text(yaml.safe_dump(data))
     cfg = load_experiment(write_cfg(tmp_path, data))
-    _check_same_experiment(cfg, root)  # the same config resumes
+    check_same_experiment(cfg, root)  # the same config resumes
     data["shared"]["eval"]["limit"] = 5
     data["shared"]["seeds"] = [0, 1]
     data["methods"].append({"loss": "spin", "params": {"beta": 0.1}})
-    _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)  # eval, seeds, new methods: fine
+    check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)  # eval, seeds, new methods: fine
     data["shared"]["optimizer"] = {"lr": 1e-4}
     with pytest.raises(ConfigError, match=r"another training configuration \(shared.optimizer differ"):
-        _check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)
+        check_same_experiment(load_experiment(write_cfg(tmp_path, data)), root)
 
 
 # --- end to end ------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def _running(root: Path) -> bool:
 
 
 def _weights_sha(folder: Path) -> str:
-    """sha256 of a model folder's weight file (independent of harness.runner.fingerprint)."""
+    """sha256 of a model folder's weight file (independent of harness.steps.fingerprint)."""
     return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
 
 
@@ -276,7 +278,7 @@ def test_model_free_tasks_and_the_after_eval_part_of_every_step(tmp_path, tiny_m
     step's own record says done, and each checkpoint's model card carries its scores. A failure after
     the scores exist (trackers, model card, Hub push) leaves the step unfinished; the rerun redoes
     only that part."""
-    import gsil_bench.harness.runner as runner
+    import gsil_bench.harness.steps as steps
     from gsil_bench.harness.workers import read_record
 
     data = tiny_experiment(tiny_model_dir, tasks=["heldout_gsm8k", "scorer_canaries"])
@@ -284,7 +286,7 @@ def test_model_free_tasks_and_the_after_eval_part_of_every_step(tmp_path, tiny_m
     cfg_path = write_cfg(tmp_path, data)
     root = tmp_path / "run"
     calls = []
-    real_after = runner._after_eval
+    real_after = steps._after_eval
 
     def failing_once(run, step, out):
         calls.append(step.id)
@@ -292,7 +294,7 @@ def test_model_free_tasks_and_the_after_eval_part_of_every_step(tmp_path, tiny_m
             raise OSError("tracker unreachable")
         return real_after(run, step, out)
 
-    monkeypatch.setattr(runner, "_after_eval", failing_once)
+    monkeypatch.setattr(steps, "_after_eval", failing_once)
     assert run_experiment(load_experiment(cfg_path), root, data_dir=str(data_dir)) == 1
     assert _statuses(root)["eval/sft/seed-0/iter-1"] == "failed"
     sft_eval = root / "eval" / "sft" / "seed-0" / "iter-1"

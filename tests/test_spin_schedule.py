@@ -112,7 +112,7 @@ def test_warmup_steps_rule():
 def test_bad_settings_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace("{", r"\{").replace("}", r"\}")):
-        validate(spin_cfg("m", **change), scope=())  # the validation pass every command runs
+        validate(spin_cfg("m", **change), scope=("train",))  # the validation pass every command runs
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -123,7 +123,7 @@ def test_bad_settings_name_the_key(change, message):
 def test_bad_overrides_name_the_key(overrides, message):
     methods = [{"loss": "spin"}, {"loss": "sft", "overrides": overrides}]
     with pytest.raises(ConfigError, match=message):
-        validate(experiment_from_dict({"name": "x", "methods": methods, "shared": {"model": "m"}}), scope=())
+        validate(experiment_from_dict({"name": "x", "methods": methods, "shared": {"model": "m"}}), scope=("train",))
 
 
 def test_per_iteration_params_are_checked():

@@ -95,3 +95,76 @@ def test_a_nan_learning_rate_is_rejected_before_any_model_loads(tmp_path, data_d
     text = str(info.value)
     assert "shared.optimizer.lr: must be a finite number > 0, got nan" in text
     assert "shared.model:" in text  # the unresolvable model is a second problem of the same pass
+
+
+SETTINGS = """\
+name: settings
+shared:
+  model: {model}
+  train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 4}}
+  generation: {{cache: dynamic, compile: true}}
+  eval:
+    tasks: [gsm8k, no_such_task_xyz]
+    generation: {{backend: openai}}
+methods:
+  - loss: sft
+"""
+
+
+def test_settings_that_cannot_work_are_problems_before_any_work(tmp_path, tiny_model_dir, data_dir):
+    """A compiled decode step with a dynamic cache, an openai backend without a URL: found by the
+    validation pass (with file:line), not when generation starts."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(SETTINGS.format(model=tiny_model_dir))
+    with pytest.raises(ValidationError) as info:
+        load_and_validate(path, data_dir=str(data_dir))
+    text = "\n".join(info.value.lines)
+    assert f"{path}:{_line_of(path, 'compile: true')}: shared.generation.compile: true needs cache: static" in text
+    assert f"{path}:{_line_of(path, 'backend: openai')}: shared.eval.generation.base_url: the openai backend" in text
+
+
+def test_eval_with_a_config_goes_through_the_validation_pass(tmp_path, tiny_model_dir, data_dir):
+    """`gsil-bench eval --config` reports the config's problems as `run` does: file:line, key, exit 2."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(SETTINGS.format(model=tiny_model_dir))
+    proc = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "eval", "--config", str(path),
+                           "--output", str(tmp_path / "out"), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{path}:{_line_of(path, 'no_such_task_xyz')}: shared.eval.tasks: " in proc.stderr
+    assert f"{path}:{_line_of(path, 'backend: openai')}: shared.eval.generation.base_url" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_cross_key_problem_is_listed_with_the_schema_ones(tmp_path, tiny_model_dir, data_dir):
+    """The config's own cross-key checks (self-play schedule, warm-up, per-method overrides) are
+    Problems like every other check: all of them listed at once, each at its line."""
+    path = tmp_path / "cross.yaml"
+    path.write_text(f"""\
+name: cross
+shared:
+  model: {tiny_model_dir}
+  train_data: {{path: gsm8k/train.jsonl, format: gsm8k, limit: 4}}
+  schedule: {{warmup_steps: -1}}
+  self_play:
+    history: 0
+    schedule:
+      - {{iteration: 0, lr: -1.0}}
+  optimizer: {{lr: fast}}
+methods:
+  - loss: spin
+  - loss: sft
+    overrides: {{model: x}}
+""")
+    with pytest.raises(ValidationError) as info:
+        load_and_validate(path, data_dir=str(data_dir))
+    lines = info.value.lines
+    expected = [("lr: fast", "shared.optimizer.lr: expected a number"),
+                ("overrides:", "methods[1].overrides.model: only keys below"),
+                ("history: 0", "shared.self_play.history: must be >= 1"),
+                ("iteration: 0", "shared.self_play.schedule[0].iteration: must be >= 1"),
+                ("iteration: 0", "shared.self_play.schedule[0].lr: must be > 0"),
+                ("warmup_steps", "shared.schedule.warmup_steps: must be >= 0")]
+    for text, start in expected:
+        assert any(line.startswith(f"{path}:{_line_of(path, text)}: {start}") for line in lines), (start, lines)

@@ -105,7 +105,7 @@ def make_accelerator(precision: str) -> Any:
             "or `torchrun --nproc_per_node N -m gsil_bench.harness.cli ...` (without CUDA they form one gloo group)."
         )
     if world != acc.num_processes:
-        raise RuntimeError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
+        raise GsilError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
     if precision == "bf16-weights" and acc.distributed_type.name != "DEEPSPEED":

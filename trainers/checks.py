@@ -10,7 +10,7 @@ import math
 
 from gsil_bench.core.config import ExperimentConfig, MethodConfig
 from gsil_bench.core.errors import Problem
-from gsil_bench.core.generation import GENERATORS
+from gsil_bench.core.generation import generation_problems
 from gsil_bench.trainers.heldout import heldout_problems
 from gsil_bench.trainers.losses import LOSSES
 from gsil_bench.trainers.publish import publish_problems
@@ -34,11 +34,7 @@ def check_training(cfg: ExperimentConfig) -> list[Problem]:
         out.append(Problem("shared.optimizer.lr", f"must be a finite number > 0, got {s.optimizer.lr}"))
     if not 0 <= s.schedule.warmup_ratio <= 1:
         out.append(Problem("shared.schedule.warmup_ratio", f"must be in [0, 1], got {s.schedule.warmup_ratio}"))
-    if s.generation.backend not in GENERATORS:
-        try:
-            GENERATORS.get(s.generation.backend)
-        except KeyError as err:
-            out.append(Problem("shared.generation.backend", err.args[0]))
+    out += generation_problems(s.generation, "shared.generation")
     if s.iterations < 1:
         out.append(Problem("shared.iterations", f"must be >= 1, got {s.iterations}"))
     if not s.seeds:

@@ -8,13 +8,14 @@ Three stages, each replaceable on its own:
    (`DATA_FORMATS`: messages, gsm8k, code_alpaca, gpteacher, fields, preference). A
    malformed row or a missing field raises `DataError` naming the file, line (JSONL) or
    record number (JSON array) and the field.
-2. `encode(tokenizer, prompt, response, ...)` applies the chat template once and returns
-   an `EncodedSeq(input_ids, response_start)`: plain token-id lists in which the prompt's
+2. `encode(tokenizer, prompt, response, ...)` (core.scoring: the one encoder, which the
+   held-out tasks use too) applies the chat template once and returns an
+   `EncodedSeq(input_ids, response_start)`: plain token-id lists in which the prompt's
    tokens are an exact prefix of the full sequence; the response ends with the
    end-of-turn token (`<|im_end|>` for ChatML) so the model learns to stop. The prompt is
    truncated from the left (its end is kept) to `max_prompt_length`, then the response is
    cut so the whole fits `max_length`.
-3. A collator (`COLLATORS`, default "padded") turns a list of `EncodedSeq` into a `Batch`
+3. A collator (`COLLATORS`, default "padded" = core.scoring.collate) turns a list of `EncodedSeq` into a `Batch`
    of tensors. A padding-free (packed) collator can be registered beside it and selected
    by name; `trainers.logprobs.batch_logps` reads only the `Batch` fields below.
 
@@ -34,21 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gsil_bench.core.config import DataConfig
 from gsil_bench.core.datadir import load_hub_rows, local_file
+from gsil_bench.core.errors import DataError
 from gsil_bench.core.io import iter_jsonl_file
 from gsil_bench.core.registry import Registry
-from gsil_bench.core.strict import ConfigError
+from gsil_bench.core.scoring import Batch, Chat, EncodedSeq, collate, encode
 
 log = logging.getLogger(__name__)
-
-Chat = list[dict[str, str]]
-
-
-class DataError(ConfigError):
-    """A data file problem; the message names the file, the line or record, and the field."""
 
 
 @dataclass(frozen=True)
@@ -270,114 +264,11 @@ def load_examples(cfg: DataConfig, root: Path | None) -> list[Example]:
 # --- tokenisation --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EncodedSeq:
-    """A tokenised (prompt, response): input_ids[:response_start] is the prompt."""
-
-    input_ids: list[int]
-    response_start: int
-    attention_mask: list[int] | None = None  # per-token attention (0 = masked key); None = all 1 (encoding "spin")
-
-    @property
-    def n_response(self) -> int:
-        return len(self.input_ids) - self.response_start
-
-
-def render(tokenizer: Any, prompt: Chat, response: str) -> tuple[str, str]:
-    """(prompt text with the generation prompt, full text with the response), chat template applied once."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
-                        "use a chat (instruct) model or set one on its tokenizer")
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(head):
-        raise DataError("the chat template does not render the conversation as the generation prompt followed "
-                        "by the response; cannot mark the response tokens")
-    return head, full
-
-
-def _response_ids(tokenizer: Any, prompt_ids: list[int], head: str, full: str) -> list[int]:
-    """Response token ids, from the joint tokenisation when the prompt's tokens are its prefix
-    (the usual case: special tokens separate the turns), else from the response text alone."""
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] == prompt_ids:
-        ids = full_ids[len(prompt_ids):]
-    else:
-        ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos in ids:  # end at the end-of-turn token (drop the template's trailing newline)
-        ids = ids[: len(ids) - ids[::-1].index(eos)]
-    else:
-        ids = [*ids, eos]
-    return ids
-
-
-def encode(tokenizer: Any, prompt: Chat, response: str, *, max_prompt_length: int, max_length: int) -> EncodedSeq:
-    """Tokenise a (prompt, response) with the chat template; keep the END of a long prompt
-    (left truncation to max_prompt_length), then cut the response to fit max_length."""
-    if max_prompt_length >= max_length:
-        raise ConfigError(f"shared.train.max_prompt_length ({max_prompt_length}) must be < "
-                          f"shared.train.max_length ({max_length})")
-    head, full = render(tokenizer, prompt, response)
-    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    response_ids = _response_ids(tokenizer, prompt_ids, head, full)
-    prompt_ids = prompt_ids[-max_prompt_length:]
-    response_ids = response_ids[: max_length - len(prompt_ids)]
-    return EncodedSeq([*prompt_ids, *response_ids], len(prompt_ids))
-
-
-# --- batches -------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Tensors one forward pass reads; rows are sequences (padded collator).
-
-    input_ids, attention_mask: [B, T]; response_mask: [B, T], 1 where the token is a response
-    token whose log-prob counts (it is predicted from the positions before it).
-    position_ids / sequence_index (optional, [B, T]): for packed (padding-free) batches,
-    positions restarting at every sequence and the index of the sequence each token belongs
-    to (-1 for padding); with sequence_index set, log-probs are summed per sequence index.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    position_ids: torch.Tensor | None = None
-    sequence_index: torch.Tensor | None = None
-    num_sequences: int | None = None  # with sequence_index: how many sequences (default: max index + 1)
-
-    def to(self, device: Any) -> Batch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
-
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                     move(self.position_ids), move(self.sequence_index), self.num_sequences)
-
-    @property
-    def tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
-        return int(self.attention_mask.sum())
-
-
 Collator = Callable[[Sequence[EncodedSeq], int], Batch]
 COLLATORS: Registry[Collator] = Registry("collator")
 
 
-@COLLATORS.register("padded")
-def collate(seqs: Sequence[EncodedSeq], pad_id: int) -> Batch:
-    """Right-padded batch: one row per sequence (masks come from lengths, never from pad ids,
-    since the pad and end-of-turn tokens are often the same id)."""
-    width = max(len(s.input_ids) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    response = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        n = len(s.input_ids)
-        input_ids[row, :n] = torch.tensor(s.input_ids, dtype=torch.long)
-        attention[row, :n] = 1 if s.attention_mask is None else torch.tensor(s.attention_mask, dtype=torch.long)
-        response[row, s.response_start:n] = 1
-    return Batch(input_ids, attention, response)
+COLLATORS.add("padded", collate)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Per-sequence response log-probs without keeping the batch's [B, T, vocab] logits.
+"""Per-sequence response log-probs for training, without keeping the batch's [B, T, vocab]
+logits: core.scoring's computation (the one scoring path), plus packed batches and the module
+the training loop hands to accelerate.
 
 `batch_logps(model, batch, chunk) -> (logps_sum [B], n_tokens [B])` is the one forward
 every method, the reference computation and the packed collator share:
@@ -24,67 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from gsil_bench.trainers.data import Batch
+from gsil_bench.core.scoring import Batch, causal_lm, token_logps
+from gsil_bench.core.scoring import sequence_logps as rows_logps
 
-
-def causal_lm(model: Any) -> Any:
-    """The underlying Hugging Face causal LM (through DDP and peft wrappers)."""
-    while hasattr(model, "module"):  # DistributedDataParallel / accelerate wrappers
-        model = model.module
-    if isinstance(model, LogpsModule):
-        model = model.model
-    if hasattr(model, "get_base_model"):  # peft: LoRA layers are injected in place
-        model = model.get_base_model()
-    return model
-
-
-def _head_fn(lm: Any) -> Any:
-    head = lm.get_output_embeddings()
-    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = getattr(cfg, "logit_scale", None)
-
-    def chunk_logps(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # the head's weight, not a call of the head module: under FSDP every module call is a
-        # gather of its shards, and processes with different numbers of chunks would deadlock
-        logits = torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None)).float()
-        if scale is not None:
-            logits = logits * scale
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-
-    return chunk_logps
-
-
-def token_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-position log-probs of the next token, masked to response positions: returns
-    (logps [B, T-1-first], mask [B, T-1-first], first) where column j is position first+j."""
-    if chunk < 1:
-        raise ValueError(f"shared.train.logprob_chunk must be >= 1, got {chunk}")
-    lm = causal_lm(model)
-    kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is not None:
-        kwargs["position_ids"] = batch.position_ids
-    hidden = lm.base_model(**kwargs).last_hidden_state[:, :-1]  # [B, T-1, H]: position t predicts t+1
-    targets = batch.input_ids[:, 1:]
-    mask = batch.response_mask[:, 1:].to(torch.float32)
-    cols = mask.any(dim=0).nonzero()
-    first = int(cols[0]) if len(cols) else mask.shape[1]
-    head = _head_fn(lm)
-    grad = torch.is_grad_enabled()
-    parts = []
-    for start in range(first, mask.shape[1], chunk):
-        h, y = hidden[:, start : start + chunk], targets[:, start : start + chunk]
-        lp = checkpoint(head, h, y, use_reentrant=False) if grad else head(h, y)
-        parts.append(lp * mask[:, start : start + chunk])
-    if not parts:
-        empty = hidden.new_zeros((mask.shape[0], 0), dtype=torch.float32)
-        return empty + hidden[:, :0, 0].float(), mask[:, first:], first  # keeps the graph connected
-    return torch.cat(parts, dim=1), mask[:, first:], first
+__all__ = ["LogpsModule", "batch_logps", "causal_lm", "full_logits_logps", "sequence_logps", "token_logps"]
 
 
 def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,24 +39,14 @@ def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, 
     A packed batch (one row with restarting `position_ids` and `sequence_index`, from the
     "packed" collator) goes through trainers.packing, whose attention stays inside each
     sequence; its head chunk is `chunk` positions per packed sequence, the same memory as a
-    padded batch's. Other batches with a `sequence_index` (one sequence per row) are summed
-    per index here."""
-    n = None
-    if batch.sequence_index is not None:
-        n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
-        if batch.position_ids is not None and batch.input_ids.shape[0] == 1:
-            from gsil_bench.trainers.packing import batch_packed_logps
+    padded batch's. Every other batch is core.scoring's."""
+    if batch.sequence_index is not None and batch.position_ids is not None and batch.input_ids.shape[0] == 1:
+        from gsil_bench.trainers.packing import batch_packed_logps
 
-            logps_sum, counts = batch_packed_logps(model, batch, chunk * max(1, n))
-            return logps_sum, counts.to(torch.float32)
-    logps, mask, first = token_logps(model, batch, chunk)
-    if batch.sequence_index is None or n is None:
-        return logps.sum(dim=1), mask.sum(dim=1)
-    index = batch.sequence_index[:, 1:][:, first:]
-    keep = index >= 0
-    sums = logps.new_zeros(n).index_add(0, index[keep], logps[keep])
-    counts = mask.new_zeros(n).index_add(0, index[keep], mask[keep])
-    return sums, counts
+        n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
+        logps_sum, counts = batch_packed_logps(model, batch, chunk * max(1, n))
+        return logps_sum, counts.to(torch.float32)
+    return rows_logps(model, batch, chunk)
 
 
 class LogpsModule(torch.nn.Module):
@@ -121,6 +57,11 @@ class LogpsModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.chunk = chunk
+
+    @property
+    def wrapped_lm(self) -> Any:
+        """The causal LM inside (core.scoring.causal_lm unwraps it)."""
+        return self.model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None, sequence_index: torch.Tensor | None = None,

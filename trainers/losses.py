@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.registry import Registry, did_you_mean
 
 
@@ -91,7 +92,7 @@ class LossRegistry(Registry[LossFn]):
         x = LossInputs(one, one.detach(), one.detach(), one.detach(), torch.ones(2))
         out = self.get(name)(x, **params)
         if not torch.isfinite(out.loss):
-            raise ValueError(f"loss {name!r} with {params} is not finite at zero log ratios")
+            raise ConfigError(f"loss {name!r} with {params} is not finite at zero log ratios")
 
     def needs_pairs(self, name: str) -> bool:
         return bool(self.meta(name).get("pairs", True))
@@ -174,7 +175,7 @@ def sft(x: LossInputs) -> LossOutput:
 
 def _check_beta(beta: float) -> None:
     if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+        raise ConfigError(f"beta must be > 0, got {beta}")
 
 
 def _pairwise(x: LossInputs, per_example: torch.Tensor, beta: float) -> LossOutput:
@@ -189,7 +190,7 @@ def dpo(x: LossInputs, *, beta: float = 0.1, label_smoothing: float = 0.0) -> Lo
     with label_smoothing eps, the conservative form (1-eps)*that + eps*(-log sigmoid(-beta*m))."""
     _check_beta(beta)
     if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        raise ConfigError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     logits = beta * (x.r_real - x.r_gen)
     per = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return _pairwise(x, per, beta)
@@ -247,7 +248,7 @@ def safe_exp(z: torch.Tensor, bound: float = EXP_LINEAR_ABOVE) -> torch.Tensor:
 
 def _logits(x: LossInputs, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
     if a <= 0:
-        raise ValueError(f"GSIL scale a must be > 0, got {a}")
+        raise ConfigError(f"GSIL scale a must be > 0, got {a}")
     return a * x.r_real + b, a * x.r_gen + b
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gsil_bench.core.errors import FileError
 from gsil_bench.core.models import ModelError, check_weights, resolve
 from gsil_bench.core.progress import Progress
 from gsil_bench.trainers.data import EncodedSeq, TrainItem, collate
@@ -90,7 +91,7 @@ def load_ref(path: str | Path, key: str | None = None) -> RefLogps:
     data = torch.load(path, map_location="cpu", weights_only=True)
     ref = RefLogps(data["real"], data["gen"], data.get("key", ""))
     if key is not None and ref.key != key:
-        raise ValueError(f"{path}: reference log-probs were computed from other inputs (key {ref.key} != {key})")
+        raise FileError(f"{path}: reference log-probs were computed from other inputs (key {ref.key} != {key})")
     return ref
 
 

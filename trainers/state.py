@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from gsil_bench.core.errors import FileError
 from gsil_bench.core.io import atomic_write_json, read_json
 
 KILL_ENV = "GSIL_TEST_KILL"
@@ -100,11 +101,11 @@ def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process
     weights = torch.load(src / "model.pt", map_location="cpu", weights_only=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != trainable:
-        raise ValueError(f"{src}: saved weights do not match the model's trainable parameters "
+        raise FileError(f"{src}: saved weights do not match the model's trainable parameters "
                          f"(was LoRA or the model changed?)")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
-        raise ValueError(f"{src}: unexpected weights {unexpected[:3]}")
+        raise FileError(f"{src}: unexpected weights {unexpected[:3]}")
     optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(src / "scheduler.pt", map_location="cpu", weights_only=False))
     rng = torch.load(src / "rng.pt", map_location="cpu", weights_only=False)

@@ -20,9 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gsil_bench.core.config import DEFAULT_MODEL, EvalConfig
+from gsil_bench.core.config import DEFAULT_MODEL, ExperimentConfig
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import busy_ancestor
+from gsil_bench.core.strict import Located
 from gsil_bench.harness.commands import add_overrides
 from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_overrides
 
@@ -49,33 +50,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_overrides(parser)
 
 
-def _experiment(args: argparse.Namespace) -> Any:
-    """The experiment whose `shared` block the evaluation takes: --config (and the overrides), else
-    the defaults with the overrides and `--model` as `shared.model` (so `shared.model_revision` pins it)."""
-    from gsil_bench.core.config import ExperimentConfig, experiment_from_dict, load_experiment
+def eval_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Located]:
+    """The experiment an evaluation reads, and where its keys are: --config (or the defaults), the KEY=VALUE
+    overrides (the experiment's keys, `shared.eval.*`) and lm-eval's flag names, then the flags (--tasks,
+    --judge, ...). Without --config, `--model` is `shared.model` (so `shared.model_revision` pins it); with
+    it, the settings are those `run` applies (tasks.api.experiment_eval) and `shared.model` stays the
+    experiment's (the held-out reference). Checked by the one validation pass (harness.validate) in `run`."""
+    from gsil_bench.core.config import experiment_from_dict, parse_experiment, raise_problems
     from gsil_bench.core.strict import apply_overrides, to_plain
+    from gsil_bench.tasks.api import experiment_eval
 
     overrides = list(args.overrides) + lm_eval_overrides(args)
     if args.config:
-        return load_experiment(args.config, overrides)
-    exp = ExperimentConfig(name="eval", methods=[])
-    if overrides:
-        exp = experiment_from_dict(apply_overrides(to_plain(exp), overrides), "command line", overrides)
-    return replace(exp, shared=replace(exp.shared, model=args.model)) if args.model else exp
-
-
-def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, Any]:
-    """EvalConfig from --config (or the defaults), the KEY=VALUE overrides (the experiment's keys,
-    `shared.eval.*`), lm-eval's flag names and the other flags; also the experiment's shared block (model,
-    revision, data_dir). With --config the settings are those `run` applies (tasks.api.experiment_eval)."""
-    from gsil_bench.tasks.api import experiment_eval
-
-    shared = _experiment(args).shared
-    cfg = experiment_eval(shared) if args.config else shared.eval
+        parsed, loc, problems = parse_experiment(args.config, overrides)
+        raise_problems(problems, loc, parsed)
+        assert parsed is not None
+        exp, cfg = parsed, experiment_eval(parsed.shared)
+    else:
+        exp, loc = ExperimentConfig(name="eval", methods=[]), Located("command line")
+        loc.mark_overrides(overrides)
+        if overrides:
+            exp = experiment_from_dict(apply_overrides(to_plain(exp), overrides), "command line", overrides)
+        if args.model:
+            exp = replace(exp, shared=replace(exp.shared, model=args.model))
+        cfg = exp.shared.eval
     if args.no_chat_template:
         cfg = replace(cfg, chat_template=False)
     if args.allow_empty:
         cfg = replace(cfg, allow_empty=True)
+    if args.tasks:
+        cfg = replace(cfg, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()])
     judge = cfg.judge
     if args.judge:
         if re.match(r"https?://", args.judge):
@@ -84,7 +88,7 @@ def _eval_config(args: argparse.Namespace) -> tuple[EvalConfig, Any]:
             judge = replace(judge, backend="hf", model=args.judge)
     if args.judge_model:
         judge = replace(judge, model=args.judge_model)
-    return replace(cfg, judge=judge), shared
+    return replace(exp, shared=replace(exp.shared, eval=replace(cfg, judge=judge))), loc
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -104,10 +108,14 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gsil_bench.harness.validate import validate
     from gsil_bench.tasks.api import empty_primaries, evaluate
 
-    cfg, shared = _eval_config(args)
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(cfg.tasks)
+    if args.limit is not None and args.limit < 1:
+        raise GsilError(f"--limit must be a positive number of items, got {args.limit}")
+    exp, loc = eval_config(args)
+    validate(exp, loc, data_dir=args.data_dir, scope=("eval",) if args.completions else ("model", "eval"))
+    shared, cfg = exp.shared, exp.shared.eval
     if args.completions and not (args.model or args.config):
         model = f"completions:{Path(args.completions).name}"
     else:
@@ -117,13 +125,11 @@ def run(args: argparse.Namespace) -> int:
                     shared.model, model)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
-    if args.limit is not None and args.limit < 1:
-        raise GsilError(f"--limit must be a positive number of items, got {args.limit}")
     busy = busy_ancestor(out)
     if busy is not None:
         raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
-    results = evaluate(model, names, cfg, out, data_dir=args.data_dir or shared.data_dir, limit=args.limit,
-                       completions=args.completions, pins=shared.pins())
+    results = evaluate(model, list(cfg.tasks), cfg, out, data_dir=args.data_dir or shared.data_dir,
+                       limit=args.limit, completions=args.completions, pins=shared.pins())
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
     empty = [] if cfg.allow_empty else empty_primaries(results)
     if empty:

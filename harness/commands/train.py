@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from gsil_bench.harness.validate import load_and_validate
     from gsil_bench.trainers.api import train_method
 
-    cfg, _, _ = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, scope=("train",))
+    cfg, _, _ = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, scope=("train", "model"))
     cfg.method(args.method)  # unknown label: error with did-you-mean before any work
     out = Path(args.output) if args.output else Path("runs") / cfg.name
     seeds = [args.seed] if args.seed is not None else list(cfg.shared.seeds)
