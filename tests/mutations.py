@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_planted_regressions import code_copy  # noqa: E402
+from test_planted_regressions import REPO, code_copy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ MUTATIONS: dict[str, Mutation] = {
         "inputs = prepare_inputs(it_ctx, k, cfg.shared.model, folder)", (REF_K,)),
     "swapped-real-generated": Mutation("trainers/loop.py", NO_FROZEN_OLD, SWAP_NEW, (STEP2,)),
     "dropped-chat-template": Mutation(
-        "trainers/data.py",
+        "core/scoring.py",
         """    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)""",
         """    head = "\\n".join(m["content"] for m in prompt) + "\\n"
     full = head + response""", (TEXT, SFT_NLL)),
-    "dropped-eos": Mutation("trainers/data.py", "ids = ids[: len(ids) - ids[::-1].index(eos)]\n    else:\n"
+    "dropped-eos": Mutation("core/scoring.py", "ids = ids[: len(ids) - ids[::-1].index(eos)]\n    else:\n"
                             "        ids = [*ids, eos]",
                             "ids = ids[: len(ids) - ids[::-1].index(eos) - 1]\n    else:\n        ids = ids",
                             (TEXT, SFT_NLL)),
@@ -79,21 +79,20 @@ MUTATIONS: dict[str, Mutation] = {
         "        save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
         "run.folder / \"checkpoint\"", (IDENTITY,)),
     "eval-scores-the-base-model": Mutation(  # every eval step scores the starting model, recorded as its own
-        "harness/runner.py", "evaluate(rec[\"model\"], todo, eval_cfg,", "evaluate(run.cfg.shared.model, todo, eval_cfg,",
+        "harness/steps.py", "evaluate(rec[\"model\"], todo, experiment_eval(run.cfg.shared),",
+        "evaluate(run.cfg.shared.model, todo, experiment_eval(run.cfg.shared),",
         (IDENTITY,)),
 }
 
 
-def plant(dst: Path, name: str) -> Path:
-    """A copy of the repository at `dst` with mutation `name` planted."""
-    code_copy(dst, None)
+def plant(dst: Path, name: str) -> tuple[Path, Path]:
+    """A copy of the repository under `dst` with mutation `name` planted: (its source tree, where
+    its tests run; the site folder its wheel installs into, what they import)."""
     m = MUTATIONS[name]
-    path = dst / m.file
-    text = path.read_text()
-    if text.count(m.old) != 1:
+    if (REPO / m.file).read_text().count(m.old) != 1:
         raise SystemExit(f"{m.file} no longer holds the text mutation {name!r} replaces: update tests/mutations.py")
-    path.write_text(text.replace(m.old, m.new))
-    return dst
+    site = code_copy(dst, (m.file, m.old, m.new))
+    return dst / "src", site
 
 
 def failures(junit: Path) -> dict[str, str]:
@@ -112,9 +111,9 @@ def failures(junit: Path) -> dict[str, str]:
 
 def run_mutation(name: str, work: Path) -> dict[str, str]:
     """Plant `name` in a copy under `work`, run its tests there; {failed test: message}."""
-    code = plant(work / name, name)
+    code, site = plant(work / name, name)
     env = {k: v for k, v in os.environ.items() if k != "GSIL_REGEN_PINNED"}
-    env.update(PYTHONPATH=str(code), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     junit = work / f"{name}.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
                            "-m", "not slow and not gpu", *MUTATIONS[name].tests], cwd=code, env=env,

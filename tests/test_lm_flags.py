@@ -15,7 +15,7 @@ from gsil_bench.core.config import GenerationConfig
 from gsil_bench.core.generation import OOM_TEST_ENV, HFGenerator
 from gsil_bench.core.progress import BarLines
 from gsil_bench.harness.cli import build_parser, log_level, main
-from gsil_bench.harness.commands.eval import _eval_config
+from gsil_bench.harness.commands.eval import eval_config
 
 
 def test_global_options_anywhere_on_the_line():
@@ -33,7 +33,8 @@ def test_lm_eval_flags_become_our_settings(tmp_path):
         "--output_path", str(tmp_path / "out"), "--log_samples", "--apply_chat_template", "--revision", "v1.0",
         "--device", "cuda:1", "--gen_kwargs", "temperature=0.7,top_p=0.9,max_gen_toks=64,do_sample=True",
         "shared.eval.limit=3"])
-    cfg, shared = _eval_config(args)
+    exp, _ = eval_config(args)
+    cfg, shared = exp.shared.eval, exp.shared
     assert args.output == str(tmp_path / "out")
     assert shared.model_revision == "v1.0"  # --revision pins the evaluated model (SharedConfig.pins)
     assert cfg.generation.auto_batch_size and cfg.generation.batch_size == 16  # from 64 on a GPU (core.generation)
@@ -41,7 +42,7 @@ def test_lm_eval_flags_become_our_settings(tmp_path):
     assert cfg.lm_eval_chat_template and cfg.device == "cuda:1"
     assert cfg.lm_eval_gen_kwargs == "temperature=0.7,top_p=0.9,max_gen_toks=64,do_sample=True"
     assert (cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens) == (0.7, 0.9, 64)
-    cfg, _ = _eval_config(build_parser().parse_args(["eval", "--batch_size", "8", "--num_fewshot", "3"]))
+    cfg = eval_config(build_parser().parse_args(["eval", "--batch_size", "8", "--num_fewshot", "3"]))[0].shared.eval
     assert (cfg.generation.batch_size, cfg.generation.auto_batch_size, cfg.num_fewshot) == (8, False, 3)
 
 

@@ -55,9 +55,10 @@ def tiny_config(model_dir: Path) -> dict:
     }
 
 
-def code_copy(dst: Path, planted: str | None) -> Path:
-    """The repository's files (tracked and new, not ignored) copied to `dst/src` with one bug planted,
-    built into a wheel and unpacked into `dst/site` (what a user installs); returns `dst/site`."""
+def code_copy(dst: Path, planted: str | tuple[str, str, str] | None) -> Path:
+    """The repository's files (tracked and new, not ignored) copied to `dst/src` with one bug planted
+    (a PLANTED name, or (file, old text, new text)), built into a wheel and unpacked into `dst/site`
+    (what a user installs); returns `dst/site`."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     src = dst / "src"
@@ -66,7 +67,7 @@ def code_copy(dst: Path, planted: str | None) -> Path:
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, src / rel)
     if planted:
-        rel, old, new = PLANTED[planted]
+        rel, old, new = PLANTED[planted] if isinstance(planted, str) else planted
         text = (src / rel).read_text()
         assert text.count(old) == 1, f"{rel} no longer holds the line the {planted} bug is planted in: update PLANTED"
         (src / rel).write_text(text.replace(old, new))
