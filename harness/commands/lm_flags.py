@@ -59,19 +59,18 @@ def batch_size(text: str) -> str:
 
 def num_fewshot(text: str) -> int | dict[str, int]:
     """`5` (every lm-eval task) or `gsm8k=5,arc_challenge=25` (per task)."""
+    bad = argparse.ArgumentTypeError(f"expected N or TASK=N,TASK=N (N >= 0), got {text!r}")
     try:
         if "=" not in text:
-            return _count(int(text))
-        pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
-        return {k.strip(): _count(int(v)) for k, v in pairs}
+            value: int | dict[str, int] = int(text)
+        else:
+            pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
+            value = {k.strip(): int(v) for k, v in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or TASK=N,TASK=N (N >= 0), got {text!r}") from None
-
-
-def _count(n: int) -> int:
-    if n < 0:
-        raise ValueError(n)
-    return n
+        raise bad from None
+    if min([value] if isinstance(value, int) else list(value.values()) or [0]) < 0:
+        raise bad
+    return value
 
 
 def gen_kwargs(text: str) -> dict[str, Any]:
