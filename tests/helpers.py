@@ -77,6 +77,24 @@ def make_cfg(model, methods, **shared):
 ZEPHYR_TEMPLATE = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"  # noqa: E501
 
 
+def zeroed_llama(tokenizer):
+    """A one-layer Llama over `tokenizer`'s vocabulary with every weight zero but the final norm's (1):
+    the tests that need a model with set outputs write their embedding and head rows into it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.norm.weight.fill_(1.0)
+    return model
+
+
 def bos_tokenizer(*, truncation_side: str = "right", chat_template: str | None = ZEPHYR_TEMPLATE):
     """A Llama-style tokenizer that ADDS a BOS token, as zephyr's (Mistral's) does: `<unk>` 0, `<s>` 1, `</s>` 2,
     then byte-level BPE over the 256 bytes (a few merges, so tokens are not all single bytes); its post-processor

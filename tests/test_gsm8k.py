@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import zeroed_llama
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.tasks.api import evaluate
@@ -79,19 +80,10 @@ def answers_three(tokenizer):
     after "3" it writes a space, after anything else "3". GSM8K's second test item's answer is 3,
     so flexible-extract (the last number) scores 1 of the first 3 items and strict-match
     ("#### 3") none: a nonzero score to compare with lm-eval's."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     (three,) = tokenizer("3", add_special_tokens=False)["input_ids"]
     (space,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(cfg).eval()
+    model = zeroed_llama(tokenizer)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.model.norm.weight.fill_(1.0)
         emb = model.model.embed_tokens.weight
         emb[:, 0] = 1.0  # every token but "3" -> direction 0 -> "3"
         emb[three, 0], emb[three, 1] = 0.0, 1.0  # "3" -> direction 1 -> " "

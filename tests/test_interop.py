@@ -14,7 +14,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
-from helpers import data_rows, write_jsonl
+from helpers import data_rows, write_jsonl, zeroed_llama
 from test_gsm8k import _direct, _local_yaml, answers_three  # noqa: F401  (lm-eval's own GSM8K run, a fixed model)
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
@@ -287,19 +287,11 @@ def _rating_judge(tokenizer, folder):
     "Rating: [[7]]" and stops: attention and MLP are zero, each token of that text (and any other
     token, for the first) points to the next one."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     text = tokenizer("Rating: [[7]]", add_special_tokens=False)["input_ids"]
     assert len(set(text)) == len(text)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(cfg).eval()
+    model = zeroed_llama(tokenizer)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.model.norm.weight.fill_(1.0)
         emb, head = model.model.embed_tokens.weight, model.lm_head.weight
         emb[:, 0] = 1.0  # any token -> direction 0 -> the text's first token
         for k, (tok, nxt) in enumerate(zip(text, [*text[1:], tokenizer.eos_token_id]), 1):
