@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLANTED = {
     "flipped-loss-sign": ("trainers/losses.py", "return LossOutput((real_term + gen_term).mean(), metrics)",
                           "return LossOutput(-(real_term + gen_term).mean(), metrics)"),
-    "broken-chat-template": ("trainers/data.py",
+    "broken-chat-template": ("core/scoring.py",
                              "head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)",
                              "head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=False)"),
     "lr-x100": ("trainers/loop.py", "params, lr=c.lr, alpha=c.alpha", "params, lr=c.lr * 100, alpha=c.alpha"),
