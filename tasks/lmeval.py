@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gsil_bench.core.facts import MetricFacts, proportion
-from gsil_bench.core.generation import AUTO_START
+from gsil_bench.core.generation import AUTO_START, OPENAI_NEEDS_URL
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
 from gsil_bench.core.registry import Registry, did_you_mean
@@ -151,7 +151,7 @@ def _api_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
     cls = get_model("local-chat-completions" if chat else "local-completions")
     key = os.environ.get(gen.api_key_env)
     if not gen.base_url:
-        raise TaskError("eval.generation.base_url: the openai backend needs the server's URL")
+        raise TaskError(f"eval.generation.base_url: {OPENAI_NEEDS_URL}")
     return cls(base_url=f"{gen.base_url.rstrip('/')}/{'chat/completions' if chat else 'completions'}",
                model=gen.api_model or ctx.model, tokenizer_backend=None, tokenized_requests=False,
                num_concurrent=gen.concurrency, max_retries=gen.max_retries, timeout=int(gen.timeout),

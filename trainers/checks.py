@@ -10,7 +10,7 @@ import math
 
 from gsil_bench.core.config import ExperimentConfig, MethodConfig
 from gsil_bench.core.errors import Problem
-from gsil_bench.core.generation import generation_problems
+from gsil_bench.core.generation import OPENAI_NO_PROMPT_CUT, generation_problems
 from gsil_bench.trainers.heldout import heldout_problems
 from gsil_bench.trainers.losses import LOSSES
 from gsil_bench.trainers.publish import publish_problems
@@ -70,6 +70,5 @@ def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> lis
     gen = cfg.shared.generation
     if LOSSES.self_play(method.loss) and gen.backend == "openai" and gen.max_prompt_tokens:
         return [Problem("shared.generation.max_prompt_tokens",
-                        "the 'openai' backend sends text (the server tokenises), so prompts cannot be cut to "
-                        f"{gen.max_prompt_tokens} tokens; use backend 'hf' or 'vllm', or max_prompt_tokens: null")]
+                        f"{OPENAI_NO_PROMPT_CUT} (asked: prompts cut to {gen.max_prompt_tokens} tokens)")]
     return []
