@@ -57,6 +57,9 @@ def test_iteration1_generations_and_reference_are_shared(all_methods_run):
             for m in cfg.methods if m.loss != "sft"}
     assert len(set(gens.values())) == 1 and len(gens) == 9
     assert {read_json(results[k][0].folder / "summary.json")["inputs_hash"] for k in gens} == {shared[0].name}
+    from gsil_bench.core.sweeps import inputs_group
+
+    assert len({inputs_group(cfg, k) for k in gens}) == 1  # what the dry run says: one group, as they shared
 
 
 def test_rerun_is_idempotent(all_methods_run):
