@@ -92,7 +92,8 @@ def test_gsil_two_self_play_iterations(two_gsil_iterations, tiny_model_dir):
     assert [r.iteration for r in results] == [1, 2]
     first, second = results
     summary = read_json(second.folder / "summary.json")
-    assert summary["init_model"] == summary["reference"] == str(first.checkpoint)
+    assert summary["init_model"] == summary["reference"] == str(first.checkpoint)  # the record; the weights the loop
+    # started from and the reference log-probs: test_direction.py (iteration2_starts_at..., reference_of_iteration_k...)
     assert (first.folder / "generations.jsonl").is_file() and (second.folder / "generations.jsonl").is_file()
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(first.checkpoint).eval()
