@@ -6,8 +6,8 @@ This process leads the process group the server runs in (the test process starts
 its own) and reads its stdin, a pipe from the test process. At the end of the pipe (the test process
 closed it, or ended, however: the kernel closes its files) it sends SIGTERM to its process group, the
 server and every process the server started, waits up to GRACE seconds for the server to exit, then
-sends SIGKILL to the group, itself included. When the server exits by itself, so does this process,
-with the server's status.
+sends SIGKILL to the group, itself included. When the server exits by itself, the rest of the group
+gets SIGTERM and this process exits with the server's status.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM below is for the server (started already)
     group = os.getpgid(0)
 
+    stopping = threading.Event()
+
     def watch() -> None:
         while os.read(0, 4096):  # returns b"" at the end of the pipe
             pass
+        stopping.set()
         os.killpg(group, signal.SIGTERM)
         try:
             server.wait(timeout=grace)
@@ -37,10 +40,13 @@ def main() -> None:
             pass
         os.killpg(group, signal.SIGKILL)  # what is left of the group, this process last
 
-    threading.Thread(target=watch, daemon=True).start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     code = server.wait()
+    if stopping.is_set():  # the watcher ends the group, this process included
+        watcher.join()
+    os.killpg(group, signal.SIGTERM)  # a server that exited by itself: what it started goes too (not this process)
     os._exit(code if code >= 0 else 128 - code)
-
 
 if __name__ == "__main__":
     main()
