@@ -143,10 +143,11 @@ def test_the_llama_server_fixture_is_stopped_when_the_run_is_terminated(tmp_path
     assert code == -signal.SIGTERM
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGKILL, id="SIGKILL"),
+                                 pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow)])
 def test_a_managed_server_is_stopped_however_the_run_ends(tmp_path, how):
     """A server with a worker process: SIGTERM and kill -9 (no teardown runs: the test process's end closes
-    the watchdog's pipe) and Ctrl-C (pytest's teardown stops it)."""
+    the watchdog's pipe) and Ctrl-C (pytest's teardown stops it; slow: the fixture's ordinary exit)."""
     servers, code = run_and_end(tmp_path, HOLDS_HTTP, how, startup=60)
     left = [pid for pid, started in servers if _alive(pid, started)]
     assert not left, f"{how.name} ended the test run but left its server running (pid {left})"
