@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -105,36 +102,18 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
     """A real llama-cpp-python OpenAI-compatible server on loopback serving the
-    embedded GGUF; yields its base URL (…/v1) and stops it afterwards."""
+    embedded GGUF; yields its base URL (…/v1) and stops it afterwards, or when the test run ends
+    however it ends (tests/helpers.managed_server: SIGTERM, Ctrl-C, kill -9)."""
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is a test dependency")
+    from helpers import managed_server
+
     from gsil_bench.core.models import embedded_gguf_path
 
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path(EMBEDDED)),
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1",
-             "--model_alias", "smollm2"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited early:\n{log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail(f"llama.cpp server did not start in 120 s:\n{log.read_text()[-2000:]}")
-                time.sleep(0.5)
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path(EMBEDDED)),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1",
+            "--model_alias", "smollm2"]
+    with managed_server(argv, log, ready=base + "/models", timeout=120):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -1,13 +1,21 @@
 """Small helpers shared by tests: read data rows, write completions, the tiny training config, a
-tokenizer that adds BOS (built offline) with zephyr's chat template, and build and unpack the package
-(wheel, sdist) from a source tree."""
+tokenizer that adds BOS (built offline) with zephyr's chat template, build and unpack the package
+(wheel, sdist) from a source tree, and start a server process that is stopped whatever ends the test
+run (`managed_server`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from gsil_bench.core.config import experiment_from_dict
@@ -118,3 +126,86 @@ def bos_tokenizer(*, truncation_side: str = "right", chat_template: str | None =
                                    pad_token="</s>", truncation_side=truncation_side)
     fast.chat_template = chat_template
     return fast
+
+
+
+# --- servers a test starts -------------------------------------------------------------------------
+# A server (llama.cpp's, vLLM's with its engine processes) runs in a session of its own, so Ctrl-C in
+# the terminal does not reach it, and a fixture's `finally` runs only when pytest ends in order: a
+# SIGTERM'd or killed pytest runs none. So every server runs under a watchdog (tests/watchdog.py), the
+# leader of the server's process group, which reads a pipe from this test process: when the pipe
+# closes, because the fixture stopped the server or because this process ended however it did
+# (SIGTERM, SIGINT, SIGKILL, os._exit: the kernel closes its files), the watchdog stops the group
+# by its id, the watchdog's own pid (SIGTERM, SIGKILL after a grace period): the server and every
+# process it started, nothing found by name.
+
+WATCHDOG = Path(__file__).resolve().parent / "watchdog.py"
+
+
+@dataclass
+class Server:
+    """A server started by `start_server`: `pid` is its process group's (its watchdog's)."""
+
+    proc: subprocess.Popen
+    pipe: int  # the write end of the watchdog's stdin: closing it stops the server
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 40.0) -> None:
+        """Stop the server and every process it started; wait for them."""
+        if self.pipe >= 0:
+            os.close(self.pipe)
+            self.pipe = -1
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the watchdog itself hangs: end its group here
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start_server(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, grace: float = 20.0) -> Server:
+    """Start `argv` (stdout and stderr to `log`) under a watchdog: stopped by `Server.stop`, or when this
+    process ends, however it ends (SIGTERM first, SIGKILL `grace` seconds later)."""
+    read, write = os.pipe()  # not inherited by other children (PEP 446): only this watchdog holds the read end
+    try:
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, str(WATCHDOG), str(grace), "--", *argv], stdin=read, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return Server(proc, write)
+
+
+@contextlib.contextmanager
+def managed_server(argv: Sequence[str], log: Path, *, ready: str, timeout: float = 120.0,
+                   env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server for the block (`start_server`), waited for until the URL `ready` answers, stopped after.
+    A server that exits first, or does not answer in `timeout` s, fails the test with its log's tail."""
+    import pytest
+
+    server = start_server(argv, log, env)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if not server.running():
+                pytest.fail(f"{' '.join(argv[:3])} ... exited early (status {server.proc.returncode}):\n"
+                            f"{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(ready, timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"{ready} did not answer in {timeout:g} s:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        server.stop()

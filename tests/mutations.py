@@ -54,6 +54,14 @@ STEP2 = "tests/test_direction.py::test_step2_loss_is_its_closed_form_at_asymmetr
 TEXT = "tests/test_data.py::test_training_text_is_the_tokenizers_chat_template"
 SFT_NLL = "tests/test_direction.py::test_sft_step1_loss_is_the_starting_models_nll"
 
+SWEEP = "tests/test_sweep_e2e.py::test_a_plugged_in_loss_swept_end_to_end"
+PER_ITER = "tests/test_spin_schedule.py::test_per_iteration_beta_reaches_the_loss_the_loop_called"
+GEN_SWEEP = "tests/test_sweep_e2e.py::test_a_swept_generation_setting_gets_its_own_shared_inputs"
+LOWER = "tests/test_regression.py::test_a_lower_is_better_metric_drops_when_it_rises"
+CHAT_STORED = "tests/test_stored_generations.py::test_chat_template_path_stores_the_generation_unchanged"
+FIRST_MATCH = "tests/test_judge.py::test_fastchat_rating_extraction"
+REBOUND = "loss=build_loss(it_method.loss, it_method.params))"
+
 MUTATIONS: dict[str, Mutation] = {
     "model-cache-keyed-by-nothing": Mutation("tasks/context.py", CACHE_OLD, CACHE_NEW, (IDENTITY,)),
     "reference-is-the-policy": Mutation("trainers/loop.py", NO_FROZEN_OLD, NO_FROZEN_NEW, (REF,)),
@@ -82,6 +90,23 @@ MUTATIONS: dict[str, Mutation] = {
         "harness/steps.py", "evaluate(rec[\"model\"], todo, experiment_eval(run.cfg.shared),",
         "evaluate(run.cfg.shared.model, todo, experiment_eval(run.cfg.shared),",
         (IDENTITY,)),
+    # every recorded value stays right while training or comparing does the wrong thing (issue 31)
+    "sweep-variants-train-with-the-first": Mutation(  # names, hashes, summary.json still say b = 0, 0.5, 1
+        "trainers/api.py", REBOUND,
+        "loss=build_loss(it_method.loss, next(m for m in cfg.methods if m.loss == it_method.loss).params))", (SWEEP,)),
+    "per-iteration-params-never-reach-the-loss": Mutation(  # the loss built once, from iteration 1's params
+        "trainers/api.py", "method=it_method,  # per-iteration params: the loss bound again\n"
+        "                                 " + REBOUND, "method=it_method)", (PER_ITER,)),
+    "inputs-key-ignores-generation": Mutation(  # the dry run's inputs_group still shows two groups
+        "trainers/inputs.py", "    gen = hash_view(s.generation) if generate else None", "    gen = None", (GEN_SWEEP,)),
+    "compare-direction-flip-deleted": Mutation(  # a rise of a lower-is-better metric counted as a gain
+        "reports/regression.py", "    sign = sign if higher_is_better else -sign\n", "", (LOWER,)),
+    "chat-path-official-post-processing": Mutation(  # GSIL's replace("</s>", "").lstrip() on the chat template too
+        "trainers/inputs.py", "    if ctx.cfg.shared.generation.prompt_template is None:\n        return text\n", "",
+        (CHAT_STORED,)),
+    "mt-bench-last-match": Mutation(  # the last [[x]] instead of FastChat's first
+        "tasks/judge.py", "    m = ONE_SCORE.search(text) or ONE_SCORE_BACKUP.search(text)",
+        "    m = ([*ONE_SCORE.finditer(text)] or [*ONE_SCORE_BACKUP.finditer(text)] or [None])[-1]", (FIRST_MATCH,)),
 }
 
 

@@ -46,7 +46,22 @@ PAIRWISE = {"dpo": lambda beta: (beta / 2, beta / 2), "spin": lambda beta: (beta
 def test_gsil_weights_at_zero_equal_the_closed_forms(a, b):
     for name, closed in CLOSED.items():
         w = weights(name, {"a": a, "b": b})
-        assert (w["w_real"], w["w_gen"]) == pytest.approx(closed(a, b), rel=1e-12, abs=1e-15), name
+        got, want = (w["w_real"], w["w_gen"]), closed(a, b)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), (
+            f"{name} at a = {a}, b = {b}: (w_real, w_gen) = {got}, closed form {want}" + _hint(got, want, closed(1.0, b)))
+
+
+def _hint(got, want, at_one, param: str = "a") -> str:
+    """What a wrong anatomy reads like: the sign of dL/dr not flipped for w_real (or flipped for w_gen), or
+    the scale parameter dropped (GSIL's a in z = a r + b, the pairwise beta): the closed form at `param` = 1."""
+    close = lambda x, y: x == pytest.approx(y, rel=1e-9, abs=1e-15)  # noqa: E731
+    if close(got[0], -want[0]) and not close(want[0], 0.0):
+        return ": the sign of w_real is wrong (w_real = -dL/dr_real)"
+    if close(got[1], -want[1]) and not close(want[1], 0.0):
+        return ": the sign of w_gen is wrong (w_gen = +dL/dr_gen)"
+    if close(got[0], at_one[0]) and close(got[1], at_one[1]):
+        return f": the weights at {param} = 1 (the parameter {param} never reached the loss)"
+    return ""
 
 
 def test_the_released_setting_weighs_the_generated_side():
@@ -63,7 +78,9 @@ def test_the_released_setting_weighs_the_generated_side():
 def test_pairwise_and_sft_weights_at_zero(beta):
     for name, closed in PAIRWISE.items():
         w = weights(name, {"beta": beta})
-        assert (w["w_real"], w["w_gen"]) == pytest.approx(closed(beta), rel=1e-12), name
+        got, want = (w["w_real"], w["w_gen"]), closed(beta)
+        assert got == pytest.approx(want, rel=1e-12), (f"{name} at beta = {beta}: (w_real, w_gen) = {got}, closed form "
+                                                      f"{want}" + _hint(got, want, closed(1.0), "beta"))
     assert weights("sft", {}) == {"w_real": pytest.approx(1.0), "w_gen": None, "loss": pytest.approx(0.0)}
 
 

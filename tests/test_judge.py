@@ -94,6 +94,11 @@ def test_fastchat_rating_extraction():
     assert parse_rating("Rating: [[7.5]]") == 7.5
     assert parse_rating("I give it [6] overall") == 6.0  # FastChat's backup pattern
     assert parse_rating("[[10]] and later [3]") == 10.0  # [[x]] wins
+    # two different [[x]]: FastChat takes the first (re.search: fastchat/llm_judge/common.py:176-178 at
+    # lm-sys/FastChat 0e6d3e4b), not the last nor any other
+    first = parse_rating('The answer quotes "Rating: [[10]]". My verdict. Rating: [[2]]')
+    assert first == 10.0, f"two different [[x]] gave {first}: FastChat's rule is the first [[x]] (re.search), not the last"
+    assert parse_rating("Scores [4] then [9], no double brackets") == 4.0  # the backup pattern: its first match too
     assert parse_rating("Rating: 9/10") is None
     assert parse_rating("[[A]]") is None
 

@@ -126,9 +126,26 @@ def test_carriage_return_bars_become_lines(monkeypatch):
     assert lines[1].startswith("Loading weights: 100%") and "50/50" in lines[1]
 
 
-def test_eval_with_lm_eval_flags_end_to_end(tmp_path, tiny_model_dir, data_dir, capsys):
-    """The flags reach lm-eval: one few-shot example for gsm8k (lm-eval records n-shot 1), its `auto`
-    batch size, its generation length, our output folder; the per-item samples are written."""
+def _greedy(model, tokenizer, prompt: str, n: int) -> str:
+    """The model's greedy continuation of `prompt` in `n` new tokens, cut at gsm8k's stop strings."""
+    import torch
+
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                             pad_token_id=tokenizer.pad_token_id)
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    for stop in ("Question:", "</s>", "<|im_end|>"):  # gsm8k.yaml's until, and the tokenizer's EOS
+        text = text.split(stop)[0]
+    return text
+
+
+def test_eval_with_lm_eval_flags_end_to_end(tmp_path, tiny_model_dir, data_dir, capsys, tokenizer):
+    """The flags reach lm-eval and the model, checked by their effects: each prompt the model received holds
+    one few-shot example before the question, each output is the model's greedy continuation of exactly
+    8 tokens (9 would read otherwise), and the results land in our
+    output folder, one sample per item. `--batch_size auto` is recorded; on a CPU it leaves the batch size as
+    is (tasks/lmeval._hf_lm: lm-eval's search is for CUDA), its halving is tested on the generator above."""
     out = tmp_path / "out"
     assert main(["eval", "--model", str(tiny_model_dir), "--tasks", "gsm8k", "--limit", "2", "--num_fewshot",
                  "gsm8k=1", "--batch_size", "auto", "--gen_kwargs", "max_gen_toks=8",
@@ -137,7 +154,18 @@ def test_eval_with_lm_eval_flags_end_to_end(tmp_path, tiny_model_dir, data_dir, 
 
     rec = json.loads((out / "gsm8k" / "metrics.json").read_text())
     assert rec["lm_eval"]["n-shot"] == {"gsm8k": 1} and rec["n_items"] == 2
-    assert rec["config"]["eval"]["num_fewshot"] == {"gsm8k": 1}
+    assert rec["config"]["eval"]["num_fewshot"] == {"gsm8k": 1}  # the record; the effects below
     assert rec["config"]["eval"]["generation"]["auto_batch_size"] is True
-    assert len((out / "gsm8k" / "samples.jsonl").read_text().splitlines()) == 2
+    samples = [json.loads(line) for line in (out / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2
+    from gsil_bench.trainers.reference import load_causal_lm
+
+    model = load_causal_lm(str(tiny_model_dir), revision=None, device="cpu").eval()
+    for s in samples:
+        assert s["prompt"].count("Question: ") == 2 and s["prompt"].endswith(s["doc"]["question"] + "\nAnswer:"), (
+            f"--num_fewshot gsm8k=1: the model's prompt does not hold one example, then the question: {s['prompt']!r}")
+        want, longer = (_greedy(model, tokenizer, s["prompt"], n) for n in (8, 9))
+        assert want != longer, f"the model stops before 8 tokens here ({want!r}): nothing to check"
+        assert s["output"] == want, (f"--gen_kwargs max_gen_toks=8: the output {s['output']!r} is not the model's "
+                                     f"8-token greedy continuation {want!r}")
     assert f"results: {out}" in capsys.readouterr().out

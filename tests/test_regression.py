@@ -98,6 +98,31 @@ def test_noise_and_gains_do_not_fail_but_tolerance_and_missing_apply(baseline, t
     assert "MISSING" in (cand / "compare" / "compare.md").read_text()
 
 
+def lower_is_better(run_dir, task="gsm8k"):
+    """Declare `task`'s primary metric lower-is-better (an error rate, say) in every metrics.json of the run."""
+    for path in (run_dir / "eval").rglob(f"{task}/metrics.json"):
+        rec = json.loads(path.read_text())
+        rec["metrics"][rec["primary"]]["facts"]["higher_is_better"] = False
+        atomic_write_json(path, rec)
+
+
+def test_a_lower_is_better_metric_drops_when_it_rises(baseline, tmp_path):
+    """On a metric declared lower-is-better, a significant rise beyond tolerance is the drop (exit 1) and a
+    fall is a gain (exit 0); read with the higher-is-better direction, both would be the other way round."""
+    base = _copy(baseline, tmp_path, "night-1")
+    lower_is_better(base)
+    rise, fall = _copy(base, tmp_path, "rise"), _copy(base, tmp_path, "fall")
+    flip(rise, FINAL, 60, to=1.0)  # 60 of 300 items up: the error rate rises by 0.2
+    flip(fall, FINAL, 60, to=0.0)
+    for cand, want, code in ((rise, "drop", 1), (fall, "gain", 0)):
+        status = {(c.method, c.task): c.status for c in compare_runs(base, cand, n_boot=1000).changes}
+        assert status[("gsil-logistic", "gsm8k")] == want, (
+            f"an error rate that {cand.name}s by 0.2 is a {status[('gsil-logistic', 'gsm8k')]}, not a {want}: "
+            "compare ignores the metric's declared direction (higher_is_better false)")
+        assert {s for k, s in status.items() if k != ("gsil-logistic", "gsm8k")} == {"ok"}
+        assert main(["compare", str(base), str(cand)]) == code
+
+
 def test_different_shared_blocks_are_flagged(baseline, tmp_path):
     other = write_run(tmp_path / "other", n=300, shared_hash="0000000000000000")
     result = compare_runs(baseline, other, n_boot=200)

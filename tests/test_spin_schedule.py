@@ -20,6 +20,7 @@ from gsil_bench.harness.validate import validate
 from gsil_bench.trainers.api import train_method
 from gsil_bench.trainers.checks import check_method
 from gsil_bench.trainers.loop import warmup_steps
+from gsil_bench.trainers.losses import LossInputs
 from gsil_bench.trainers.official import SPIN_PROMPT_TEMPLATE, encode_official, truncate_pair
 from gsil_bench.trainers.reference import load_causal_lm, load_ref, sequences_logps
 
@@ -44,13 +45,67 @@ def spin_cfg(model, **extra):
 
 @pytest.fixture(scope="module")
 def spin_run(tiny_model_dir, data_dir, tmp_path_factory):
+    """SPIN's three iterations; every call the loop made to its loss, observed by wrapping Loss.__call__ (the
+    loss object itself, the log ratios it received and the loss it returned), tagged with the iteration
+    (trainers.loop.forward_loss wrapped): (cfg, run folder, results, [(iteration, loss, r_real, r_gen, value)])."""
+    import gsil_bench.trainers.loop as loop
+    from gsil_bench.trainers.losses import Loss
+
     run = tmp_path_factory.mktemp("spin") / "run"
     cfg = spin_cfg(tiny_model_dir)
-    return cfg, run, train_method(cfg, "spin", 0, run)
+    calls: list[tuple] = []
+    real_call, real_forward = Loss.__call__, loop.forward_loss
+
+    def called(self, inputs):
+        out = real_call(self, inputs)
+        calls.append((None, self, inputs.r_real.detach().clone(), inputs.r_gen.detach().clone(), float(out.loss.detach())))
+        return out
+
+    def forward(run, *args, **kwargs):
+        n = len(calls)
+        out = real_forward(run, *args, **kwargs)
+        calls[n:] = [(run.iteration, *c[1:]) for c in calls[n:]]
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Loss, "__call__", called)
+        mp.setattr(loop, "forward_loss", forward)
+        results = train_method(cfg, "spin", 0, run)
+    return cfg, run, results, calls
+
+
+def spin_closed_form(beta: float, r_real: torch.Tensor, r_gen: torch.Tensor) -> float:
+    """SPIN's loss (DPO's form, docs/methods.md): the batch mean of -log sigmoid(beta * (r_real - r_gen))."""
+    return float(-torch.nn.functional.logsigmoid(beta * (r_real.double() - r_gen.double())).mean())
+
+
+def test_per_iteration_beta_reaches_the_loss_the_loop_called(spin_run):
+    """Every iteration's loop called a loss with that iteration's beta (0.1, 0.1, then 5.0 from the method's
+    per_iteration): the loss object each call went to, evaluated at r_real - r_gen = 1, is -log sigmoid(beta);
+    and every call where the log ratios are not 0 returned the closed form at that beta on the log ratios it
+    received (a loss kept from iteration 1 reads beta 0.1 at iteration 3: 0.644 instead of 0.0067)."""
+    _, _, _, calls = spin_run
+    probe = LossInputs(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]))
+    wanted = {1: 0.1, 2: 0.1, 3: 5.0}
+    assert sorted({c[0] for c in calls}) == [1, 2, 3], "the loop did not call the loss at every iteration"
+    for k, beta in wanted.items():
+        seen = {round(float(loss(probe).loss), 6) for it, loss, *_ in calls if it == k}
+        want = round(spin_closed_form(beta, torch.tensor([1.0]), torch.tensor([0.0])), 6)
+        assert seen == {want}, (
+            f"iteration {k} called a loss that reads {sorted(seen)} at margin 1, not -log sigmoid({beta}) = {want}: "
+            f"the per-iteration params (beta {beta} at iteration {k}) never reached the loss the loop called")
+    moved = [(it, r_real, r_gen, value) for it, _, r_real, r_gen, value in calls
+             if float((r_real - r_gen).abs().max()) > 1e-3]
+    assert {it for it, *_ in moved} >= {2, 3}, "no step with nonzero log ratios at iterations 2 and 3: nothing to check"
+    for it, r_real, r_gen, value in moved:
+        want, other = spin_closed_form(wanted[it], r_real, r_gen), spin_closed_form(0.1 if it == 3 else 5.0, r_real, r_gen)
+        assert abs(want - other) > 1e-5, f"beta does not change the loss at log ratios {r_real}, {r_gen}"
+        assert value == pytest.approx(want, abs=1e-6), (
+            f"iteration {it}: the loop's loss {value} is not -log sigmoid(beta * margin) at beta {wanted[it]} ({want})")
 
 
 def test_spin_history_and_per_iteration_schedule(spin_run, tokenizer, data_dir):
-    cfg, run, results = spin_run
+    cfg, run, results, _ = spin_run
     summaries = [read_json(r.folder / "summary.json") for r in results]
     lrs = [[m["lr"] for m in read_jsonl(r.folder / "metrics.jsonl")] for r in results]
     # iteration 1: its own 4 pairs, 2 steps; 1 warm-up step (warmup_steps wins over warmup_ratio 0.5)
@@ -59,7 +114,7 @@ def test_spin_history_and_per_iteration_schedule(spin_run, tokenizer, data_dir):
     assert summaries[1]["pairs"] == 8 and summaries[1]["epochs"] == 2 and lrs[1] == [0.0] + [1e-3] * 7
     # iteration 3: iterations 2 and 3 (8 pairs), 1 epoch, lr 1e-4, beta 5.0
     assert summaries[2]["pairs"] == 8 and lrs[2] == pytest.approx([0.0] + [1e-4] * 3)
-    assert [s["params"]["beta"] for s in summaries] == [0.1, 0.1, 5.0]
+    assert [s["params"]["beta"] for s in summaries] == [0.1, 0.1, 5.0]  # the record (the effect: the test above)
     assert [s["lr"] for s in summaries] == [1e-3, 1e-3, 1e-4]
     # the self-play prompt is the raw official text around the question
     gens1 = read_jsonl(results[0].folder / "generations.jsonl")
@@ -85,7 +140,7 @@ def test_spin_history_and_per_iteration_schedule(spin_run, tokenizer, data_dir):
 
 
 def test_method_override_changes_only_that_method(spin_run, tiny_model_dir):
-    cfg, run, _ = spin_run
+    cfg, run, _, _ = spin_run
     (res,) = train_method(cfg, "sft", 0, run)
     summary = read_json(res.folder / "summary.json")
     assert summary["overrides"] == {"optimizer.lr": 2e-3, "schedule.warmup_steps": 0}

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
-from gsil_bench.core.io import read_json
+from gsil_bench.core.io import read_json, read_jsonl
 from gsil_bench.harness.cli import main
 from gsil_bench.trainers import inputs as trainer_inputs
 
@@ -63,9 +65,20 @@ def test_a_plugged_in_loss_swept_end_to_end(tmp_path, tiny_model_dir, data_dir, 
     gens = {(root / v / "seed-0" / "iter-1" / "generations.jsonl").read_bytes() for v in variants}
     assert gens == {(shared[0] / "generations.jsonl").read_bytes()}
     assert sorted(p.name for p in (root / "eval" / "base").iterdir()) == ["iter-0"]
-    # each variant trained with its own b (and its own training key)
+    # each variant trained with its own b: the loss the loop called at step 1, where the policy is the
+    # reference (r = 0), is its closed form relu(1 - b)^2 + relu(1 + b)^2 = 2, 2.5, 4 (one b for all of
+    # them reads one number three times), and the three trained checkpoints differ pairwise
+    step1 = [read_jsonl(root / v / "seed-0" / "iter-1" / "metrics.jsonl")[0]["loss"] for v in variants]
+    want = [max(0.0, 1 - b) ** 2 + max(0.0, 1 + b) ** 2 for b in (0.0, 0.5, 1.0)]
+    assert step1 == pytest.approx(want, abs=1e-3), (
+        f"the sweep's variants b = 0, 0.5, 1 logged step-1 losses {step1}, not their closed forms {want} at r = 0: "
+        "the variants did not each train with their own b (the loss bound to another variant's parameters)")
+    weights = {v: load_file(str(root / v / "seed-0" / "iter-1" / "checkpoint" / "model.safetensors")) for v in variants}
+    same = [(v, w) for i, v in enumerate(variants) for w in variants[i + 1:]
+            if all(torch.equal(weights[v][k], weights[w][k]) for k in weights[v])]
+    assert not same, f"sweep variants trained to identical weights: {same} (their swept b never reached the loss)"
     summaries = [read_json(root / v / "seed-0" / "iter-1" / "summary.json") for v in variants]
-    assert [s["params"]["b"] for s in summaries] == [0.0, 0.5, 1.0]
+    assert [s["params"]["b"] for s in summaries] == [0.0, 0.5, 1.0]  # the record agrees with what trained
     assert len({s["train_key"] for s in summaries}) == 3
     # the anatomy of the plugged-in loss at r = 0: d/dr (1 - a r - b)^2 = -2a(1 - b), d/dr (1 + a r + b)^2 = 2a(1 + b)
     facts = {m["label"]: m for m in json.loads((root / "losses.json").read_text())["methods"]}
@@ -95,3 +108,53 @@ def test_a_plugged_in_loss_swept_end_to_end(tmp_path, tiny_model_dir, data_dir, 
     assert 'id="sweep-section"' in html and 'id="anatomy"' in html
     md = (root / "report" / "tables.md").read_text()
     assert all(f"| {v} " in md for v in variants)
+
+
+def test_a_swept_generation_setting_gets_its_own_shared_inputs(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """A method sweeping a generation setting (max_new_tokens 4 and 8) beside DPO at 4: the starting model
+    generates once per setting, not once for all (the variant at 8 trains on its own, longer generations),
+    and two methods train on one shared/ folder exactly when core.sweeps.inputs_group (what the dry run
+    prints) puts them in one group."""
+    from helpers import make_cfg
+
+    from gsil_bench.core.sweeps import inputs_group
+    from gsil_bench.trainers.api import train_method
+
+    methods = [{"loss": "dpo"}, {"loss": "gsil-logistic", "params": {"a": 0.5, "b": 0.0},
+                                 "overrides": {"generation.max_new_tokens": [4, 8]}}]
+    cfg = make_cfg(tiny_model_dir, methods, generation={"max_new_tokens": 4}, train={"max_steps": 1},
+                   train_data={"limit": 2})
+    labels = [m.label for m in cfg.methods]
+    assert labels == ["dpo", "gsil-logistic[max_new_tokens=4]", "gsil-logistic[max_new_tokens=8]"]
+    passes: list[int] = []
+    real_generate = trainer_inputs._generate
+
+    def counting_generate(ctx, *args, **kwargs):  # the real generation, with the setting it ran at
+        passes.append(ctx.cfg.shared.generation.max_new_tokens)
+        return real_generate(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_inputs, "_generate", counting_generate)
+    run = tmp_path / "run"
+    for label in labels:
+        train_method(cfg, label, 0, run)
+    responses = {label: [g["response"] for g in read_jsonl(run / label / "seed-0" / "iter-1" / "generations.jsonl")]
+                 for label in labels}
+    dpo, short, long = labels
+    assert responses[long] != responses[short], (
+        "the variant at max_new_tokens 8 trained on the generations made at 4: the shared-inputs key "
+        "(trainers.inputs.inputs_key) ignores the generation settings")
+    assert all(b.startswith(a) for a, b in zip(responses[short], responses[long]))  # greedy: 8 tokens extend 4
+    assert any(len(b) > len(a) for a, b in zip(responses[short], responses[long]))
+    assert sorted(passes) == [4, 8], f"generation passes at max_new_tokens {passes}: one per setting expected"
+    folders = sorted(d.name for d in (run / "shared").iterdir() if d.is_dir())
+    assert len(folders) == 2, folders
+    # sharing as the dry run says: equal groups <=> the same generations and reference log-probs
+    groups = {label: inputs_group(cfg, label) for label in labels}
+    assert groups[dpo] == groups[short] != groups[long]
+    files = {label: [(run / label / "seed-0" / "iter-1" / f).read_bytes() for f in ("generations.jsonl", "ref_logps.pt")]
+             for label in labels}
+    for a in labels:
+        for b in labels:
+            assert (files[a] == files[b]) == (groups[a] == groups[b]), (
+                f"{a} and {b}: inputs_group {'equal' if groups[a] == groups[b] else 'different'}, but their "
+                f"iteration-1 inputs are {'the same' if files[a] == files[b] else 'different'}")

@@ -57,6 +57,9 @@ def test_iteration1_generations_and_reference_are_shared(all_methods_run):
             for m in cfg.methods if m.loss != "sft"}
     assert len(set(gens.values())) == 1 and len(gens) == 9
     assert {read_json(results[k][0].folder / "summary.json")["inputs_hash"] for k in gens} == {shared[0].name}
+    from gsil_bench.core.sweeps import inputs_group
+
+    assert len({inputs_group(cfg, k) for k in gens}) == 1  # what the dry run says: one group, as they shared
 
 
 def test_rerun_is_idempotent(all_methods_run):
@@ -89,7 +92,8 @@ def test_gsil_two_self_play_iterations(two_gsil_iterations, tiny_model_dir):
     assert [r.iteration for r in results] == [1, 2]
     first, second = results
     summary = read_json(second.folder / "summary.json")
-    assert summary["init_model"] == summary["reference"] == str(first.checkpoint)
+    assert summary["init_model"] == summary["reference"] == str(first.checkpoint)  # the record; the weights the loop
+    # started from and the reference log-probs: test_direction.py (iteration2_starts_at..., reference_of_iteration_k...)
     assert (first.folder / "generations.jsonl").is_file() and (second.folder / "generations.jsonl").is_file()
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(first.checkpoint).eval()
