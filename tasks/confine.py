@@ -1,6 +1,7 @@
 """What confines a sandboxed candidate beyond rlimits: a seccomp filter, and cgroups.
 
-Process accounting: `user_threads` counts what a uid runs (RLIMIT_NPROC's count); `oom_floor_holds`
+Process accounting: `user_threads` counts what a uid runs (RLIMIT_NPROC's count), `nproc_per_userns`
+says whether the kernel counts it per user namespace; `oom_floor_holds`
 says whether an OOM score set here also becomes the floor of the processes below; `sweep` and
 `remove_tree` clean up after a program of the weaker `process` mode.
 
@@ -137,6 +138,17 @@ def user_threads(uid: int) -> int:
 def harness_procs() -> int:
     """What the harness's uid runs now (counted against RLIMIT_NPROC with its candidates when not root)."""
     return user_threads(os.getuid()) if Path("/proc").is_dir() else 0
+
+
+@functools.cache
+def nproc_per_userns() -> bool:
+    """Whether the kernel counts RLIMIT_NPROC per user namespace (Linux >= 5.14, the ucounts rework):
+    then a limit set inside a candidate's own namespace caps its processes alone."""
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 14)
 
 
 CAP_SYS_RESOURCE = 24

@@ -17,7 +17,7 @@ Mode `bwrap` (the default): every program runs under bubblewrap in fresh Linux n
   (tasks.confine) denying memfd, System V IPC, message queues, mounts, namespaces and every
   socket but a unix one.
 Resource limits apply through `prlimit`: address space, CPU time, file size, open files,
-processes (RLIMIT_NPROC: for the uid outside, and again inside the sandbox, where the kernel
+processes (RLIMIT_NPROC: for the uid outside, and again inside the sandbox, where Linux >= 5.14
 counts it per user namespace, so a candidate's processes are capped by themselves even when all
 share the harness's uid), no core dumps, no message queues; the wall-clock limit is the
 checker's. A root harness runs every candidate under a fresh uid of its own. `choom` gives every
@@ -261,7 +261,8 @@ class Spawned:
             fds = () if sfd is None else (sfd,)
             # RLIMIT_NPROC again inside: counted in the candidate's own user namespace, so its processes are
             # capped by themselves even where every candidate runs as the harness's uid
-            cmd += _bwrap_argv(limits, sfd) + ["prlimit", f"--nproc={candidate_procs(limits)}", "--"] + argv
+            inner = ["prlimit", f"--nproc={candidate_procs(limits)}", "--"] if confine.nproc_per_userns() else []
+            cmd += _bwrap_argv(limits, sfd) + inner + argv
             cwd = "/"
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
@@ -329,7 +330,8 @@ def limits_in_force(mode: str, limits: Limits = Limits(), workers: int = 1, base
     root = _as_nobody()
     uid = "its own uid" if root else f"the harness's uid {os.getuid()} (shared by all candidates)"
     parts = [f"code sandbox {mode}: each candidate runs as {uid}", f"address space {limits.memory_mb} MiB per process",
-             _procs_in_force(mode, limits, workers, base), f"files {limits.file_mb} MiB", _oom_in_force(mode)]
+             _procs_in_force(mode, limits, workers, base), f"files {limits.file_mb} MiB",
+             f"output through a pipe, closed after {limits.file_mb} MiB", _oom_in_force(mode)]
     if mode == "bwrap":
         parts += [f"/tmp {limits.file_mb} MiB", "/dev and /proc read-only",
                   "no nested user namespaces" + (" (bwrap --disable-userns and seccomp)" if _bwrap_disables_userns()
@@ -354,7 +356,7 @@ def _procs_in_force(mode: str, limits: Limits, workers: int, base: int | None) -
     base = confine.harness_procs() if base is None else base
     shared = (f"{nproc_limit(limits, workers, base)} for the harness's uid in all ({per + WORKER_PROCS} per worker x "
               f"{workers} workers, and {base} it ran already)")
-    if mode == "bwrap":
+    if mode == "bwrap" and confine.nproc_per_userns():
         return f"{per} processes and threads per candidate (RLIMIT_NPROC in its own user namespace); {shared}"
     return f"no process cap per candidate: {shared}, which one candidate can take"
 

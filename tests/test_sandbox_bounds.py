@@ -192,9 +192,9 @@ def _container_frame(n: int) -> bytes:
 
 def test_parsing_and_decoding_a_reply_do_not_run_the_cyclic_collector():
     """The collector's passes over millions of fresh containers made a 17 MB reply cost 5 s to parse (1 s
-    without them): a reply is parsed and decoded with the collector paused. One collection may follow each
-    (the collector, enabled again, finds its count past the threshold): one pass, linear in the frame."""
-    frame = _container_frame(200_000)
+    without them): a reply is parsed and decoded with the collector paused. A collection or two may follow
+    each (the collector, enabled again, finds its count past the threshold): a pass, linear in the frame."""
+    frame = _container_frame(100_000)
     runs: list[str] = []
 
     def seen(phase: str, info: dict) -> None:
@@ -206,7 +206,7 @@ def test_parsing_and_decoding_a_reply_do_not_run_the_cyclic_collector():
         value = wire.decode(reply["ok"], budget=wire.Budget(float("inf")))
     finally:
         gc.callbacks.remove(seen)
-    assert len(value) == 200_000 and runs.count("start") <= 2, runs.count("start")  # before: 856 collections
+    assert len(value) == 100_000 and runs.count("start") <= 4, runs.count("start")  # before: 285 for the parse alone
     assert gc.isenabled()
 
 
@@ -227,7 +227,7 @@ CONTAINERS = ("import fcntl, os, stat, struct, time\nSTART = time.monotonic()\n"
 
 def test_a_two_million_container_reply_is_judged_within_its_deadline():
     limit = 3.0
-    job = {"kind": "asserts", "source": CONTAINERS.replace("{at}", str(limit - 0.6)), "entry": "add",
+    job = {"kind": "asserts", "source": CONTAINERS.replace("{at}", str(limit - 0.8)), "entry": "add",
            "tests": ADD_TESTS, "limits": Limits(timeout=limit, memory_mb=1024)}
     [v] = check_many([job], mode="bwrap", workers=1)
     assert v["status"] == "timeout" and v["seconds"] < limit + 3, v  # before: 8.6-9.2 s here

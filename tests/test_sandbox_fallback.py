@@ -8,8 +8,9 @@ lives under /root, which another uid cannot enter), with tqdm beside it; it scor
 the production `check_many` with 2 workers and prints the verdicts and its log.
 
 What must hold there: a fork bomb does not make correct neighbours fail (each candidate's process
-cap is its own), System V semaphores and queues are denied, a sandbox that could not start is
-`crashed` (never a wrong answer), and the log states the process cap a candidate really meets.
+cap is its own), System V semaphores and queues are denied, the OOM score stays 1000, a sandbox
+that could not start is `crashed` (never a wrong answer), and the log states the process cap a
+candidate really meets.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ SYSV = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "    raise ValueError(f'semget {ctypes.get_errno() if sem == -1 else \"ALLOWED\"} '\n"
         "                     f'msgget {\"ALLOWED\" if msg != -1 else \"denied\"}')\n")
 
+# tries to lower its OOM score (the harness is not root: no floor; /proc is read-only in the sandbox)
+LOWER_OOM = ("def add(a, b):\n    try:\n        with open('/proc/self/oom_score_adj', 'w') as f:\n"
+             "            f.write('0')\n        how = 'LOWERED'\n    except OSError as e:\n        how = e.errno\n"
+             "    raise ValueError(f'oom {how} {open(\"/proc/self/oom_score_adj\").read().strip()}')\n")
+
 
 def _job(source: str, **limits) -> dict:
     return {"kind": "asserts", "source": source, "entry": "add", "tests": ADD_TESTS,
@@ -95,13 +101,14 @@ def _run_as_user(site: Path, jobs: list[dict]) -> tuple[list[dict], str]:
 
 
 def test_the_non_root_fallback_keeps_neighbours_apart_and_says_what_holds(site):
-    jobs = [_job(BOMB), _job(CORRECT), _job(CORRECT), _job(CORRECT), _job(COUNT), _job(SYSV),
+    jobs = [_job(BOMB), _job(CORRECT), _job(CORRECT), _job(CORRECT), _job(COUNT), _job(SYSV), _job(LOWER_OOM),
             _job(CORRECT, memory_mb=1)]  # the last cannot start: 1 MiB of address space
     verdicts, out = _run_as_user(site, jobs)
     status = [v["status"] for v in verdicts]
     assert status[0] == "timeout" and status[1:4] == ["passed"] * 3, [v["detail"] for v in verdicts]
     assert "semget 1 " in verdicts[5]["detail"] and "msgget denied" in verdicts[5]["detail"], verdicts[5]
-    assert status[6] == "crashed" and "did not start" in verdicts[6]["detail"], verdicts[6]
+    assert "oom 30 1000" in verdicts[6]["detail"], verdicts[6]  # EROFS: the score stays 1000
+    assert status[7] == "crashed" and "did not start" in verdicts[7]["detail"], verdicts[7]
     # the log names the cap one candidate meets, and what all of them share
     log = next(x for x in out.splitlines() if x.startswith("LOG code sandbox bwrap"))
     assert "the harness's uid" in log and "no delegated cgroup v2 subtree" in log, log
