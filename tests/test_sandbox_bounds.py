@@ -20,6 +20,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
 
 import pytest
@@ -225,12 +226,29 @@ CONTAINERS = ("import fcntl, os, stat, struct, time\nSTART = time.monotonic()\n"
               "    time.sleep(60)\n")
 
 
+def _parse_seconds(n: int) -> float:
+    """How long parsing a frame of `n` empty containers takes on this machine now, the collector paused:
+    a quarter of it measured, times four (linear)."""
+    frame = _container_frame(n // 4)
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        json.loads(frame)
+        return 4 * (time.perf_counter() - start)
+    finally:
+        gc.enable()
+
+
 def test_a_two_million_container_reply_is_judged_within_its_deadline():
+    """The frame arrives a second before the deadline: its verdict comes at the deadline plus at most about
+    one parse of it (measured here, so the bound follows the machine's load), not five (the collector's
+    passes: 8.6-10.5 s before, for a 3 s limit)."""
     limit = 3.0
     job = {"kind": "asserts", "source": CONTAINERS.replace("{at}", str(limit - 1.0)), "entry": "add",
            "tests": ADD_TESTS, "limits": Limits(timeout=limit, memory_mb=1024)}
     [v] = check_many([job], mode="bwrap", workers=1)
-    assert v["status"] == "timeout" and v["seconds"] < limit + 3.5, v  # before: 8.6-10 s here
+    parse = _parse_seconds(1_950_000)
+    assert v["status"] == "timeout" and v["seconds"] < limit + 2 * parse + 1.0, (v, parse)
 
 
 # -- 6. System V IPC, and a sandbox that never started ----------------------------------------------------------------
