@@ -18,7 +18,10 @@ Jobs (dicts, pickled by the harness; the sandbox never sees them):
   `dataset`, `atol`; plus inputs only after the base inputs passed;
 - `record`: the canonical solution's outputs on `inputs` (EvalPlus expected outputs).
 A verdict: {"status": passed|failed|timeout|crashed, "seconds", "detail", "output",
-"returncode"} (`differential`: {"base": verdict, "plus": verdict?}).
+"returncode"} (`differential`: {"base": verdict, "plus": verdict?}); `crashed` when the sandbox
+died of a signal or never started (no candidate code ran: not a wrong answer). Everything the
+candidate wrote is bounded where it enters (tasks.capture): its output (a pipe read here), every
+error text of its replies, every detail.
 """
 
 from __future__ import annotations
@@ -40,14 +43,14 @@ import string
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import types
 from typing import Any
 
 from gsil_bench.tasks import wire
-from gsil_bench.tasks.sandbox import Limits, Spawned, nproc_limit, read_capped, server_argv
+from gsil_bench.tasks.capture import KEPT_OUTPUT, Capture, cap_text
+from gsil_bench.tasks.sandbox import Limits, Spawned, nproc_limit, server_argv
 
 REPLY_CAP = wire.DIGEST_OVER + (1 << 20)  # the server digests larger results; a bigger frame is forged
 BUILTIN_NAMES = frozenset(dir(builtins))
@@ -70,23 +73,41 @@ class Broken(BaseException):
     """The sandbox died or answered something that is not a reply."""
 
 
+class NotStarted(Broken):
+    """The sandbox ended, or ran out of time, before its server said it was ready: no candidate code ran."""
+
+
 class Sandbox:
-    """A running `sandbox_server` and the checker's end of its pipe."""
+    """A running `sandbox_server` and the checker's end of its pipe; the program's output (its stdout
+    and stderr) is a capped pipe read while the checker waits for replies."""
 
     def __init__(self, mode: str, limits: Limits, nproc: int | None) -> None:
-        self.out = tempfile.TemporaryFile()
-        self.sp = Spawned(mode, limits, server_argv(mode), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=self.out, nproc=nproc)
+        self.err = Capture(KEPT_OUTPUT, limits.file_mb << 20)
+        try:
+            self.sp = Spawned(mode, limits, server_argv(mode), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=self.err.wfd, nproc=nproc)
+        except BaseException:
+            self.err.close()
+            raise
+        self.err.started()
         assert self.sp.proc.stdin is not None and self.sp.proc.stdout is not None
         self.wfd, self.rfd = self.sp.proc.stdin.fileno(), self.sp.proc.stdout.fileno()
         os.set_blocking(self.wfd, False)
         self.deadline = time.monotonic() + limits.timeout
+        self.ready = False
 
     def _wait(self, fd: int, write: bool) -> None:
-        remaining = self.deadline - time.monotonic()
-        ready = select.select([], [fd], [], max(0.0, remaining)) if write else select.select([fd], [], [], max(0.0, remaining))
-        if remaining <= 0 or not (ready[1] if write else ready[0]):
-            raise Timeout()
+        """Until `fd` is ready (reading the program's output meanwhile); Timeout past the deadline."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout()
+            reads = ([] if write else [fd]) + ([self.err.rfd] if self.err.open else [])
+            readable, writable, _ = select.select(reads, [fd] if write else [], [], remaining)
+            if self.err.open and self.err.rfd in readable:
+                self.err.pump()
+            if fd in (writable if write else readable):
+                return
 
     def _read(self, n: int) -> bytes:
         chunks, got = [], 0
@@ -99,7 +120,37 @@ class Sandbox:
             got += len(chunk)
         return b"".join(chunks)
 
+    def _frame(self) -> Any:
+        """The next frame, read and parsed by the deadline: parsing runs with the cyclic collector paused
+        (tasks.wire: linear in the frame's size) and a frame parsed after the deadline is a Timeout."""
+        (n,) = struct.unpack(">I", self._read(4))
+        if n > REPLY_CAP:
+            raise Broken(f"a reply of {n} bytes (limit {REPLY_CAP})")
+        data = self._read(n)
+        if time.monotonic() > self.deadline:
+            raise Timeout()
+        try:
+            frame = wire.parse_frame(struct.pack(">I", n), lambda _: data)
+        except wire.WireError as err:
+            raise Broken(cap_text(str(err))) from None
+        if time.monotonic() > self.deadline:
+            raise Timeout()
+        return frame
+
+    def _hello(self) -> None:
+        """The server's first frame, sent before it reads any candidate code: a sandbox that ends or runs
+        out of time before it did not start."""
+        try:
+            if self._frame() != {"ready": True}:
+                raise NotStarted("the sandbox did not start (a malformed greeting)")
+        except (Broken, Timeout) as err:
+            why = "within the time limit" if isinstance(err, Timeout) else f"({err})"
+            raise NotStarted(f"the sandbox did not start {why}") from None
+        self.ready = True
+
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if not self.ready:
+            self._hello()
         view = memoryview(wire.dumps(msg))
         while view:
             self._wait(self.wfd, True)
@@ -107,13 +158,7 @@ class Sandbox:
                 view = view[os.write(self.wfd, view):]
             except BrokenPipeError:
                 raise Broken("the program's process ended") from None
-        (n,) = struct.unpack(">I", self._read(4))
-        if n > REPLY_CAP:
-            raise Broken(f"a reply of {n} bytes (limit {REPLY_CAP})")
-        try:
-            reply = wire.parse_frame(struct.pack(">I", n), self._read)
-        except wire.WireError as err:
-            raise Broken(str(err)) from None
+        reply = self._frame()
         if not isinstance(reply, dict) or len(reply) != 1 or not ({"ok", "E"} & set(reply)):
             raise Broken("a malformed reply")
         if "E" in reply:
@@ -127,16 +172,14 @@ class Sandbox:
         except wire.Expired:
             raise Timeout() from None
         except (wire.WireError, TypeError, ValueError, RecursionError) as err:
-            raise Broken(f"an unreadable value ({err})") from None
+            raise Broken(f"an unreadable value ({cap_text(str(err))})") from None
 
     def close(self) -> tuple[int | None, str]:
         rc = self.sp.kill()
         for fh in (self.sp.proc.stdin, self.sp.proc.stdout):
             if fh is not None:
                 fh.close()
-        text = read_capped(self.out, 32 * 1024)
-        self.out.close()
-        return rc, text
+        return rc, self.err.finish()
 
 
 class CandidateError(Exception):
@@ -144,9 +187,10 @@ class CandidateError(Exception):
 
 
 def _exception(info: Any) -> Exception:
+    """The candidate's exception as one of a fixed table of builtin types, its text capped (tasks.capture)."""
     if not (isinstance(info, list) and len(info) == 2 and all(isinstance(i, str) for i in info)):
         raise Broken("a malformed error reply")
-    name, msg = info
+    name, msg = cap_text(info[0], 100), cap_text(info[1])
     cls = EXCEPTIONS.get(name)
     if cls is not None:
         try:
@@ -326,12 +370,14 @@ def _verdict(fn: Any, sb: Sandbox) -> dict[str, Any]:
         extra = fn() or {}
     except Timeout:
         status, detail = "timeout", "time limit reached"
+    except NotStarted as err:
+        status, detail = "crashed", f"sandbox: {cap_text(str(err))}"
     except Broken as err:
-        status, detail = "failed", f"sandbox: {err}"
-    except AssertionError as err:
-        status, detail = "failed", f"AssertionError{': ' + str(err) if str(err) else ''}{_where(err)}"
+        status, detail = "failed", f"sandbox: {cap_text(str(err))}"
+    except AssertionError as err:  # the tests' own messages may quote the candidate's values: capped too
+        status, detail = "failed", f"AssertionError{': ' + cap_text(str(err)) if str(err) else ''}{_where(err)}"
     except Exception as err:
-        status, detail = "failed", f"{type(err).__name__}: {str(err)[:500]}{_where(err)}"
+        status, detail = "failed", f"{type(err).__name__}: {cap_text(str(err), 500)}{_where(err)}"
     return {"status": status, "seconds": time.monotonic() - start, "detail": detail, **extra}
 
 
@@ -369,18 +415,17 @@ def check(job: dict[str, Any], mode: str, nproc: int | None = None) -> dict[str,
 
 def main() -> None:
     """Serve jobs from the harness: 8-byte length + pickle in, the same out."""
-    mode, workers = sys.argv[1], int(sys.argv[2])
+    mode, workers, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     inp, out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)  # prints of the tests must not reach the channel
-    nproc = nproc_limit(Limits(), workers)
     while True:
         try:
             (n,) = struct.unpack(">Q", wire.read_exact(inp, 8))
             job = pickle.loads(wire.read_exact(inp, n))
         except EOFError:
             return
-        data = pickle.dumps(check(job, mode, nproc))
+        data = pickle.dumps(check(job, mode, nproc_limit(job["limits"], workers, base)))
         os.write(out, struct.pack(">Q", len(data)))
         view = memoryview(data)
         while view:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import iter_jsonl_file
 from gsil_bench.tasks.base import Sample, TaskError, TaskResult
+from gsil_bench.tasks.capture import KEPT_TEXT, cap_text
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.evalplus import expected_outputs
 from gsil_bench.tasks.sandbox import Limits, SandboxUnavailable, check_many, resolve_mode
@@ -105,9 +106,9 @@ def candidate_program(problem: Problem, output: str, chat: bool, whole: bool = F
 
 
 def _record(v: dict[str, Any]) -> dict[str, Any]:
-    """A verdict as kept in samples.jsonl."""
+    """A verdict as kept in samples.jsonl: the candidate-written fields capped (the checker caps them too)."""
     return {"status": v["status"], "returncode": v.get("returncode"), "seconds": round(v["seconds"], 3),
-            "detail": v.get("detail", ""), "stderr": v.get("output", "")[-2000:]}
+            "detail": cap_text(v.get("detail", "")), "stderr": v.get("output", "")[-KEPT_TEXT:]}
 
 
 class CodeTask:

@@ -10,19 +10,22 @@ Mode `bwrap` (the default): every program runs under bubblewrap in fresh Linux n
 - mount: a read-only view of /usr (the system interpreter and its stdlib) and numpy, a
   fresh size-capped tmpfs at /tmp as the only writable place, nothing else (no harness
   files, home, /etc, run folders); ipc, uts and cgroup namespaces are private too;
-- environment: cleared (PATH, LANG, HOME=/tmp only); stdin is the checker's channel;
-- /dev read-only (no tmpfs space in /dev or /dev/shm), no nested user namespaces
-  (--disable-userns), and a seccomp filter (tasks.confine) denying memfd, System V shm,
-  message queues, mounts and namespaces.
-Resource limits apply through `prlimit`: address space, CPU time, file size, open
-files, processes (RLIMIT_NPROC), no core dumps, no message queues; the wall-clock limit is the
-checker's. When the harness is root every candidate runs under a fresh uid of its own, so
-RLIMIT_NPROC (counted per uid) caps one program and one candidate's processes never count
-against another's; `choom` gives every sandboxed process OOM score adjustment 1000, so the
-kernel's OOM killer takes a candidate's process before the harness. Where a root harness can
-write the cgroup v1 memory and pids hierarchies, every candidate also gets a memory cgroup
-(address space + /tmp, for all its processes together) and a pids cgroup of its own
-(tasks.confine); `limits_in_force` says in the log which of these are in force.
+- environment: cleared (PATH, LANG, HOME=/tmp only); stdin is the checker's channel; stdout
+  and stderr are pipes the trusted side reads with a cap (tasks.capture), never host files;
+- /dev and /proc read-only (no tmpfs space in /dev or /dev/shm; no write to its own
+  oom_score_adj), no nested user namespaces (--disable-userns), and a seccomp filter
+  (tasks.confine) denying memfd, System V IPC, message queues, mounts, namespaces and every
+  socket but a unix one.
+Resource limits apply through `prlimit`: address space, CPU time, file size, open files,
+processes (RLIMIT_NPROC: for the uid outside, and again inside the sandbox, where Linux >= 5.14
+counts it per user namespace, so a candidate's processes are capped by themselves even when all
+share the harness's uid), no core dumps, no message queues; the wall-clock limit is the
+checker's. A root harness runs every candidate under a fresh uid of its own. `choom` gives every
+sandboxed process OOM score adjustment 1000 (the kernel's OOM killer takes a candidate before the
+harness), set before the drop of privileges; /proc is read-only, so the candidate cannot lower it.
+Where a root harness can write the cgroup v1 memory and pids hierarchies, every candidate also
+gets a memory cgroup (address space + /tmp, for all its processes together) and a pids cgroup of
+its own (tasks.confine); `limits_in_force` says in the log which of these are in force.
 
 Mode `process` is weaker and must be chosen explicitly (`shared.eval.code_sandbox=process`):
 the same limits, a fresh working folder, a fresh uid when root, a new session and a
@@ -60,6 +63,7 @@ from typing import Any
 
 from gsil_bench.core.progress import track
 from gsil_bench.tasks import confine, wire
+from gsil_bench.tasks.capture import Capture, read_until_exit
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ MODES = ("bwrap", "process")
 MARKER = "GSIL_SANDBOX_RUN"
 NOBODY = 65534
 OWN_PROCS = 4  # what the sandbox itself runs under the candidate's uid: bwrap, its init, slack
+WORKER_PROCS = 4  # per worker, outside any sandbox: its checker, the harness's thread for it, slack
 UIDS = (1 << 30, 1 << 31)  # per-candidate uids (when root), drawn at random: one candidate per uid
 OOM_SCORE_ADJ = 1000  # the kernel's OOM killer takes a sandboxed process before anything of the harness
 HERE = Path(__file__).resolve().parent
@@ -168,7 +173,9 @@ def _bwrap_argv(limits: Limits, seccomp_fd: int | None) -> list[str]:
     for name in ("sandbox_server.py", "wire.py"):
         argv += ["--ro-bind", str(_server_folder() / name), f"{GSIL}/{name}"]
     # /dev read-only: its device nodes still work, but neither /dev nor /dev/shm is tmpfs space to fill
-    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--size", str(limits.file_mb << 20),
+    # /proc read-only: the program cannot lower its own OOM score (/proc/self/oom_score_adj)
+    argv += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+             "--size", str(limits.file_mb << 20),
              "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
              "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
              "--setenv", "TMPDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "PYTHONHASHSEED", "0",
@@ -203,9 +210,16 @@ _SECCOMP = functools.cache(confine.program)
 
 
 def _prlimit_argv(limits: Limits, nproc: int) -> list[str]:
-    return ["choom", "-n", str(OOM_SCORE_ADJ), "--", "prlimit", f"--as={limits.memory_mb << 20}",
-            f"--cpu={int(limits.timeout) + 2}", f"--fsize={limits.file_mb << 20}", f"--nofile={limits.open_files}",
-            "--core=0", "--msgqueue=0", f"--nproc={nproc}", "--"]
+    return ["prlimit", f"--as={limits.memory_mb << 20}", f"--cpu={int(limits.timeout) + 2}",
+            f"--fsize={limits.file_mb << 20}", f"--nofile={limits.open_files}", "--core=0", "--msgqueue=0",
+            f"--nproc={nproc}", "--"]
+
+
+def _privileges_argv(uid: int | None) -> list[str]:
+    """OOM score adjustment 1000, then (root) the drop to the candidate's uid. Set by root, the score is also
+    the floor the process may lower it to (the kernel's oom_score_adj_min), so the candidate keeps it."""
+    choom = ["choom", "-n", str(OOM_SCORE_ADJ), "--"]
+    return choom if uid is None else choom + ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
 def candidate_uid() -> int | None:
@@ -214,27 +228,20 @@ def candidate_uid() -> int | None:
     return UIDS[0] + secrets.randbelow(UIDS[1] - UIDS[0]) if _as_nobody() else None
 
 
-def _user_threads(uid: int) -> int:
-    """Processes/threads the kernel counts against `uid` for RLIMIT_NPROC (Linux /proc)."""
-    count = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)]:
-            count += int(fields.get("Threads", "1").strip() or 1)
-    return count
+def candidate_procs(limits: Limits) -> int:
+    """Processes and threads one candidate may run, its sandbox's own included: RLIMIT_NPROC inside its
+    user namespace (bwrap; the kernel counts it per namespace), and for its own uid when the harness is root."""
+    return limits.max_procs + OWN_PROCS
 
 
-def nproc_limit(limits: Limits, workers: int = 1) -> int:
-    """RLIMIT_NPROC for a program. Root: the program runs under its own uid, so the cap fits one
-    program; otherwise the uid is shared: what it already runs plus every worker's headroom."""
+def nproc_limit(limits: Limits, workers: int = 1, base: int | None = None) -> int:
+    """RLIMIT_NPROC outside the sandbox, for the uid the program runs as. Root: its own uid, so the cap fits
+    one program. Otherwise the harness's uid, shared: what it already runs (`base`, counted now if not
+    given) plus, per worker, one candidate and the worker itself."""
     if _as_nobody():
-        return limits.max_procs + OWN_PROCS
-    base = _user_threads(os.getuid()) if Path("/proc").is_dir() else 0
-    return base + (limits.max_procs + OWN_PROCS) * max(1, workers)
+        return candidate_procs(limits)
+    base = confine.harness_procs() if base is None else base
+    return base + (candidate_procs(limits) + WORKER_PROCS) * max(1, workers)
 
 
 class Spawned:
@@ -246,12 +253,16 @@ class Spawned:
         self.workdir: Path | None = None
         self.uid = candidate_uid()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        cmd = _prlimit_argv(limits, nproc_limit(limits) if self.uid is not None else nproc or nproc_limit(limits))
+        cmd = _privileges_argv(self.uid) + _prlimit_argv(limits, nproc_limit(limits) if self.uid is not None
+                                                         else nproc or nproc_limit(limits))
         fds: tuple[int, ...] = ()
         if mode == "bwrap":
             sfd = _seccomp_fd()
             fds = () if sfd is None else (sfd,)
-            cmd += _bwrap_argv(limits, sfd) + argv
+            # RLIMIT_NPROC again inside: counted in the candidate's own user namespace, so its processes are
+            # capped by themselves even where every candidate runs as the harness's uid
+            inner = ["prlimit", f"--nproc={candidate_procs(limits)}", "--"] if confine.nproc_per_userns() else []
+            cmd += _bwrap_argv(limits, sfd) + inner + argv
             cwd = "/"
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="gsil-sandbox-"))
@@ -262,15 +273,14 @@ class Spawned:
                        PYTHONPATH=":".join(str(d.parent) for d in _numpy_dirs()[:1]),
                        **{MARKER: self.marker.split("=", 1)[1]})
             cmd += argv
-        ids: dict[str, Any] = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
         self.cgroups = confine.candidate_cgroups((limits.memory_mb + limits.file_mb) << 20, nproc_limit(limits)) \
             if self.uid is not None else None
-        if self.cgroups is not None and self.uid is not None:
-            cmd, ids = self.cgroups.wrap(cmd, self.uid), {}
+        if self.cgroups is not None:
+            cmd = self.cgroups.wrap(cmd)
         self.start = time.monotonic()
         try:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                                         start_new_session=True, close_fds=True, pass_fds=fds, **ids)
+                                         start_new_session=True, close_fds=True, pass_fds=fds)
         except BaseException:
             if self.cgroups is not None:
                 self.cgroups.remove()
@@ -293,48 +303,10 @@ class Spawned:
         if rc is not None and self.mode == "bwrap" and rc > 128:  # bwrap reports a signal as 128 + n
             rc = 128 - rc
         if self.mode == "process":
-            _sweep(self.marker.encode())
+            confine.sweep(self.marker.encode())
             if self.workdir is not None:
-                _rmtree(self.workdir)
+                confine.remove_tree(self.workdir)
         return rc
-
-
-def _sweep(marker: bytes) -> int:
-    """SIGKILL every process whose environment carries this run's marker (process mode)."""
-    killed = 0
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if marker in env.read_bytes().split(b"\0"):
-                os.kill(int(env.parent.name), signal.SIGKILL)
-                killed += 1
-        except (OSError, ValueError):
-            continue
-    return killed
-
-
-def _rmtree(path: Path) -> None:
-    def fix(func: Any, p: str, _exc: Any) -> None:  # the program may have made files read-only
-        try:
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
-
-
-def read_capped(fh: Any, cap: int) -> str:
-    """The text of an output file, its head and tail when longer than `cap` bytes."""
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(0)
-    if size <= cap:
-        data = fh.read()
-    else:
-        head = fh.read(cap // 2)
-        fh.seek(size - cap // 2)
-        data = head + f"\n...[{size - cap} bytes cut]...\n".encode() + fh.read()
-    return data.decode(errors="replace")
 
 
 @functools.cache
@@ -342,7 +314,7 @@ def _probe() -> str:
     """'' when a bwrap sandbox starts and runs Python here, else why not."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu package: bubblewrap)"
-    for tool in ("prlimit", "choom"):
+    for tool in ("prlimit", "choom") + (("setpriv",) if _as_nobody() else ()):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (package util-linux)"
     r = run_program("print(6 * 7)", Limits(timeout=30), mode="bwrap")
@@ -352,26 +324,49 @@ def _probe() -> str:
     return ""
 
 
-def limits_in_force(mode: str, limits: Limits = Limits()) -> str:
-    """One line for the log: what bounds one candidate here."""
-    uid = "its own uid" if _as_nobody() else f"the harness's uid {os.getuid()} (shared by all candidates)"
+def limits_in_force(mode: str, limits: Limits = Limits(), workers: int = 1, base: int | None = None) -> str:
+    """One line for the log: what really bounds one candidate here, and what `workers` candidates share
+    (`base`: what the harness's uid runs besides them, see `nproc_limit`)."""
+    root = _as_nobody()
+    uid = "its own uid" if root else f"the harness's uid {os.getuid()} (shared by all candidates)"
     parts = [f"code sandbox {mode}: each candidate runs as {uid}", f"address space {limits.memory_mb} MiB per process",
-             f"{nproc_limit(limits)} processes and threads", f"files {limits.file_mb} MiB",
-             f"OOM score adjustment {OOM_SCORE_ADJ}"]
+             _procs_in_force(mode, limits, workers, base), f"files {limits.file_mb} MiB",
+             f"output through a pipe, closed after {limits.file_mb} MiB", _oom_in_force(mode)]
     if mode == "bwrap":
-        parts += [f"/tmp {limits.file_mb} MiB", "/dev read-only",
+        parts += [f"/tmp {limits.file_mb} MiB", "/dev and /proc read-only",
                   "no nested user namespaces" + (" (bwrap --disable-userns and seccomp)" if _bwrap_disables_userns()
                                                  else " (seccomp)"),
-                  "seccomp: memfd, System V shm, message queues, mounts, namespaces denied" if confine.supported()
+                  "seccomp: memfd, System V shm, semaphores and message queues, POSIX message queues, mounts, "
+                  "namespaces, sockets other than unix denied" if confine.supported()
                   else f"no seccomp filter (unknown machine {platform.machine()})"]
-    if confine.cgroup_v1_parents() is not None and _as_nobody():
+    if confine.cgroup_v1_parents() is not None and root:
         return "; ".join(parts + [f"cgroup v1 per candidate: memory {limits.memory_mb + limits.file_mb} MiB for all "
-                                  f"its processes and /tmp together, {nproc_limit(limits)} processes and threads"])
+                                  f"its processes and /tmp together, {candidate_procs(limits)} processes and threads"])
     cg = confine.cgroup_v2_subtree()
-    parts.append(f"cgroup v2 subtree {cg} found but not used (memory per candidate bounded by processes x address "
-                 "space)" if cg else "no delegated cgroup v2 subtree: memory per candidate is bounded by processes x "
-                 "address space, not by a cgroup")
+    worst = candidate_procs(limits) * limits.memory_mb
+    parts.append((f"cgroup v2 subtree {cg} found but not used" if cg else "no delegated cgroup v2 subtree")
+                 + f": memory per candidate is bounded by processes x address space ({worst} MiB), not by a cgroup")
     return "; ".join(parts)
+
+
+def _procs_in_force(mode: str, limits: Limits, workers: int, base: int | None) -> str:
+    per = candidate_procs(limits)
+    if _as_nobody():
+        return f"{per} processes and threads per candidate (RLIMIT_NPROC of its own uid)"
+    base = confine.harness_procs() if base is None else base
+    shared = (f"{nproc_limit(limits, workers, base)} for the harness's uid in all ({per + WORKER_PROCS} per worker x "
+              f"{workers} workers, and {base} it ran already)")
+    if mode == "bwrap" and confine.nproc_per_userns():
+        return f"{per} processes and threads per candidate (RLIMIT_NPROC in its own user namespace); {shared}"
+    return f"no process cap per candidate: {shared}, which one candidate can take"
+
+
+def _oom_in_force(mode: str) -> str:
+    if mode == "bwrap":
+        return f"OOM score adjustment {OOM_SCORE_ADJ} (/proc read-only: it cannot lower it)"
+    if _as_nobody() and confine.oom_floor_holds():
+        return f"OOM score adjustment {OOM_SCORE_ADJ}, also its floor (set before the drop to its uid)"
+    return f"OOM score adjustment {OOM_SCORE_ADJ}, which it can lower back to the harness's"
 
 
 def resolve_mode(requested: str) -> str:
@@ -391,30 +386,32 @@ def resolve_mode(requested: str) -> str:
 
 
 @functools.cache
-def _log_limits(mode: str, limits: Limits) -> None:
-    log.info(limits_in_force(mode, limits))
+def _log_limits(mode: str, limits: Limits, workers: int, base: int | None) -> None:
+    log.info(limits_in_force(mode, limits, workers, base))
 
 
 def run_program(source: str, limits: Limits = Limits(), *, mode: str = "bwrap") -> RunResult:
     """Run `source` as a whole program in the sandbox and report how it ended (no verdict)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        sb = Spawned(mode, limits, [python(), "-s", "-B", "-"], stdin=subprocess.PIPE, stdout=out, stderr=err)
-        assert sb.proc.stdin is not None
-        timed_out = False
-        try:
-            sb.proc.stdin.write(source.encode())
-            sb.proc.stdin.close()
-            sb.proc.wait(timeout=max(0.0, limits.timeout - (time.monotonic() - sb.start)))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        except BrokenPipeError:
-            pass
-        rc = sb.kill()
-        seconds = time.monotonic() - sb.start
-        status = ("timeout" if timed_out or rc is None else "exited" if rc == 0 else "crashed" if rc < 0
-                  else "failed")
-        return RunResult(status, rc, read_capped(out, limits.output_bytes), read_capped(err, limits.output_bytes),
-                         seconds)
+    out, err = (Capture(limits.output_bytes, limits.file_mb << 20) for _ in range(2))
+    try:
+        sb = Spawned(mode, limits, [python(), "-s", "-B", "-"], stdin=subprocess.PIPE, stdout=out.wfd, stderr=err.wfd)
+    except BaseException:
+        out.close()
+        err.close()
+        raise
+    out.started()
+    err.started()
+    assert sb.proc.stdin is not None
+    try:
+        sb.proc.stdin.write(source.encode())
+        sb.proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    timed_out = not read_until_exit(sb.proc.pid, (out, err), sb.start + limits.timeout)
+    rc = sb.kill()
+    seconds = time.monotonic() - sb.start
+    status = "timeout" if timed_out or rc is None else "exited" if rc == 0 else "crashed" if rc < 0 else "failed"
+    return RunResult(status, rc, out.finish(), err.finish(), seconds)
 
 
 @functools.lru_cache(maxsize=1)
@@ -434,16 +431,19 @@ def checker_boot() -> str:
 
 class CheckerPool:
     """Long-lived trusted checker processes (tasks.checker), one per worker; each job gets a
-    fresh sandbox inside its checker. A checker that dies or hangs is replaced."""
+    fresh sandbox inside its checker. A checker that dies or hangs is replaced. `base`: what the harness's
+    uid runs besides the candidates (not root: see `nproc_limit`), counted now when not given."""
 
-    def __init__(self, mode: str, workers: int) -> None:
+    def __init__(self, mode: str, workers: int, base: int | None = None) -> None:
         self.mode, self.workers = mode, workers
+        self.base = confine.harness_procs() if base is None and not _as_nobody() else (base or 0)
         self._idle: list[subprocess.Popen] = []
         self._all: list[subprocess.Popen] = []
         self._lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", checker_boot(), self.mode, str(self.workers)],
+        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", checker_boot(), self.mode, str(self.workers),
+                                 str(self.base)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         with self._lock:
             self._all.append(proc)
@@ -498,9 +498,10 @@ def check_many(jobs: Sequence[dict[str, Any]], *, mode: str, workers: int | None
                desc: str = "execute") -> list[dict[str, Any]]:
     """Score jobs (see tasks.checker) on a pool of `workers` checkers, keeping order."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    base = None if _as_nobody() else confine.harness_procs()
     for limits in {replace(job["limits"], timeout=0.0) for job in jobs}:
-        _log_limits(mode, limits)  # once per process and set of limits (time limits vary by problem)
-    pool = CheckerPool(mode, workers)
+        _log_limits(mode, limits, workers, base)  # once per process and set of limits (time limits vary by problem)
+    pool = CheckerPool(mode, workers, base)
     try:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             futures = [ex.submit(pool.run, job) for job in jobs]

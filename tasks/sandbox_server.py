@@ -3,7 +3,9 @@
 Started as `python -I -S -B sandbox_server.py` with `wire.py` beside it (both stdlib-only).
 stdin carries requests and stdout replies, as `wire` frames; both are moved to private
 descriptors first, so the candidate's prints go to stderr (the sandbox's output file)
-and reading stdin gives EOF. Requests:
+and reading stdin gives EOF. Its first frame, written before any request is read (so before any
+candidate code runs), is {"ready": true}: the checker tells a sandbox that never started from a
+candidate that failed. Requests:
 
     {"op": "load", "source": str, "setup": str, "names": [str]}  -> {"ok": {name: kind}} for the
         names the program defines (kind: function, class, module:<name>, value with "v", object)
@@ -77,6 +79,7 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(2, 1)
+    wire.write_frame(resp_fd, {"ready": True})
     ns: dict = {"__name__": "__main__", "__builtins__": builtins}
     while True:
         try:

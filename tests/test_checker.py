@@ -24,8 +24,9 @@ L = Limits(timeout=5.0, memory_mb=1024)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\n"
 
 
-def _asserts(source: str, tests: str = ADD_TESTS, entry: str = "add", **kw) -> dict:
-    return check({"kind": "asserts", "source": source, "entry": entry, "tests": tests, "limits": L, **kw}, "bwrap")
+def _asserts(source: str, tests: str = ADD_TESTS, entry: str = "add", limits: Limits = L, **kw) -> dict:
+    return check({"kind": "asserts", "source": source, "entry": entry, "tests": tests, "limits": limits, **kw},
+                 "bwrap")
 
 
 def test_a_correct_program_passes_and_a_wrong_one_fails():
@@ -71,7 +72,7 @@ def test_shadowing_builtins_or_the_prompts_helpers_does_not_reach_the_tests():
 
 def test_a_timeout_cannot_be_caught_by_the_tests():
     tests = "try:\n    add(1, 2)\nexcept Exception:\n    pass\n"
-    v = _asserts("def add(a, b):\n    while True:\n        pass\n", tests)
+    v = _asserts("def add(a, b):\n    while True:\n        pass\n", tests, limits=Limits(timeout=1.5, memory_mb=1024))
     assert v["status"] == "timeout"
 
 

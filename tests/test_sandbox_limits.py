@@ -98,7 +98,7 @@ def test_attacks_beside_correct_programs_starve_neither_them_nor_the_harness():
 
 def test_the_log_says_which_limits_are_in_force():
     line = limits_in_force("bwrap", RAW)
-    assert "address space 256 MiB per process" in line and "/dev read-only" in line and "cgroup" in line
+    assert "address space 256 MiB per process" in line and "/dev and /proc read-only" in line and "cgroup" in line
     if os.geteuid() == 0:
         assert "its own uid" in line
 
