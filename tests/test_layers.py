@@ -66,6 +66,35 @@ def test_imports_run_one_way():
     assert violations() == []
 
 
+SCANNED = (*LAYERS, "tests", "benchmarks")  # every folder of Python the repository holds
+
+
+def bare_imports(paths: list[Path]) -> list[str]:
+    """Imports of a layer by its bare folder name (`from tasks.base import TASKS`): the package is
+    `gsil_bench.<layer>`; run from the repository's root, the bare name loads a second copy of the
+    module with registries of its own (a task registered through it is not in `gsil_bench`'s TASKS)."""
+    return [f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{line}: bare layer import {module!r}"
+            f" (write gsil_bench.{module})"
+            for path in paths for line, module in imports_of(path) if module.split(".")[0] in LAYERS]
+
+
+def test_no_bare_layer_import_in_source_tests_or_benchmarks():
+    paths = [p for folder in SCANNED for p in sorted((REPO / folder).rglob("*.py"))]
+    assert len(paths) > 150
+    assert bare_imports(paths) == []
+
+
+def test_a_bare_layer_import_is_rejected(tmp_path):
+    """The rule has teeth: each form of a bare import is found, the package's own form is not."""
+    src = tmp_path / "m.py"
+    src.write_text("import core.io\nfrom tasks.base import TASKS\nimport importlib\n"
+                   "def f():\n    from reports import plots\n    return importlib.import_module('harness.cli')\n"
+                   "from gsil_bench.tasks.base import TASKS as OURS\nimport benchmarks.common\n")
+    found = bare_imports([src])
+    assert [row.split(": ", 1)[1] for row in found] == [
+        f"bare layer import {m!r} (write gsil_bench.{m})" for m in ("core.io", "tasks.base", "reports", "harness.cli")]
+
+
 def test_the_check_sees_lazy_and_dynamic_imports(tmp_path):
     """The walker is not fooled by an import inside a function or by importlib."""
     src = tmp_path / "m.py"
