@@ -36,6 +36,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from gsil_bench.core.config import OVERRIDABLE, SharedConfig, for_method, hash_view
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.io import hash_obj
 from gsil_bench.core.strict import Located
@@ -63,8 +64,6 @@ def _is_scalar(tp: Any) -> bool:
 
 def shared_key_type(dotted: str) -> Any:
     """The schema type of a key dotted below `shared` (None when there is no such key)."""
-    from gsil_bench.core.config import SharedConfig
-
     tp: Any = SharedConfig
     for part in dotted.split("."):
         tp = _unwrap(tp)
@@ -100,8 +99,6 @@ def variant_label(label: str, point: dict[str, Any]) -> str:
 def _shared_axes(data: dict[str, Any], loc: Located) -> list[tuple[str, list[Any]]]:
     """(override key, values) of every list-valued scalar below the overridable shared blocks;
     each is replaced by its first value in `data`."""
-    from gsil_bench.core.config import OVERRIDABLE
-
     axes: list[tuple[str, list[Any]]] = []
 
     def walk(node: dict[str, Any], prefix: str) -> None:
@@ -221,8 +218,6 @@ def _relocated(loc: Located, origin: list[int]) -> Located:
 def variant_hash(cfg: Any, label: str) -> str:
     """sha256 (first 16 hex) of what a method trains with: the shared block as the method sees
     it (its overrides applied), its loss, parameters and per-iteration parameters."""
-    from gsil_bench.core.config import for_method, hash_view
-
     method = cfg.method(label)
     return hash_obj({"shared": hash_view(for_method(cfg, label).shared), "loss": method.loss,
                      "params": method.params, "per_iteration": hash_view(method.per_iteration)})[:16]
@@ -240,8 +235,6 @@ def sweeps_of(cfg: Any) -> dict[str, list[Any]]:
 def inputs_group(cfg: Any, label: str) -> str:
     """Hash of what a method's first-iteration inputs (the starting model's generations and the
     reference log-probs) depend on in the config: equal for variants that share them."""
-    from gsil_bench.core.config import for_method, hash_view
-
     s = for_method(cfg, label).shared
     return hash_obj({"model": s.model, "revision": s.model_revision, "data": hash_view(s.train_data),
                      "preference": hash_view(s.preference_data), "generation": hash_view(s.generation),
@@ -253,8 +246,6 @@ def describe_sweeps(cfg: Any, uses_inputs: typing.Callable[[str], bool]) -> list
     """Lines for `run --dry-run`: each sweep's variants with their hashes, and what they share.
     `uses_inputs(label)`: the method's first iteration needs the starting model's generations or
     reference log-probs."""
-    from gsil_bench.core.config import for_method
-
     lines = []
     for label, variants in sweeps_of(cfg).items():
         grid = " x ".join(f"{k} in [{', '.join(dict.fromkeys(value_text(m.sweep[k]) for m in variants))}]"

@@ -103,7 +103,7 @@ def test_checkpoint_has_a_model_card(config, tmp_path):
     assert "loss `gsil-logistic`, parameters none (the loss's defaults)" in card and "gsm8k/train.jsonl" in card
     assert meta["tags"] == ["gsil-bench", "gsil-logistic"]
     assert "Not evaluated yet" in card
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.trainers.publish import model_card
 
     scores = {"humaneval": {"metrics": {"pass@1": {"value": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": 2}}}}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.config import ExperimentConfig, load_experiment
+from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.harness import cli
 from gsil_bench.harness.commands import eval as eval_cmd
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from test_reports_data import write_run
 
-from gsil_bench.core.config import EvalConfig, GenerationConfig, import_plugins
+from gsil_bench.core.config import EvalConfig, GenerationConfig
+from gsil_bench.core.loading import import_plugins
 from gsil_bench.harness import cli
 from gsil_bench.reports import report
 from gsil_bench.tasks.api import evaluate

@@ -178,7 +178,7 @@ def _sq_hinge(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:
 
 
 def test_new_variant_registers_and_loads_from_config(tmp_path):
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
 
     p = tmp_path / "exp.yaml"
     p.write_text("name: x\nmethods:\n  - loss: test-gsil-sqhinge\n    params: {a: 0.5, b: 1.0}\n")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.reports import figures, plots
 from gsil_bench.reports.figures import plt
 from gsil_bench.reports.report import FIGURES, write_report

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.tasks.api import make_task
 from gsil_bench.tasks.base import facts_of
 from gsil_bench.trainers.anatomy import write_loss_facts

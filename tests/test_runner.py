@@ -18,7 +18,7 @@ import pytest
 import yaml
 from independent import load
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.strict import ConfigError, load_yaml
 from gsil_bench.harness.plan import plan_steps
 from gsil_bench.harness.runner import run_experiment

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gsil_bench.core.config import load_experiment, shared_hash
+from gsil_bench.core.config import shared_hash
 from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.sweeps import inputs_group, variant_hash
 
 SWEEP = """name: sw

@@ -141,8 +141,8 @@ def refresh_loss_facts(root: str | Path) -> Path | None:
 
     import yaml
 
-    from gsil_bench.core.config import experiment_from_dict
     from gsil_bench.core.errors import GsilError
+    from gsil_bench.core.loading import experiment_from_dict
 
     path = RunLayout(root).config
     if not path.is_file():

@@ -56,7 +56,8 @@ def eval_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Located]:
     --judge, ...). Without --config, `--model` is `shared.model` (so `shared.model_revision` pins it); with
     it, the settings are those `run` applies (tasks.api.experiment_eval) and `shared.model` stays the
     experiment's (the held-out reference). Checked by the one validation pass (harness.validate) in `run`."""
-    from gsil_bench.core.config import experiment_from_dict, parse_experiment, raise_problems
+    from gsil_bench.core.config import raise_problems
+    from gsil_bench.core.loading import experiment_from_dict, parse_experiment
     from gsil_bench.core.strict import apply_overrides, to_plain
     from gsil_bench.tasks.api import experiment_eval
 
