@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 
-import gsil_bench.trainers.packing  # noqa: F401  (registers the "packed" collator)
 from gsil_bench.core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
 from gsil_bench.core.progress import Progress
 from gsil_bench.core.registry import Registry
