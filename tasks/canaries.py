@@ -28,7 +28,9 @@ from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
 from gsil_bench.tasks.code import Problem
 from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.humaneval import HumanEval
+from gsil_bench.tasks.lmeval import builtin_yaml, task_spec
 from gsil_bench.tasks.sandbox import SandboxUnavailable, resolve_mode
 from gsil_bench.tasks.stats import Metric, summarize
 
@@ -112,8 +114,6 @@ def lm_eval_verdicts(ctx: EvalContext, responses: list[tuple[dict[str, Any], str
     from lm_eval.api.instance import Instance
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from gsil_bench.tasks.lmeval import builtin_yaml, task_spec
-
     spec, files = task_spec("gsm8k", ctx.data_dir, builtin_yaml("gsm8k/gsm8k.yaml"))
     for split, path in files.items():
         ctx.record_data("scorer_canaries", f"gsm8k {split}", path)
@@ -131,8 +131,6 @@ def lm_eval_verdicts(ctx: EvalContext, responses: list[tuple[dict[str, Any], str
 
 
 def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
-    from gsil_bench.tasks.data import load_rows
-
     rows = load_rows(ctx, "scorer_canaries", "gsm8k/test.jsonl", hub=("openai/gsm8k", "main", "test"),
                      required=("question", "answer"))
     out = []
