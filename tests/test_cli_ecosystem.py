@@ -38,7 +38,7 @@ def test_dry_run_prints_the_plan_and_does_nothing(config, tmp_path, capsys):
     assert main(["run", str(config), "--output", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert not out.exists()
-    assert "6 training examples, global batch 2, 2 optimizer steps per iteration" in text
+    assert "6 training examples, global batch 2 (2 x 1 accumulation x 1 process)" in text
     assert "[todo] train sft (loss sft) seed 0: iter 1: 2 steps\n" in text
     assert ("[todo] train gsil-logistic (loss gsil-logistic) seed 0: iter 1: 2 steps, the starting model's responses "
             "(shared across methods: 6, generated once); iter 2: 2 steps, generates 6 responses") in text

@@ -176,13 +176,19 @@ def _encode_generated(ctx: MethodContext, records: list[dict[str, Any]]) -> list
                         max_length=t.max_length) for r in records]
 
 
+def history_iterations(history: int, iteration: int) -> range:
+    """The earlier iterations whose pairs a self-play iteration also trains on: k-history+1..k-1
+    (shared.self_play.history; SPIN trains iteration k on k-1's and k's pairs:
+    configs/config_iter1.yaml:7-10 at uclaml/SPIN a12ba80)."""
+    return range(max(1, iteration - history + 1), iteration)
+
+
 def history_files(ctx: MethodContext, iteration: int, folder: Path) -> list[Path]:
-    """Earlier iterations' generations that iteration k also trains on (shared.self_play.history; SPIN
-    trains iteration k on k-1's and k's pairs: configs/config_iter1.yaml:7-10 at uclaml/SPIN a12ba80)."""
-    history = ctx.cfg.shared.self_play.history
+    """Earlier iterations' generations that iteration k also trains on (`history_iterations`)."""
     if not ctx.loss.self_play:
         return []
-    files = [folder.parent / f"iter-{j}" / "generations.jsonl" for j in range(max(1, iteration - history + 1), iteration)]
+    files = [folder.parent / f"iter-{j}" / "generations.jsonl"
+             for j in history_iterations(ctx.cfg.shared.self_play.history, iteration)]
     for f in files:
         if not f.is_file():
             raise ConfigError(f"shared.self_play.history: {f} is missing (iteration {iteration} trains on it)")
