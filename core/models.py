@@ -13,20 +13,17 @@ A model is one of:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import atomic_path, file_lock
 from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -73,30 +70,17 @@ def embedded_gguf_path(name: str) -> Path:
     return path
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _convert_gguf(gguf: Path, key: str) -> Path:
     """Convert a GGUF file to a cached HF folder once (process-safe); return the folder."""
     out = cache_root() / "models" / key
     if (out / "DONE").is_file():
         return out
-    with _file_lock(out.with_suffix(".lock")):
+    with file_lock(out.with_suffix(".lock")):
         if (out / "DONE").is_file():
             return out
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.info("converting %s to %s (once)", gguf, out)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # the weights are already de-quantized to float; drop the GGUF quantizer marker
@@ -104,12 +88,11 @@ def _convert_gguf(gguf: Path, key: str) -> Path:
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf}\n")
-        (tmp / "DONE").write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "SOURCE").write_text(f"{gguf}\n")
+            (tmp / "DONE").write_text("ok\n")
     return out
 
 

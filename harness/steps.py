@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.config import ExperimentConfig, hash_view
-from gsil_bench.core.io import atomic_write_json, hash_obj, is_done, read_json
+from gsil_bench.core.io import atomic_path, atomic_write_json, hash_obj, is_done, read_json
 from gsil_bench.core.layout import BASE
 from gsil_bench.core.tracking import log_eval
 from gsil_bench.harness.plan import STEPS, Run, Step, StepKind
@@ -119,12 +118,9 @@ def _reuse_identical(run: Run, step: Step, rec: dict[str, Any], task: str, out: 
         if (src.get("fingerprint"), src.get("eval_hash")) != (rec["fingerprint"], rec["eval_hash"]) \
                 or task in src.get("stale", []):
             continue
-        tmp = out / f".{task}.copy{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src_root / task, tmp)
-        atomic_write_json(tmp / "shared_from.json", {"source": str(src_root / task), "fingerprint": rec["fingerprint"]})
-        shutil.rmtree(out / task, ignore_errors=True)
-        os.replace(tmp, out / task)
+        with atomic_path(out / task) as tmp:
+            shutil.copytree(src_root / task, tmp)
+            atomic_write_json(tmp / "shared_from.json", {"source": str(src_root / task), "fingerprint": rec["fingerprint"]})
         log.info("%s/%s: identical model already evaluated in %s, reused", step.id, task, other.id)
         return True
     return False

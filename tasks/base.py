@@ -30,12 +30,12 @@ from gsil_bench.core.errors import GsilError
 from gsil_bench.core.facts import MetricFacts, lookup, undeclared
 from gsil_bench.core.io import (
     append_jsonl,
+    atomic_path,
     atomic_write_json,
     hash_obj,
     is_done,
     mark_done,
     read_json,
-    temp_name,
 )
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.registry import Registry
@@ -156,10 +156,8 @@ def evaluation_key(task: Task, ctx: EvalContext) -> str:
 def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult, key: str, started: float) -> dict[str, Any]:
     """samples.jsonl, metrics.json, provenance.json (atomic), then DONE when the result is complete."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(folder / "samples.jsonl")
-    append_jsonl(tmp, (s.to_json() for s in result.samples))
-    tmp.replace(folder / "samples.jsonl")
+    with atomic_path(folder / "samples.jsonl") as tmp:
+        append_jsonl(tmp, (s.to_json() for s in result.samples))
     metrics = {
         "task": task.name, "model": ctx.model, "primary": task.primary,
         "reported": list(task.reported), "display": getattr(task, "display", task.name),

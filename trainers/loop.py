@@ -40,7 +40,15 @@ from typing import Any
 import torch
 
 from gsil_bench.core.config import TrainConfig
-from gsil_bench.core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from gsil_bench.core.io import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    hash_obj,
+    mark_done,
+    read_jsonl,
+    recover_path,
+)
 from gsil_bench.core.progress import Progress
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.strict import ConfigError
@@ -52,7 +60,7 @@ from gsil_bench.trainers.losses import LossInputs
 from gsil_bench.trainers.publish import write_model_card
 from gsil_bench.trainers.reference import RefLogps, load_causal_lm, weights_dtype
 from gsil_bench.trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
-from gsil_bench.trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
+from gsil_bench.trainers.state import kill_hook, load_state, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +224,7 @@ def prepare(run: LoopRun, plan: StepPlan) -> Trainable:
 def resume(run: LoopRun, tr: Trainable, plan: StepPlan) -> dict[str, Any]:
     """3. The saved state of an interrupted iteration, if any (metrics.jsonl cut back to it)."""
     acc, state_dir, metrics_file = run.ctx.accelerator, run.folder / "state", run.folder / "metrics.jsonl"
-    recover_dir(state_dir)
+    recover_path(state_dir)
     info: dict[str, Any] = {"step": 0, "tokens": 0, "wall_time_s": 0.0}
     if (state_dir / "info.json").is_file():
         info = (load_sharded_state(state_dir, acc, wrapped=tr.wrapped, optimizer=tr.optimizer, scheduler=tr.scheduler)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from gsil_bench.core.errors import FileError
+from gsil_bench.core.io import atomic_path
 from gsil_bench.core.models import ModelError, check_weights, resolve
 from gsil_bench.core.progress import Progress
 from gsil_bench.trainers.data import EncodedSeq, TrainItem, collate
@@ -80,10 +80,8 @@ def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, 
 
 def save_ref(path: str | Path, ref: RefLogps) -> None:
     """Write ref_logps.pt atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"real": ref.real, "gen": ref.gen, "key": ref.key}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"real": ref.real, "gen": ref.gen, "key": ref.key}, tmp)
 
 
 def load_ref(path: str | Path, key: str | None = None) -> RefLogps:

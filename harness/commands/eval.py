@@ -22,7 +22,7 @@ from typing import Any
 
 from gsil_bench.core.config import DEFAULT_MODEL, ExperimentConfig
 from gsil_bench.core.errors import GsilError
-from gsil_bench.core.io import busy_ancestor
+from gsil_bench.core.io import FolderBusy, busy_ancestor
 from gsil_bench.core.strict import Located
 from gsil_bench.harness.commands import add_overrides
 from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_overrides
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("runs") / "eval" / slug)
     busy = busy_ancestor(out)
     if busy is not None:
-        raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
+        raise FolderBusy(busy)
     results = evaluate(model, list(cfg.tasks), cfg, out, data_dir=args.data_dir or shared.data_dir,
                        limit=args.limit, completions=args.completions, pins=shared.pins())
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
