@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.errors import GsilError
-from gsil_bench.core.io import atomic_path, file_lock
+from gsil_bench.core.io import atomic_path, file_lock, hash_obj
 from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,46 @@ def resolve(name: str) -> str:
         f"model {name!r}: not a local folder, a .gguf file, a Hub id (org/name) or an embedded model "
         f"({', '.join('embedded:' + k for k in EMBEDDED)})"
     )
+
+
+MODEL_FILES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model")  # a folder's files its cheap identity covers
+# files of a checkpoint folder that are not the model: training state and gsil-bench's notes (paths, labels, the card)
+NOT_THE_MODEL = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE", "README")
+
+
+def model_identity(name: str, revision: str | None = None, *, contents: bool = False) -> dict[str, Any]:
+    """The one identity of a named model, by which work on it is keyed (generation and reference caches,
+    evaluation reuse): its name and Hub revision and, for a local folder (a checkpoint, a converted GGUF or
+    embedded model), `files`: a hash of its model files' names, sizes and modification times (cheap), or
+    with `contents` of every file's bytes but the training state and our notes (`NOT_THE_MODEL`), and then
+    nothing else: the same weights written twice, in two folders, are one model. Weights held in memory:
+    `weights_fingerprint`."""
+    ident: dict[str, Any] = {"model": name, "revision": revision}
+    folder = Path(resolve(name))
+    if not folder.is_dir():
+        return ident
+    if contents:
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(NOT_THE_MODEL)):
+            h.update(str(f.relative_to(folder)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+        return {"files": h.hexdigest()}
+    else:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILES)
+        ident["files"] = hash_obj([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return ident
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A cheap fingerprint of an in-memory model's weights (per-tensor sum and sum of squares)."""
+    import torch
+
+    with torch.no_grad():
+        stats = [(n, round(float(p.float().sum()), 6), round(float(p.float().pow(2).sum()), 6))
+                 for n, p in model.named_parameters()]
+    return hash_obj(stats)
 
 
 def load_tokenizer(name: str, revision: str | None = None) -> Any:

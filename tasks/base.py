@@ -37,9 +37,10 @@ from gsil_bench.core.io import (
     mark_done,
     read_json,
 )
+from gsil_bench.core.models import weights_fingerprint
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.registry import Registry
-from gsil_bench.tasks.context import EvalContext, weights_fingerprint
+from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.stats import Metric
 
 log = logging.getLogger(__name__)
