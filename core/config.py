@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from gsil_bench.core.errors import ConfigError, Problem, ValidationError
 from gsil_bench.core.registry import did_you_mean
-from gsil_bench.core.strict import Located, build_collecting, to_plain
+from gsil_bench.core.strict import Located, build_collecting, method_label, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -245,7 +245,16 @@ class MethodConfig:
 
     @property
     def label(self) -> str:
-        return self.name or self.loss
+        return method_label(self)
+
+    def params_at(self, iteration: int) -> dict[str, float]:
+        """The loss parameters of one self-play iteration: `params` with that iteration's
+        `per_iteration` entries merged over them (the one merge: training and validation use it)."""
+        merged = dict(self.params)
+        for p in self.per_iteration:
+            if p.iteration == iteration:
+                merged.update(p.params)
+        return merged
 
 
 @dataclass(frozen=True)
@@ -375,10 +384,7 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
                 shared = replace(shared, optimizer=replace(shared.optimizer, lr=it.lr))
             if it.epochs is not None:
                 shared = replace(shared, train=replace(shared.train, epochs=it.epochs))
-    for p in method.per_iteration:
-        if p.iteration == iteration:
-            method = replace(method, params={**method.params, **p.params})
-    return replace(cfg, shared=shared), method
+    return replace(cfg, shared=shared), replace(method, params=method.params_at(iteration))
 
 
 def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:

@@ -262,6 +262,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def method_label(entry: Any) -> str:
+    """The one label rule of a method: its `name`, else its loss; for a method block as written (YAML
+    data, a run folder's config.yaml) or built (`core.config.MethodConfig.label`). Reports, folders and
+    overrides (`methods.<label>.params.b=...`) name a method by it."""
+    get = entry.get if isinstance(entry, dict) else lambda key: getattr(entry, key, None)
+    return str(get("name") or get("loss"))
+
+
 def _element(items: list[Any], key: str, text: str, where: str) -> Any:
     """The element of a list an override names: by 0-based index, or by its label (a method's
     `name`, else its `loss`)."""
@@ -269,7 +277,7 @@ def _element(items: list[Any], key: str, text: str, where: str) -> Any:
         if int(key) < len(items):
             return items[int(key)]
         raise ConfigError(f"override {text!r}: {where} has {len(items)} entries, no index {key}")
-    labels = [str(v.get("name") or v.get("loss")) if isinstance(v, dict) else "" for v in items]
+    labels = [method_label(v) if isinstance(v, dict) else "" for v in items]
     if labels.count(key) == 1:
         return items[labels.index(key)]
     if labels.count(key) > 1:

@@ -39,7 +39,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from gsil_bench.core.config import OVERRIDABLE, SharedConfig, for_method, hash_view
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.io import hash_obj
-from gsil_bench.core.strict import Located
+from gsil_bench.core.strict import Located, method_label
 
 SCALARS = (int, float, str, bool)
 
@@ -183,7 +183,7 @@ def expand_sweeps(data: dict[str, Any], loc: Located) -> tuple[dict[str, Any], L
             methods.append(method)
             origin.append(i)
             continue
-        label = str(method.get("name") or method.get("loss"))
+        label = method_label(method)
         for combo in itertools.product(*(values for _, values in axes)):
             point = dict(zip((k for k, _ in axes), combo))
             variant = copy.deepcopy(method)
