@@ -388,9 +388,11 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
 
 
 def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:
-    """Raise one ValidationError with every problem rendered (file:line, key, message), if any."""
+    """Raise one ValidationError with every problem rendered (file:line, key, message), if any; a problem
+    the variants of one swept method share is rendered once (at the method as written)."""
     if problems or cfg is None:
-        raise ValidationError([loc.render(p) for p in problems] or [f"{loc.file}: the experiment cannot be built"])
+        lines = list(dict.fromkeys(loc.render(p) for p in problems))
+        raise ValidationError(lines or [f"{loc.file}: the experiment cannot be built"])
 
 
 def canonical_json(obj: Any) -> str:

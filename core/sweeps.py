@@ -212,6 +212,7 @@ def _relocated(loc: Located, origin: list[int]) -> Located:
                 lines[f"methods[{j}]" + k[len(head):]] = v
     moved = copy.copy(loc)  # keeps whatever else a Located records (e.g. which keys came from the command line)
     moved.lines = lines
+    moved.written = dict(enumerate(origin))  # problems name the method as written, once for all its variants
     return moved
 
 

@@ -61,7 +61,7 @@ def test_the_guide_has_its_examples():
     assert len(blocks("python")) == 4 and len(blocks("yaml")) == 1
 
 
-def test_the_loss_example_plugs_in_and_a_run_of_it_validates(plugin_dir, data_dir, monkeypatch):
+def test_the_loss_example_plugs_in_and_a_run_of_it_validates(plugin_dir, data_dir, monkeypatch, capsys):
     """my_losses.py beside the smoke config with the guide's YAML added (its plugin, its method after the
     smoke job's): `run --dry-run` imports it, validates the parameters and plans its training."""
     (plugin_dir / "my_losses.py").write_text(example("# my_losses.py"))
@@ -73,6 +73,9 @@ def test_the_loss_example_plugs_in_and_a_run_of_it_validates(plugin_dir, data_di
     assert cli.main(["run", "experiment.yaml", "--dry-run", "--data-dir", str(data_dir)]) == 0
     loss = shown["methods"][0]["loss"]
     assert loss in LOSSES and LOSSES.family(loss) == "gsil" and LOSSES.self_play(loss)
+    capsys.readouterr()
+    assert cli.main(["run", "experiment.yaml", "--dry-run", f"methods.{loss}.params.a=-1"]) == 2  # its guard
+    assert "GSIL scale a must be > 0, got -1" in capsys.readouterr().err
 
 
 def test_the_task_example_registers_and_evaluates(plugin_dir, tiny_model_dir, tmp_path):

@@ -37,7 +37,7 @@ from gsil_bench.core.layout import RunLayout
 from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import variant_hash
-from gsil_bench.trainers.losses import LOSSES, LossInputs
+from gsil_bench.trainers.losses import LOSSES, LossInputs, build_loss
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _inputs(name: str, r_real: float, r_gen: float) -> tuple[LossInputs, torch.T
 def weights(name: str, params: dict[str, float], r_real: float = 0.0, r_gen: float = 0.0) -> dict[str, float | None]:
     """{w_real: -dL/dr_real, w_gen: dL/dr_gen (None without a generated side), loss} at one point."""
     x, real, gen = _inputs(name, r_real, r_gen)
-    loss = LOSSES.get(name)(x, **params).loss
+    loss = build_loss(name, params)(x).loss
     wrt = [real] + ([gen] if gen is not None else [])
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     g_real = float(grads[0]) if grads[0] is not None else 0.0
@@ -70,7 +70,7 @@ def reward_scale(name: str, params: dict[str, float]) -> float | None:
     if not LOSSES.needs_pairs(name):
         return None
     x, _, _ = _inputs(name, 1.0, -1.0)
-    metrics = LOSSES.get(name)(x, **params).metrics
+    metrics = build_loss(name, params)(x).metrics
     if "rewards/real" not in metrics:
         return None
     return float(metrics["rewards/real"])
