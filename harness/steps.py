@@ -47,10 +47,9 @@ def eval_hash(cfg: ExperimentConfig) -> str:
 
 
 def eval_tasks(run: Run, step: Step) -> list[str]:
-    """The tasks of an eval step: a model-free task (registered with model_free=True, e.g. the
-    scorer canaries, whose result cannot depend on the model) is scored once, on the base step."""
-    return [t for t in run.cfg.shared.eval.tasks
-            if step.method == BASE or t not in TASKS or not TASKS.meta(t).get("model_free")]
+    """The tasks of an eval step: a model-free task (its record says so, e.g. the scorer canaries, whose
+    result cannot depend on the model) is scored once, on the base step."""
+    return [t for t in run.cfg.shared.eval.tasks if step.method == BASE or t not in TASKS or not TASKS.info(t).model_free]
 
 
 def eval_done(run: Run, step: Step) -> bool:

@@ -24,8 +24,8 @@ import ast
 import logging
 from typing import Any, ClassVar
 
-from gsil_bench.core.facts import MetricFacts, proportion
-from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
+from gsil_bench.core.facts import proportion
+from gsil_bench.tasks.base import Registered, Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.code import Problem
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.data import load_rows
@@ -143,19 +143,14 @@ def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
-@register_task("scorer_canaries", model_free=True)
-class ScorerCanaries:
-    name: ClassVar[str]
-    primary: ClassVar[str] = "agreement"
-    reported: ClassVar[tuple[str, ...]] = ()
-    display: ClassVar[str] = "scorer canaries"
-    about: ClassVar[str] = ("fixed completions with known verdicts through the real code and GSM8K scorers; "
-                            "the model plays no part")
-    METRICS: ClassVar[dict[str, MetricFacts]] = {
-        "agreement": proportion("agreement with known verdicts", "share of canaries the scorers judge as "
-                                "expected; must stay 100%", tolerance=0.0, exact=True),
-    }
-    applies_limit = True  # a fixed set: eval.limit does not apply
+@register_task
+class ScorerCanaries(Registered):
+    info: ClassVar[TaskInfo] = TaskInfo(
+        "scorer_canaries", display="scorer canaries", primary="agreement",
+        about="fixed completions with known verdicts through the real code and GSM8K scorers; the model plays no part",
+        metrics={"agreement": proportion("agreement with known verdicts", "share of canaries the scorers judge as "
+                                         "expected; must stay 100%", tolerance=0.0, exact=True)},
+        limit="fixed", model_free=True)
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         return [{"kind": "code"}, {"kind": "gsm8k"}]

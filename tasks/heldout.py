@@ -36,7 +36,7 @@ from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
 from gsil_bench.core.scoring import EncodedSeq, encode, score
-from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
+from gsil_bench.tasks.base import Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.context import EvalContext, model_identity
 from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.stats import Metric, summarize
@@ -101,10 +101,6 @@ class ReferenceScorer:
 class HeldOutLikelihood:
     """One held-out demonstration set (see the module docstring)."""
 
-    primary: ClassVar[str] = "logp_real"
-    reported: ClassVar[tuple[str, ...]] = ("margin",)  # GSIL's classifier on held-out prompts
-    applies_limit = False
-
     METRICS: ClassVar[dict[str, MetricFacts]] = {
         "logp_real": MetricFacts("log-prob of demonstrations (nats/token)", "mean token log-probability the model "
                                  "gives the held-out demonstration, teacher-forced", tolerance=0.01),
@@ -119,8 +115,11 @@ class HeldOutLikelihood:
 
     def __init__(self, name: str, source: str) -> None:
         self.name, self.source = name, source
-        self.display = f"held-out {'GSM8K' if source == 'gsm8k' else 'MT-Bench'}"
-        self.about = f"likelihood of held-out demonstrations: {self.ABOUT[source]}, no sampling, no judge"
+        self.info = TaskInfo(
+            name, display=f"held-out {'GSM8K' if source == 'gsm8k' else 'MT-Bench'}",
+            about=f"likelihood of held-out demonstrations: {self.ABOUT[source]}, no sampling, no judge",
+            primary="logp_real", reported=("margin",),  # the margin: GSIL's classifier on held-out prompts
+            metrics=self.METRICS, backend="hf")
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         if self.source == "gsm8k":
@@ -173,5 +172,5 @@ class HeldOutLikelihood:
         return metrics
 
 
-TASKS.add("heldout_gsm8k", lambda: HeldOutLikelihood("heldout_gsm8k", "gsm8k"), backend="hf")
-TASKS.add("heldout_mt_bench", lambda: HeldOutLikelihood("heldout_mt_bench", "mt_bench"), backend="hf")
+register_task(lambda: HeldOutLikelihood("heldout_gsm8k", "gsm8k"))
+register_task(lambda: HeldOutLikelihood("heldout_mt_bench", "mt_bench"))

@@ -47,7 +47,7 @@ def _eval(folder: Path, task: str, values: dict[str, list[float]], primary: str,
                          "ci_high": float(x.mean() + 1.96 * se), "higher_is_better": f.higher_is_better,
                          "facts": f.to_json()}
     atomic_write_json(folder / "metrics.json", {"task": task, "model": "m", "primary": primary, "reported": reported,
-                                                "display": declared.display, "about": declared.about,
+                                                "display": declared.info.display, "about": declared.info.about,
                                                 "metrics": metrics})
     mark_done(folder)
 

@@ -40,7 +40,7 @@ def write_eval(folder: Path, task: str, scores: list[float], model: str) -> None
     se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     declared = make_task(task)  # the facts and display name the real task writes
     atomic_write_json(folder / "metrics.json", {
-        "task": task, "model": model, "primary": metric, "config": {"limit": len(x)}, "display": declared.display,
+        "task": task, "model": model, "primary": metric, "config": {"limit": len(x)}, "display": declared.info.display,
         "metrics": {metric: {"value": float(x.mean()), "ci_low": float(x.mean() - 1.96 * se),
                              "ci_high": float(x.mean() + 1.96 * se), "n": len(x), "stderr": se,
                              "facts": facts_of(declared, metric).to_json()}},

@@ -30,10 +30,25 @@ from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_over
 log = logging.getLogger(__name__)
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
-EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbpp, mbpp_plus, mt_bench, or any lm-eval task"
+REGISTERED = "{registered tasks}"
+EVAL_USAGE = f"comma-separated: {REGISTERED}, or any lm-eval task"
+
+
+class TaskHelp(argparse.RawDescriptionHelpFormatter):
+    """`--help` with the registered tasks' names where the help says REGISTERED, read from the registry
+    when the help is printed (importing every task costs seconds: not on every command line)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and REGISTERED in text:
+            from gsil_bench.tasks.base import TASKS
+
+            text = text.replace(REGISTERED, ", ".join(TASKS.names()))
+        return text
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = TaskHelp
     parser.add_argument("--model", default=None, help=f"Hub id, model folder, .gguf or embedded:<name> (default {DEFAULT_MODEL})")
     parser.add_argument("--tasks", default=None, help=f"{EVAL_USAGE} (default: gsm8k,humaneval,mt_bench)")
     parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs; >= 1)")
