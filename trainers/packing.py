@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from gsil_bench.core.scoring import Batch
+from gsil_bench.core.scoring import Batch, causal_lm
 
 PACKED_PREFIX = "gsil_packed_"
 _PACKED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("gsil_packed_call", default=False)
@@ -405,10 +405,6 @@ def from_batch(batch: Any) -> PackedBatch:
 
 
 def batch_packed_logps(model: Any, batch: Any, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`packed_logps` for a packed `trainers.data.Batch` (what `trainers.logprobs.sequence_logps`
-    should call when `batch.sequence_index` is set)."""
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    if hasattr(model, "model") and not hasattr(model, "config"):  # trainers.logprobs.LogpsModule
-        model = model.model
-    return packed_logps(model, from_batch(batch), chunk)
+    """`packed_logps` for a packed `trainers.data.Batch` (what `trainers.logprobs.forward_logps`
+    calls when `batch.sequence_index` is set), the model taken out of its wrappers (core.scoring.causal_lm)."""
+    return packed_logps(causal_lm(model), from_batch(batch), chunk)
