@@ -161,12 +161,13 @@ def _texts(fig: plt.Figure) -> list[tuple[str, Text]]:
         name = ax.get_title() or "untitled panel"
         found += [(name, t) for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts)]
         found += [(name, t) for axis in (ax.xaxis, ax.yaxis) for t in _tick_labels(axis)]
-        if ax.get_legend() is not None:
-            found += [(name, t) for t in ax.get_legend().get_texts()]
+        legend_box = ax.get_legend()
+        if legend_box is not None:
+            found += [(name, t) for t in legend_box.get_texts()]
     return [(w, t) for w, t in found if t.get_visible() and t.get_text().strip()]
 
 
-def _outside(fig: plt.Figure, renderer: object) -> list[str]:
+def _outside(fig: plt.Figure, renderer: Any) -> list[str]:
     """Every text whose extent leaves the figure's canvas (a tight save would grow the image around it:
     a y label longer than its panel is taller than the figure)."""
     edge = fig.bbox
