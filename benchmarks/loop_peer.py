@@ -48,7 +48,7 @@ methods:
 
 def loop_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `train_iteration` over warm-up + timed steps; peak memory over the timed steps."""
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.trainers.api import make_accelerator, precision_of
     from gsil_bench.trainers.data import EncodedSeq, TrainItem
     from gsil_bench.trainers.inputs import MethodContext

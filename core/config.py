@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from gsil_bench.core.errors import ConfigError, Problem, ValidationError
 from gsil_bench.core.registry import did_you_mean
-from gsil_bench.core.strict import Located, apply_overrides, build_collecting, load_yaml, to_plain
+from gsil_bench.core.strict import Located, build_collecting, method_label, to_plain
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -248,7 +245,16 @@ class MethodConfig:
 
     @property
     def label(self) -> str:
-        return self.name or self.loss
+        return method_label(self)
+
+    def params_at(self, iteration: int) -> dict[str, float]:
+        """The loss parameters of one self-play iteration: `params` with that iteration's
+        `per_iteration` entries merged over them (the one merge: training and validation use it)."""
+        merged = dict(self.params)
+        for p in self.per_iteration:
+            if p.iteration == iteration:
+                merged.update(p.params)
+        return merged
 
 
 @dataclass(frozen=True)
@@ -378,111 +384,15 @@ def iteration_config(cfg: ExperimentConfig, label: str, iteration: int) -> tuple
                 shared = replace(shared, optimizer=replace(shared.optimizer, lr=it.lr))
             if it.epochs is not None:
                 shared = replace(shared, train=replace(shared.train, epochs=it.epochs))
-    for p in method.per_iteration:
-        if p.iteration == iteration:
-            method = replace(method, params={**method.params, **p.params})
-    return replace(cfg, shared=shared), method
-
-
-def packaged_configs() -> dict[str, Path]:
-    """The configs shipped inside the package (the repository's configs/), by name: smoke, nightly, ..."""
-    folder = Path(importlib.import_module("gsil_bench.configs").__path__[0])
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-
-
-def config_file(name: str | Path) -> Path:
-    """An experiment file: a path, or the name of a packaged config (`gsil-bench run smoke`
-    works from an installed wheel, with no checkout)."""
-    path = Path(name)
-    if path.is_file() or path.suffix or len(path.parts) > 1:
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found (or name a packaged config: "
-                              f"{', '.join(packaged_configs())})")
-        return path
-    found = packaged_configs()
-    if str(name) not in found:
-        raise ConfigError(f"{name}: no such file, nor a packaged config{did_you_mean(str(name), list(found))} "
-                          f"(packaged: {', '.join(found)})")
-    return found[str(name)]
-
-
-def parse_experiment(path: str | Path, overrides: list[str] | None = None
-                     ) -> tuple[ExperimentConfig | None, Located, list[Problem]]:
-    """Parse an experiment YAML (plus `key=value` overrides) against the schema, collecting
-    every problem: (the config or None when it cannot be built, where its keys are, the
-    problems). `path` may name a packaged config (`smoke`). Sweeps (lists of values) are expanded
-    into method variants first (core.sweeps; a malformed sweep raises ConfigError at its file:line).
-    Plugins are imported so their losses and tasks exist for the checks that follow (harness.validate)."""
-    path = config_file(path)
-    data, loc = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    if overrides:
-        data = apply_overrides(data, overrides)
-        loc.mark_overrides(overrides)
-    from gsil_bench.core.sweeps import expand_sweeps
-
-    data, loc = expand_sweeps(data, loc)
-    cfg, problems = build_collecting(ExperimentConfig, data, loc)
-    if cfg is not None:
-        problems += plugin_problems(cfg.plugins, Path(path).resolve().parent)
-    return cfg, loc, problems
+    return replace(cfg, shared=shared), replace(method, params=method.params_at(iteration))
 
 
 def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:
-    """Raise one ValidationError with every problem rendered (file:line, key, message), if any."""
+    """Raise one ValidationError with every problem rendered (file:line, key, message), if any; a problem
+    the variants of one swept method share is rendered once (at the method as written)."""
     if problems or cfg is None:
-        raise ValidationError([loc.render(p) for p in problems] or [f"{loc.file}: the experiment cannot be built"])
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an experiment YAML against the schema (every schema problem in one error).
-    The checks that need the registries (losses, tasks, data, model) are harness.validate's."""
-    cfg, loc, problems = parse_experiment(path, overrides)
-    raise_problems(problems, loc, cfg)
-    assert cfg is not None
-    return cfg
-
-
-def plugin_problems(modules: list[str], config_dir: Path | None = None) -> list[Problem]:
-    """Import plugin modules (which register losses, tasks, ...): from the config file's
-    folder, the working directory, or anywhere on sys.path; a module that does not import is
-    a problem. The two folders are on sys.path only while the plugins import: the process's
-    path is left as it was."""
-    added = [d for d in dict.fromkeys(str(p) for p in (config_dir, Path.cwd()) if p) if d not in sys.path]
-    sys.path.extend(added)
-    out = []
-    try:
-        for i, name in enumerate(modules):
-            try:
-                importlib.import_module(name)
-            except ImportError as err:
-                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r} ({err})"))
-    finally:
-        for d in added:
-            if d in sys.path:
-                sys.path.remove(d)
-    return out
-
-
-def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:
-    """plugin_problems, raised as one error."""
-    raise_problems(plugin_problems(modules, config_dir), loc or Located("plugins"))
-
-
-def experiment_from_dict(data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
-    """Build an experiment from plain data (e.g. a run folder's config.yaml), sweeps expanded, schema-checked;
-    `overrides`: the command line's KEY=VALUE already applied to `data` (errors name them)."""
-    from gsil_bench.core.sweeps import expand_sweeps
-
-    loc = Located(source)
-    loc.mark_overrides(overrides or [])
-    data, loc = expand_sweeps(data, loc)
-    cfg, problems = build_collecting(ExperimentConfig, data, loc)
-    raise_problems(problems, loc, cfg)
-    assert cfg is not None
-    import_plugins(cfg.plugins)
-    return cfg
+        lines = list(dict.fromkeys(loc.render(p) for p in problems))
+        raise ValidationError(lines or [f"{loc.file}: the experiment cannot be built"])
 
 
 def canonical_json(obj: Any) -> str:

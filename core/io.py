@@ -1,13 +1,14 @@
 """Crash-safe file helpers: atomic writes, append-only JSONL, DONE markers, folder locks.
 
 A step writes to a temporary name (unique per process and thread) and renames when
-complete; a folder is complete only when its DONE marker exists (written last). A DONE
+complete (`atomic_path`); a folder is complete only when its DONE marker exists (written last). A DONE
 marker may record digests of the folder's result files (`mark_done(..., digest=...)`);
 `is_done` then also checks them, so a result changed after it was written (by hand, or
 by a stray process) is not trusted but recomputed, with a warning. `read_jsonl` (our
 own append-only logs) drops a torn last line left by a crash, so appending resumes
 cleanly; `read_jsonl_strict` (files written whole, atomically) treats any bad line as
-an error. `folder_lock` is the one exclusive lock of a run or eval folder.
+an error. `file_lock` is the one file lock (`folder_lock`: a run or eval folder's, `FolderBusy`
+when another process holds it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +34,10 @@ LOCK = ".lock"
 
 
 class FolderBusy(GsilError, ValueError):
-    """Another gsil-bench process holds the folder's lock."""
+    """Another gsil-bench process holds the folder's lock (a run or an evaluation is using it)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        super().__init__(f"{folder}: another gsil-bench run or eval is using this folder; wait for it to finish")
 
 
 def temp_name(path: str | Path) -> Path:
@@ -42,41 +47,95 @@ def temp_name(path: str | Path) -> Path:
 
 
 @contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold `folder`'s exclusive lock (the file .lock inside it) or raise FolderBusy."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "w") as fh:
+def file_lock(path: str | Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """The one file lock of the package (`flock` on `path`, created if missing) held for the block:
+    exclusive, or `shared` with other shared holders. `wait=False` never blocks: the block gets False
+    when another process holds the lock (and runs without it), True when it holds it. The kernel
+    releases it when the process ends, `kill -9` included."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise FolderBusy(f"{folder}: another gsil-bench run or eval is using this folder") from None
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def folder_lock(folder: str | Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold `folder`'s lock (the file .lock inside it) or raise FolderBusy: exclusive (`eval`), or
+    shared by the `run` processes that work through one run folder together."""
+    with file_lock(Path(folder) / LOCK, shared=shared, wait=False) as held:
+        if not held:
+            raise FolderBusy(folder)
         yield
 
 
 def busy_ancestor(folder: str | Path) -> Path | None:
     """The nearest folder at or above `folder` whose lock another process holds, if any."""
     for parent in [Path(folder).resolve(), *Path(folder).resolve().parents]:
-        if not (parent / LOCK).is_file():
-            continue
-        with open(parent / LOCK) as fh:
-            try:  # any holder counts: `run` processes share the lock, `eval` holds it alone
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return parent
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        if (parent / LOCK).is_file():
+            with file_lock(parent / LOCK, wait=False) as free:  # any holder counts: `run` shares, `eval` not
+                if not free:
+                    return parent
     return None
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+@contextmanager
+def atomic_path(path: str | Path, *, folder: bool = False) -> Iterator[Path]:
+    """A temporary sibling of `path` (`temp_name`; created as an empty folder with `folder`) to write a
+    file or a folder under: renamed onto `path` when the block ends without an error, removed when it
+    raises. A folder already at `path` is kept as `<path>.old` until the new one is in place
+    (`recover_path` brings it back after a crash between the two renames). The one
+    temporary-name-then-rename of the package: a reader sees the old content or the new, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
-    with open(tmp, "w") as fh:
+    if folder:
+        tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if tmp.is_dir() and path.is_dir():
+        old = path.with_name(path.name + ".old")
+        _remove(old)
+        path.rename(old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def recover_path(path: str | Path) -> None:
+    """After a crash inside `atomic_path` (for a path no other process writes): a folder's previous copy
+    brought back when the new one never arrived, and the temporary siblings left behind removed."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+    for tmp in [*path.parent.glob(f".{path.name}.tmp*"), *path.parent.glob(f"{path.name}.tmp*")]:
+        _remove(tmp)  # the second pattern: folders left by versions before atomic_path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -13,20 +13,17 @@ A model is one of:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.errors import GsilError
+from gsil_bench.core.io import atomic_path, file_lock, hash_obj
 from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -73,30 +70,17 @@ def embedded_gguf_path(name: str) -> Path:
     return path
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _convert_gguf(gguf: Path, key: str) -> Path:
     """Convert a GGUF file to a cached HF folder once (process-safe); return the folder."""
     out = cache_root() / "models" / key
     if (out / "DONE").is_file():
         return out
-    with _file_lock(out.with_suffix(".lock")):
+    with file_lock(out.with_suffix(".lock")):
         if (out / "DONE").is_file():
             return out
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         log.info("converting %s to %s (once)", gguf, out)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # the weights are already de-quantized to float; drop the GGUF quantizer marker
@@ -104,12 +88,11 @@ def _convert_gguf(gguf: Path, key: str) -> Path:
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf}\n")
-        (tmp / "DONE").write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "SOURCE").write_text(f"{gguf}\n")
+            (tmp / "DONE").write_text("ok\n")
     return out
 
 
@@ -137,6 +120,46 @@ def resolve(name: str) -> str:
         f"model {name!r}: not a local folder, a .gguf file, a Hub id (org/name) or an embedded model "
         f"({', '.join('embedded:' + k for k in EMBEDDED)})"
     )
+
+
+MODEL_FILES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model")  # a folder's files its cheap identity covers
+# files of a checkpoint folder that are not the model: training state and gsil-bench's notes (paths, labels, the card)
+NOT_THE_MODEL = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE", "README")
+
+
+def model_identity(name: str, revision: str | None = None, *, contents: bool = False) -> dict[str, Any]:
+    """The one identity of a named model, by which work on it is keyed (generation and reference caches,
+    evaluation reuse): its name and Hub revision and, for a local folder (a checkpoint, a converted GGUF or
+    embedded model), `files`: a hash of its model files' names, sizes and modification times (cheap), or
+    with `contents` of every file's bytes but the training state and our notes (`NOT_THE_MODEL`), and then
+    nothing else: the same weights written twice, in two folders, are one model. Weights held in memory:
+    `weights_fingerprint`."""
+    ident: dict[str, Any] = {"model": name, "revision": revision}
+    folder = Path(resolve(name))
+    if not folder.is_dir():
+        return ident
+    if contents:
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(NOT_THE_MODEL)):
+            h.update(str(f.relative_to(folder)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+        return {"files": h.hexdigest()}
+    else:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_FILES)
+        ident["files"] = hash_obj([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return ident
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A cheap fingerprint of an in-memory model's weights (per-tensor sum and sum of squares)."""
+    import torch
+
+    with torch.no_grad():
+        stats = [(n, round(float(p.float().sum()), 6), round(float(p.float().pow(2).sum()), 6))
+                 for n, p in model.named_parameters()]
+    return hash_obj(stats)
 
 
 def load_tokenizer(name: str, revision: str | None = None) -> Any:

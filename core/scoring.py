@@ -15,12 +15,15 @@ what it is scored on cannot drift apart.
   most [B, chunk, vocab] logits exist; with gradients on, each chunk runs under
   non-reentrant activation checkpointing. Logit soft-capping (Gemma 2) and `logit_scale`
   (Cohere) are honoured.
-- `score(model, seqs)`: the same without gradients, batched by length, as plain numbers.
+- `score_batches(model, seqs, ...)`: the one batched driver: the same without gradients, in eval mode,
+  batched by length (reference log-probs, the held-out NLL during training, the held-out tasks; training
+  passes its own forward, which takes packed batches and the module accelerate wrapped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from gsil_bench.core.errors import ConfigError, DataError
+from gsil_bench.core.progress import Progress
 
 Chat = list[dict[str, str]]
 
@@ -146,10 +150,16 @@ def collate(seqs: Sequence[EncodedSeq], pad_id: int) -> Batch:
 # --- log-probs -----------------------------------------------------------------------
 
 
-def causal_lm(model: Any) -> Any:
-    """The underlying Hugging Face causal LM (through DDP and peft wrappers)."""
-    while hasattr(model, "module"):  # DistributedDataParallel / accelerate wrappers
+def unwrap(model: Any) -> Any:
+    """The module inside DistributedDataParallel / accelerate wrappers (their `.module`): the one unwrap."""
+    while hasattr(model, "module"):
         model = model.module
+    return model
+
+
+def causal_lm(model: Any) -> Any:
+    """The underlying Hugging Face causal LM (through DDP, `trainers.logprobs.LogpsModule` and peft wrappers)."""
+    model = unwrap(model)
     model = getattr(model, "wrapped_lm", model)  # trainers.logprobs.LogpsModule
     if hasattr(model, "get_base_model"):  # peft: LoRA layers are injected in place
         model = model.get_base_model()
@@ -206,7 +216,7 @@ def token_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, tor
 def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of response-token log-probs [B], response token counts [B]) computed chunk-wise, for a
     batch of one sequence per row; with `sequence_index` set, summed per sequence index instead.
-    (A packed, padding-free batch goes through trainers.packing: trainers.logprobs.sequence_logps.)"""
+    (A packed, padding-free batch goes through trainers.packing: trainers.logprobs.forward_logps.)"""
     logps, mask, first = token_logps(model, batch, chunk)
     if batch.sequence_index is None:
         return logps.sum(dim=1), mask.sum(dim=1)
@@ -218,18 +228,40 @@ def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, 
     return sums, counts
 
 
-def score(model: Any, seqs: Sequence[EncodedSeq], *, pad_id: int = 0, batch_size: int = 4,
-          chunk: int = 128) -> list[tuple[float, int]]:
-    """(summed response log-prob, response tokens) per sequence under `model`, teacher-forced and
-    without gradients, in right-padded batches of similar lengths (results in input order): the
-    held-out tasks' and any evaluation's scoring, the same computation training runs."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].input_ids))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            rows = order[b : b + batch_size]
-            sums, counts = sequence_logps(model, collate([seqs[i] for i in rows], pad_id).to(device), chunk)
-            for i, total, n in zip(rows, sums.tolist(), counts.tolist()):
-                out[i] = (float(total), int(n))
-    return out
+Forward = Callable[[Any, Batch, int], tuple[torch.Tensor, torch.Tensor]]  # (model, batch, chunk) -> (sums, counts)
+
+
+def score_batches(model: Any, seqs: Sequence[EncodedSeq], *, pad_id: int = 0, batch_size: int = 4, chunk: int = 128,
+                  forward: Forward | None = None, autocast: Callable[[], Any] | None = None, device: Any = None,
+                  desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed response log-probs [N] float32, response tokens [N] long) of `seqs` under `model`, teacher-forced:
+    the one batched scoring driver (reference log-probs, the held-out NLL during training, the held-out tasks).
+
+    The model in eval mode (its mode restored after), no gradients, right-padded batches of similar lengths
+    (longest first: a batch that does not fit fails at once), results in input order. `forward(model, batch,
+    chunk)` computes a batch's log-probs (default `sequence_logps`; training passes its own, which also takes
+    the module accelerate wrapped), `autocast` a context factory (training's mixed precision), `device` where
+    batches go (default: the model's first parameter's), `desc` a progress bar."""
+    forward = forward or sequence_logps
+    device = device if device is not None else next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    sums = torch.zeros(len(seqs), dtype=torch.float32)
+    counts = torch.zeros(len(seqs), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    bar = Progress(len(seqs), desc) if desc else None
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = torch.as_tensor(order[start : start + batch_size])
+                batch = collate([seqs[i] for i in rows.tolist()], pad_id).to(device)
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    logps, n = forward(model, batch, chunk)
+                sums[rows], counts[rows] = logps.float().cpu(), n.round().long().cpu()
+                if bar is not None:
+                    bar.update(len(rows))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return sums, counts

@@ -9,6 +9,7 @@ Unknown keys are errors with a did-you-mean; missing required fields too.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -31,6 +32,7 @@ class Located:
         self.file = file
         self.lines = lines or {}
         self.given: dict[str, str] = {}  # key path -> the command line's KEY=VALUE that set it
+        self.written: dict[int, int] = {}  # a sweep's method variant -> the method it was expanded from (core.sweeps)
 
     def mark_overrides(self, overrides: list[str]) -> None:
         """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML."""
@@ -46,10 +48,18 @@ class Located:
             return self.at(key.rsplit(".", 1)[0])
         return f"{self.file}:{line}" if line else self.file
 
+    def as_written(self, key: str) -> str:
+        """`key` naming the method as the YAML writes it: a sweep variant's `methods[j]` is the method
+        `methods[i]` it was expanded from, so a mistake the variants share is one problem, not one each."""
+        head = re.match(r"methods\[(\d+)\]", key)
+        if head and int(head.group(1)) in self.written:
+            return f"methods[{self.written[int(head.group(1))]}]" + key[head.end():]
+        return key
+
     def render(self, problem: Problem) -> str:
-        """One line: file:line (of the problem's key, or its nearest parent), key, message."""
+        """One line: file:line (of the problem's key, or its nearest parent), key (as written), message."""
         key = problem.key if problem.at is None else problem.at
-        return problem.render(self.at(key) if key else self.file)
+        return dataclasses.replace(problem, key=self.as_written(problem.key)).render(self.at(key) if key else self.file)
 
 
 class _Bad(Exception):
@@ -262,6 +272,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def method_label(entry: Any) -> str:
+    """The one label rule of a method: its `name`, else its loss; for a method block as written (YAML
+    data, a run folder's config.yaml) or built (`core.config.MethodConfig.label`). Reports, folders and
+    overrides (`methods.<label>.params.b=...`) name a method by it."""
+    get = entry.get if isinstance(entry, dict) else lambda key: getattr(entry, key, None)
+    return str(get("name") or get("loss"))
+
+
 def _element(items: list[Any], key: str, text: str, where: str) -> Any:
     """The element of a list an override names: by 0-based index, or by its label (a method's
     `name`, else its `loss`)."""
@@ -269,7 +287,7 @@ def _element(items: list[Any], key: str, text: str, where: str) -> Any:
         if int(key) < len(items):
             return items[int(key)]
         raise ConfigError(f"override {text!r}: {where} has {len(items)} entries, no index {key}")
-    labels = [str(v.get("name") or v.get("loss")) if isinstance(v, dict) else "" for v in items]
+    labels = [method_label(v) if isinstance(v, dict) else "" for v in items]
     if labels.count(key) == 1:
         return items[labels.index(key)]
     if labels.count(key) > 1:

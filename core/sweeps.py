@@ -36,9 +36,10 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from gsil_bench.core.config import OVERRIDABLE, SharedConfig, for_method, hash_view
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.io import hash_obj
-from gsil_bench.core.strict import Located
+from gsil_bench.core.strict import Located, method_label
 
 SCALARS = (int, float, str, bool)
 
@@ -63,8 +64,6 @@ def _is_scalar(tp: Any) -> bool:
 
 def shared_key_type(dotted: str) -> Any:
     """The schema type of a key dotted below `shared` (None when there is no such key)."""
-    from gsil_bench.core.config import SharedConfig
-
     tp: Any = SharedConfig
     for part in dotted.split("."):
         tp = _unwrap(tp)
@@ -100,8 +99,6 @@ def variant_label(label: str, point: dict[str, Any]) -> str:
 def _shared_axes(data: dict[str, Any], loc: Located) -> list[tuple[str, list[Any]]]:
     """(override key, values) of every list-valued scalar below the overridable shared blocks;
     each is replaced by its first value in `data`."""
-    from gsil_bench.core.config import OVERRIDABLE
-
     axes: list[tuple[str, list[Any]]] = []
 
     def walk(node: dict[str, Any], prefix: str) -> None:
@@ -186,7 +183,7 @@ def expand_sweeps(data: dict[str, Any], loc: Located) -> tuple[dict[str, Any], L
             methods.append(method)
             origin.append(i)
             continue
-        label = str(method.get("name") or method.get("loss"))
+        label = method_label(method)
         for combo in itertools.product(*(values for _, values in axes)):
             point = dict(zip((k for k, _ in axes), combo))
             variant = copy.deepcopy(method)
@@ -215,14 +212,13 @@ def _relocated(loc: Located, origin: list[int]) -> Located:
                 lines[f"methods[{j}]" + k[len(head):]] = v
     moved = copy.copy(loc)  # keeps whatever else a Located records (e.g. which keys came from the command line)
     moved.lines = lines
+    moved.written = dict(enumerate(origin))  # problems name the method as written, once for all its variants
     return moved
 
 
 def variant_hash(cfg: Any, label: str) -> str:
     """sha256 (first 16 hex) of what a method trains with: the shared block as the method sees
     it (its overrides applied), its loss, parameters and per-iteration parameters."""
-    from gsil_bench.core.config import for_method, hash_view
-
     method = cfg.method(label)
     return hash_obj({"shared": hash_view(for_method(cfg, label).shared), "loss": method.loss,
                      "params": method.params, "per_iteration": hash_view(method.per_iteration)})[:16]
@@ -240,8 +236,6 @@ def sweeps_of(cfg: Any) -> dict[str, list[Any]]:
 def inputs_group(cfg: Any, label: str) -> str:
     """Hash of what a method's first-iteration inputs (the starting model's generations and the
     reference log-probs) depend on in the config: equal for variants that share them."""
-    from gsil_bench.core.config import for_method, hash_view
-
     s = for_method(cfg, label).shared
     return hash_obj({"model": s.model, "revision": s.model_revision, "data": hash_view(s.train_data),
                      "preference": hash_view(s.preference_data), "generation": hash_view(s.generation),
@@ -253,8 +247,6 @@ def describe_sweeps(cfg: Any, uses_inputs: typing.Callable[[str], bool]) -> list
     """Lines for `run --dry-run`: each sweep's variants with their hashes, and what they share.
     `uses_inputs(label)`: the method's first iteration needs the starting model's generations or
     reference log-probs."""
-    from gsil_bench.core.config import for_method
-
     lines = []
     for label, variants in sweeps_of(cfg).items():
         grid = " x ".join(f"{k} in [{', '.join(dict.fromkeys(value_text(m.sweep[k]) for m in variants))}]"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.errors import ConfigError, Problem
-from gsil_bench.core.io import temp_name
+from gsil_bench.core.io import atomic_write_text
 from gsil_bench.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,7 @@ class Tracking:
         ids_file = self.folder / "mlflow_runs.json"
         ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
         ids[self.run_name] = run_id
-        tmp = temp_name(ids_file)
-        tmp.write_text(json.dumps(ids, indent=1))
-        tmp.replace(ids_file)
+        atomic_write_text(ids_file, json.dumps(ids, indent=1))
 
     def _wandb(self, experiment: str) -> Any:
         from accelerate.tracking import WandBTracker

@@ -6,54 +6,49 @@ optimizer steps per iteration, the self-play generations it needs, what is reuse
 (finished iterations, shared iteration-1 inputs under shared/, finished task folders),
 and the settings that send results elsewhere (trackers, Hub push). A sweep's variants are
 listed with their hashes and the work they share (core.sweeps). Nothing is loaded but
-the config and the training data file (to count its examples).
+the config and the training data files (to count their examples). The optimizer steps are the
+loop's own plan (trainers.api.planned_steps: the method's overrides, each iteration's schedule and
+self-play history, and the processes of the launch, WORLD_SIZE).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.config import DataConfig, ExperimentConfig
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
-from gsil_bench.core.io import is_done, read_json
+from gsil_bench.core.io import hash_obj, is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import describe_sweeps
 from gsil_bench.harness.plan import Run, Step, plan_steps
 from gsil_bench.harness.steps import eval_done, train_done
-from gsil_bench.trainers.api import iteration_plan, train_key
+from gsil_bench.trainers.api import launch_processes, planned_steps, train_key, training_data
 from gsil_bench.trainers.data import load_examples
+from gsil_bench.trainers.loop import StepPlan
 from gsil_bench.trainers.losses import LOSSES
 
 
-def steps_per_iteration(cfg: ExperimentConfig, examples: int, processes: int = 1) -> int:
-    """Optimizer steps of one iteration (as trainers.loop plans them)."""
-    t = cfg.shared.train
-    per_step = t.batch_size * t.grad_accum * processes
-    total = math.ceil(examples / per_step) * t.epochs
-    return total if t.max_steps is None else min(t.max_steps, total)
-
-
-def _train_line(cfg: ExperimentConfig, layout: RunLayout, step: Step, n_steps: int, examples: int) -> str:
+def _train_line(cfg: ExperimentConfig, layout: RunLayout, step: Step, plans: list[StepPlan], examples: int) -> str:
     assert step.seed is not None
     loss = cfg.method(step.method).loss
     key = train_key(cfg, step.method, step.seed)
     parts = []
-    for k in range(1, iteration_plan(cfg, step.method) + 1):
+    for k, plan in enumerate(plans, 1):
         folder = layout.iter_dir(step.method, step.seed, k)
         if is_done(folder):
             same = (read_json(folder / "DONE") or {}).get("key") in (None, key)
             parts.append(f"iter {k}: done, reused" if same else f"iter {k}: trained with ANOTHER configuration (error)")
         elif (folder / "state" / "info.json").is_file():
             at = read_json(folder / "state" / "info.json").get("step", 0)
-            parts.append(f"iter {k}: resumes at step {at}/{n_steps}")
+            parts.append(f"iter {k}: resumes at step {at}/{plan.total}")
         else:
             gen = ""
-            if LOSSES.needs_pairs(loss) and (LOSSES.self_play(loss) or cfg.shared.preference_data is None):
+            if LOSSES.needs_pairs(loss) and training_data(cfg, step.method)[0] == "train_data":
                 gen = (f", generates {examples} responses" if k > 1 else
                        ", the starting model's responses (shared across methods" +
                        (", already generated)" if _shared_done(layout) else f": {examples}, generated once)"))
-            parts.append(f"iter {k}: {n_steps} steps{gen}")
+            parts.append(f"iter {k}: {plan.total} steps{gen}")
     return f"train {step.method} (loss {loss}) seed {step.seed}: " + "; ".join(parts)
 
 
@@ -63,23 +58,33 @@ def _shared_done(layout: RunLayout) -> bool:
 
 
 def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> list[str]:
-    """The plan as lines of text."""
+    """The plan as lines of text, for the processes of this launch (WORLD_SIZE)."""
     layout = RunLayout(root)
     run = Run(cfg, Path(root), data_dir, {}, plan_steps(cfg))
-    examples = len(load_examples(cfg.shared.train_data, resolve_data_dir(data_dir, cfg.shared.data_dir)))
-    n_steps = steps_per_iteration(cfg, examples)
-    t = cfg.shared.train
+    folder = resolve_data_dir(data_dir, cfg.shared.data_dir)
+    counted: dict[str, int] = {}
+
+    def examples(data: DataConfig) -> int:  # each data file read once
+        key = hash_obj(to_plain(data))
+        if key not in counted:
+            counted[key] = len(load_examples(data, folder))
+        return counted[key]
+
+    processes, t = launch_processes(), cfg.shared.train
     lines = [f"plan of {cfg.name} in {root} ({'exists' if Path(root).is_dir() else 'new'}): "
-             f"{len(cfg.methods)} method(s) x {len(cfg.shared.seeds)} seed(s); {examples} training examples, "
-             f"global batch {t.batch_size * t.grad_accum}, {n_steps} optimizer steps per iteration; "
+             f"{len(cfg.methods)} method(s) x {len(cfg.shared.seeds)} seed(s); {examples(cfg.shared.train_data)} "
+             f"training examples, global batch {t.batch_size * t.grad_accum * processes} ({t.batch_size} x "
+             f"{t.grad_accum} accumulation x {processes} process{'es' if processes > 1 else ''}); "
              f"tasks {', '.join(cfg.shared.eval.tasks)}" + (f" (first {cfg.shared.eval.limit} items)"
                                                             if cfg.shared.eval.limit else "")]
     lines += describe_sweeps(cfg, lambda label: LOSSES.needs_pairs(cfg.method(label).loss))
     todo = 0
     for step in run.steps:
         if step.kind == "train":
+            n = examples(training_data(cfg, step.method)[1])
             done = Path(root).is_dir() and train_done(run, step)
-            lines.append(("[skip] " if done else "[todo] ") + _train_line(cfg, layout, step, n_steps, examples))
+            lines.append(("[skip] " if done else "[todo] ")
+                         + _train_line(cfg, layout, step, planned_steps(cfg, step.method, n, processes), n))
         else:
             done = Path(root).is_dir() and eval_done(run, step)
             what = "the starting model" if step.method == BASE else f"{step.method} seed {step.seed} iter {step.iteration}"

@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from gsil_bench.core.config import ExperimentConfig, MethodConfig, experiment_from_dict
+from gsil_bench.core.config import ExperimentConfig, MethodConfig
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.io import atomic_write_json
 from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.strict import to_plain
 from gsil_bench.harness.workers import is_claimed, read_record

@@ -16,7 +16,6 @@ eval task names and their documents.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -30,8 +29,7 @@ from typing import Any
 import yaml
 
 from gsil_bench.core.config import ExperimentConfig, shared_hash
-from gsil_bench.core.errors import ConfigError
-from gsil_bench.core.io import atomic_write_json, atomic_write_text, read_json
+from gsil_bench.core.io import atomic_write_json, atomic_write_text, folder_lock, read_json
 from gsil_bench.core.layout import RunLayout
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.strict import Located, to_plain
@@ -44,17 +42,6 @@ from gsil_bench.reports.report import write_report
 from gsil_bench.trainers.anatomy import write_loss_facts
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(RunLayout(root).lock, "w") as fh:
-        try:  # shared: several `gsil-bench run` processes may work through one folder (harness.workers)
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another gsil-bench run or eval is using this folder") from None
-        yield
 
 
 def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
@@ -189,7 +176,7 @@ def run_experiment(cfg: ExperimentConfig, root: str | Path, *, data_dir: str | N
     rank, world = _world()
     if world > 1 and rank != 0:
         return _launch_worker(cfg, root, data_dir, started)
-    with _locked(root):
+    with folder_lock(root, shared=True):  # several `run` processes may work through one folder (harness.workers)
         run = _open_run(cfg, root, data_dir)
         _write_provenance(run, data_files, started)
         todo = [s for s in run.steps if s.status != "done"]

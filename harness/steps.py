@@ -9,16 +9,15 @@ first evaluation of that model (`fingerprint`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.config import ExperimentConfig, hash_view
-from gsil_bench.core.io import atomic_write_json, hash_obj, is_done, read_json
+from gsil_bench.core.io import atomic_path, atomic_write_json, hash_obj, is_done, read_json
 from gsil_bench.core.layout import BASE
+from gsil_bench.core.models import model_identity
 from gsil_bench.core.tracking import log_eval
 from gsil_bench.harness.plan import STEPS, Run, Step, StepKind
 from gsil_bench.tasks.api import evaluate, experiment_eval
@@ -27,9 +26,6 @@ from gsil_bench.trainers.api import train_method
 from gsil_bench.trainers.publish import hub_revision, push_checkpoint, write_model_card
 
 log = logging.getLogger(__name__)
-# checkpoint files that are not the model: training state and gsil-bench metadata (paths, labels)
-SKIP_IN_FINGERPRINT = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "gsil_meta", "DONE",
-                       "README")  # README.md: the model card, rewritten with the scores
 
 
 def eval_dir(run: Run, step: Step) -> Path:
@@ -51,10 +47,9 @@ def eval_hash(cfg: ExperimentConfig) -> str:
 
 
 def eval_tasks(run: Run, step: Step) -> list[str]:
-    """The tasks of an eval step: a model-free task (registered with model_free=True, e.g. the
-    scorer canaries, whose result cannot depend on the model) is scored once, on the base step."""
-    return [t for t in run.cfg.shared.eval.tasks
-            if step.method == BASE or t not in TASKS or not TASKS.meta(t).get("model_free")]
+    """The tasks of an eval step: a model-free task (its record says so, e.g. the scorer canaries, whose
+    result cannot depend on the model) is scored once, on the base step."""
+    return [t for t in run.cfg.shared.eval.tasks if step.method == BASE or t not in TASKS or not TASKS.info(t).model_free]
 
 
 def eval_done(run: Run, step: Step) -> bool:
@@ -80,19 +75,9 @@ def _checkpoint(run: Run, step: Step) -> str:
 
 
 def fingerprint(model: str, revision: str | None = None) -> str:
-    """Content hash of a checkpoint folder's weights, config and tokenizer (optimizer
-    state excluded); a name (Hub id, embedded model) hashes as the name."""
-    h = hashlib.sha256()
-    path = Path(model)
-    if not path.is_dir():
-        h.update(f"name:{model}@{revision}".encode())
-        return h.hexdigest()[:24]
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(SKIP_IN_FINGERPRINT)):
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:24]
+    """The model's identity by content (core.models.model_identity: a checkpoint folder's bytes, training
+    state left out; a Hub id by name and revision): equal for identical weights, which are evaluated once."""
+    return hash_obj(model_identity(model, revision, contents=True))[:24]
 
 
 def _model_record(run: Run, step: Step, out: Path) -> dict[str, Any]:
@@ -119,12 +104,9 @@ def _reuse_identical(run: Run, step: Step, rec: dict[str, Any], task: str, out: 
         if (src.get("fingerprint"), src.get("eval_hash")) != (rec["fingerprint"], rec["eval_hash"]) \
                 or task in src.get("stale", []):
             continue
-        tmp = out / f".{task}.copy{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src_root / task, tmp)
-        atomic_write_json(tmp / "shared_from.json", {"source": str(src_root / task), "fingerprint": rec["fingerprint"]})
-        shutil.rmtree(out / task, ignore_errors=True)
-        os.replace(tmp, out / task)
+        with atomic_path(out / task) as tmp:
+            shutil.copytree(src_root / task, tmp)
+            atomic_write_json(tmp / "shared_from.json", {"source": str(src_root / task), "fingerprint": rec["fingerprint"]})
         log.info("%s/%s: identical model already evaluated in %s, reused", step.id, task, other.id)
         return True
     return False

@@ -16,7 +16,6 @@ from gsil_bench.core.config import (
     ExperimentConfig,
     for_method,
     override_problems,
-    parse_experiment,
     raise_problems,
     schedule_problems,
     self_play_problems,
@@ -25,6 +24,7 @@ from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.datadir import local_file
 from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.layout import RESERVED
+from gsil_bench.core.loading import parse_experiment
 from gsil_bench.core.models import ModelError, resolve
 from gsil_bench.core.registry import did_you_mean
 from gsil_bench.core.strict import Located

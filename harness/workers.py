@@ -1,6 +1,6 @@
 """Several processes working through one run folder: each claims the steps it runs.
 
-A step is claimed by an exclusive, non-blocking `flock` on `<step folder>/.claim`: only
+A step is claimed by an exclusive, non-blocking `flock` on `<step folder>/.claim` (core.io.file_lock): only
 one process runs it, and the kernel releases the claim when that process ends, so a
 step of a process killed with `kill -9` is picked up by the next process that looks.
 A step is finished when its DONE markers exist (the markers are the truth, as before),
@@ -20,7 +20,6 @@ and GPFS with locking enabled).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gsil_bench.core.io import atomic_write_json, read_json
+from gsil_bench.core.io import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 CLAIM, RECORD = ".claim", "step.json"
@@ -58,17 +57,8 @@ def this_worker() -> Worker:
 def claim(folder: Path) -> Iterator[bool]:
     """Try to claim `folder`'s step: yields True while this process holds it, False when
     another process does (never blocks)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / CLAIM, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(folder / CLAIM, wait=False) as got:
+        yield got
 
 
 def is_claimed(folder: Path) -> bool:

@@ -15,16 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gsil_bench.reports.anatomy import method_facts  # noqa: E402
-from gsil_bench.reports.rundata import BASE  # noqa: E402
-from gsil_bench.reports.style import method_colors, scale  # noqa: E402
-from gsil_bench.reports.tables import Cell, Comparison  # noqa: E402
+from gsil_bench.reports.anatomy import method_facts
+from gsil_bench.reports.figures import grid, layout, plt, save
+from gsil_bench.reports.rundata import BASE
+from gsil_bench.reports.style import method_colors, scale
+from gsil_bench.reports.tables import Cell, Comparison
 
 
 def swept_keys(facts: dict[str, dict[str, Any]]) -> list[str]:
@@ -112,8 +109,6 @@ def sweep_lines(comp: Comparison) -> dict[str, dict[str, list[tuple[Any, str]]]]
 
 def sweep_plots(comp: Comparison, out_dir: Path) -> list[Path]:
     """One figure per swept key (none when the run has no sweep)."""
-    from gsil_bench.reports.plots import _figure_legend, _grid, _save
-
     facts = method_facts(comp.run)
     paths = []
     for key in swept_keys(facts):
@@ -123,12 +118,11 @@ def sweep_plots(comp: Comparison, out_dir: Path) -> list[Path]:
         if not cols:
             continue
         colors = method_colors(comp.run.methods)  # a line takes its first variant's colour
-        fig, axes = _grid(len(cols))
+        fig, axes = grid(len(cols))
         for ax, col in zip(axes, cols):
             _panel(ax, comp, col, lines, facts, colors, key)
         fig.suptitle(f"ablation over {key}: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
-        fig.tight_layout()
-        _figure_legend(fig, axes)
+        layout(fig, axes)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
-        paths.append(_save(fig, out_dir / f"sweep-{safe}.png"))
+        paths.append(save(fig, out_dir / f"sweep-{safe}.png"))
     return paths

@@ -18,17 +18,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from gsil_bench.core.io import read_json  # noqa: E402
-from gsil_bench.core.layout import RunLayout  # noqa: E402
-from gsil_bench.reports.rundata import RunData  # noqa: E402
-from gsil_bench.reports.style import method_colors  # noqa: E402
+from gsil_bench.core.io import read_json
+from gsil_bench.core.layout import RunLayout
+from gsil_bench.reports import html as H
+from gsil_bench.reports.figures import layout, plt, save
+from gsil_bench.reports.rundata import RunData
+from gsil_bench.reports.style import method_colors
+from gsil_bench.reports.tables import to_html, to_markdown
 
 NOTE = ("w_real = -dL/dr_real and w_gen = dL/dr_gen, by autograd through the loss registry; r = log pi - log pi_ref "
         "of the summed response log-probs. \"at r=0\": the start of every iteration (first iteration's parameters); "
@@ -101,8 +100,6 @@ def anatomy_frame(run: RunData) -> pd.DataFrame:
 
 def anatomy_plot(run: RunData, path: Path) -> Path | None:
     """Two panels: the generated share at r=0 per method (bars), and along training per method."""
-    from gsil_bench.reports.plots import _figure_legend, _save
-
     facts = method_facts(run)
     if not facts:
         return None
@@ -138,23 +135,18 @@ def anatomy_plot(run: RunData, path: Path) -> Path | None:
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("generated share")
     curves.set_title("along training (logged mean log ratios)" if drawn else "along training: no logged rewards")
-    fig.tight_layout()
-    _figure_legend(fig, [bars])
-    return _save(fig, path)
+    layout(fig, [bars])
+    return save(fig, path)
 
 
 def anatomy_markdown(run: RunData) -> str:
     """The '## Loss anatomy' part of tables.md ('' without losses.json)."""
-    from gsil_bench.reports.tables import to_markdown
-
     frame = anatomy_frame(run)
     return "" if frame.empty else "\n".join(["## Loss anatomy", "", to_markdown(frame), "", NOTE, ""])
 
 
 def sweep_section(sweep_pngs: list[Path]) -> list[str]:
     """The HTML section of the parameter ablations (one figure per swept key), or none."""
-    from gsil_bench.reports import html as H
-
     if not sweep_pngs:
         return []
     figs = "".join(H.figure(p, f"metric against {p.stem.removeprefix('sweep-')} per loss member", p.stem)
@@ -164,8 +156,5 @@ def sweep_section(sweep_pngs: list[Path]) -> list[str]:
 
 def anatomy_table_html(run: RunData) -> str:
     """The loss-anatomy table and its note for the figure's HTML section ('' without losses.json)."""
-    from gsil_bench.reports import html as H
-    from gsil_bench.reports.tables import to_html
-
     frame = anatomy_frame(run)
     return "" if frame.empty else to_html(frame, "anatomy") + f"<p class=note>{H.esc(NOTE)}</p>"

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, Agg backend; PNG at 300 dpi, with PDF and SVG beside it):
+"""The report's figures of results (drawn and saved with reports.figures: PNG at 300 dpi, with PDF
+and SVG beside it):
 
 - `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
   side per task with their intervals, against the baseline and the starting model;
@@ -14,23 +15,18 @@ labels with display names and units; the legend sits below the panels, clear of 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+from gsil_bench.reports.anatomy import family_of, method_facts
+from gsil_bench.reports.figures import grid, layout, plt, save
+from gsil_bench.reports.rundata import BASE, RunData
+from gsil_bench.reports.stats import Interval
+from gsil_bench.reports.style import method_colors, scale
+from gsil_bench.reports.tables import Comparison
 
-from gsil_bench.core.io import temp_name  # noqa: E402
-from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
-from gsil_bench.reports.stats import Interval  # noqa: E402
-from gsil_bench.reports.style import method_colors, scale  # noqa: E402
-from gsil_bench.reports.tables import Comparison  # noqa: E402
-
-log = logging.getLogger(__name__)
 YLABELS = {"loss": "loss", "rewards/real": "log ratio r(real)", "rewards/generated": "log ratio r(generated)",
            "rewards/accuracy": "accuracy (fraction)"}
 CURVES = (  # (metrics.jsonl key, panel title)
@@ -39,55 +35,6 @@ CURVES = (  # (metrics.jsonl key, panel title)
     ("rewards/generated", "reward of generated"),
     ("rewards/accuracy", "classifier accuracy"),
 )
-DPI = 300
-FORMATS = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None},
-           ".svg": {"Date": None}}  # metadata left out so a figure's bytes depend on its data only
-matplotlib.rcParams["svg.hashsalt"] = "gsil-bench"
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically; a
-    figure with a problem a reader would see (figure_problems) is saved with a warning naming it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, meta in FORMATS.items():
-        dest = path.with_suffix(suffix)
-        tmp = temp_name(dest)  # unique per process: two workers may write one run's report at once
-        fig.savefig(tmp, format=suffix[1:], dpi=DPI, bbox_inches="tight", metadata=meta)
-        tmp.replace(dest)
-        if suffix == ".png":  # drawn now: text extents are known
-            for problem in figure_problems(fig):
-                log.warning("%s: %s", path.name, problem)
-    plt.close(fig)
-    return path
-
-
-def figure_problems(fig: plt.Figure) -> list[str]:
-    """What a reviewer would object to in a drawn figure: a panel with no data, a panel without title
-    or axis labels, tick labels printed over one another."""
-    out = []
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (matplotlib.use above)
-    for ax in (a for a in fig.axes if a.get_visible()):
-        name = ax.get_title() or "untitled panel"
-        has_data = any(len(np.atleast_1d(line.get_xdata())) for line in ax.get_lines()) or ax.patches or ax.collections
-        if not has_data:
-            out.append(f"{name}: empty panel")
-        if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
-            out.append(f"{name}: missing title or axis label")
-        for axis in (ax.xaxis, ax.yaxis):
-            boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
-            if any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
-                out.append(f"{name}: overlapping {axis.axis_name} tick labels")
-    return out
-
-
-def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
-    cols = 2 if n == 4 else min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
 
 
 def _below(iv: Interval) -> float:
@@ -131,8 +78,6 @@ def _symlog_ticks(ax: plt.Axes, lin: float) -> list[float]:
 def family_members(run: RunData, family: str) -> list[str]:
     """Unswept methods whose loss declared `family` in the registry (losses.json; sweep variants
     have their own figure, reports.ablation)."""
-    from gsil_bench.reports.anatomy import method_facts
-
     facts = method_facts(run)
     return [m for m in run.methods if m != BASE and (facts.get(m) or {}).get("family") == family
             and not (facts.get(m) or {}).get("sweep")]
@@ -143,7 +88,7 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
     cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
     if not members or not cols:
         return None
-    fig, axes = _grid(len(cols))
+    fig, axes = grid(len(cols))
     colors = method_colors(comp.run.methods)
     for ax, col in zip(axes, cols):  # a task, or task/metric
         xs, drawn = np.arange(len(members)), []
@@ -168,16 +113,13 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
         ax.set_ylabel(comp.label_of(col))
         ax.set_xlabel(f"{family.upper()} member (convex function)")
     fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
-    fig.tight_layout()
-    _figure_legend(fig, axes)
-    return _save(fig, path)
+    layout(fig, axes)
+    return save(fig, path)
 
 
 def loss_family(run: RunData, method: str) -> str:
     """The family of a method's loss as the loss declared it in the registry (losses.json); a run folder
     without that file: the loss's own name (its own family), never guessed from the name."""
-    from gsil_bench.reports.anatomy import family_of
-
     return family_of(run, method) or run.loss_of(method)
 
 
@@ -226,7 +168,7 @@ def training_curves(run: RunData, path: Path) -> Path | None:
     panels = _panels(run, curves)
     if not panels:
         return None
-    fig, axes = _grid(len(panels))
+    fig, axes = grid(len(panels))
     colors = method_colors(run.methods)
     for ax, (key, title, shown) in zip(axes, panels):
         for (m, seed), rows in curves.items():
@@ -243,9 +185,8 @@ def training_curves(run: RunData, path: Path) -> Path | None:
         _mark_iterations(ax, {x: it for m in shown for x, it in starts.get(m, {}).items()})
         ax.set_xlabel("optimizer step (self-play iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    _figure_legend(fig, axes)
-    return _save(fig, path)
+    layout(fig, axes)
+    return save(fig, path)
 
 
 def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
@@ -254,7 +195,7 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
     cols = [c for c in per_iter.columns if any(k[0] in methods and k[2] == c for k in cells)]  # no empty panels
     if not methods or not cols:
         return None
-    fig, axes = _grid(len(cols))
+    fig, axes = grid(len(cols))
     colors = method_colors(per_iter.run.methods)
     for ax, col in zip(axes, cols):
         k = scale(per_iter.facts_of(col))
@@ -279,24 +220,10 @@ def iteration_plot(per_iter: Comparison, path: Path) -> Path | None:
         last = max((k[1] for k in cells), default=1)
         ax.set_xticks(range(last + 1))  # the iterations themselves (a one-point panel gets no fractional ticks)
         ax.set_xlim(-0.5, last + 0.5)
-    fig.tight_layout()
-    _figure_legend(fig, axes)
-    return _save(fig, path)
+    layout(fig, axes)
+    return save(fig, path)
 
 
 def _scaled(iv: Interval, k: float) -> Interval:
     """An interval in display units (percent for fractions)."""
     return Interval(iv.value * k, iv.ci_low * k, iv.ci_high * k, iv.n, iv.seeds)
-
-
-def _figure_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
-    """One legend below the panels with every label any panel drew."""
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if labels:  # below the figure (after tight_layout): savefig's tight box takes it in, no panel is covered
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure)

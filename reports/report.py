@@ -26,6 +26,7 @@ import yaml
 
 from gsil_bench.core.datadir import data_dir
 from gsil_bench.core.io import atomic_write_text
+from gsil_bench.core.strict import method_label
 from gsil_bench.reports import ablation, anatomy, plots, significance, tables
 from gsil_bench.reports import html as H
 from gsil_bench.reports.published import load_published, published_display, published_frame, resolve_published
@@ -91,7 +92,7 @@ def config_check(run: RunData) -> tuple[bool | None, str]:
 
 def method_overrides(run: RunData) -> str:
     """The shared keys single methods change (methods[i].overrides), for the line beside the hash."""
-    parts = [f"{m.get('name') or m['loss']}: " + ", ".join(f"{k}={v}" for k, v in m["overrides"].items())
+    parts = [f"{method_label(m)}: " + ", ".join(f"{k}={v}" for k, v in m["overrides"].items())
              for m in run.config.get("methods", []) if m.get("overrides")]
     return "per-method overrides (outside the hash): " + "; ".join(parts) if parts else ""
 

@@ -25,6 +25,7 @@ from gsil_bench.core.errors import GsilError
 from gsil_bench.core.facts import MetricFacts
 from gsil_bench.core.io import is_done, read_json, read_jsonl, read_jsonl_strict
 from gsil_bench.core.layout import BASE, RunLayout
+from gsil_bench.core.strict import method_label
 
 
 class RunDataError(GsilError, ValueError):
@@ -150,7 +151,7 @@ class RunData:
     @property
     def methods(self) -> list[str]:
         """Labels in config order, then any other method found on disk; base first."""
-        labels = [m.get("name") or m["loss"] for m in self.config.get("methods", [])]
+        labels = [method_label(m) for m in self.config.get("methods", [])]
         found = [e.method for e in self.evals] + [t.method for t in self.train]
         extra = sorted({m for m in found if m not in labels and m != BASE})
         out = labels + extra
@@ -158,7 +159,7 @@ class RunData:
 
     def loss_of(self, method: str) -> str:
         for m in self.config.get("methods", []):
-            if (m.get("name") or m["loss"]) == method:
+            if method_label(m) == method:
                 return str(m["loss"])
         return method
 

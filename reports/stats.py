@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gsil_bench.core.stats import t_interval as core_t_interval
+from gsil_bench.core.stats import t_interval
 
 DEFAULT_SEED = 20241014  # fixed: reports must be reproducible
 
@@ -113,9 +113,10 @@ def hierarchical_ci(matrix: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.
     return Interval(float(m.mean()), lo, hi, n, k)
 
 
-def t_interval(values: list[float], alpha: float = 0.05) -> Interval:
-    """Mean over seeds with a Student-t interval (core.stats; used when per-item scores are missing)."""
-    lo, hi = core_t_interval(values, 1 - alpha)
+def seed_interval(values: list[float], alpha: float = 0.05) -> Interval:
+    """Mean over seeds with core.stats.t_interval's Student-t interval, as an Interval (used when per-item
+    scores are missing)."""
+    lo, hi = t_interval(values, 1 - alpha)
     return Interval(float(np.mean(values)), lo, hi, 0, len(values))
 
 

@@ -29,7 +29,7 @@ from gsil_bench.reports.stats import (
     hierarchical_ci,
     mean_over_seeds,
     paired_bootstrap,
-    t_interval,
+    seed_interval,
 )
 from gsil_bench.reports.style import column_label, number
 
@@ -127,7 +127,7 @@ def aggregate(results: list[EvalResult], *, n_boot: int, alpha: float,
         ids = sorted(items)
         matrix = np.array([[s[i] for i in ids] for s in per_seed])
         return hierarchical_ci(matrix, n_boot=n_boot, alpha=alpha), items
-    return t_interval([float(r.metric(metric)["value"]) for r in results], alpha), items
+    return seed_interval([float(r.metric(metric)["value"]) for r in results], alpha), items
 
 
 def _mark_best(comp: Comparison) -> None:

@@ -10,17 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from gsil_bench.core.io import atomic_write_text  # noqa: E402
-from gsil_bench.reports import html as H  # noqa: E402
-from gsil_bench.reports.index import RunIndex  # noqa: E402
-from gsil_bench.reports.style import method_colors  # noqa: E402
-from gsil_bench.reports.tables import fmt  # noqa: E402
+from gsil_bench.core.io import atomic_write_text
+from gsil_bench.reports import html as H
+from gsil_bench.reports.figures import plt
+from gsil_bench.reports.index import RunIndex
+from gsil_bench.reports.style import method_colors
+from gsil_bench.reports.tables import fmt
 
 log = logging.getLogger(__name__)
 

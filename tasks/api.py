@@ -5,8 +5,8 @@
 
 Each task writes `<out_dir>/<task>/` (see tasks.base) while holding `<out_dir>`'s folder
 lock (FolderBusy if another process holds it). Idempotent: a task folder whose DONE
-marker records the same evaluation (and intact result files) is skipped. Task names are ours (TASKS) or any
-lm-eval task, checked up front with a did-you-mean. A failing task does not stop the
+marker records the same evaluation (and intact result files) is skipped. Task names are ours (TASKS, every
+task module of the package, found by walking it) or any lm-eval task, checked up front with a did-you-mean. A failing task does not stop the
 others; the first error is raised after all tasks ran, so finished work is kept.
 """
 
@@ -22,7 +22,6 @@ from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.errors import Problem
 from gsil_bench.core.generation import generation_problems
 from gsil_bench.core.io import folder_lock
-from gsil_bench.tasks import canaries, gsm8k, heldout, humaneval, mbpp, mt_bench, protocols  # noqa: F401  (registers the tasks)
 from gsil_bench.tasks.base import TASKS, Task, TaskError, run_task
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.interop import write_interop
@@ -62,9 +61,9 @@ def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = 
         except TaskError as err:
             out.append(Problem("eval.tasks", str(err)))
     if completions is not None:
-        bad = [n for n in names if n not in TASKS or not TASKS.meta(n).get("completions")]
+        bad = [n for n in names if n not in TASKS or not TASKS.info(n).completions]
         if bad:
-            code = [n for n in TASKS.names() if TASKS.meta(n).get("completions")]
+            code = [n for n in TASKS.names() if TASKS.info(n).completions]
             out.append(Problem("", f"--completions scores code tasks only ({', '.join(code)}), not {', '.join(bad)}"))
         if not completions.is_file():
             out.append(Problem("", f"completions file {completions} not found"))
@@ -73,7 +72,7 @@ def task_problems(names: list[str], cfg: EvalConfig, completions: Path | None = 
                            "mt_bench needs a judge: --judge URL (an OpenAI-compatible endpoint) or --judge MODEL "
                            "(a local Hugging Face model), or eval.judge.base_url in the config"))
     out += generation_problems(cfg.generation, "eval.generation")
-    if any(n in TASKS and TASKS.meta(n).get("completions") for n in names):  # code tasks run model-written code
+    if any(n in TASKS and TASKS.info(n).completions for n in names):  # code tasks run model-written code
         try:
             resolve_mode(cfg.code_sandbox)
         except SandboxUnavailable as err:

@@ -7,6 +7,11 @@ scores the outputs and aggregates per-item scores into metrics with 95% interval
     samples = task.evaluate(docs, ctx)     # requests -> (cached) generations -> scored Samples
     metrics = task.aggregate(samples, ctx) # {name: Metric}
 
+A task declares what is known of it before it runs in one frozen record, `TaskInfo` (name, display
+name, description, primary and reported metrics with their facts, how `eval.limit` applies, model-free,
+completions, backend), its `info`; `register_task` adds it to `TASKS`, which finds the task modules by
+walking the package.
+
 `run_task` drives one task into its folder `<out>/<task>/`: samples.jsonl (one line per
 item: id, prompt, output, extracted, reference, scores, plus task fields),
 metrics.json (task, model, primary, reported, display, about, metrics {name: value, ci_low, ci_high,
@@ -18,28 +23,31 @@ file with a warning), reusing the generation/judgment caches.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from gsil_bench.core.config import hash_view
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.facts import MetricFacts, lookup, undeclared
 from gsil_bench.core.io import (
     append_jsonl,
+    atomic_path,
     atomic_write_json,
     hash_obj,
     is_done,
     mark_done,
     read_json,
-    temp_name,
 )
+from gsil_bench.core.models import weights_fingerprint
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.registry import Registry
-from gsil_bench.tasks.context import EvalContext, weights_fingerprint
+from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.stats import Metric
 
 log = logging.getLogger(__name__)
@@ -77,25 +85,44 @@ class TaskResult:
     complete: bool = True  # False: some items failed transiently (e.g. judge errors); no DONE, rerun retries
 
 
+Limit = Literal["documents", "lm-eval", "fixed"]
+LIMITS: dict[str, str] = {  # how `eval.limit` applies to a task: its declared choice
+    "documents": "run_task keeps the task's first `limit` documents",
+    "lm-eval": "lm-eval keeps the first `limit` documents of each of its tasks itself (it is given the limit)",
+    "fixed": "a fixed set of items that eval.limit does not cut (the scorer canaries)",
+}
+Backend = Literal["generator", "hf", "lm-eval"]  # generator: eval.generation's backend; hf: a loaded HF model
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Everything known of a task before it runs, declared once with the task and read by the runner
+    (model-free tasks on the base step only), the evaluation (limit, completions), `metrics.json` and the
+    reports (display, about, primary, reported, each metric's facts) and `eval --help` (its name)."""
+
+    name: str
+    display: str  # how tables, axes and the glossary name it: "HumanEval+"
+    about: str  # one sentence for the report's glossary
+    primary: str = ""  # the metric reports lead with ("": the first the task reports, an lm-eval task by its own name)
+    reported: tuple[str, ...] = ()  # metrics shown beside the primary (their own column; compared)
+    metrics: dict[str, MetricFacts] = field(default_factory=dict)  # a `family/part` metric takes its family's facts
+    metric_facts: Callable[[str], MetricFacts | None] | None = None  # open-ended metric names (pass@k, lm-eval's)
+    limit: Limit = "documents"  # LIMITS
+    model_free: bool = False  # its result cannot depend on the model: the runner scores it once, on the base step
+    completions: bool = False  # scores a completions file too (`eval --completions`: the code tasks)
+    backend: Backend = "generator"
+    protocol: str | None = None  # the named protocol it belongs to (tasks.protocols.PROTOCOLS)
+
+    def facts(self, metric: str) -> MetricFacts | None:
+        """The facts declared for `metric` (None when undeclared)."""
+        return self.metric_facts(metric) if self.metric_facts is not None else lookup(self.metrics, metric)
+
+
 class Task(Protocol):
-    """What every registered task provides."""
+    """What every task provides: its record and the three steps."""
 
     @property
-    def name(self) -> str: ...
-
-    @property
-    def primary(self) -> str: ...  # the metric reports lead with
-
-    @property
-    def reported(self) -> tuple[str, ...]: ...  # metrics shown beside the primary (own column; compared)
-
-    # True when the task applies `ctx.limit` itself (lm-eval does); else run_task cuts the documents
-    applies_limit: bool
-
-    # Also declared by every task (tests/test_facts.py checks them; docs/extending.md), read with getattr:
-    # `display` (how reports name the task, "HumanEval+"), `about` (one sentence for the report's glossary),
-    # and the facts of each metric it writes: `METRICS: dict[str, MetricFacts]` (core.facts; a `family/part`
-    # metric takes its family's), or `metric_facts(name)` where the names are open-ended (lm-eval's, pass@k).
+    def info(self) -> TaskInfo: ...
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]: ...
 
@@ -104,31 +131,77 @@ class Task(Protocol):
     def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]: ...
 
 
+class Registered:
+    """A task class whose record is a class attribute (`info: ClassVar[TaskInfo] = TaskInfo(...)`); its
+    methods may say `self.name` for the record's name."""
+
+    info: ClassVar[TaskInfo]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
 TaskFactory = Callable[[], Task]
-TASKS: Registry[TaskFactory] = Registry("task")
+STANDALONE = ("sandbox_server",)  # a module of the package that runs in its own interpreter (the sandbox's): never imported
 
 
-def register_task(name: str, **meta: Any) -> Callable[[Any], Any]:
-    """Class decorator: `@register_task("humaneval", completions=True)`; sets `cls.name`."""
+class TaskRegistry(Registry[TaskFactory]):
+    """Task name -> factory, with each task's record (`info`). The tasks are found by walking the package:
+    every module of gsil_bench.tasks is imported the first time the registry is read, so a task module
+    registers itself and nothing has to import it for that (a plugin module registers when it is imported)."""
 
-    def deco(cls: Any) -> Any:
-        cls.name = name
-        cls.applies_limit = bool(getattr(cls, "applies_limit", False))
-        cls.reported = tuple(getattr(cls, "reported", ()))
-        cls.display = getattr(cls, "display", None) or name
-        TASKS.add(name, cls, **meta)
-        return cls
+    def __init__(self) -> None:
+        super().__init__("task")
+        self._walked = False
 
-    return deco
+    def _walk(self) -> None:
+        if not self._walked:
+            self._walked = True
+            package = importlib.import_module(__name__.rsplit(".", 1)[0])
+            for found in pkgutil.iter_modules(package.__path__):
+                if found.name not in STANDALONE:
+                    importlib.import_module(f"{package.__name__}.{found.name}")
+
+    def get(self, name: str) -> TaskFactory:
+        self._walk()
+        return super().get(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self._walk()
+        return super().meta(name)
+
+    def names(self) -> list[str]:
+        self._walk()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self._walk()
+        return super().__contains__(name)
+
+    def info(self, name: str) -> TaskInfo:
+        """The task's record (KeyError with a did-you-mean for an unknown name)."""
+        return self.meta(name)["info"]
+
+
+TASKS = TaskRegistry()
+
+
+def register_task(task: Any) -> Any:
+    """Register a task: a class (`@register_task` above it) or a zero-argument factory whose instances
+    carry their record as `info`. The record is read once from a first instance (a task's constructor
+    does no work), so `TASKS.info(name)` answers without loading anything else."""
+    info = task().info
+    TASKS.add(info.name, task, info=info)
+    return task
 
 
 def facts_of(task: Task, name: str, metric: Metric | None = None) -> MetricFacts:
     """The facts `task` declares for its metric `name` (a warning and the defaults when it declares none)."""
-    hook = getattr(task, "metric_facts", None)
-    found = hook(name) if callable(hook) else lookup(getattr(task, "METRICS", {}), name)
+    found = task.info.facts(name)
     if found is None:
         log.warning("%s: metric %r has no declared facts (direction, tolerance, display; see docs/extending.md): "
-                    "reports show it with the defaults", task.name, name)
+                    "reports show it with the defaults", task.info.name, name)
         return undeclared(name, metric.higher_is_better if metric is not None else True)
     return found
 
@@ -150,20 +223,19 @@ def _config_record(task: Task, ctx: EvalContext) -> dict[str, Any]:
 
 def evaluation_key(task: Task, ctx: EvalContext) -> str:
     """What a finished task folder must match to be reused as is."""
-    return hash_obj({"task": task.name, "model": ctx.identity(), "config": _config_record(task, ctx)})
+    return hash_obj({"task": task.info.name, "model": ctx.identity(), "config": _config_record(task, ctx)})
 
 
 def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult, key: str, started: float) -> dict[str, Any]:
     """samples.jsonl, metrics.json, provenance.json (atomic), then DONE when the result is complete."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(folder / "samples.jsonl")
-    append_jsonl(tmp, (s.to_json() for s in result.samples))
-    tmp.replace(folder / "samples.jsonl")
+    with atomic_path(folder / "samples.jsonl") as tmp:
+        append_jsonl(tmp, (s.to_json() for s in result.samples))
+    info = task.info
     metrics = {
-        "task": task.name, "model": ctx.model, "primary": task.primary,
-        "reported": list(task.reported), "display": getattr(task, "display", task.name),
-        "about": getattr(task, "about", ""), "metrics": metrics_record(task, result.metrics),
+        "task": info.name, "model": ctx.model, "primary": info.primary or next(iter(result.metrics), ""),
+        "reported": list(info.reported), "display": info.display, "about": info.about,
+        "metrics": metrics_record(task, result.metrics),
         "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
     }
     if ctx.model_obj is not None:  # the weights actually scored (a model served from the wrong place shows here)
@@ -171,7 +243,7 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     if not result.complete:
         metrics["incomplete"] = True
     atomic_write_json(folder / "metrics.json", metrics)
-    prov = collect(ctx.cfg, data_files=getattr(ctx, "data_files", {}).get(task.name, {}), started=started)
+    prov = collect(ctx.cfg, data_files=getattr(ctx, "data_files", {}).get(info.name, {}), started=started)
     prov["model_identity"] = ctx.identity()
     atomic_write_json(folder / "provenance.json", prov)
     if result.complete:
@@ -179,27 +251,27 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
     else:
         (folder / "DONE").unlink(missing_ok=True)
         log.warning("%s: incomplete (see samples.jsonl); rerun to retry the failed items, cached work is reused",
-                    task.name)
+                    info.name)
     return metrics
 
 
 def run_task(task: Task, ctx: EvalContext, folder: Path) -> dict[str, Any]:
     """Run one task into `folder` unless an identical finished run is already there."""
-    key = evaluation_key(task, ctx)
+    key, name = evaluation_key(task, ctx), task.info.name
     if is_done(folder) and (folder / "metrics.json").is_file():
         done = read_json(folder / "DONE")
         if done.get("key") == key:
-            log.info("%s: done already (%s), skipping", task.name, folder)
+            log.info("%s: done already (%s), skipping", name, folder)
             return read_json(folder / "metrics.json")
-        log.info("%s: %s holds a different evaluation; recomputing (caches are reused)", task.name, folder)
+        log.info("%s: %s holds a different evaluation; recomputing (caches are reused)", name, folder)
         (folder / "DONE").unlink()
     started = time.time()
     ctx.task_folder = folder
     docs = task.load(ctx)
-    if ctx.limit is not None and not task.applies_limit:
+    if ctx.limit is not None and task.info.limit == "documents":
         docs = docs[: ctx.limit]
     if not docs:
-        raise TaskError(f"{task.name}: no documents to evaluate")
+        raise TaskError(f"{name}: no documents to evaluate")
     out = task.evaluate(docs, ctx)
     result = out if isinstance(out, TaskResult) else TaskResult(out, {})
     if not result.metrics:

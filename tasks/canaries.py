@@ -24,11 +24,13 @@ import ast
 import logging
 from typing import Any, ClassVar
 
-from gsil_bench.core.facts import MetricFacts, proportion
-from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
+from gsil_bench.core.facts import proportion
+from gsil_bench.tasks.base import Registered, Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.code import Problem
 from gsil_bench.tasks.context import EvalContext
+from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.humaneval import HumanEval
+from gsil_bench.tasks.lmeval import builtin_yaml, task_spec
 from gsil_bench.tasks.sandbox import SandboxUnavailable, resolve_mode
 from gsil_bench.tasks.stats import Metric, summarize
 
@@ -112,8 +114,6 @@ def lm_eval_verdicts(ctx: EvalContext, responses: list[tuple[dict[str, Any], str
     from lm_eval.api.instance import Instance
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from gsil_bench.tasks.lmeval import builtin_yaml, task_spec
-
     spec, files = task_spec("gsm8k", ctx.data_dir, builtin_yaml("gsm8k/gsm8k.yaml"))
     for split, path in files.items():
         ctx.record_data("scorer_canaries", f"gsm8k {split}", path)
@@ -131,8 +131,6 @@ def lm_eval_verdicts(ctx: EvalContext, responses: list[tuple[dict[str, Any], str
 
 
 def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
-    from gsil_bench.tasks.data import load_rows
-
     rows = load_rows(ctx, "scorer_canaries", "gsm8k/test.jsonl", hub=("openai/gsm8k", "main", "test"),
                      required=("question", "answer"))
     out = []
@@ -145,19 +143,14 @@ def gsm8k_docs(ctx: EvalContext) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
-@register_task("scorer_canaries", model_free=True)
-class ScorerCanaries:
-    name: ClassVar[str]
-    primary: ClassVar[str] = "agreement"
-    reported: ClassVar[tuple[str, ...]] = ()
-    display: ClassVar[str] = "scorer canaries"
-    about: ClassVar[str] = ("fixed completions with known verdicts through the real code and GSM8K scorers; "
-                            "the model plays no part")
-    METRICS: ClassVar[dict[str, MetricFacts]] = {
-        "agreement": proportion("agreement with known verdicts", "share of canaries the scorers judge as "
-                                "expected; must stay 100%", tolerance=0.0, exact=True),
-    }
-    applies_limit = True  # a fixed set: eval.limit does not apply
+@register_task
+class ScorerCanaries(Registered):
+    info: ClassVar[TaskInfo] = TaskInfo(
+        "scorer_canaries", display="scorer canaries", primary="agreement",
+        about="fixed completions with known verdicts through the real code and GSM8K scorers; the model plays no part",
+        metrics={"agreement": proportion("agreement with known verdicts", "share of canaries the scorers judge as "
+                                         "expected; must stay 100%", tolerance=0.0, exact=True)},
+        limit="fixed", model_free=True)
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         return [{"kind": "code"}, {"kind": "gsm8k"}]

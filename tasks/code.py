@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import iter_jsonl_file
-from gsil_bench.tasks.base import Sample, TaskError, TaskResult
+from gsil_bench.tasks.base import Registered, Sample, TaskError, TaskInfo, TaskResult
 from gsil_bench.tasks.capture import KEPT_TEXT, cap_text
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.evalplus import expected_outputs
@@ -111,29 +111,34 @@ def _record(v: dict[str, Any]) -> dict[str, Any]:
             "detail": cap_text(v.get("detail", "")), "stderr": v.get("output", "")[-KEPT_TEXT:]}
 
 
-class CodeTask:
-    """Base of the code tasks: subclasses provide `problems(ctx)`."""
+def pass_at_k_facts(name: str) -> MetricFacts | None:
+    """The code tasks' metric facts: pass@k (`+`: the base and EvalPlus's extra tests; `-sampled`: pass@1 over
+    the sampled completions)."""
+    m = re.fullmatch(r"pass@(\d+)(\+?)(-sampled)?", name)
+    if m is None:
+        return None
+    k, plus, sampled = int(m[1]), bool(m[2]), bool(m[3])
+    tests = "the base tests and EvalPlus's extra tests" if plus else "every test"
+    if k == 1 and not sampled:
+        return proportion(name, f"share of problems whose greedy completion passes {tests}")
+    return proportion(name, f"unbiased estimate (Chen et al., 2021) that one of {k} sampled completions "
+                            f"passes {tests}")
 
-    name: ClassVar[str]
-    primary: ClassVar[str] = "pass@1"
-    reported: ClassVar[tuple[str, ...]] = ()
+
+def code_task(name: str, display: str, about: str, **more: Any) -> TaskInfo:
+    """A code task's record: pass@1 first, pass@k facts, completions files scored too."""
+    return TaskInfo(name, display=display, about=about, primary="pass@1", metric_facts=pass_at_k_facts, completions=True,
+                    **more)
+
+
+class CodeTask(Registered):
+    """Base of the code tasks: subclasses declare their `info` (`code_task(...)`) and provide `problems(ctx)`."""
+
     dataset: ClassVar[str] = "humaneval"  # EvalPlus oracle family
     plus: ClassVar[bool] = False
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
         raise NotImplementedError
-
-    def metric_facts(self, name: str) -> MetricFacts | None:
-        """pass@k (`+`: the base and EvalPlus's extra tests; `-sampled`: pass@1 over the sampled completions)."""
-        m = re.fullmatch(r"pass@(\d+)(\+?)(-sampled)?", name)
-        if m is None:
-            return None
-        k, plus, sampled = int(m[1]), bool(m[2]), bool(m[3])
-        tests = "the base tests and EvalPlus's extra tests" if plus else "every test"
-        if k == 1 and not sampled:
-            return proportion(name, f"share of problems whose greedy completion passes {tests}")
-        return proportion(name, f"unbiased estimate (Chen et al., 2021) that one of {k} sampled completions "
-                                f"passes {tests}")
 
     def load(self, ctx: EvalContext) -> list[Problem]:
         return self.problems(ctx)

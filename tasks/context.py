@@ -15,47 +15,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gsil_bench.core import models
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.core.generation import Completion, Generator, Prompt, make_generator
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl, sha256_file
-from gsil_bench.core.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve
+from gsil_bench.core.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".json", ".model")
-
-
 def model_identity(model: str, gen: GenerationConfig, revision: str | None = None) -> dict[str, Any]:
-    """A fingerprint that changes when the weights change: a local folder's file names,
-    sizes and modification times; a Hub id with its revision; a server's URL + model."""
+    """What caches key a generating model by: a server's URL and model name, else the generation backend
+    and the model's identity (core.models.model_identity: a local folder's files, a Hub id's revision)."""
     if gen.backend == "openai":
         return {"backend": "openai", "base_url": gen.base_url, "model": gen.api_model or model}
-
-    src = resolve(model)
-    ident: dict[str, Any] = {"backend": gen.backend, "model": model, "revision": revision}
-    folder = Path(src)
-    if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-        ident["files"] = hash_obj([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    return ident
+    return {"backend": gen.backend, **models.model_identity(model, revision)}
 
 
 def _is_local_folder(model: str) -> bool:
-
     try:
         return Path(resolve(model)).is_dir()
     except ModelError:
         return False
-
-
-def weights_fingerprint(model: Any) -> str:
-    """A cheap fingerprint of an in-memory model's weights (per-tensor sum and sum of squares)."""
-    import torch
-
-    with torch.no_grad():
-        stats = [(n, round(float(p.float().sum()), 6), round(float(p.float().pow(2).sum()), 6))
-                 for n, p in model.named_parameters()]
-    return hash_obj(stats)
 
 
 class CachedGenerator:

@@ -16,11 +16,10 @@ and lm-eval's Hub copy (openai/gsm8k) otherwise; the numbers are lm-eval's own.
 
 from __future__ import annotations
 
-from gsil_bench.tasks.base import TASKS
+from gsil_bench.tasks.base import register_task
 from gsil_bench.tasks.lmeval import LmEvalTask
 
-TASKS.add("gsm8k", lambda: LmEvalTask("gsm8k", "gsm8k", chat=None, primary="exact_match/strict-match",
-                                      yaml="gsm8k/gsm8k.yaml"), backend="lm-eval")
-TASKS.add("gsm8k_chat", lambda: LmEvalTask("gsm8k_chat", "gsm8k_cot_zeroshot", chat=True,
-                                           primary="exact_match/flexible-extract",
-                                           yaml="gsm8k/gsm8k-cot-zeroshot.yaml"), backend="lm-eval")
+register_task(lambda: LmEvalTask("gsm8k", "gsm8k", chat=None, primary="exact_match/strict-match",
+                                 yaml="gsm8k/gsm8k.yaml"))
+register_task(lambda: LmEvalTask("gsm8k_chat", "gsm8k_cot_zeroshot", chat=True, primary="exact_match/flexible-extract",
+                                 yaml="gsm8k/gsm8k-cot-zeroshot.yaml"))

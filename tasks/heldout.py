@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
-from gsil_bench.core.scoring import EncodedSeq, encode, score
-from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
+from gsil_bench.core.scoring import EncodedSeq, encode, score_batches
+from gsil_bench.tasks.base import Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.context import EvalContext, model_identity
 from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.stats import Metric, summarize
@@ -57,6 +57,13 @@ def encode_pair(tokenizer: Any, question: str, response: str) -> EncodedSeq:
                         f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
     return encode(tokenizer, [{"role": "user", "content": question}], response, max_prompt_length=MAX_PROMPT_TOKENS,
                   max_length=MAX_PROMPT_TOKENS + MAX_RESPONSE_TOKENS, max_response_length=MAX_RESPONSE_TOKENS)
+
+
+def _scored(model: Any, seqs: Sequence[EncodedSeq]) -> list[tuple[float, int]]:
+    """(summed response log-prob, response tokens) per sequence: core.scoring.score_batches, the scoring
+    training runs (masks come from lengths, so the padding id does not matter)."""
+    sums, counts = score_batches(model, seqs, batch_size=SCORE_BATCH)
+    return list(zip(sums.tolist(), counts.tolist()))
 
 
 class ReferenceScorer:
@@ -81,7 +88,7 @@ class ReferenceScorer:
             log.info("reference %s: scoring %d of %d sequences (%d cached)", self.name, len(todo), len(seqs),
                      len(seqs) - len(todo))
             model = self._load()
-            fresh = score(model, [seqs[i] for _, i in todo], batch_size=SCORE_BATCH)
+            fresh = _scored(model, [seqs[i] for _, i in todo])
             append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for (k, _), (lp, n) in zip(todo, fresh)))
             cache.update({k: v for (k, _), v in zip(todo, fresh)})
         return [cache[k] for k in keys]
@@ -101,10 +108,6 @@ class ReferenceScorer:
 class HeldOutLikelihood:
     """One held-out demonstration set (see the module docstring)."""
 
-    primary: ClassVar[str] = "logp_real"
-    reported: ClassVar[tuple[str, ...]] = ("margin",)  # GSIL's classifier on held-out prompts
-    applies_limit = False
-
     METRICS: ClassVar[dict[str, MetricFacts]] = {
         "logp_real": MetricFacts("log-prob of demonstrations (nats/token)", "mean token log-probability the model "
                                  "gives the held-out demonstration, teacher-forced", tolerance=0.01),
@@ -119,8 +122,11 @@ class HeldOutLikelihood:
 
     def __init__(self, name: str, source: str) -> None:
         self.name, self.source = name, source
-        self.display = f"held-out {'GSM8K' if source == 'gsm8k' else 'MT-Bench'}"
-        self.about = f"likelihood of held-out demonstrations: {self.ABOUT[source]}, no sampling, no judge"
+        self.info = TaskInfo(
+            name, display=f"held-out {'GSM8K' if source == 'gsm8k' else 'MT-Bench'}",
+            about=f"likelihood of held-out demonstrations: {self.ABOUT[source]}, no sampling, no judge",
+            primary="logp_real", reported=("margin",),  # the margin: GSIL's classifier on held-out prompts
+            metrics=self.METRICS, backend="hf")
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         if self.source == "gsm8k":
@@ -140,9 +146,7 @@ class HeldOutLikelihood:
         own = [c.text.strip() for c in ctx.generator().generate(chats, desc=f"{self.name} greedy")]
         real = [encode_pair(tok, d["question"], d["answer"]) for d in docs]
         gen = [encode_pair(tok, d["question"], o) for d, o in zip(docs, own)]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        lp_real = score(model, real, pad_id=pad, batch_size=SCORE_BATCH)
-        lp_gen = score(model, gen, pad_id=pad, batch_size=SCORE_BATCH)
+        lp_real, lp_gen = _scored(model, real), _scored(model, gen)
         ref_name = ctx.cfg.reference_model
         ref_real = ref_gen = None
         if ref_name:
@@ -173,5 +177,5 @@ class HeldOutLikelihood:
         return metrics
 
 
-TASKS.add("heldout_gsm8k", lambda: HeldOutLikelihood("heldout_gsm8k", "gsm8k"), backend="hf")
-TASKS.add("heldout_mt_bench", lambda: HeldOutLikelihood("heldout_mt_bench", "mt_bench"), backend="hf")
+register_task(lambda: HeldOutLikelihood("heldout_gsm8k", "gsm8k"))
+register_task(lambda: HeldOutLikelihood("heldout_mt_bench", "mt_bench"))

@@ -11,10 +11,10 @@ reports pass@1 (base inputs) and pass@1+ (base and plus inputs).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from gsil_bench.tasks.base import register_task
-from gsil_bench.tasks.code import CodeTask, Problem
+from gsil_bench.tasks.base import TaskInfo, register_task
+from gsil_bench.tasks.code import CodeTask, Problem, code_task
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.data import load_rows
 
@@ -42,10 +42,11 @@ def _problem(row: dict[str, Any]) -> Problem:
     )
 
 
-@register_task("humaneval", completions=True)
+@register_task
 class HumanEval(CodeTask):
-    display = "HumanEval"
-    about = "164 hand-written Python problems (OpenAI), scored by running their unit tests in the sandbox"
+    info: ClassVar[TaskInfo] = code_task(
+        "humaneval", "HumanEval", "164 hand-written Python problems (OpenAI), scored by running their unit tests in "
+        "the sandbox")
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
         rows = load_rows(ctx, self.name, "humaneval/HumanEval.jsonl", also=_package_copy(),
@@ -54,10 +55,11 @@ class HumanEval(CodeTask):
         return [_problem(r) for r in rows]
 
 
-@register_task("humaneval_plus", completions=True)
+@register_task
 class HumanEvalPlus(CodeTask):
-    display = "HumanEval+"
-    about = "HumanEval with EvalPlus's extra tests (80x more inputs), outputs checked against the canonical solution"
+    info: ClassVar[TaskInfo] = code_task(
+        "humaneval_plus", "HumanEval+", "HumanEval with EvalPlus's extra tests (80x more inputs), outputs checked "
+        "against the canonical solution")
     plus = True
     dataset = "humaneval"
 

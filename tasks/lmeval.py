@@ -26,14 +26,14 @@ from dataclasses import replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.generation import AUTO_START, OPENAI_NEEDS_URL
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
 from gsil_bench.core.registry import Registry, did_you_mean
-from gsil_bench.tasks.base import Sample, TaskError, TaskResult
+from gsil_bench.tasks.base import Sample, TaskError, TaskInfo, TaskResult
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.stats import Z95, Metric, sample_stderr, summarize
 
@@ -209,29 +209,26 @@ def fewshot_for(setting: int | dict[str, int] | None, name: str, lm_task: str) -
 class LmEvalTask:
     """One lm-eval task (or group) under our name; `chat`: None = EvalConfig.lm_eval_chat_template."""
 
-    applies_limit = True  # lm-eval takes the first `limit` documents of each task itself
-    reported: ClassVar[tuple[str, ...]] = ()
-
     def __init__(self, name: str, lm_task: str | None = None, *, chat: bool | None = None,
                  primary: str | None = None, yaml: str | None = None, fewshot: int | None = None,
                  config: dict[str, Any] | None = None, subject_mean: str | None = None, display: str | None = None,
-                 about: str | None = None, add_bos: bool | None = None) -> None:
-        self.name, self.lm_task, self.chat_pref, self._primary = name, lm_task or name, chat, primary
+                 about: str | None = None, add_bos: bool | None = None, protocol: str | None = None) -> None:
+        self.name, self.lm_task, self.chat_pref = name, lm_task or name, chat
         self.yaml = builtin_yaml(yaml) if yaml else None  # lm_eval/tasks/<yaml>: no index needed
         self.fewshot = fewshot  # fixed by a protocol (tasks.protocols): wins over EvalConfig.num_fewshot
         self.config = config  # a whole lm-eval task config (a protocol's own task), instead of lm-eval's YAML
         self.subject_mean = subject_mean  # a group's metric ("acc/none"): also its unweighted mean over subtasks
-        self.display = display or LM_EVAL_DISPLAY.get(self.lm_task, name)
-        self.about = about or f"lm-evaluation-harness task {self.lm_task}, scored by lm-eval itself"
+        self.info = TaskInfo(  # lm-eval takes the first `limit` documents of each task itself
+            name, display=display or LM_EVAL_DISPLAY.get(self.lm_task, name), primary=primary or "",
+            about=about or f"lm-evaluation-harness task {self.lm_task}, scored by lm-eval itself",
+            metric_facts=lm_eval_facts, limit="lm-eval", backend="lm-eval", protocol=protocol)
         self.add_bos = add_bos  # lm-eval's add_bos_token (None: lm-eval's default, the tokenizer's; a protocol fixes it)
         self._spec: Any = None
 
     @property
     def primary(self) -> str:
-        return self._primary or ""
-
-    def metric_facts(self, name: str) -> MetricFacts | None:
-        return lm_eval_facts(name)
+        """The declared primary metric ("": the first lm-eval reports, a task run under its own name)."""
+        return self.info.primary
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         if self.config is not None:
@@ -269,8 +266,6 @@ class LmEvalTask:
         if self.subject_mean:
             metrics[f"subjects/{self.subject_mean}"] = subject_mean(metrics, list(out.get("samples", {})),
                                                                     self.subject_mean)
-        if not self._primary:
-            self._primary = next(iter(metrics), "")
         info = {"lm_eval_version": lm_eval_version(), "lm_eval": {
             "task": self.lm_task, "apply_chat_template": chat, "add_bos_token": self.add_bos, "n-shot": out.get("n-shot"),
             "versions": out.get("versions"), "n-samples": out.get("n-samples"), "results": out.get("results"),

@@ -12,10 +12,10 @@ base and plus inputs with EvalPlus's type restoration and oracles; pass@1 and pa
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
-from gsil_bench.tasks.base import register_task
-from gsil_bench.tasks.code import CodeTask, Problem
+from gsil_bench.tasks.base import TaskInfo, register_task
+from gsil_bench.tasks.code import CodeTask, Problem, code_task
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.evalplus import mbpp_inputs
@@ -40,10 +40,10 @@ def _entry_point(row: dict[str, Any]) -> str:
     return m.group(1) if m else ""
 
 
-@register_task("mbpp", completions=True)
+@register_task
 class Mbpp(CodeTask):
-    display = "MBPP"
-    about = "mostly basic Python problems (Google), scored by running their assert tests in the sandbox"
+    info: ClassVar[TaskInfo] = code_task(
+        "mbpp", "MBPP", "mostly basic Python problems (Google), scored by running their assert tests in the sandbox")
     dataset = "mbpp"
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
@@ -67,10 +67,9 @@ class Mbpp(CodeTask):
         return out
 
 
-@register_task("mbpp_plus", completions=True)
+@register_task
 class MbppPlus(CodeTask):
-    display = "MBPP+"
-    about = "MBPP's sanitised problems with EvalPlus's extra tests"
+    info: ClassVar[TaskInfo] = code_task("mbpp_plus", "MBPP+", "MBPP's sanitised problems with EvalPlus's extra tests")
     plus = True
     dataset = "mbpp"
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from gsil_bench.core.config import JudgeConfig
 from gsil_bench.core.facts import MetricFacts
-from gsil_bench.tasks.base import Sample, TaskError, TaskResult, register_task
+from gsil_bench.tasks.base import Registered, Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.data import load_rows
 from gsil_bench.tasks.judge import HFJudge, Judge, JudgmentStore, make_judge
@@ -48,21 +48,21 @@ def _plain(turns: list[tuple[str, str | None]]) -> str:
     return "".join(f"User: {q}\nAssistant:" + (f" {a}\n" if a is not None else "") for q, a in turns)
 
 
-@register_task("mt_bench")
-class MTBench:
-    name: ClassVar[str]
-    primary: ClassVar[str] = "score"
-    reported: ClassVar[tuple[str, ...]] = ()
-    display: ClassVar[str] = "MT-Bench"
-    about: ClassVar[str] = "80 two-turn questions in 8 categories, each answer rated 1-10 by an LLM judge (FastChat's prompts)"
-    METRICS: ClassVar[dict[str, MetricFacts]] = {
-        "score": MetricFacts("judge score (1-10)", "mean of the judge's 1-10 ratings over the scored turns",
-                             tolerance=0.25),
-        "missing": MetricFacts("unparsed ratings", "turns whose judgment holds no [[rating]] (not scored)",
-                               higher_is_better=False, tolerance=0.0),
-        "ambiguous": MetricFacts("ambiguous ratings", "turns whose judgment holds several different ratings "
-                                 "(not scored)", higher_is_better=False, tolerance=0.0),
-    }
+METRICS: dict[str, MetricFacts] = {
+    "score": MetricFacts("judge score (1-10)", "mean of the judge's 1-10 ratings over the scored turns",
+                         tolerance=0.25),
+    "missing": MetricFacts("unparsed ratings", "turns whose judgment holds no [[rating]] (not scored)",
+                           higher_is_better=False, tolerance=0.0),
+    "ambiguous": MetricFacts("ambiguous ratings", "turns whose judgment holds several different ratings "
+                             "(not scored)", higher_is_better=False, tolerance=0.0),
+}
+
+
+@register_task
+class MTBench(Registered):
+    info: ClassVar[TaskInfo] = TaskInfo(
+        "mt_bench", display="MT-Bench", primary="score", metrics=METRICS,
+        about="80 two-turn questions in 8 categories, each answer rated 1-10 by an LLM judge (FastChat's prompts)")
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         questions = load_rows(ctx, self.name, "mt_bench/question.jsonl", required=("question_id", "category", "turns"))

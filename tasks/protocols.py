@@ -39,8 +39,8 @@ from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from gsil_bench.core.config import JudgeConfig
-from gsil_bench.tasks.base import TASKS, TaskError, TaskResult, register_task
-from gsil_bench.tasks.code import Problem
+from gsil_bench.tasks.base import TaskError, TaskInfo, TaskResult, register_task
+from gsil_bench.tasks.code import Problem, code_task
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.humaneval import HumanEval
 from gsil_bench.tasks.lmeval import LmEvalTask
@@ -116,30 +116,27 @@ LEADERBOARD_ADD_BOS = False
 
 def _openllm(name: str, lm_task: str, yaml: str | None, fewshot: int, primary: str) -> None:
     mean = "acc/none" if primary.startswith("subjects/") else None
-    TASKS.add(name, lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot,
-                                       subject_mean=mean, add_bos=LEADERBOARD_ADD_BOS),
-              backend="lm-eval", protocol="open_llm_v1")
+    register_task(lambda: LmEvalTask(name, lm_task, chat=False, primary=primary, yaml=yaml, fewshot=fewshot,
+                                     subject_mean=mean, add_bos=LEADERBOARD_ADD_BOS, protocol="open_llm_v1"))
 
 
 for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
     _openllm(_name, _task, _yaml, _shots, _primary)
 
 
+@register_task
 def _gsm8k_v03() -> LmEvalTask:
     return LmEvalTask("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
-                      config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS)
+                      config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS, protocol="open_llm_v1")
 
 
-TASKS.add("openllm_gsm8k", _gsm8k_v03, backend="lm-eval", protocol="open_llm_v1")
 # SPIN's MMLU: lm-eval v0.4.0 weights a group's subtasks by size (lm_eval/evaluator.py:472-519 at 46c7966),
 # as 0.4.13's mmlu group does (weight_by_size: True)
-TASKS.add("openllm_mmlu_v040", lambda: LmEvalTask("openllm_mmlu_v040", "mmlu", chat=False, primary="mmlu/acc/none",
-                                                  fewshot=5, add_bos=LEADERBOARD_ADD_BOS),
-          backend="lm-eval", protocol="open_llm_v1_spin")
-TASKS.add("openllm_gsm8k_v040", lambda: LmEvalTask("openllm_gsm8k_v040", "gsm8k_v0.4.0", chat=False,
-                                                   primary="exact_match/get-answer", fewshot=5, config=GSM8K_V040,
-                                                   add_bos=LEADERBOARD_ADD_BOS),
-          backend="lm-eval", protocol="open_llm_v1_spin")
+register_task(lambda: LmEvalTask("openllm_mmlu_v040", "mmlu", chat=False, primary="mmlu/acc/none", fewshot=5,
+                                 add_bos=LEADERBOARD_ADD_BOS, protocol="open_llm_v1_spin"))
+register_task(lambda: LmEvalTask("openllm_gsm8k_v040", "gsm8k_v0.4.0", chat=False, primary="exact_match/get-answer",
+                                 fewshot=5, config=GSM8K_V040, add_bos=LEADERBOARD_ADD_BOS,
+                                 protocol="open_llm_v1_spin"))
 
 PROTOCOLS: dict[str, list[str]] = {
     "open_llm_v1": [*OPEN_LLM_V1, "openllm_gsm8k"],  # GSIL (lm-eval 0.3 GSM8K)
@@ -183,12 +180,13 @@ def eurus_completion(text: str) -> str:
     return "def " + text.split("```")[0]
 
 
-@register_task("humaneval_gsil", completions=True, protocol="humaneval_gsil")
+@register_task
 class HumanEvalGSIL(HumanEval):
     """HumanEval with the Eurus prompt, sampling and timeout; pass@1 of one sample at temperature 0.2."""
 
-    display = "HumanEval (GSIL protocol)"
-    about = "HumanEval as the GSIL paper scored it (Eurus scripts: prompt, one sample at temperature 0.2, timeout)"
+    info: ClassVar[TaskInfo] = code_task(
+        "humaneval_gsil", "HumanEval (GSIL protocol)", "HumanEval as the GSIL paper scored it (Eurus scripts: "
+        "prompt, one sample at temperature 0.2, timeout)", protocol="humaneval_gsil")
 
     def problems(self, ctx: EvalContext) -> list[Problem]:
         probs = super().problems(ctx)
@@ -250,14 +248,13 @@ def zephyr_conversation(turns: list[tuple[str, str | None]]) -> str:
 CONVERSATIONS = {"zephyr": (zephyr_conversation, ["</s>"])}  # name -> (renderer, stop strings)
 
 
-@register_task("mt_bench_fastchat", protocol="mt_bench_fastchat")
+@register_task
 class MTBenchFastChat(MTBench):
     """MT-Bench with FastChat's per-category temperatures, answer length, conversation template and judge."""
 
-    display: ClassVar[str] = "MT-Bench (FastChat)"
-    about: ClassVar[str] = "MT-Bench with FastChat's per-category temperatures, 1024 tokens, conversation template and judge"
-
-    primary: ClassVar[str] = "score"
+    info: ClassVar[TaskInfo] = replace(
+        MTBench.info, name="mt_bench_fastchat", display="MT-Bench (FastChat)", protocol="mt_bench_fastchat",
+        about="MT-Bench with FastChat's per-category temperatures, 1024 tokens, conversation template and judge")
 
     def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
         name = ctx.cfg.fastchat_template

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, read_jsonl
+from gsil_bench.core.loading import experiment_from_dict
 
 
 def data_rows(data_dir: Path, rel: str) -> list[dict]:

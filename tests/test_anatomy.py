@@ -14,7 +14,7 @@ import pytest
 import yaml
 from reference_losses import reference_loss
 
-from gsil_bench.core.config import experiment_from_dict
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.trainers.anatomy import loss_facts, reward_scale, weights, write_loss_facts
 from gsil_bench.trainers.losses import LOSSES
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_reports_data import write_run
 
-from gsil_bench.reports.report import write_report
+from gsil_bench.reports.report import FIGURES, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
@@ -56,7 +56,7 @@ def test_report_renders_in_chromium(tmp_path):
     got = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert got["comparison_rows"] == ["base", "sft", "spin", "gsil-logistic", "gsil-hinge"]
     assert got["iteration_rows"] == 8 and got["cost_rows"] == 4
-    assert len(got["images"]) == 4  # ablation, loss anatomy, per-iteration, training curves
+    assert [i["alt"] for i in got["images"]] == [fig.caption for fig in FIGURES]  # the one list of figures, in order
     for img in got["images"]:
         assert img["ok"] and img["w"] > 300 and img["h"] > 200, img
     assert got["title"].startswith("synthetic")

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from independent import chat_sequence, load, response_logp
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.loading import experiment_from_dict
+from gsil_bench.core.models import weights_fingerprint
 from gsil_bench.harness.cli import main as cli_main
 from gsil_bench.harness.runner import run_experiment
-from gsil_bench.tasks.context import weights_fingerprint
 
 LIMIT = 3
 

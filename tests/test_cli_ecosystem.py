@@ -38,7 +38,7 @@ def test_dry_run_prints_the_plan_and_does_nothing(config, tmp_path, capsys):
     assert main(["run", str(config), "--output", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert not out.exists()
-    assert "6 training examples, global batch 2, 2 optimizer steps per iteration" in text
+    assert "6 training examples, global batch 2 (2 x 1 accumulation x 1 process)" in text
     assert "[todo] train sft (loss sft) seed 0: iter 1: 2 steps\n" in text
     assert ("[todo] train gsil-logistic (loss gsil-logistic) seed 0: iter 1: 2 steps, the starting model's responses "
             "(shared across methods: 6, generated once); iter 2: 2 steps, generates 6 responses") in text
@@ -103,7 +103,7 @@ def test_checkpoint_has_a_model_card(config, tmp_path):
     assert "loss `gsil-logistic`, parameters none (the loss's defaults)" in card and "gsm8k/train.jsonl" in card
     assert meta["tags"] == ["gsil-bench", "gsil-logistic"]
     assert "Not evaluated yet" in card
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.trainers.publish import model_card
 
     scores = {"humaneval": {"metrics": {"pass@1": {"value": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": 2}}}}

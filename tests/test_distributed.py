@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_dryrun import dry_run_steps
 
 from gsil_bench.core.io import read_json, read_jsonl
 
@@ -62,7 +63,7 @@ def _launch(cfg: Path, out: Path, data_dir: Path, kill: str | None = None,
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_model_dir, data_dir, tmp_path):
+def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     cfg = _config(tmp_path, tiny_model_dir)
     one = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "train", str(cfg), "--method", "gsil-logistic",
                           "--output", str(tmp_path / "one"), "shared.train.batch_size=4"],
@@ -77,6 +78,9 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_resume(tiny_mode
     two = _launch(cfg, tmp_path / "two", data_dir)
     assert two.returncode == 0, two.stderr[-3000:]
 
+    # `run --dry-run` under the same launch plans the steps the two processes took (tests/test_dryrun.py: one)
+    assert dry_run_steps(cfg, tmp_path / "fresh", data_dir, 2, monkeypatch) == {
+        ("gsil-logistic", k): read_json(root / f"iter-{k}" / "summary.json")["steps"] for k in (1, 2)}
     for k in (1, 2):
         a = tmp_path / "one" / "gsil-logistic" / "seed-0" / f"iter-{k}"
         b = root / f"iter-{k}"

@@ -1,11 +1,14 @@
 """The docs stay true: every `gsil-bench` command line shown in a fenced block of README.md or
 docs/*.md parses with the real command-line parser (a removed or renamed flag fails here), its
 config and `KEY=VALUE` overrides pass the schema, and `run` on a config that validates offline
-runs as `--dry-run`; every module, function and file the docs cite exists."""
+(the embedded model, local data) runs as `--dry-run`, so a broken example fails here; every module,
+function and file the docs cite exists."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import re
 import shlex
 import subprocess
@@ -13,22 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.harness import cli
 from gsil_bench.harness.commands import eval as eval_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LAYERS = ("core", "harness", "trainers", "tasks", "reports")
-OFFLINE = {"configs/smoke.yaml", "configs/nightly.yaml", "smoke", "nightly"}  # validate without the Hub
 START = re.compile(r"(?:^|[\s;&|(])(?:gsil-bench|-m gsil_bench\.harness\.cli)\s+")
 END = re.compile(r"\s*(?:&&|\|\||;|\||>>|>|')\s*")
 
 
-def fenced_commands() -> list[tuple[str, list[str]]]:
+def fenced_commands(docs: list[Path] = DOCS) -> list[tuple[str, list[str]]]:
     """(file:line, the arguments after `gsil-bench`) for each command in a fenced block."""
     found = []
-    for doc in DOCS:
+    for doc in docs:
         text = doc.read_text()
         for block in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M):
             first = text.count("\n", 0, block.start(1)) + 1
@@ -38,8 +41,12 @@ def fenced_commands() -> list[tuple[str, list[str]]]:
                 for m in START.finditer(line):
                     rest = END.split(line[m.end():])[0]
                     argv = [("runs/x" if a.startswith("$") else a) for a in shlex.split(rest, comments=True)]
-                    found.append((f"{doc.relative_to(REPO)}:{first + k}", argv))
+                    found.append((f"{_name(doc)}:{first + k}", argv))
     return found
+
+
+def _name(doc: Path) -> str:
+    return str(doc.relative_to(REPO)) if doc.is_relative_to(REPO) else doc.name
 
 
 def _joined(block: str) -> list[tuple[int, str]]:
@@ -63,19 +70,70 @@ def test_the_docs_show_commands():
     assert {argv[0] for _, argv in COMMANDS} >= {"run", "eval", "compare", "report"}
 
 
-@pytest.mark.parametrize("where,argv", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_a_documented_command_parses_and_its_config_validates(where, argv, data_dir, monkeypatch):
-    monkeypatch.chdir(REPO)
+def offline(cfg: ExperimentConfig) -> bool:
+    """A config that validates without the Hub: the embedded model and local training data."""
+    data = [d for d in (cfg.shared.train_data, cfg.shared.preference_data) if d is not None]
+    return cfg.shared.model.startswith("embedded:") and not any(d.path.startswith("hf:") for d in data)
+
+
+def check_command(where: str, argv: list[str], data_dir: Path) -> str:
+    """What the docs test does with one documented command: it parses, its config and overrides pass
+    the schema, and a `run` of an offline config runs as `--dry-run` (exit 0). Returns what was done;
+    raises AssertionError naming `where` when the command is broken."""
     try:
         args = cli.build_parser().parse_args(argv)
     except SystemExit as err:
         raise AssertionError(f"{where}: `gsil-bench {' '.join(argv)}` does not parse (exit {err.code})") from None
     if args.command == "eval":
         eval_cmd.eval_config(args)  # the flags and the KEY=VALUE overrides build an evaluation config
-    elif args.command in ("run", "train"):
-        load_experiment(args.config, args.overrides)
-        if args.command == "run" and args.config in OFFLINE:
-            assert cli.main([*argv, "--dry-run", "--data-dir", str(data_dir)]) == 0, where
+        return "parsed, eval config built"
+    if args.command not in ("run", "train"):
+        return "parsed"
+    cfg = load_experiment(args.config, args.overrides)
+    if args.command != "run" or not offline(cfg):
+        return "parsed, schema checked"
+    key = (tuple(argv), str(data_dir))
+    if key not in _DRY_RUNS:  # the same command shown twice is dry-run once
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            _DRY_RUNS[key] = (cli.main([*argv, "--dry-run", "--data-dir", str(data_dir)]), out.getvalue())
+    code, text = _DRY_RUNS[key]
+    assert code == 0, f"{where}: `gsil-bench {' '.join(argv)} --dry-run` exits {code}: {text.strip()[-600:]}"
+    return "parsed, dry run"
+
+
+_DRY_RUNS: dict[tuple[tuple[str, ...], str], tuple[int, str]] = {}
+
+
+@pytest.mark.parametrize("where,argv", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_a_documented_command_parses_and_its_config_validates(where, argv, data_dir, monkeypatch):
+    monkeypatch.chdir(REPO)
+    check_command(where, argv, data_dir)
+
+
+def test_every_documented_offline_run_is_dry_run(data_dir, monkeypatch):
+    """The `run` commands on the configs that validate offline (smoke, nightly, ablation-b) really run
+    as `--dry-run`: the old check compared the parsed Path with strings and dry-ran none of them."""
+    monkeypatch.chdir(REPO)
+    done = {where: check_command(where, argv, data_dir) for where, argv in COMMANDS if argv[0] == "run"}
+    dry = [w for w, what in done.items() if what == "parsed, dry run"]
+    configs = {Path(argv[1]).stem for where, argv in COMMANDS if where in dry}
+    assert configs >= {"smoke", "nightly", "ablation-b"}, done
+
+
+@pytest.mark.parametrize("broken", [
+    "gsil-bench run configs/smoke.yaml shared.eval.tasks=[gsm8kk]",  # schema-valid, fails the validation pass
+    "gsil-bench run configs/smoke.yaml methods.gsil-logistic.params.a=-1",  # a loss parameter's guard
+    "gsil-bench run configs/smoke.yaml shared.train_data.path=gsm8k/missing.jsonl",  # a data file
+])
+def test_a_broken_documented_run_fails_the_docs_test(broken, tmp_path, data_dir, monkeypatch):
+    """A documented command that parses and passes the schema but fails `run --dry-run` fails the test."""
+    monkeypatch.chdir(REPO)
+    doc = tmp_path / "broken.md"
+    doc.write_text(f"```bash\n{broken}\n```\n")
+    (where, argv), = fenced_commands([doc])
+    with pytest.raises(AssertionError, match=r"broken.md:2: .* --dry-run` exits 2"):
+        check_command(where, argv, data_dir)
 
 
 BENCH = re.compile(r"python -m (benchmarks\.(?:training|generation))((?: --?[\w-]+(?: [\w.-]+)*)*)")

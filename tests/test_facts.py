@@ -14,7 +14,7 @@ from gsil_bench.reports import tables
 from gsil_bench.reports.regression import compare_runs
 from gsil_bench.reports.rundata import load_run
 from gsil_bench.tasks.api import make_task
-from gsil_bench.tasks.base import TASKS, facts_of
+from gsil_bench.tasks.base import LIMITS, TASKS, facts_of
 
 # metrics the tasks write beyond the primary and the reported ones (names from tasks/*.py's aggregate)
 WRITTEN = {"humaneval_plus": ["pass@1+", "pass@5", "pass@5+", "pass@1-sampled"], "mt_bench": ["score/turn1", "missing"],
@@ -24,10 +24,12 @@ WRITTEN = {"humaneval_plus": ["pass@1+", "pass@5", "pass@5+", "pass@1-sampled"],
 
 @pytest.mark.parametrize("name", TASKS.names())
 def test_every_registered_task_declares_its_name_and_metric_facts(name):
+    info = TASKS.info(name)  # the task's one record, as the runner, the reports and `eval --help` read it
     task = make_task(name)
-    assert task.display and task.display != name and "_" not in task.display, task.display
-    assert len(task.about) > 20
-    for metric in [task.primary, *task.reported, *WRITTEN.get(name, [])]:
+    assert task.info == info and info.name == name and info.limit in LIMITS
+    assert info.display and info.display != name and "_" not in info.display, info.display
+    assert len(info.about) > 20
+    for metric in [info.primary, *info.reported, *WRITTEN.get(name, [])]:
         facts = facts_of(task, metric)
         assert facts.declared and facts.label and len(facts.glossary) > 20, (name, metric)
         assert facts.tolerance >= 0
@@ -78,3 +80,26 @@ def test_compare_uses_the_declared_tolerance(tmp_path):
     assert ("spin", "gsm8k") in {(c.method, c.task) for c in compare_runs(base, cand, n_boot=300).drops}
     _redeclare(base, "gsm8k", tolerance=0.5)  # the task declares that a change below 50 points does not matter
     assert ("spin", "gsm8k") not in {(c.method, c.task) for c in compare_runs(base, cand, n_boot=300).drops}
+
+
+def test_tasks_are_found_by_walking_the_package_and_eval_help_lists_them():
+    """No import list: every module of gsil_bench.tasks that registers a task is found (a fresh process
+    imports the registry alone), and `eval --help` names each registered task (it named 7 of 20)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gsil_bench.harness.cli import build_parser
+
+    package = Path(make_task.__code__.co_filename).parent
+    registering = sorted(p.stem for p in package.glob("*.py") if re.search(r"^\s*@?register_task\b", p.read_text(), re.M))
+    code = ("import sys; from gsil_bench.tasks.base import TASKS; names = TASKS.names(); "
+            "print(sorted({sys.modules[TASKS.get(n).__module__].__name__.rsplit('.', 1)[1] for n in names})); "
+            "print(names)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    modules, names = (eval(line) for line in out.splitlines()[-2:])
+    assert modules == [m for m in registering if m != "base"] and names == TASKS.names()
+    sub = next(a for a in build_parser()._subparsers._group_actions if hasattr(a, "choices")).choices["eval"]
+    help_text = " ".join(sub.format_help().split())
+    assert all(re.search(rf"\b{n}\b", help_text) for n in TASKS.names()), help_text

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from test_reports_data import write_eval, write_run
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.reports.report import write_report
 from gsil_bench.reports.style import PALETTE, method_colors
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from gsil_bench.core.config import load_experiment, shared_hash
+from gsil_bench.core.config import shared_hash
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.strict import ConfigError
 from gsil_bench.harness.validate import load_and_validate
@@ -136,7 +137,7 @@ def test_plugin_module_registers_a_new_loss(tmp_path):
 
 
 def test_a_config_is_a_file_or_the_name_of_a_packaged_one(tmp_path, monkeypatch):
-    from gsil_bench.core.config import config_file, packaged_configs
+    from gsil_bench.core.loading import config_file, packaged_configs
 
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
     assert {"smoke", "nightly"} <= set(packaged_configs())

@@ -98,7 +98,7 @@ def test_compile_needs_static_cache(tiny_model, tokenizer):
 
 
 def test_config_rejects_unknown_cache():
-    from gsil_bench.core.config import experiment_from_dict
+    from gsil_bench.core.loading import experiment_from_dict
     from gsil_bench.core.strict import ConfigError
 
     data = {"name": "x", "methods": [{"loss": "sft"}], "shared": {"generation": {"cache": "paged"}}}

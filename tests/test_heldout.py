@@ -1,5 +1,5 @@
 """The held-out likelihood tasks: the training encoder with the task's limits, batched
-teacher-forced log-probs (core.scoring.score) checked against an unbatched full-logits
+teacher-forced log-probs (core.scoring.score_batches) checked against an unbatched full-logits
 computation, and the margin against the reference model."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from gsil_bench.core.config import EvalConfig, GenerationConfig
 from gsil_bench.core.io import read_json, read_jsonl
-from gsil_bench.core.scoring import EncodedSeq, score
+from gsil_bench.core.scoring import EncodedSeq, score_batches
 from gsil_bench.tasks.api import evaluate
 from gsil_bench.tasks.heldout import MAX_RESPONSE_TOKENS, encode_pair
 
@@ -36,8 +36,8 @@ def test_batched_logps_equal_one_sequence_at_a_time(tiny_model, tokenizer):
     texts = [("What is 2+2?", "4"), ("Name a colour.", "Blue is a colour of the sky and the sea."),
              ("Say hi", "Hello there, how are you doing today?")]
     seqs = [encode_pair(tokenizer, q, a) for q, a in texts]
-    batched = score(tiny_model, seqs, batch_size=3, pad_id=tokenizer.pad_token_id or 0)
-    for s, (total, n) in zip(seqs, batched):
+    sums, counts = score_batches(tiny_model, seqs, batch_size=3, pad_id=tokenizer.pad_token_id or 0)
+    for s, total, n in zip(seqs, sums.tolist(), counts.tolist()):
         ids = torch.tensor([s.input_ids])
         with torch.no_grad():
             lp = torch.log_softmax(tiny_model(input_ids=ids).logits[0].float(), -1)
@@ -59,7 +59,7 @@ def test_margin_against_the_reference_and_its_cache(tmp_path, tiny_model_dir, to
     for s in samples:  # the reference's sums, recomputed here independently
         real = encode_pair(tokenizer, s["prompt"], s["reference"])
         gen = encode_pair(tokenizer, s["prompt"], s["output"])
-        (r_real, n_real), (r_gen, _) = score(ref_model, [real, gen], batch_size=1)
+        (r_real, r_gen), (n_real, _) = (t.tolist() for t in score_batches(ref_model, [real, gen], batch_size=1))
         expect = (s["sum_logp_real"] - r_real) - (s["sum_logp_gen"] - r_gen)
         assert s["scores"]["margin"] == pytest.approx(expect, abs=1e-3)
         assert s["scores"]["logp_real"] == pytest.approx(s["sum_logp_real"] / n_real)
@@ -84,5 +84,5 @@ def test_without_reference_there_is_no_margin(tmp_path, tiny_model_dir, data_dir
 
 def test_mean_logp_is_per_token(tiny_model, tokenizer):
     s = EncodedSeq([1, 2, 3, 4, 5], 2)
-    (total, n), = score(tiny_model, [s])
+    (total,), (n,) = (t.tolist() for t in score_batches(tiny_model, [s]))
     assert n == 3 and total < 0

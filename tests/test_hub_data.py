@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.trainers.data import load_examples
 
 REPO = Path(__file__).resolve().parents[1]

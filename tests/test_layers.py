@@ -66,6 +66,35 @@ def test_imports_run_one_way():
     assert violations() == []
 
 
+SCANNED = (*LAYERS, "tests", "benchmarks")  # every folder of Python the repository holds
+
+
+def bare_imports(paths: list[Path]) -> list[str]:
+    """Imports of a layer by its bare folder name (`from tasks.base import TASKS`): the package is
+    `gsil_bench.<layer>`; run from the repository's root, the bare name loads a second copy of the
+    module with registries of its own (a task registered through it is not in `gsil_bench`'s TASKS)."""
+    return [f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{line}: bare layer import {module!r}"
+            f" (write gsil_bench.{module})"
+            for path in paths for line, module in imports_of(path) if module.split(".")[0] in LAYERS]
+
+
+def test_no_bare_layer_import_in_source_tests_or_benchmarks():
+    paths = [p for folder in SCANNED for p in sorted((REPO / folder).rglob("*.py"))]
+    assert len(paths) > 150
+    assert bare_imports(paths) == []
+
+
+def test_a_bare_layer_import_is_rejected(tmp_path):
+    """The rule has teeth: each form of a bare import is found, the package's own form is not."""
+    src = tmp_path / "m.py"
+    src.write_text("import core.io\nfrom tasks.base import TASKS\nimport importlib\n"
+                   "def f():\n    from reports import plots\n    return importlib.import_module('harness.cli')\n"
+                   "from gsil_bench.tasks.base import TASKS as OURS\nimport benchmarks.common\n")
+    found = bare_imports([src])
+    assert [row.split(": ", 1)[1] for row in found] == [
+        f"bare layer import {m!r} (write gsil_bench.{m})" for m in ("core.io", "tasks.base", "reports", "harness.cli")]
+
+
 def test_the_check_sees_lazy_and_dynamic_imports(tmp_path):
     """The walker is not fooled by an import inside a function or by importlib."""
     src = tmp_path / "m.py"
@@ -95,3 +124,72 @@ def test_a_users_own_tasks_or_reports_folder_cannot_shadow_ours(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "shadowed" not in proc.stdout + proc.stderr and "KEY=VALUE" in proc.stdout
+
+
+LAZY = ("harness/commands/",)  # the CLI imports a command's work when the command runs (`--help` stays fast)
+
+
+def local_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every first-party import inside a function: a lazy import, or one hiding a circle."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [(node.lineno, module) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(fn) if isinstance(node, ast.Import | ast.ImportFrom)
+            for module in ([node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+            if module and _package(module)]
+
+
+def test_no_function_local_first_party_import_outside_the_cli():
+    """An import inside a function hid two circles (core.config <-> core.sweeps, reports.plots <->
+    reports.anatomy) behind 42 of them; only the CLI's lazy command imports remain."""
+    found = [f"{p.relative_to(REPO)}:{line}: {module}" for layer in LAYERS for p in sorted((REPO / layer).rglob("*.py"))
+             if not str(p.relative_to(REPO)).startswith(LAZY) for line, module in local_imports(p)]
+    assert found == []
+
+
+def module_graph() -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports, wherever the import stands (the CLI's lazy
+    command imports left out: a command module is a leaf nobody imports)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(p for layer in LAYERS for p in (REPO / layer).rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and _package(node.module):
+                base = node.module.removeprefix("gsil_bench.")
+                found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.removeprefix("gsil_bench.") for a in node.names if _package(a.name)}
+        graph[name] = set() if str(path.relative_to(REPO)).startswith(LAZY) else found - {name}
+    return graph
+
+
+MODULES = {".".join(p.relative_to(REPO).with_suffix("").parts) for layer in LAYERS for p in (REPO / layer).rglob("*.py")}
+
+
+def circles(graph: dict[str, set[str]]) -> list[str]:
+    """Every import circle a depth-first walk meets, as `a -> b -> a`."""
+    state: dict[str, str] = {}
+    found: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(" -> ".join([*stack[stack.index(nxt):], node, nxt] if nxt in stack else [node, nxt]))
+            elif nxt in graph and nxt not in state:
+                visit(nxt, [*stack, node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return found
+
+
+def test_no_import_circle():
+    """No circle among the package's modules, counting the imports inside functions (they used to hide
+    core.config <-> core.sweeps and reports.plots <-> reports.anatomy); the check finds a planted one."""
+    graph = module_graph()
+    assert len(graph) > 80 and circles(graph) == []
+    planted = {**graph, "core.sweeps": graph["core.sweeps"] | {"core.loading"}}
+    assert circles(planted) == ["core.loading -> core.sweeps -> core.loading"]

@@ -10,13 +10,14 @@ from gsil_bench.trainers.data import Batch, EncodedSeq, collate
 from gsil_bench.trainers.logprobs import LogpsModule, batch_logps, full_logits_logps
 
 
-def _batch(vocab, seed=0):
+def _seqs(vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
-    seqs = []
-    for length, start in ((23, 9), (17, 4), (30, 21), (11, 10)):
-        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
-        seqs.append(EncodedSeq(ids, start))
-    return collate(seqs, pad_id=2)
+    return [EncodedSeq(torch.randint(3, vocab, (length,), generator=g).tolist(), start)
+            for length, start in ((23, 9), (17, 4), (30, 21), (11, 10))]
+
+
+def _batch(vocab, seed=0):
+    return collate(_seqs(vocab, seed), pad_id=2)
 
 
 def _grads(model):
@@ -144,3 +145,30 @@ def test_chunked_on_gpu_matches_and_uses_less_memory(tokenizer):
     assert torch.allclose(lc, lf, rtol=1e-5, atol=1e-3)
     assert all((a - b).norm() <= 1e-4 * a.norm() + 1e-8 for a, b in zip(gf, gc))
     assert mc < mf / 2
+
+
+def test_one_scoring_driver_for_reference_heldout_nll_and_the_tasks(tokenizer):
+    """Reference log-probs (trainers.reference), the held-out NLL of training (through the wrapped policy,
+    trainers.heldout) and the held-out tasks (tasks.heldout) all score through core.scoring.score_batches:
+    the same numbers, in eval mode whatever mode the model was in (restored after), without gradients. The
+    tasks' old driver left the model in training mode: with attention dropout on, it scored noise."""
+    from gsil_bench.core.models import tiny_llama
+    from gsil_bench.core.scoring import score_batches
+    from gsil_bench.tasks.heldout import _scored
+    from gsil_bench.trainers.heldout import heldout_nll
+    from gsil_bench.trainers.reference import sequences_logps
+
+    model = tiny_llama(tokenizer, seed=3)
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5  # training mode would drop attention weights
+    model.train()
+    seqs = _seqs(len(tokenizer))
+    sums, counts = score_batches(model, seqs, batch_size=2, chunk=8)
+    assert model.training and not sums.requires_grad
+    assert torch.equal(sequences_logps(model, seqs, batch_size=2, chunk=8, pad_id=0), sums)
+    assert [s for s, _ in _scored(model, seqs)] == pytest.approx(sums.tolist(), abs=1e-4)
+    assert [n for _, n in _scored(model, seqs)] == counts.tolist() == [len(s.input_ids) - s.response_start for s in seqs]
+    nll = heldout_nll(LogpsModule(model, 8), seqs, batch_size=2, chunk=8, pad_id=0, device="cpu")
+    assert nll == pytest.approx(-float(sums.sum()) / int(counts.sum()), rel=1e-5)
+    assert model.training

@@ -168,6 +168,46 @@ def test_bad_parameters_are_rejected_before_training():
         compute_loss("gsil-hinge", LossInputs(T([-1.0]), T([-1.0])))
 
 
+def test_a_parameter_guard_holds_on_every_path(tiny_model_dir, tmp_path, monkeypatch):
+    """gsil-logistic with a = -1 is refused by the validation pass (its per-iteration parameters too),
+    when training binds the loss (build_loss: before, it bound and failed at the first step, after the
+    self-play generation), by compute_loss and by the loss anatomy; a loss whose body never checks `a`
+    (a plugin's) is refused alike, the guard being in its declaration."""
+    from helpers import make_cfg
+
+    from gsil_bench.core.errors import ConfigError
+    from gsil_bench.harness.validate import validate
+    from gsil_bench.trainers.anatomy import weights
+    from gsil_bench.trainers.api import train_method
+    from gsil_bench.trainers.losses import build_loss, positive
+
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))  # the test's own losses leave with it
+    monkeypatch.setattr(LOSSES, "_meta", dict(LOSSES._meta))
+    bad = {"a": -1.0}
+    refused = r"GSIL scale a must be > 0, got -1.0"
+    for path in (lambda: build_loss("gsil-logistic", bad), lambda: compute_loss("gsil-logistic", POINT, bad),
+                 lambda: weights("gsil-logistic", bad), lambda: LOSSES.validate("gsil-logistic", bad)):
+        with pytest.raises(ConfigError, match=refused):
+            path()
+    with pytest.raises(ConfigError, match=refused):  # training without the validation pass: before any work
+        train_method(make_cfg(tiny_model_dir, [{"loss": "gsil-logistic", "params": bad}]), "gsil-logistic", 0, tmp_path)
+    assert not list(tmp_path.rglob("generations*.jsonl"))
+    late = [{"loss": "gsil-logistic", "per_iteration": [{"iteration": 2, "params": bad}]}]
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.per_iteration\[0\]\.params: " + refused):
+        validate(make_cfg(tiny_model_dir, late), scope=("train",))
+
+    @register_loss("test-unchecked-a", self_play=True, family="gsil", guards={"a": positive("GSIL scale a")})
+    def unchecked(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:
+        return gsil_output(x, -torch.nn.functional.logsigmoid(a * x.r_real + b),
+                           -torch.nn.functional.logsigmoid(-(a * x.r_gen + b)))
+
+    with pytest.raises(ConfigError, match=refused):
+        build_loss("test-unchecked-a", bad)
+    assert torch.isfinite(unchecked(POINT, a=-1.0).loss)  # the body itself would have trained on it
+    with pytest.raises(ConfigError, match="guards for parameters it does not take: beta"):
+        register_loss("test-bad-guard", guards={"beta": positive()})(unchecked)
+
+
 # --- a new variant is one decorated function and one config line ------------------------
 
 @register_loss("test-gsil-sqhinge", self_play=True)
@@ -178,7 +218,7 @@ def _sq_hinge(x: LossInputs, *, a: float = 0.01, b: float = 2.0) -> LossOutput:
 
 
 def test_new_variant_registers_and_loads_from_config(tmp_path):
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
 
     p = tmp_path / "exp.yaml"
     p.write_text("name: x\nmethods:\n  - loss: test-gsil-sqhinge\n    params: {a: 0.5, b: 1.0}\n")

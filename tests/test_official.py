@@ -276,8 +276,9 @@ WRONG_PROMPT_IDS = {
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_self_play_prompt_ids_are_gsils(side):
     """paper-zephyr's generation settings send GSIL's ids on every backend that takes ids (hf, vllm)."""
-    from gsil_bench.core.config import GenerationConfig, load_experiment
+    from gsil_bench.core.config import GenerationConfig
     from gsil_bench.core.generation import prompt_ids, vllm_requests
+    from gsil_bench.core.loading import load_experiment
 
     gen = load_experiment(CONFIGS / "paper-zephyr.yaml").shared.generation
     assert (gen.bos, gen.max_prompt_tokens) == ("never", 1024)

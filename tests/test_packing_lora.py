@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.trainers.api import train_method
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}

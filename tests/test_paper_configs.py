@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.config import for_method, iteration_config, load_experiment, shared_hash
+from gsil_bench.core.config import for_method, iteration_config, shared_hash
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.strict import load_yaml
 from gsil_bench.harness.validate import validate
 from gsil_bench.tasks.api import check_tasks

@@ -10,22 +10,19 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytest
 import yaml
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
-from gsil_bench.reports import plots
+from gsil_bench.core.loading import experiment_from_dict
+from gsil_bench.reports import figures, plots
+from gsil_bench.reports.figures import plt
 from gsil_bench.reports.report import FIGURES, write_report
 from gsil_bench.reports.rundata import load_run
 from gsil_bench.tasks.api import make_task
 from gsil_bench.tasks.base import facts_of
 from gsil_bench.trainers.anatomy import write_loss_facts
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
@@ -50,7 +47,7 @@ def _eval(folder: Path, task: str, values: dict[str, list[float]], primary: str,
                          "ci_high": float(x.mean() + 1.96 * se), "higher_is_better": f.higher_is_better,
                          "facts": f.to_json()}
     atomic_write_json(folder / "metrics.json", {"task": task, "model": "m", "primary": primary, "reported": reported,
-                                                "display": declared.display, "about": declared.about,
+                                                "display": declared.info.display, "about": declared.info.about,
                                                 "metrics": metrics})
     mark_done(folder)
 
@@ -99,16 +96,18 @@ def report(main_job) -> tuple[Path, list[str]]:
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("gsil_bench.reports.plots").addHandler(handler)
+    logging.getLogger("gsil_bench.reports.figures").addHandler(handler)
     try:
         page = write_report(main_job)
     finally:
-        logging.getLogger("gsil_bench.reports.plots").removeHandler(handler)
+        logging.getLogger("gsil_bench.reports.figures").removeHandler(handler)
     return page, seen
 
 
 def _svg_text(path: Path) -> str:
-    return path.read_text()
+    """The SVG, then its texts one after another (a label wrapped over lines reads as one)."""
+    svg = path.read_text()
+    return svg + "\n" + " ".join(re.findall(r"<!-- (.*?) -->", svg))
 
 
 def test_every_figure_of_the_main_job_uses_display_names_and_units(report, main_job):
@@ -168,7 +167,7 @@ def test_the_check_finds_what_a_reviewer_would(tmp_path):
     a.set_yscale("symlog", linthresh=0.3)
     a.set(title="loss", xlabel="step", ylabel="loss")
     fig.savefig(tmp_path / "bad.png")
-    found = plots.figure_problems(fig)
+    found = figures.figure_problems(fig)
     assert "loss: overlapping y tick labels" in found
     assert "untitled panel: empty panel" in found and "untitled panel: missing title or axis label" in found
     plt.close(fig)
@@ -177,8 +176,49 @@ def test_the_check_finds_what_a_reviewer_would(tmp_path):
         a.plot([0, 1, 2], y)
     a.set(title="loss", xlabel="step", ylabel="loss")
     plots._scale_for_spread(a)  # ours: a power-of-ten linthresh, no tick within a decade of 0
+    figures.layout(fig, [a])  # and the labels inside the canvas
     fig.savefig(tmp_path / "good.png")
-    assert a.get_yscale() == "symlog" and plots.figure_problems(fig) == []
+    assert a.get_yscale() == "symlog" and figures.figure_problems(fig) == []
+    plt.close(fig)
+
+
+def test_no_figure_of_the_main_job_has_text_outside_its_canvas(report, main_job):
+    """The ablation figure's y label ("held-out GSM8K log-prob of demonstrations (nats/token)") used to run
+    past the figure's 3.2-inch height; figures.layout wraps it (and every label longer than its panel)."""
+    _, problems = report
+    assert not [p for p in problems if "outside the canvas" in p], problems
+    svg = _svg_text(main_job / "report" / "plots" / "ablation.svg")
+    assert "held-out GSM8K log-prob of demonstrations (nats/token)" in svg  # wrapped over lines, not cut
+
+
+def _panel_with(ylabel: str) -> tuple[plt.Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.bar([0, 1], [1.0, 2.0], label="sft")
+    ax.set(title="held-out GSM8K", xlabel="GSIL member (convex function)", ylabel=ylabel)
+    return fig, ax
+
+
+LONG_LABEL = "held-out GSM8K log-prob of demonstrations (nats/token)"  # the main job's ablation label
+
+
+def test_text_outside_the_canvas_is_found(tmp_path):
+    """The wrong layouts the check must reject: the old ablation panel (its label taller than the
+    figure) and the old legend (anchored below the figure's bottom edge, kept only by a tight save)."""
+    fig, ax = _panel_with(LONG_LABEL)
+    fig.tight_layout()
+    fig.savefig(tmp_path / "label.png")
+    assert any("text outside the canvas" in p and "log-prob" in p for p in figures.figure_problems(fig))
+    plt.close(fig)
+    fig, ax = _panel_with("log-prob (nats/token)")
+    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0))  # the old legend
+    fig.savefig(tmp_path / "legend.png")
+    assert figures.figure_problems(fig) == ["legend: text outside the canvas: 'sft'"]
+    plt.close(fig)
+    fig, ax = _panel_with(LONG_LABEL)
+    figures.layout(fig, [ax])  # ours: the label wrapped to the panel, the legend inside the canvas
+    fig.savefig(tmp_path / "good.png")
+    assert figures.figure_problems(fig) == [] and "\n" in ax.get_ylabel()
     plt.close(fig)
 
 

@@ -13,7 +13,7 @@ from test_reports_data import write_run
 
 from gsil_bench.core.io import atomic_write_json
 from gsil_bench.reports import tables
-from gsil_bench.reports.report import config_check, write_report
+from gsil_bench.reports.report import FIGURES, config_check, write_report
 from gsil_bench.reports.rundata import RunDataError, load_run
 
 
@@ -109,10 +109,10 @@ def test_write_report_outputs(run_dir):
     page = write_report(run_dir, n_boot=300)
     out = run_dir / "report"
     for name in ("tables.md", "tables.tex", "costs.md", "costs.tex", "results.csv",
-                 "plots/ablation.png", "plots/training.png", "plots/iterations.png", "plots/anatomy.png"):
+                 *(f"plots/{fig.key}.png" for fig in FIGURES)):  # the one list of figures
         assert (out / name).stat().st_size > 0, name
     text = page.read_text()
-    assert text.count('src="data:image/png;base64,') == 4 and 'id="comparison"' in text and 'id="costs"' in text
+    assert text.count('src="data:image/png;base64,') == len(FIGURES) and 'id="comparison"' in text and 'id="costs"' in text
     assert 'id="anatomy"' in text and 'id="fig-anatomy"' in text  # the loss anatomy (losses.json)
     assert "http://" not in text and "https://" not in text  # self-contained
     md = (out / "tables.md").read_text()

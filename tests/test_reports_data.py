@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import append_jsonl, atomic_write_json, mark_done
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.tasks.api import make_task
 from gsil_bench.tasks.base import facts_of
 from gsil_bench.trainers.anatomy import write_loss_facts
@@ -40,7 +40,7 @@ def write_eval(folder: Path, task: str, scores: list[float], model: str) -> None
     se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     declared = make_task(task)  # the facts and display name the real task writes
     atomic_write_json(folder / "metrics.json", {
-        "task": task, "model": model, "primary": metric, "config": {"limit": len(x)}, "display": declared.display,
+        "task": task, "model": model, "primary": metric, "config": {"limit": len(x)}, "display": declared.info.display,
         "metrics": {metric: {"value": float(x.mean()), "ci_low": float(x.mean() - 1.96 * se),
                              "ci_high": float(x.mean() + 1.96 * se), "n": len(x), "stderr": se,
                              "facts": facts_of(declared, metric).to_json()}},

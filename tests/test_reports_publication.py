@@ -74,7 +74,7 @@ def test_tables_use_display_names_percentages_and_holm(report):
     diff = next(r for r in rows if r["method"] == "gsil-logistic" and r["task"] == "gsm8k")
     assert f"| {number(diff['diff'], diff['facts'], signed=True)} " in md and diff["facts"].percent
     plus = make_task("mbpp_plus")  # labels and units as the task declares them (core.facts)
-    assert column_label(plus.display, facts_of(plus, "pass@1+")) == "MBPP+ pass@1+ (%)"
+    assert column_label(plus.info.display, facts_of(plus, "pass@1+")) == "MBPP+ pass@1+ (%)"
 
 
 def test_latex_caption_is_clean_and_seeds_are_integers(report):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from gsil_bench.reports.stats import bootstrap_ci, hierarchical_ci, mean_over_seeds, paired_bootstrap, t_interval
+from gsil_bench.reports.stats import bootstrap_ci, hierarchical_ci, mean_over_seeds, paired_bootstrap, seed_interval
 
 
 def test_bootstrap_ci_matches_normal_approximation_for_bernoulli():
@@ -97,7 +97,7 @@ def test_hierarchical_interval_widens_with_seed_variance():
 
 
 def test_t_interval_and_mean_over_seeds():
-    iv = t_interval([1.0, 2.0, 3.0])
+    iv = seed_interval([1.0, 2.0, 3.0])
     half = sps.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
     assert iv.value == 2.0 and iv.ci_low == pytest.approx(2 - half) and iv.seeds == 3
     assert mean_over_seeds([{"a": 1.0, "b": 0.0}, {"a": 0.0, "c": 1.0}]) == {"a": 0.5}

@@ -18,14 +18,14 @@ import pytest
 import yaml
 from independent import load
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
+from gsil_bench.core.models import weights_fingerprint
 from gsil_bench.core.strict import ConfigError, load_yaml
 from gsil_bench.harness.plan import plan_steps
 from gsil_bench.harness.runner import run_experiment
 from gsil_bench.harness.steps import fingerprint
 from gsil_bench.harness.validate import validate
 from gsil_bench.reports.index import RunIndex
-from gsil_bench.tasks.context import weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

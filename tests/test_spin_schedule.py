@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gsil_bench.core.config import experiment_from_dict
 from gsil_bench.core.io import read_json, read_jsonl
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.core.strict import ConfigError
 from gsil_bench.harness.validate import validate
 from gsil_bench.trainers.api import train_method

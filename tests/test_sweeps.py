@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gsil_bench.core.config import load_experiment, shared_hash
+from gsil_bench.core.config import shared_hash
 from gsil_bench.core.errors import ConfigError
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.sweeps import inputs_group, variant_hash
 
 SWEEP = """name: sw
@@ -99,9 +100,9 @@ def test_bad_sweeps_name_the_file_line_and_key(tmp_path):
     path = _write(tmp_path, SWEEP.replace("b: [0, 1, 2]", "b: [1, 1.0]"))
     with pytest.raises(ConfigError, match=r"sw.yaml:7: methods\[1\].params.b: the sweep lists 1 twice"):
         load_experiment(path)
-    # a bad value inside a sweep: the variant's error points at the line of the method it came from
+    # a bad value inside a sweep: the variant's error points at the line and key of the method it came from
     path = _write(tmp_path, SWEEP.replace("b: [0, 1, 2]", "b: [0, fast]"))
-    with pytest.raises(ConfigError, match=r"sw.yaml:7: methods\[2\].params.b: expected a number, got 'fast'"):
+    with pytest.raises(ConfigError, match=r"sw.yaml:7: methods\[1\].params.b: expected a number, got 'fast'"):
         load_experiment(path)
 
 
@@ -143,3 +144,24 @@ def test_the_shipped_sweep_config_expands_as_documented():
         f"gsil-{member}[b={b}]" for member in ("logistic", "hinge") for b in (0, 1, 2)]
     assert {m.params["a"] for m in cfg.methods if m.sweep_of} == {0.01} and len(cfg.shared.seeds) >= 3
     assert len({inputs_group(cfg, m.label) for m in cfg.methods}) == 1  # one set of starting-model generations
+
+
+def test_a_mistake_in_a_swept_method_is_one_error_at_the_method_as_written(tmp_path, data_dir):
+    """A typo in a method swept over 3 x 2 values was 6 identical errors (one per variant), and a bad value
+    in one sweep 3 errors: each mistake is one line now, keyed by the method as the YAML writes it."""
+    from gsil_bench.harness.validate import load_and_validate
+
+    text = SWEEP.replace("params: {a: 0.01, b: [0, 1, 2]}",
+                         "params: {a: [-1, 0.01], b: [0, 1, 2]}\n    overrides: {optimizer.lrr: 1.0e-5}")
+    with pytest.raises(ConfigError) as err:
+        load_and_validate(_write(tmp_path, text), data_dir=str(data_dir), scope=("train",))
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip().split(": ", 1)[1] for line in lines] == [
+        "methods[1].overrides.optimizer.lrr: no shared key 'optimizer.lrr'",
+        "methods[1].params: GSIL scale a must be > 0, got -1.0"]
+    assert all(":7: " in line or ":8: " in line for line in lines), lines  # the swept method's own lines
+    # a method after a swept one is named as written too (methods[2], not the expanded list's methods[4]),
+    # and its two lr variants share the mistake: one error
+    with pytest.raises(ConfigError, match=r"later.yaml:8: methods\[2\]\.params: beta must be > 0, got -1.0$"):
+        load_and_validate(_write(tmp_path, SWEEP, "later.yaml"), ["methods.dpo-lr.params.beta=-1"],
+                          data_dir=str(data_dir), scope=("train",))

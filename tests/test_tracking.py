@@ -132,7 +132,7 @@ def test_trackers_and_hub_settings_keep_finished_training(tiny_model_dir, data_d
 def test_run_sends_eval_scores_to_the_tracker_and_the_model_card(tiny_model_dir, data_dir, tmp_path):
     """`run` with report_to: each checkpoint's scores reach its tracker run at the checkpoint's
     global step (the starting model at step 0), and the checkpoint's model card gets them."""
-    from gsil_bench.core.config import experiment_from_dict
+    from gsil_bench.core.loading import experiment_from_dict
     from gsil_bench.harness.runner import run_experiment
 
     cfg = experiment_from_dict({"name": "trk", "methods": [{"loss": "sft"}], "report": {"bootstrap": 50}, "shared": {

@@ -23,17 +23,23 @@ hash), which the report reads (reports.anatomy).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.config import ExperimentConfig, iteration_config
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import atomic_write_json, read_json, read_jsonl
 from gsil_bench.core.layout import RunLayout
+from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import variant_hash
-from gsil_bench.trainers.losses import LOSSES, LossInputs
+from gsil_bench.trainers.losses import LOSSES, LossInputs, build_loss
+
+log = logging.getLogger(__name__)
 
 MAX_POINTS = 400  # along-training points kept per method x seed (evenly thinned beyond)
 
@@ -50,7 +56,7 @@ def _inputs(name: str, r_real: float, r_gen: float) -> tuple[LossInputs, torch.T
 def weights(name: str, params: dict[str, float], r_real: float = 0.0, r_gen: float = 0.0) -> dict[str, float | None]:
     """{w_real: -dL/dr_real, w_gen: dL/dr_gen (None without a generated side), loss} at one point."""
     x, real, gen = _inputs(name, r_real, r_gen)
-    loss = LOSSES.get(name)(x, **params).loss
+    loss = build_loss(name, params)(x).loss
     wrt = [real] + ([gen] if gen is not None else [])
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     g_real = float(grads[0]) if grads[0] is not None else 0.0
@@ -64,7 +70,7 @@ def reward_scale(name: str, params: dict[str, float]) -> float | None:
     if not LOSSES.needs_pairs(name):
         return None
     x, _, _ = _inputs(name, 1.0, -1.0)
-    metrics = LOSSES.get(name)(x, **params).metrics
+    metrics = build_loss(name, params)(x).metrics
     if "rewards/real" not in metrics:
         return None
     return float(metrics["rewards/real"])
@@ -108,8 +114,6 @@ def along_training(root: Path, label: str, loss: str) -> list[dict[str, Any]]:
 def loss_facts(cfg: ExperimentConfig, root: Path | None = None) -> dict[str, Any]:
     """Every method's loss facts: family, parameters, sweep, variant hash, and its anatomy at
     r = 0 (with its first iteration's parameters) and, with a run folder, along training."""
-    from gsil_bench.core.config import iteration_config
-
     methods = []
     for m in cfg.methods:
         _, first = iteration_config(cfg, m.label, 1)
@@ -137,13 +141,6 @@ def write_loss_facts(cfg: ExperimentConfig, root: str | Path) -> Path:
 def refresh_loss_facts(root: str | Path) -> Path | None:
     """Rewrite `<run>/losses.json` from the run folder's config.yaml (`gsil-bench report`); when its
     losses cannot be loaded (a plugin not importable here) the file is left as it is, with a warning."""
-    import logging
-
-    import yaml
-
-    from gsil_bench.core.config import experiment_from_dict
-    from gsil_bench.core.errors import GsilError
-
     path = RunLayout(root).config
     if not path.is_file():
         return None
@@ -151,6 +148,6 @@ def refresh_loss_facts(root: str | Path) -> Path | None:
         cfg = experiment_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
         return write_loss_facts(cfg, root)
     except (GsilError, KeyError, TypeError, ValueError) as err:
-        logging.getLogger(__name__).warning("%s: loss facts not recomputed (%s); the report uses %s as it is",
+        log.warning("%s: loss facts not recomputed (%s); the report uses %s as it is",
                                             root, err, RunLayout(root).loss_facts.name)
         return None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gsil_bench.core.config import ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
+from gsil_bench.core.config import DataConfig, ExperimentConfig, for_method, hash_view, iteration_config, shared_hash
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.errors import ConfigError, GsilError
 from gsil_bench.core.io import atomic_write_json, hash_obj, is_done, mark_done, read_json
@@ -35,8 +35,8 @@ from gsil_bench.core.strict import to_plain
 from gsil_bench.core.tracking import open_tracking
 from gsil_bench.trainers.data import data_file, load_examples
 from gsil_bench.trainers.heldout import encode_heldout
-from gsil_bench.trainers.inputs import MethodContext, prepare_inputs
-from gsil_bench.trainers.loop import LoopRun, train_iteration
+from gsil_bench.trainers.inputs import MethodContext, history_iterations, prepare_inputs
+from gsil_bench.trainers.loop import LoopRun, StepPlan, train_iteration
 from gsil_bench.trainers.losses import LOSSES, build_loss
 from gsil_bench.trainers.official import encode_all
 from gsil_bench.trainers.sharding import enable_cpu_fsdp
@@ -57,6 +57,39 @@ def iteration_plan(cfg: ExperimentConfig, method_label: str) -> int:
     """Number of training iterations of a method: shared.iterations for self-play losses, else 1."""
     method = cfg.method(method_label)
     return cfg.shared.iterations if LOSSES.self_play(method.loss) else 1
+
+
+def launch_processes() -> int:
+    """The processes of this launch (WORLD_SIZE, which torchrun and accelerate launch set; 1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_data(cfg: ExperimentConfig, method_label: str) -> tuple[str, DataConfig]:
+    """The data a method trains on, with its shared key: `preference_data` (chosen, rejected) for a
+    pairwise loss that does not self-play when the experiment has it, else `train_data`."""
+    loss, s = cfg.method(method_label).loss, cfg.shared
+    if s.preference_data is not None and LOSSES.needs_pairs(loss) and not LOSSES.self_play(loss):
+        return "preference_data", s.preference_data
+    return "train_data", s.train_data
+
+
+def iteration_items(cfg: ExperimentConfig, method_label: str, iteration: int, examples: int) -> int:
+    """The loop's items in an iteration of `examples` training examples: one each, and for a self-play
+    loss the pairs of the earlier iterations that shared.self_play.history adds (trainers.inputs)."""
+    if not LOSSES.self_play(cfg.method(method_label).loss):
+        return examples
+    return examples * (1 + len(history_iterations(cfg.shared.self_play.history, iteration)))
+
+
+def planned_steps(cfg: ExperimentConfig, method_label: str, examples: int, processes: int) -> list[StepPlan]:
+    """Each iteration's step plan as the loop makes it: the method's overrides and the iteration's
+    schedule applied, its items counted, the launch's processes (`run --dry-run` prints them)."""
+    cfg = for_method(cfg, method_label)
+    out = []
+    for k in range(1, iteration_plan(cfg, method_label) + 1):
+        it_cfg, _ = iteration_config(cfg, method_label, k)
+        out.append(StepPlan.of(iteration_items(cfg, method_label, k, examples), it_cfg.shared.train, processes))
+    return out
 
 
 def train_key(cfg: ExperimentConfig, method_label: str, seed: int) -> str:
@@ -96,7 +129,7 @@ def make_accelerator(precision: str) -> Any:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_processes()
     if _cpu_launch_without_processes():
         raise GsilError(
             "`accelerate launch --cpu --num_processes N` starts a single process (accelerate's multi-CPU "
@@ -138,10 +171,9 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
 
     method, s = cfg.method(method_label), cfg.shared
     root = resolve_data_dir(data_dir, s.data_dir)
-    preference = s.preference_data if (s.preference_data is not None and LOSSES.needs_pairs(method.loss)
-                                       and not LOSSES.self_play(method.loss)) else None
-    data_cfg = preference or s.train_data
-    files = {"train_data" if preference is None else "preference_data": data_file(data_cfg, root)}
+    key, data_cfg = training_data(cfg, method_label)
+    preference = data_cfg if key == "preference_data" else None
+    files = {key: data_file(data_cfg, root)}
     examples = load_examples(data_cfg, root)
     tokenizer = load_tokenizer(s.model, s.model_revision)
     lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}

@@ -60,7 +60,7 @@ def check_method(cfg: ExperimentConfig, index: int, method: MethodConfig) -> lis
         return [Problem(f"{key}.params", str(err))]
     for j, it in enumerate(method.per_iteration):  # per-iteration parameters (e.g. SPIN's beta 5.0 at round 4)
         try:
-            LOSSES.validate(method.loss, {**method.params, **it.params})
+            LOSSES.validate(method.loss, method.params_at(it.iteration))
         except (TypeError, ValueError) as err:
             return [Problem(f"{key}.per_iteration[{j}].params", str(err))]
     if LOSSES.self_play(method.loss) and cfg.shared.iterations > 1 and cfg.shared.generation.backend == "openai":

@@ -15,9 +15,9 @@ Three stages, each replaceable on its own:
    end-of-turn token (`<|im_end|>` for ChatML) so the model learns to stop. The prompt is
    truncated from the left (its end is kept) to `max_prompt_length`, then the response is
    cut so the whole fits `max_length`.
-3. A collator (`COLLATORS`, default "padded" = core.scoring.collate) turns a list of `EncodedSeq` into a `Batch`
-   of tensors. A padding-free (packed) collator can be registered beside it and selected
-   by name; `trainers.logprobs.batch_logps` reads only the `Batch` fields below.
+3. A collator (`COLLATORS`: "padded" = core.scoring.collate, "packed" = trainers.packing.collate_packed,
+   both registered here) turns a list of `EncodedSeq` into a `Batch` of tensors, selected by name;
+   `trainers.logprobs.batch_logps` reads only the `Batch` fields.
 
 Adding a data format is one decorated function:
 
@@ -41,6 +41,7 @@ from gsil_bench.core.errors import DataError
 from gsil_bench.core.io import iter_jsonl_file
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.scoring import Batch, Chat, EncodedSeq, collate, encode
+from gsil_bench.trainers.packing import collate_packed
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +267,8 @@ def load_examples(cfg: DataConfig, root: Path | None) -> list[Example]:
 
 Collator = Callable[[Sequence[EncodedSeq], int], Batch]
 COLLATORS: Registry[Collator] = Registry("collator")
-
-
-COLLATORS.add("padded", collate)
+COLLATORS.add("padded", collate)  # one row per sequence, right-padded (core.scoring)
+COLLATORS.add("packed", collate_packed)  # one padding-free row (trainers.packing; train.packing: true)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from gsil_bench.core.config import ExperimentConfig
 from gsil_bench.core.errors import Problem
-from gsil_bench.trainers.data import COLLATORS, EncodedSeq, encode_examples, load_examples
+from gsil_bench.core.scoring import EncodedSeq, score_batches
+from gsil_bench.trainers.data import encode_examples, load_examples
 from gsil_bench.trainers.logprobs import batch_logps
 
 
@@ -38,17 +37,8 @@ def encode_heldout(cfg: ExperimentConfig, tokenizer: Any, root: Any) -> list[Enc
 
 def heldout_nll(model: Any, seqs: list[EncodedSeq], *, batch_size: int, chunk: int, pad_id: int,
                 device: Any) -> float:
-    """Mean NLL per response token of `seqs` under `model` (eval mode, no gradients)."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(seqs), batch_size):
-                batch = COLLATORS.get("padded")(seqs[start:start + batch_size], pad_id).to(device)
-                logps, n = batch_logps(model, batch, chunk)
-                total += float(logps.float().sum())
-                tokens += int(n.sum())
-    finally:
-        model.train(was_training)
-    return -total / max(1, tokens)
+    """Mean NLL per response token of `seqs` under the policy as training holds it (the module accelerate
+    wrapped: the loop's forward), through core.scoring.score_batches (eval mode, no gradients)."""
+    logps, tokens = score_batches(model, seqs, pad_id=pad_id, batch_size=batch_size, chunk=chunk, forward=batch_logps,
+                                  device=device)
+    return -float(logps.sum()) / max(1, int(tokens.sum()))

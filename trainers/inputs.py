@@ -24,7 +24,7 @@ continues where it stopped.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import logging
 import math
@@ -40,7 +40,17 @@ import torch
 from gsil_bench.core.config import ExperimentConfig, MethodConfig, hash_view
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.generation import make_generator
-from gsil_bench.core.io import append_jsonl, atomic_write_text, hash_obj, is_done, mark_done, read_jsonl, sha256_file
+from gsil_bench.core.io import (
+    append_jsonl,
+    atomic_path,
+    atomic_write_text,
+    file_lock,
+    hash_obj,
+    is_done,
+    mark_done,
+    read_jsonl,
+    sha256_file,
+)
 from gsil_bench.core.layout import RunLayout
 from gsil_bench.trainers.data import EncodedSeq, Example, TrainItem
 from gsil_bench.trainers.losses import Loss
@@ -103,19 +113,12 @@ def tokens_digest(seqs: Sequence[EncodedSeq | None]) -> str:
 def main_locked(accelerator: Any, lock_path: Path) -> Iterator[None]:
     """Main process holds an exclusive file lock (another run may share the folder) while
     all processes of this run work inside the block."""
-    fh = None
-    if accelerator.is_main_process:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "w")  # noqa: SIM115 - held across the block
-        fcntl.flock(fh, fcntl.LOCK_EX)
-    accelerator.wait_for_everyone()
-    try:
-        yield
-    finally:
+    with file_lock(lock_path) if accelerator.is_main_process else contextlib.nullcontext():
         accelerator.wait_for_everyone()
-        if fh is not None:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+        try:
+            yield
+        finally:
+            accelerator.wait_for_everyone()
 
 
 def _load_reference(ctx: MethodContext, name: str) -> Any:
@@ -176,13 +179,19 @@ def _encode_generated(ctx: MethodContext, records: list[dict[str, Any]]) -> list
                         max_length=t.max_length) for r in records]
 
 
+def history_iterations(history: int, iteration: int) -> range:
+    """The earlier iterations whose pairs a self-play iteration also trains on: k-history+1..k-1
+    (shared.self_play.history; SPIN trains iteration k on k-1's and k's pairs:
+    configs/config_iter1.yaml:7-10 at uclaml/SPIN a12ba80)."""
+    return range(max(1, iteration - history + 1), iteration)
+
+
 def history_files(ctx: MethodContext, iteration: int, folder: Path) -> list[Path]:
-    """Earlier iterations' generations that iteration k also trains on (shared.self_play.history; SPIN
-    trains iteration k on k-1's and k's pairs: configs/config_iter1.yaml:7-10 at uclaml/SPIN a12ba80)."""
-    history = ctx.cfg.shared.self_play.history
+    """Earlier iterations' generations that iteration k also trains on (`history_iterations`)."""
     if not ctx.loss.self_play:
         return []
-    files = [folder.parent / f"iter-{j}" / "generations.jsonl" for j in range(max(1, iteration - history + 1), iteration)]
+    files = [folder.parent / f"iter-{j}" / "generations.jsonl"
+             for j in history_iterations(ctx.cfg.shared.self_play.history, iteration)]
     for f in files:
         if not f.is_file():
             raise ConfigError(f"shared.self_play.history: {f} is missing (iteration {iteration} trains on it)")
@@ -281,9 +290,8 @@ def _transfer(work: Path, folder: Path, shared: bool) -> None:
     for name in ("generations.jsonl", "ref_logps.pt"):
         if (work / name).is_file() and not (folder / name).is_file():
             if shared:
-                tmp = folder / f".{name}.tmp"
-                shutil.copyfile(work / name, tmp)
-                tmp.rename(folder / name)
+                with atomic_path(folder / name) as tmp:
+                    shutil.copyfile(work / name, tmp)
             else:
                 (work / name).rename(folder / name)
 

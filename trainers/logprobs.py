@@ -3,7 +3,9 @@ logits: core.scoring's computation (the one scoring path), plus packed batches a
 the training loop hands to accelerate.
 
 `batch_logps(model, batch, chunk) -> (logps_sum [B], n_tokens [B])` is the one forward
-every method, the reference computation and the packed collator share:
+every method, the held-out NLL and the packed collator share (the batched no-grad scoring
+of reference log-probs and held-out sets is core.scoring.score_batches, given this forward
+where the model is the training's):
 
 1. the model body (the decoder without its LM head) runs once and returns hidden states
    [B, T, H];
@@ -27,26 +29,24 @@ from typing import Any
 
 import torch
 
-from gsil_bench.core.scoring import Batch, causal_lm, token_logps
-from gsil_bench.core.scoring import sequence_logps as rows_logps
+from gsil_bench.core.scoring import Batch, causal_lm, sequence_logps, token_logps, unwrap
+from gsil_bench.trainers.packing import batch_packed_logps
 
-__all__ = ["LogpsModule", "batch_logps", "causal_lm", "full_logits_logps", "sequence_logps", "token_logps"]
+__all__ = ["LogpsModule", "batch_logps", "causal_lm", "forward_logps", "full_logits_logps", "token_logps"]
 
 
-def sequence_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of response-token log-probs [B], response token counts [B]) computed chunk-wise.
 
     A packed batch (one row with restarting `position_ids` and `sequence_index`, from the
     "packed" collator) goes through trainers.packing, whose attention stays inside each
     sequence; its head chunk is `chunk` positions per packed sequence, the same memory as a
-    padded batch's. Every other batch is core.scoring's."""
+    padded batch's. Every other batch is core.scoring.sequence_logps's."""
     if batch.sequence_index is not None and batch.position_ids is not None and batch.input_ids.shape[0] == 1:
-        from gsil_bench.trainers.packing import batch_packed_logps
-
         n = batch.num_sequences if batch.num_sequences is not None else int(batch.sequence_index.max()) + 1
         logps_sum, counts = batch_packed_logps(model, batch, chunk * max(1, n))
         return logps_sum, counts.to(torch.float32)
-    return rows_logps(model, batch, chunk)
+    return sequence_logps(model, batch, chunk)
 
 
 class LogpsModule(torch.nn.Module):
@@ -67,7 +67,7 @@ class LogpsModule(torch.nn.Module):
                 position_ids: torch.Tensor | None = None, sequence_index: torch.Tensor | None = None,
                 num_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = Batch(input_ids, attention_mask, response_mask, position_ids, sequence_index, num_sequences)
-        return sequence_logps(self.model, batch, self.chunk)
+        return forward_logps(self.model, batch, self.chunk)
 
     # The embedding accessors and `tie_weights` of the wrapped model: accelerate's FSDP2 wrapping
     # looks for them on the module it prepares to keep tied input/output embeddings one parameter
@@ -88,13 +88,10 @@ def batch_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, tor
 
     `model` is a Hugging Face causal LM (optionally peft-wrapped) or a `LogpsModule`
     (optionally wrapped by DDP/accelerate); `batch` a `trainers.data.Batch`."""
-    inner = model
-    while hasattr(inner, "module"):
-        inner = inner.module
-    if isinstance(inner, LogpsModule):
+    if isinstance(unwrap(model), LogpsModule):  # the wrapper's forward: DDP's hooks see this call
         return model(batch.input_ids, batch.attention_mask, batch.response_mask, batch.position_ids,
                      batch.sequence_index, batch.num_sequences)
-    return sequence_logps(model, batch, chunk)
+    return forward_logps(model, batch, chunk)
 
 
 def full_logits_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,8 +39,16 @@ from typing import Any
 
 import torch
 
-import gsil_bench.trainers.packing  # noqa: F401  (registers the "packed" collator)
-from gsil_bench.core.io import append_jsonl, atomic_write_json, atomic_write_text, hash_obj, mark_done, read_jsonl
+from gsil_bench.core.config import TrainConfig
+from gsil_bench.core.io import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    hash_obj,
+    mark_done,
+    read_jsonl,
+    recover_path,
+)
 from gsil_bench.core.progress import Progress
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.strict import ConfigError
@@ -52,7 +60,7 @@ from gsil_bench.trainers.losses import LossInputs
 from gsil_bench.trainers.publish import write_model_card
 from gsil_bench.trainers.reference import RefLogps, load_causal_lm, weights_dtype
 from gsil_bench.trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
-from gsil_bench.trainers.state import kill_hook, load_state, recover_dir, rng_state, save_checkpoint, save_state
+from gsil_bench.trainers.state import kill_hook, load_state, rng_state, save_checkpoint, save_state
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +165,25 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any,
     return ctx.loss(inputs), batch.tokens
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepPlan:
-    """1. How one iteration is cut into optimizer steps."""
+    """1. How one iteration is cut into optimizer steps: the one plan, which `run --dry-run` prints
+    (trainers.api.planned_steps) and the loop follows (`step_plan`)."""
 
     n: int  # examples
     per_device: int  # micro-batch size
     per_step: int  # global batch: per_device x grad_accum x processes
     steps_per_epoch: int
     total: int  # optimizer steps of the iteration
+
+    @classmethod
+    def of(cls, n: int, train: TrainConfig, processes: int) -> StepPlan:
+        """`n` examples, the iteration's train settings, the launch's processes."""
+        per_step = train.batch_size * train.grad_accum * processes
+        steps_per_epoch = math.ceil(n / per_step)
+        total = steps_per_epoch * train.epochs
+        return cls(n, train.batch_size, per_step, steps_per_epoch,
+                   total if train.max_steps is None else min(train.max_steps, total))
 
 
 @dataclass
@@ -181,12 +199,7 @@ class Trainable:
 
 
 def step_plan(run: LoopRun) -> StepPlan:
-    t, acc = run.ctx.cfg.shared.train, run.ctx.accelerator
-    n, per_device = len(run.items), t.batch_size
-    per_step = per_device * t.grad_accum * acc.num_processes
-    steps_per_epoch = math.ceil(n / per_step)
-    total = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
-    return StepPlan(n, per_device, per_step, steps_per_epoch, total)
+    return StepPlan.of(len(run.items), run.ctx.cfg.shared.train, run.ctx.accelerator.num_processes)
 
 
 def prepare(run: LoopRun, plan: StepPlan) -> Trainable:
@@ -211,7 +224,7 @@ def prepare(run: LoopRun, plan: StepPlan) -> Trainable:
 def resume(run: LoopRun, tr: Trainable, plan: StepPlan) -> dict[str, Any]:
     """3. The saved state of an interrupted iteration, if any (metrics.jsonl cut back to it)."""
     acc, state_dir, metrics_file = run.ctx.accelerator, run.folder / "state", run.folder / "metrics.jsonl"
-    recover_dir(state_dir)
+    recover_path(state_dir)
     info: dict[str, Any] = {"step": 0, "tokens": 0, "wall_time_s": 0.0}
     if (state_dir / "info.json").is_file():
         info = (load_sharded_state(state_dir, acc, wrapped=tr.wrapped, optimizer=tr.optimizer, scheduler=tr.scheduler)

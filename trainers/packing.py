@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from gsil_bench.core.scoring import Batch, causal_lm
+
 PACKED_PREFIX = "gsil_packed_"
 _PACKED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("gsil_packed_call", default=False)
 
@@ -369,15 +371,13 @@ def packed_logps(model: Any, packed: PackedBatch, chunk: int = 4096) -> tuple[to
     return logps_sum, n_tokens
 
 
-# --- the training loop's Batch (trainers.data) ------------------------------------------
+# --- the training loop's Batch (core.scoring; the "packed" collator of trainers.data) ---------------
 
 
-def collate_packed(seqs: Sequence[Any], pad_id: int) -> Any:
+def collate_packed(seqs: Sequence[Any], pad_id: int) -> Batch:
     """The "packed" collator: a one-row `trainers.data.Batch` with restarting position ids
     and per-token sequence indices (`pad_id` is unused: nothing is padded). Its log-probs
     must go through `batch_packed_logps` (an attention mask cannot keep sequences apart)."""
-    from gsil_bench.trainers.data import Batch
-
     p = pack(seqs)
     return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
                  response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
@@ -405,22 +405,6 @@ def from_batch(batch: Any) -> PackedBatch:
 
 
 def batch_packed_logps(model: Any, batch: Any, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`packed_logps` for a packed `trainers.data.Batch` (what `trainers.logprobs.sequence_logps`
-    should call when `batch.sequence_index` is set)."""
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
-        model = model.module
-    if hasattr(model, "model") and not hasattr(model, "config"):  # trainers.logprobs.LogpsModule
-        model = model.model
-    return packed_logps(model, from_batch(batch), chunk)
-
-
-def _register_collator() -> None:
-    try:
-        from gsil_bench.trainers.data import COLLATORS
-    except ImportError:  # the data pipeline is not there: pack() and packed_logps still work
-        return
-    if "packed" not in COLLATORS.names():
-        COLLATORS.add("packed", collate_packed)
-
-
-_register_collator()
+    """`packed_logps` for a packed `trainers.data.Batch` (what `trainers.logprobs.forward_logps`
+    calls when `batch.sequence_index` is set), the model taken out of its wrappers (core.scoring.causal_lm)."""
+    return packed_logps(causal_lm(model), from_batch(batch), chunk)

@@ -17,6 +17,7 @@ import yaml
 
 from gsil_bench.core.config import ExperimentConfig
 from gsil_bench.core.errors import Problem
+from gsil_bench.core.io import atomic_write_text
 from gsil_bench.core.tracking import tracker_problems
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,7 @@ def write_model_card(checkpoint: Path, summary: dict[str, Any], cfg: ExperimentC
                      scores: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write (or rewrite, with scores) the checkpoint's README.md."""
     path = Path(checkpoint) / CARD
-    tmp = path.with_name(f".{CARD}.tmp")
-    tmp.write_text(model_card(summary, cfg, scores), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, model_card(summary, cfg, scores))
     return path
 
 

@@ -4,16 +4,14 @@ The reference of iteration k (the starting model for k = 1, iteration k-1's chec
 after) is fixed for the whole iteration, so the log-probs of every real and generated
 response under it are computed up front (`reference_logps`), saved as `ref_logps.pt`
 (`save_ref` / `load_ref`, keyed by a hash of the model and the token ids) and the model is
-freed before the policy is trained. The same chunked forward as training is used
-(`trainers.logprobs.batch_logps`), under the same autocast, so the log ratio of the
-untrained policy is zero up to float rounding (batches differ in padding).
+freed before the policy is trained. The same chunked forward as training is used, through the
+one scoring driver (`core.scoring.score_batches`) under the same autocast, so the log ratio of
+the untrained policy is zero up to float rounding (batches differ in padding).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,10 @@ from typing import Any
 import torch
 
 from gsil_bench.core.errors import FileError
+from gsil_bench.core.io import atomic_path
 from gsil_bench.core.models import ModelError, check_weights, resolve
-from gsil_bench.core.progress import Progress
-from gsil_bench.trainers.data import EncodedSeq, TrainItem, collate
-from gsil_bench.trainers.logprobs import batch_logps
+from gsil_bench.core.scoring import EncodedSeq, score_batches
+from gsil_bench.trainers.data import TrainItem
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +41,12 @@ class RefLogps:
         return self.real[idx], None if self.gen is None else self.gen[idx]
 
 
-@torch.no_grad()
 def sequences_logps(model: Any, seqs: Sequence[EncodedSeq], *, batch_size: int, chunk: int, pad_id: int,
                     autocast: Any = None, desc: str = "reference log-probs") -> torch.Tensor:
-    """Summed response log-probs of `seqs` under `model` (eval mode, no gradients), [N] float32.
-    Sequences are batched by similar length to waste little on padding."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
-    out = torch.zeros(len(seqs), dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    bar = Progress(len(seqs), desc)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([seqs[i] for i in idx], pad_id).to(device)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            logps, _ = batch_logps(model, batch, chunk)
-        out[torch.as_tensor(idx)] = logps.float().cpu()
-        bar.update(len(idx))
-    bar.close()
-    model.train(was_training)
-    return out
+    """Summed response log-probs of `seqs` under `model`, [N] float32 (core.scoring.score_batches: eval
+    mode, no gradients, batched by length)."""
+    return score_batches(model, seqs, pad_id=pad_id, batch_size=batch_size, chunk=chunk, autocast=autocast,
+                         desc=desc)[0]
 
 
 def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, chunk: int, pad_id: int,
@@ -80,10 +63,8 @@ def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, 
 
 def save_ref(path: str | Path, ref: RefLogps) -> None:
     """Write ref_logps.pt atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"real": ref.real, "gen": ref.gen, "key": ref.key}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"real": ref.real, "gen": ref.gen, "key": ref.key}, tmp)
 
 
 def load_ref(path: str | Path, key: str | None = None) -> RefLogps:

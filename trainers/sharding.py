@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from gsil_bench.core.errors import GsilError
-from gsil_bench.core.io import atomic_write_json, read_json
-from gsil_bench.trainers.state import atomic_dir, set_rng_state
+from gsil_bench.core.io import atomic_path, atomic_write_json, read_json
+from gsil_bench.trainers.state import set_rng_state
 
 PREFIX = "model."  # the loop prepares LogpsModule(model): its state-dict keys start with "model."
 
@@ -97,7 +97,7 @@ def save_sharded_state(dest: Path, acc: Any, *, wrapped: Any, optimizer: Any, sc
     optim = get_optimizer_state_dict(wrapped, _inner(optimizer), options=_full(cpu_offload=True))
     trainable = {n.removeprefix(PREFIX) for n, p in wrapped.named_parameters() if p.requires_grad}
     if acc.is_main_process:
-        with atomic_dir(dest) as tmp:
+        with atomic_path(dest, folder=True) as tmp:
             torch.save({k: v for k, v in weights.items() if k in trainable}, tmp / "model.pt")
             torch.save(optim, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gsil_bench.core.errors import FileError
-from gsil_bench.core.io import atomic_write_json, read_json
+from gsil_bench.core.io import atomic_path, atomic_write_json, read_json
 
 KILL_ENV = "GSIL_TEST_KILL"
 
@@ -38,32 +35,6 @@ def kill_hook(event: str, count: int, iteration: int | None = None) -> None:
     wanted = os.environ.get(KILL_ENV)
     if wanted and os.environ.get("RANK", "0") == "0" and wanted in (f"{event}:{count}", f"{event}@{iteration}:{count}"):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `dest` (old copy kept as
-    `<dest>.old` until the swap is done, and recovered by `recover_dir` after a crash)."""
-    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_dir(dest: Path) -> None:
-    """After a crash between the two renames of atomic_dir, bring `<dest>.old` back;
-    drop temporary folders left by killed processes."""
-    old = dest.with_name(dest.name + ".old")
-    if not dest.exists() and old.exists():
-        old.rename(dest)
-    for tmp in dest.parent.glob(f"{dest.name}.tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,7 +59,7 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 def save_state(dest: Path, *, model: Any, optimizer: Any, scheduler: Any, rng: list[dict[str, Any]],
                info: dict[str, Any]) -> None:
     """Snapshot everything needed to continue exactly (main process only)."""
-    with atomic_dir(dest) as tmp:
+    with atomic_path(dest, folder=True) as tmp:
         torch.save(trainable_state(model), tmp / "model.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -118,7 +89,7 @@ def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]
     are merged into the weights first (with `adapter`, the adapter alone is also saved to
     `adapter/`, loadable with peft onto the iteration's starting model). `meta` is written
     beside it as gsil_meta.json."""
-    with atomic_dir(dest) as tmp:
+    with atomic_path(dest, folder=True) as tmp:
         if hasattr(model, "merge_and_unload"):
             if adapter:
                 model.save_pretrained(tmp / "adapter", safe_serialization=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from gsil_bench.core.config import DEFAULT_MODEL, ExperimentConfig
 from gsil_bench.core.errors import GsilError
-from gsil_bench.core.io import busy_ancestor
+from gsil_bench.core.io import FolderBusy, busy_ancestor
 from gsil_bench.core.strict import Located
 from gsil_bench.harness.commands import add_overrides
 from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_overrides
@@ -30,10 +30,25 @@ from gsil_bench.harness.commands.lm_flags import add_lm_eval_flags, lm_eval_over
 log = logging.getLogger(__name__)
 HELP = "score a model or checkpoint on GSM8K, HumanEval, MT-Bench or any lm-eval task"
 
-EVAL_USAGE = "comma-separated: gsm8k, gsm8k_chat, humaneval, humaneval_plus, mbpp, mbpp_plus, mt_bench, or any lm-eval task"
+REGISTERED = "{registered tasks}"
+EVAL_USAGE = f"comma-separated: {REGISTERED}, or any lm-eval task"
+
+
+class TaskHelp(argparse.RawDescriptionHelpFormatter):
+    """`--help` with the registered tasks' names where the help says REGISTERED, read from the registry
+    when the help is printed (importing every task costs seconds: not on every command line)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and REGISTERED in text:
+            from gsil_bench.tasks.base import TASKS
+
+            text = text.replace(REGISTERED, ", ".join(TASKS.names()))
+        return text
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = TaskHelp
     parser.add_argument("--model", default=None, help=f"Hub id, model folder, .gguf or embedded:<name> (default {DEFAULT_MODEL})")
     parser.add_argument("--tasks", default=None, help=f"{EVAL_USAGE} (default: gsm8k,humaneval,mt_bench)")
     parser.add_argument("--limit", type=int, default=None, help="first N items of every task (quick runs; >= 1)")
@@ -56,7 +71,8 @@ def eval_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Located]:
     --judge, ...). Without --config, `--model` is `shared.model` (so `shared.model_revision` pins it); with
     it, the settings are those `run` applies (tasks.api.experiment_eval) and `shared.model` stays the
     experiment's (the held-out reference). Checked by the one validation pass (harness.validate) in `run`."""
-    from gsil_bench.core.config import experiment_from_dict, parse_experiment, raise_problems
+    from gsil_bench.core.config import raise_problems
+    from gsil_bench.core.loading import experiment_from_dict, parse_experiment
     from gsil_bench.core.strict import apply_overrides, to_plain
     from gsil_bench.tasks.api import experiment_eval
 
@@ -127,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("runs") / "eval" / slug)
     busy = busy_ancestor(out)
     if busy is not None:
-        raise GsilError(f"{busy}: another gsil-bench run or eval is using this folder; wait for it to finish")
+        raise FolderBusy(busy)
     results = evaluate(model, list(cfg.tasks), cfg, out, data_dir=args.data_dir or shared.data_dir,
                        limit=args.limit, completions=args.completions, pins=shared.pins())
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")
