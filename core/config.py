@@ -126,6 +126,9 @@ class GenerationConfig:
     max_retries: int = 3
     concurrency: int = 4  # simultaneous requests (server backends)
     tensor_parallel_size: int = 1  # backend "vllm": GPUs one model is split over (vLLM's tensor_parallel_size)
+    # backend "vllm" (generation and lm-eval's vLLM model): more vllm.LLM arguments, e.g. {max_model_len: 4096,
+    # gpu_memory_utilization: 0.5}, over core.vllm_backend.engine_args' defaults (the hf backend's dtype; eager on a CPU)
+    vllm_args: dict[str, Any] = field(default_factory=dict)
     # backends hf, vllm: "never" tokenises prompts without special tokens (the official self-play generators); "tokenizer"
     # with the tokenizer's own (BOS on Llama/Mistral tokenizers), as FastChat and vLLM on a string do (protocols set it)
     bos: Literal["never", "tokenizer"] = "never"
