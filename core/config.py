@@ -500,7 +500,7 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
                 (EvalConfig, "device"), (GenerationConfig, "auto_batch_size"),
-                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens")}
+                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens"), (GenerationConfig, "vllm_args")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed
