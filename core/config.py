@@ -123,6 +123,9 @@ class GenerationConfig:
     max_retries: int = 3
     concurrency: int = 4  # simultaneous requests (server backends)
     tensor_parallel_size: int = 1  # backend "vllm": GPUs one model is split over (vLLM's tensor_parallel_size)
+    # backend "vllm" (generation and lm-eval's vLLM model): more vllm.LLM arguments, e.g. {max_model_len: 4096,
+    # gpu_memory_utilization: 0.5}, over core.vllm_backend.engine_args' defaults (the hf backend's dtype; eager on a CPU)
+    vllm_args: dict[str, Any] = field(default_factory=dict)
     # backends hf, vllm: "never" tokenises prompts without special tokens (the official self-play generators); "tokenizer"
     # with the tokenizer's own (BOS on Llama/Mistral tokenizers), as FastChat and vLLM on a string do (protocols set it)
     bos: Literal["never", "tokenizer"] = "never"
@@ -407,7 +410,7 @@ LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (Gen
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
                 (EvalConfig, "device"), (GenerationConfig, "auto_batch_size"),
-                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens")}
+                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens"), (GenerationConfig, "vllm_args")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed

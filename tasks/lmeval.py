@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from importlib import metadata
@@ -53,7 +55,7 @@ for _hub, _name, _dir, _splits in (
     ("allenai/winogrande", "winogrande_xl", "winogrande", ("train", "validation")),
 ):
     LOCAL_DATASETS[(_hub, _name)] = {split: f"openllm/{_dir}/{split}.jsonl" for split in _splits}
-LM_BACKENDS: Registry[Callable[..., Any]] = Registry("lm-eval model backend")  # (ctx, add_bos) -> lm-eval LM
+LM_BACKENDS: Registry[Callable[..., Any]] = Registry("lm-eval model backend")  # (ctx, add_bos, chat=) -> lm-eval LM
 LOGGED_ONCE = ("doc", "arguments", "resps")  # fields of lm-eval's per-filter sample records equal across its filters
 
 
@@ -127,7 +129,7 @@ def localize(cfg: dict[str, Any], lm_task: str, data_dir: Path | None) -> tuple[
 
 
 @LM_BACKENDS.register("hf")
-def _hf_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
+def _hf_lm(ctx: EvalContext, add_bos: bool | None = None, **_: Any) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     model, tok = ctx.hf()
@@ -141,13 +143,15 @@ def _hf_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
 
 
 @LM_BACKENDS.register("openai")
-def _api_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
-    """The server tokenises the text it receives (llama.cpp adds BOS when the model's metadata says so): `add_bos`
-    cannot be forced here (docs/reproduction.md, fidelity table)."""
+def _api_lm(ctx: EvalContext, add_bos: bool | None = None, chat: bool | None = None) -> Any:
+    """The server tokenises the text it receives (llama.cpp adds BOS when the model's metadata says so; vLLM's
+    /completions the tokenizer's special tokens): `add_bos` cannot be forced here (docs/reproduction.md, fidelity
+    table). `chat`: whether the task applies the chat template (a task without it, e.g. the leaderboard's, needs
+    the plain completions endpoint; None: the context's setting)."""
     from lm_eval.api.registry import get_model
 
     gen = ctx.cfg.generation
-    chat = ctx.chat
+    chat = ctx.chat if chat is None else chat
     cls = get_model("local-chat-completions" if chat else "local-completions")
     key = os.environ.get(gen.api_key_env)
     if not gen.base_url:
@@ -159,12 +163,52 @@ def _api_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
 
 
 @LM_BACKENDS.register("vllm")
-def _vllm_lm(ctx: EvalContext, add_bos: bool | None = None) -> Any:
+def _vllm_lm(ctx: EvalContext, add_bos: bool | None = None, **_: Any) -> Any:
+    """lm-eval's vLLM model on the process's shared engine (core.vllm_backend.engine: the generation backend's,
+    so an evaluation loads the model into vLLM once); `add_bos` reaches lm-eval's tokenizer (its add_bos_token)."""
     from lm_eval.api.registry import get_model
 
-    return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto", revision=ctx.revision,
-                             add_bos_token=add_bos,
-                             tensor_parallel_size=ctx.cfg.generation.tensor_parallel_size)
+    from gsil_bench.core.vllm_backend import engine_args
+
+    args = engine_args(ctx.cfg.generation)
+    with shared_engine(resolve(ctx.model), ctx.revision, args):
+        return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto", revision=ctx.revision,
+                                 add_bos_token=add_bos, **args)
+
+
+# lm-eval's VLLM passes these to vllm.LLM besides ours (lm_eval/models/vllm_causallms.py, VLLM.__init__); at these
+# values its engine is the shared one (core.vllm_backend.engine_args sets lm-eval's seed, 1234)
+LM_EVAL_ENGINE_DEFAULTS = {"tokenizer": None, "tokenizer_mode": "auto", "trust_remote_code": False, "max_num_seqs": None,
+                           "quantization": None, "enable_lora": False, "max_lora_rank": 16, "max_model_len": None}
+
+
+@contextmanager
+def shared_engine(path: str, revision: str | None, args: dict[str, Any]) -> Iterator[None]:
+    """While lm-eval's VLLM is built, its `LLM(**model_args)` returns the shared engine for `path` when the
+    arguments it adds are lm-eval's defaults (else lm-eval builds its own engine, as it would alone)."""
+    import lm_eval.models.vllm_causallms as lm_vllm
+
+    from gsil_bench.core.vllm_backend import engine
+
+    real = lm_vllm.LLM
+
+    def llm(**kw: Any) -> Any:
+        theirs = {k: v for k, v in kw.items() if k not in args and k not in ("model", "revision", "tokenizer_revision")}
+        if (kw.get("model") == path and all(kw.get(k) == v for k, v in args.items())
+                and all(LM_EVAL_ENGINE_DEFAULTS.get(k, ...) == v for k, v in theirs.items())):
+            return engine(path, revision, args)
+        log.info("lm-eval's vLLM model builds its own engine (arguments %s)", theirs)
+        return real(**kw)
+
+    with _ENGINE_LOCK:
+        lm_vllm.LLM = llm
+        try:
+            yield
+        finally:
+            lm_vllm.LLM = real
+
+
+_ENGINE_LOCK = threading.Lock()
 
 
 # lm-eval's registered metrics (lm_eval/api/metrics.py) and their facts; a metric lm-eval reports that is not
@@ -248,7 +292,7 @@ class LmEvalTask:
         from lm_eval.tasks import TaskManager
 
         chat = self.apply_chat(ctx)
-        lm = LM_BACKENDS.get(ctx.cfg.generation.backend)(ctx, self.add_bos)
+        lm = LM_BACKENDS.get(ctx.cfg.generation.backend)(ctx, self.add_bos, chat=chat)
         ident = ctx.identity() if self.add_bos is None else {**ctx.identity(), "add_bos_token": self.add_bos}
         cache = ctx.cache_dir() / f"lm_eval-{hash_obj(ident)}"  # lm-eval keys its cache by request text, not ids
         cache.parent.mkdir(parents=True, exist_ok=True)
