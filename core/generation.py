@@ -13,28 +13,26 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from gsil_bench.core.config import GenerationConfig
 from gsil_bench.core.errors import ConfigError, Problem
 from gsil_bench.core.models import load_model, load_tokenizer, pick_dtype, resolve
 from gsil_bench.core.openai_client import OpenAIClient
 from gsil_bench.core.progress import Progress
+from gsil_bench.core.prompting import (  # noqa: F401 (public names of this module)
+    Chat,
+    Completion,
+    Prompt,
+    prompt_ids,
+    render_prompt,
+    truncate_at_stop,
+    vllm_requests,
+)
 from gsil_bench.core.registry import Registry
+from gsil_bench.core.vllm_backend import VLLMGenerator
 
 log = logging.getLogger(__name__)
-
-Chat = list[dict[str, str]]
-Prompt = Union[str, Chat]
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    tokens: int  # generated tokens (as counted by the backend)
-    finish_reason: str = "stop"  # "stop" (EOS or stop string) or "length"
-
 
 class Generator(Protocol):
     """Anything that turns prompts into completions, in order."""
@@ -46,42 +44,6 @@ class Generator(Protocol):
 
 GeneratorFactory = Callable[..., Generator]
 GENERATORS: Registry[GeneratorFactory] = Registry("generation backend")
-
-
-def truncate_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
-    """Cut `text` at the first stop string; return (text, whether one was found)."""
-    cut = len(text)
-    for s in stop or ():
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut], cut < len(text)
-
-
-def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
-    """Chat -> the model's chat template with the generation prompt; a string stays as is."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def prompt_ids(tokenizer: Any, prompt: Prompt, cfg: GenerationConfig) -> list[int]:
-    """The token ids the hf and vllm backends send for `prompt` (one function, so both send the same).
-
-    `cfg.bos`: "never" tokenises without special tokens, as the official self-play generators do (GSIL
-    gsil/generate.py:50-57, SPIN spin/generate.py:40-46); "tokenizer" with the tokenizer's own special tokens
-    (BOS on Llama/Mistral tokenizers), as FastChat (fastchat/llm_judge/gen_model_answer.py:114,
-    `tokenizer([prompt])`) and vLLM given a string (Eurus eval/Coding/human_eval/evaluate_human_eval.py:45) do.
-    A chat rendered by a template that already opens with BOS gets no second one (no official tool renders it).
-    `cfg.max_prompt_tokens`: the tokenizer's own truncation to that many tokens, on its `truncation_side`
-    (GSIL gsil/generate.py:52-55: max_length=1024, truncation=True; SPIN does not truncate, :44)."""
-    text = render_prompt(tokenizer, prompt)
-    special = cfg.bos == "tokenizer"
-    bos = getattr(tokenizer, "bos_token", None)
-    if special and not isinstance(prompt, str) and bos and text.startswith(bos):
-        special = False
-    cut: dict[str, Any] = {"truncation": True, "max_length": cfg.max_prompt_tokens} if cfg.max_prompt_tokens else {}
-    return list(tokenizer(text, add_special_tokens=special, **cut)["input_ids"])
 
 
 class HFGenerator:
@@ -434,12 +396,6 @@ def _openai(cfg: GenerationConfig, *, model_name: str | None = None, **_: Any) -
     return OpenAIGenerator(cfg, model_name)
 
 
-def vllm_requests(tokenizer: Any, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[dict[str, list[int]]]:
-    """vLLM's prompts as token ids (`TokensPrompt`), the ids the hf backend sends: vLLM given a string would
-    tokenise it with special tokens (a BOS the official self-play generators do not add, GSIL gsil/generate.py:57)."""
-    return [{"prompt_token_ids": prompt_ids(tokenizer, p, cfg)} for p in prompts]
-
-
 @GENERATORS.register("vllm")
 def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: Any = None, revision: str | None = None,
           **_: Any) -> Generator:
@@ -450,8 +406,6 @@ def _vllm(cfg: GenerationConfig, *, model_name: str | None = None, tokenizer: An
 
     if model_name is None:
         raise ValueError("generation backend 'vllm' needs a model name or folder")
-    from gsil_bench.core.vllm_backend import VLLMGenerator
-
     return VLLMGenerator(resolve(model_name), cfg, tokenizer or load_tokenizer(model_name, revision), revision)
 
 

