@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Server, start_server
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine on a CPU (vLLM's default: 4)
 BOS = "<|im_start|>"  # SmolLM2's bos_token (id 1); its own tokenizer adds no BOS, this copy's does
@@ -92,16 +91,15 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    """`vllm serve FOLDER` on 127.0.0.1 in its own process group (started by `start`, stopped by `stop`: SIGTERM
-    to the group, SIGKILL after 30 s), also stopped when the test process gets SIGTERM (the handler before it
-    then runs). The same engine settings as the in-process backend on a CPU."""
+    """`vllm serve FOLDER` on 127.0.0.1 under the tests' server watchdog (helpers.start_server): `stop` ends it and
+    every engine process it started, and so does the test process ending however it ends (SIGTERM, SIGINT,
+    SIGKILL). The same engine settings as the in-process backend on a CPU."""
 
     def __init__(self, folder: Path, log: Path, name: str = "smollm2") -> None:
         self.folder, self.log, self.name = folder, log, name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._previous: Any = None
+        self.server: Server | None = None
 
     def start(self) -> None:
         vllm = Path(sys.executable).parent / "vllm"
@@ -109,16 +107,14 @@ class VLLMServer:
                "--served-model-name", self.name, "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
                "--seed", "1234"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.server = start_server(cmd, self.log, env=env, grace=30.0)
 
     def wait_ready(self, timeout: float = 600) -> None:
-        assert self.proc is not None
+        assert self.server is not None
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"vllm serve exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            if not self.server.running():
+                pytest.fail(f"vllm serve exited ({self.server.proc.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/models", timeout=2):
                     return
@@ -128,25 +124,6 @@ class VLLMServer:
                 time.sleep(1)
 
     def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        previous = self._previous
-        self.stop()
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop(timeout=60)
