@@ -418,8 +418,8 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
+        loc.mark_overrides(overrides, data)
         data = apply_overrides(data, overrides)
-        loc.mark_overrides(overrides)
     from gsil_bench.core.sweeps import expand_sweeps
 
     data, loc = expand_sweeps(data, loc)
@@ -432,7 +432,7 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None
 def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:
     """Raise one ValidationError with every problem rendered (file:line, key, message), if any."""
     if problems or cfg is None:
-        raise ValidationError([loc.render(p) for p in problems] or [f"{loc.file}: the experiment cannot be built"])
+        raise ValidationError(loc.render_all(problems) or [f"{loc.file}: the experiment cannot be built"])
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -456,13 +456,25 @@ def plugin_problems(modules: list[str], config_dir: Path | None = None) -> list[
         for i, name in enumerate(modules):
             try:
                 importlib.import_module(name)
-            except ImportError as err:
-                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r} ({err})"))
+            except Exception as err:  # noqa: BLE001 - a plugin's own error is the user's to fix: one line
+                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r}: {_plugin_error(err)}"))
     finally:
         for d in added:
             if d in sys.path:
                 sys.path.remove(d)
     return out
+
+
+def _plugin_error(err: BaseException) -> str:
+    """A plugin's import error as `file:line: what` (a syntax error's own position, else the
+    deepest frame of the failure outside the Python library and gsil-bench)."""
+    import traceback
+
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{err.filename}:{err.lineno}: {type(err).__name__}: {err.msg}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if "importlib" not in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(err).__name__}: {err}"
 
 
 def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:

@@ -31,25 +31,64 @@ class Located:
         self.file = file
         self.lines = lines or {}
         self.given: dict[str, str] = {}  # key path -> the command line's KEY=VALUE that set it
+        self.origin: list[int] | None = None  # after a sweep: methods[j] is a variant of the YAML's methods[origin[j]]
 
-    def mark_overrides(self, overrides: list[str]) -> None:
-        """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML."""
+    def mark_overrides(self, overrides: list[str], data: Any = None) -> None:
+        """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML.
+        With the config's `data` (before sweeps), `methods.<label or index>.<key>` also marks
+        `methods[i].<key>`, the form problems name."""
+        methods = data.get("methods") if isinstance(data, dict) else None
         for text in overrides:
-            self.given[text.split("=", 1)[0].strip()] = text
+            key = text.split("=", 1)[0].strip()
+            self.given[key] = text
+            parts = key.split(".")
+            if parts[0] == "methods" and len(parts) > 1 and isinstance(methods, list):
+                labels = [str(m.get("name") or m.get("loss")) if isinstance(m, dict) else "" for m in methods]
+                i = int(parts[1]) if parts[1].isdigit() else (labels.index(parts[1]) if labels.count(parts[1]) == 1 else None)
+                if i is not None:
+                    self.given[".".join([f"methods[{i}]", *parts[2:]])] = text
+
+    def _yaml_key(self, key: str) -> str:
+        """`methods[j]...` of a sweep variant as the YAML's `methods[i]...` it was expanded from."""
+        if self.origin is None or not key.startswith("methods["):
+            return key
+        j, _, rest = key[len("methods["):].partition("]")
+        return f"methods[{self.origin[int(j)]}]{rest}" if j.isdigit() and int(j) < len(self.origin) else key
 
     def at(self, key: str) -> str:
-        for k in [key] + [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]:
+        yaml_key = self._yaml_key(key)
+        for k in [yaml_key] + [yaml_key.rsplit(".", n)[0] for n in range(1, yaml_key.count(".") + 1)]:
             if k in self.given:  # this key or a mapping above it came from the command line
                 return f"command line {self.given[k]!r}"
         line = self.lines.get(key)
         if line is None and "." in key:  # fall back to the nearest parent with a line
             return self.at(key.rsplit(".", 1)[0])
-        return f"{self.file}:{line}" if line else self.file
+        where = f"{self.file}:{line}" if line else self.file
+        below = [text for k, text in self.given.items() if k.startswith(yaml_key + ".") and "[" in yaml_key]
+        return f"command line {below[0]!r} (in {where})" if len(set(below)) == 1 else where
 
-    def render(self, problem: Problem) -> str:
-        """One line: file:line (of the problem's key, or its nearest parent), key, message."""
+    def render(self, problem: Problem, yaml_index: bool = False) -> str:
+        """One line: file:line (of the problem's key, or its nearest parent), key, message;
+        `yaml_index`: a sweep variant's key as the YAML's method entry (`methods[i]`)."""
         key = problem.key if problem.at is None else problem.at
-        return problem.render(self.at(key) if key else self.file)
+        shown = Problem(self._yaml_key(problem.key), problem.message, problem.at) if yaml_index else problem
+        return shown.render(self.at(key) if key else self.file)
+
+    def render_all(self, problems: list[Problem]) -> list[str]:
+        """Every problem once: a problem every variant of one sweep shares is reported once, for the
+        YAML's method entry, and a variant's override that repeats a shared key's problem
+        (`methods[j].overrides -> shared.K`) is left out."""
+        plain = {(p.key, p.message) for p in problems}
+        kept = [p for p in problems if not (" -> " in p.key and (p.key.split(" -> ", 1)[1], p.message) in plain)]
+        shared: dict[tuple[str, str], int] = {}
+        for p in kept:
+            shared[(self._yaml_key(p.key), p.message)] = shared.get((self._yaml_key(p.key), p.message), 0) + 1
+        out: list[str] = []
+        for p in kept:
+            line = self.render(p, yaml_index=shared[(self._yaml_key(p.key), p.message)] > 1)
+            if line not in out:
+                out.append(line)
+        return out
 
 
 class _Bad(Exception):
@@ -259,7 +298,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. shared.optimizer.lr=1e-6")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        what = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"command line {text!r}: the value is not valid YAML ({what})") from None
+    return key.strip().split("."), value
 
 
 def _element(items: list[Any], key: str, text: str, where: str) -> Any:

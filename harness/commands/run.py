@@ -32,10 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gsil_bench.harness.runner import run_experiment
-    from gsil_bench.harness.validate import load_and_validate
+    from gsil_bench.harness.validate import check_output, load_and_validate
 
-    cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir)
+    cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, hub=not args.dry_run)
     root = args.output or Path("runs") / cfg.name
+    if not args.dry_run:
+        check_output(root, "--output" if args.output else "run folder")
     if args.dry_run:
         from gsil_bench.harness.dryrun import describe
 
