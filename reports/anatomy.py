@@ -101,7 +101,7 @@ def anatomy_frame(run: RunData) -> pd.DataFrame:
 
 def anatomy_plot(run: RunData, path: Path) -> Path | None:
     """Two panels: the generated share at r=0 per method (bars), and along training per method."""
-    from gsil_bench.reports.plots import _figure_legend, _save
+    from gsil_bench.reports.plots import _figure_legend, _save, draw_distinct, titled
 
     facts = method_facts(run)
     if not facts:
@@ -113,31 +113,29 @@ def anatomy_plot(run: RunData, path: Path) -> Path | None:
         z = facts[label].get("at_zero") or {}
         share = _share(z.get("w_real"), z.get("w_gen"))
         if share is not None:
-            bars.bar(x, share, color=colors.get(label, "grey"), edgecolor="black", linewidth=0.5, label=label)
+            bar = bars.bar(x, share, color=colors.get(label, "grey"), edgecolor="black", linewidth=0.5, label=label)
+            bars.bar_label(bar, [f"{share:.2f}"], fontsize=8, padding=2)  # a zero-height bar shows its 0.00
     bars.axhline(0.5, color="black", linestyle=":", linewidth=1)
-    bars.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)  # upright names would overprint
+    bars.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9)  # upright names would overprint
     bars.set_xlabel("method (its loss at the configured parameters)")
-    bars.set_ylim(0, 1.02)
+    bars.set_ylim(0, 1.12)  # room for the value above a full bar
     bars.set_ylabel("generated share w_gen/(w_real+w_gen)")
-    bars.set_title("weight at the start of an iteration (r = 0)")
-    drawn = False
+    titled(bars, "weight at the start of an iteration (r = 0)")
+    pts_of: dict[tuple[str, int], tuple[Any, Any]] = {}
     for label, m in facts.items():
         by_seed: dict[int, list[tuple[int, float]]] = {}
         for r in m.get("training") or []:
             share = _share(r["w_real"], r["w_gen"])
             if share is not None:
                 by_seed.setdefault(int(r["seed"]), []).append((int(r["step"]), share))
-        for j, (_, pts) in enumerate(sorted(by_seed.items())):
-            xs, ys = zip(*pts)
-            curves.plot(xs, ys, color=colors.get(label, "grey"), linewidth=1.1, alpha=0.85,
-                        marker="." if len(pts) < 30 else None, label=None if j else label)
-            drawn = True
+        pts_of.update({(label, seed): tuple(zip(*pts)) for seed, pts in by_seed.items()})  # type: ignore[misc]
+    note = draw_distinct(curves, pts_of, colors)
     curves.axhline(0.5, color="black", linestyle=":", linewidth=1)
     curves.set_ylim(-0.02, 1.02)
     curves.set_xlabel("optimizer step (iterations concatenated)")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("generated share")
-    curves.set_title("along training (logged mean log ratios)" if drawn else "along training: no logged rewards")
+    titled(curves, "along training (logged mean log ratios)" if pts_of else "along training: no logged rewards", note)
     fig.tight_layout()
     _figure_legend(fig, [bars])
     return _save(fig, path)

@@ -15,31 +15,38 @@ labels with display names and units; the legend sits below the panels, clear of 
 from __future__ import annotations
 
 import logging
+import math
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator  # noqa: E402
 
 from gsil_bench.core.io import temp_name  # noqa: E402
+from gsil_bench.reports.curves import Divergence, coinciding, divergences, reward_axis, reward_scales  # noqa: E402
 from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
 from gsil_bench.reports.stats import Interval  # noqa: E402
 from gsil_bench.reports.style import method_colors, scale  # noqa: E402
 from gsil_bench.reports.tables import Comparison  # noqa: E402
 
 log = logging.getLogger(__name__)
-YLABELS = {"loss": "loss", "rewards/real": "log ratio r(real)", "rewards/generated": "log ratio r(generated)",
-           "rewards/accuracy": "accuracy (fraction)"}
+YLABELS = {"loss": "loss", "rewards/accuracy": "fraction of pairs with r(real) > r(generated)"}
 CURVES = (  # (metrics.jsonl key, panel title)
     ("loss", "training loss"),
-    ("rewards/real", "reward of real (demonstration)"),
+    ("rewards/real", "reward of real"),
     ("rewards/generated", "reward of generated"),
     ("rewards/accuracy", "classifier accuracy"),
 )
 DPI = 300
+LEGEND_POINTS = 10  # the figure legend's text (points)
+NOTE_POINTS = 9  # iteration marks and notes inside panels
+TITLE_POINTS = 11  # panel titles (with a note below: coinciding curves)
 FORMATS = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None},
            ".svg": {"Date": None}}  # metadata left out so a figure's bytes depend on its data only
 matplotlib.rcParams["svg.hashsalt"] = "gsil-bench"
@@ -49,21 +56,26 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically; a
     figure with a problem a reader would see (figure_problems) is saved with a warning naming it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.canvas.draw()  # at the figure's own size and dpi: the text extents the check measures
+    for problem in figure_problems(fig):
+        log.warning("%s: %s", path.name, problem)
     for suffix, meta in FORMATS.items():
         dest = path.with_suffix(suffix)
         tmp = temp_name(dest)  # unique per process: two workers may write one run's report at once
         fig.savefig(tmp, format=suffix[1:], dpi=DPI, bbox_inches="tight", metadata=meta)
         tmp.replace(dest)
-        if suffix == ".png":  # drawn now: text extents are known
-            for problem in figure_problems(fig):
-                log.warning("%s: %s", path.name, problem)
     plt.close(fig)
     return path
 
 
+MIN_POINTS = 8.0  # the smallest text a figure may hold (points): the page shows figures near their width
+
+
 def figure_problems(fig: plt.Figure) -> list[str]:
     """What a reviewer would object to in a drawn figure: a panel with no data, a panel without title
-    or axis labels, tick labels printed over one another."""
+    or axis labels, tick labels printed over one another, text outside the canvas or smaller than
+    MIN_POINTS, an axis label longer than its panel, a legend over a panel or its labels, and
+    curves drawn alike over one another (one hides the other)."""
     out = []
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (matplotlib.use above)
     for ax in (a for a in fig.axes if a.get_visible()):
@@ -74,9 +86,74 @@ def figure_problems(fig: plt.Figure) -> list[str]:
         if not (ax.get_title() and ax.get_xlabel() and ax.get_ylabel()):
             out.append(f"{name}: missing title or axis label")
         for axis in (ax.xaxis, ax.yaxis):
-            boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer) for t in _shown_ticklabels(axis)]
             if any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
                 out.append(f"{name}: overlapping {axis.axis_name} tick labels")
+        panel = ax.get_window_extent(renderer)
+        if ax.get_ylabel() and ax.yaxis.label.get_window_extent(renderer).height > panel.height * 1.02:
+            out.append(f"{name}: y label longer than its panel")
+        out += [f"{name}: {p}" for p in _hidden_curves(ax)]
+    out += _text_problems(fig, renderer) + _legend_problems(fig, renderer)
+    return out
+
+
+def _shown_ticklabels(axis: Any) -> list[Text]:
+    """The tick labels drawn: visible, not empty, at a tick inside the axis's view."""
+    lo, hi = sorted(axis.get_view_interval())
+    pad = 1e-9 * max(1.0, abs(hi - lo))
+    return [t.label1 for t in axis.get_major_ticks()
+            if lo - pad <= t.get_loc() <= hi + pad and t.label1.get_visible() and t.label1.get_text()]
+
+
+def _hidden_curves(ax: plt.Axes) -> list[str]:
+    """Lines with the same points drawn in the same style: only the last drawn shows."""
+    lines = [ln for ln in ax.get_lines() if ln.get_visible() and len(np.atleast_1d(ln.get_xdata())) > 1]
+    out = []
+    for i, a in enumerate(lines):
+        for b in lines[i + 1:]:
+            same_style = (a.get_linestyle(), a.get_linewidth(), a.get_marker()) == (
+                b.get_linestyle(), b.get_linewidth(), b.get_marker())
+            xa, ya = (np.asarray(v, dtype=float) for v in a.get_data())
+            xb, yb = (np.asarray(v, dtype=float) for v in b.get_data())
+            if same_style and xa.shape == xb.shape and np.allclose(xa, xb) and np.allclose(ya, yb, equal_nan=True):
+                out.append(f"curve {a.get_label()!r} hidden under {b.get_label()!r}")
+    return out
+
+
+def _text_problems(fig: plt.Figure, renderer: Any) -> list[str]:
+    canvas = fig.bbox
+    out = []
+    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels()}
+    shown = {id(t) for ax in fig.axes if ax.get_visible() for axis in (ax.xaxis, ax.yaxis)
+             for t in _shown_ticklabels(axis)}
+    for t in fig.findobj(lambda a: isinstance(a, Text)):
+        if not (t.get_visible() and t.get_text().strip()) or (t.axes is not None and not t.axes.get_visible()):
+            continue
+        if id(t) in ticks and id(t) not in shown:
+            continue
+        box = t.get_window_extent(renderer)
+        label = t.get_text().strip().replace("\n", " ")[:40]
+        if box.x0 < canvas.x0 - 1 or box.y0 < canvas.y0 - 1 or box.x1 > canvas.x1 + 1 or box.y1 > canvas.y1 + 1:
+            out.append(f"text outside the canvas: {label!r}")
+        if t.get_fontsize() < MIN_POINTS:
+            out.append(f"text smaller than {MIN_POINTS:g} pt: {label!r}")
+    return out
+
+
+def _legend_problems(fig: plt.Figure, renderer: Any) -> list[str]:
+    """A legend (figure's or a panel's) over a visible panel, or over its tick and axis labels."""
+    out = []
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    for leg in legends:
+        box = leg.get_window_extent(renderer)
+        for ax in (a for a in fig.axes if a.get_visible()):
+            name = ax.get_title() or "untitled panel"
+            own = leg.axes is ax and leg in (ax.get_legend(),)
+            if not own and box.overlaps(ax.get_window_extent(renderer)):
+                out.append(f"legend covers the panel {name!r}")
+            texts = [*_shown_ticklabels(ax.xaxis), *_shown_ticklabels(ax.yaxis), ax.xaxis.label, ax.yaxis.label, ax.title]
+            if any(t.get_visible() and t.get_text() and box.overlaps(t.get_window_extent(renderer)) for t in texts):
+                out.append(f"legend covers labels of {name!r}")
     return out
 
 
@@ -109,23 +186,32 @@ def _scale_for_spread(ax: plt.Axes) -> None:
         lin = 10.0 ** np.floor(np.log10(max(min(sizes), 1e-3)))  # a power of ten: the linear part is one decade
         ax.set_yscale("symlog", linthresh=lin)
         ax.yaxis.set_major_locator(FixedLocator(_symlog_ticks(ax, lin)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
         ax.yaxis.set_minor_locator(FixedLocator([]))
-        ax.set_title(ax.get_title() + " (symlog)")
+        ax.set_title(ax.get_title() + " (symlog)", fontsize=TITLE_POINTS)
 
 
 def _symlog_ticks(ax: plt.Axes, lin: float) -> list[float]:
-    """0, then powers of ten from 10 x linthresh outwards (every second one past five): no label sits
-    within a decade of 0's, where matplotlib's default puts 10^-1 on top of 0."""
+    """0, then 1-2-5 steps of each decade from linthresh outwards (1-3 steps past three decades, powers
+    of ten alone past five), written as plain numbers: every curve has labelled ticks near it, and
+    no label sits within a decade of 0's (linthresh is a power of ten: its own decade of space)."""
     lo, hi = (float(v) for v in ax.dataLim.intervaly)
     ticks = [0.0]
     for sign, extent in ((1.0, hi), (-1.0, -lo)):
-        powers = []
-        p = 10 * lin
+        if extent < lin:
+            continue
+        decades = int(np.floor(np.log10(extent / lin))) + 1
+        steps = (1, 2, 5) if decades <= 3 else (1, 3) if decades <= 5 else (1,)
+        p = lin
         while p <= extent * 1.0001:
-            powers.append(sign * p)
+            ticks += [sign * p * k for k in steps if p * k <= max(extent * 1.5, p)]
             p *= 10
-        ticks += powers[::2] if len(powers) > 5 else powers
-    return sorted(ticks)
+    return sorted(set(ticks))
+
+
+def _plain(v: float, _pos: object = None) -> str:
+    """A tick label as a plain number (0.5, 20, 1e+04), never 10^x."""
+    return "0" if v == 0 else f"{v:g}"
 
 
 def family_members(run: RunData, family: str) -> list[str]:
@@ -201,21 +287,87 @@ def _concatenated(run: RunData, methods: list[str]) -> tuple[dict[tuple[str, int
 
 def _panels(run: RunData, curves: dict[tuple[str, int], list[dict]]) -> list[tuple[str, str, list[str]]]:
     """(metrics.jsonl key, title, methods) per panel: the loss once per loss family (their scales differ:
-    a token-mean NLL beside a summed-log-ratio hinge), then each reward panel for every method."""
+    a token-mean NLL beside a summed-log-ratio hinge), each reward once per family too (DPO and SPIN log
+    beta*r, GSIL r: reports.curves), then the classifier accuracy for every method."""
     methods = list(dict.fromkeys(m for m, _ in curves))
     has = {key: [m for m in methods if any(key in r for (mm, _), rows in curves.items() if mm == m for r in rows)]
            for key, _ in CURVES}
-    families = list(dict.fromkeys(loss_family(run, m) for m in has["loss"]))
-    panels = [("loss", f"training loss: {fam}", [m for m in has["loss"] if loss_family(run, m) == fam]) for fam in families]
-    return panels + [(key, title, has[key]) for key, title in CURVES[1:] if has[key]]
+    panels = []
+    for key, title in CURVES[:3]:
+        families = list(dict.fromkeys(loss_family(run, m) for m in has[key]))
+        panels += [(key, f"{title}: {fam}", [m for m in has[key] if loss_family(run, m) == fam]) for fam in families]
+    return panels + [(key, title, has[key]) for key, title in CURVES[3:] if has[key]]
 
 
 def _mark_iterations(ax: plt.Axes, starts: dict[float, int]) -> None:
     """A dotted line where each self-play iteration starts, labelled at the top."""
     for x, it in sorted(starts.items()):
         ax.axvline(x, color="0.55", linestyle=":", linewidth=0.9, zorder=0)
-        ax.text(x, 1.0, f" iter {it}", transform=ax.get_xaxis_transform(), fontsize=7, color="0.35",
-                va="top", ha="left")
+        ax.text(x, 1.0, f" iter {it}", transform=ax.get_xaxis_transform(), fontsize=NOTE_POINTS, color="0.3",
+                va="top", ha="left").set_in_layout(False)
+
+
+STYLES = ("-", "--", ":", "-.")  # coinciding curves: each its own line style (and width), so each shows
+
+
+def _draw_curves(ax: plt.Axes, curves: dict[tuple[str, int], list[dict]], key: str, shown: list[str],
+                 colors: dict[str, Any]) -> str:
+    """Every shown method's curve(s) of `key` (draw_distinct)."""
+    pts_of = {}
+    for (m, seed), rows in curves.items():
+        pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
+        if pts and m in shown:
+            pts_of[(m, seed)] = tuple(zip(*pts))
+    return draw_distinct(ax, pts_of, colors)
+
+
+def draw_distinct(ax: plt.Axes, pts_of: dict[tuple[str, int], tuple[Any, Any]], colors: dict[str, Any]) -> str:
+    """One line per (method, seed), labelled once per method. Lines with the same points get their own
+    line style and width (widest first, underneath), so none hides another; returns the note that names
+    them ("same curve: a = b"), for the panel's title ("" when none coincide)."""
+    groups = coinciding({f"{m}|{seed}": xy for (m, seed), xy in pts_of.items()})
+    rank = {label: (i, len(g)) for g in groups for i, label in enumerate(g)}
+    seeds: dict[str, int] = {}
+    for m, seed in pts_of:
+        seeds[m] = min(seeds.get(m, seed), seed)
+    for (m, seed), (x, y) in pts_of.items():
+        i, n = rank.get(f"{m}|{seed}", (0, 1))
+        ax.plot(x, y, color=colors.get(m, "grey"), linewidth=1.2 + 1.3 * (n - 1 - i) if n > 1 else 1.2, alpha=0.9,
+                linestyle=STYLES[i % len(STYLES)], label=m if seed == seeds[m] else None, zorder=2 + i,
+                marker="." if len(x) < 30 and n == 1 else None)
+    named = [g for g in groups if len({lab.split("|")[0] for lab in g}) > 1]
+    if not named:
+        return ""
+    return "same curve: " + "; ".join(" = ".join(dict.fromkeys(lab.split("|")[0] for lab in g)) for g in named)
+
+
+def titled(ax: plt.Axes, title: str, note: str = "") -> None:
+    """The panel's title, with a note (coinciding curves) wrapped below it, at one size in every panel."""
+    ax.set_title(title + ("\n" + textwrap.fill(f"({note})", 48) if note else ""), fontsize=TITLE_POINTS)
+
+
+def _mark_divergence(ax: plt.Axes, curves: dict[tuple[str, int], list[dict]], shown: list[str],
+                     diverged: list[Divergence]) -> None:
+    """A red cross where a shown method's training diverged, and the panel's title says so."""
+    hit = []
+    for d in diverged:
+        if d.method not in shown:
+            continue
+        rows = [r for r in curves.get((d.method, d.seed), []) if r.get("step") == d.step]
+        x = next((r["_x"] for r in rows if r.get("loss") is not None and (r["loss"] == d.value or d.value != d.value)), None)
+        if x is not None and math.isfinite(d.value):
+            ax.plot([x], [d.value], marker="x", color="#b3261e", markersize=9, markeredgewidth=2, zorder=10)
+        hit.append(d.method)
+    if hit:
+        ax.set_title(ax.get_title() + "\nDIVERGED: " + ", ".join(dict.fromkeys(hit)), color="#b3261e",
+                     fontsize=TITLE_POINTS)
+
+
+def _ylabel(run: RunData, key: str, shown: list[str]) -> str:
+    if key in ("rewards/real", "rewards/generated"):
+        scales = reward_scales(run)
+        return reward_axis("real" if key == "rewards/real" else "generated", [scales.get(m) for m in shown])
+    return YLABELS.get(key, key)
 
 
 def training_curves(run: RunData, path: Path) -> Path | None:
@@ -228,20 +380,15 @@ def training_curves(run: RunData, path: Path) -> Path | None:
         return None
     fig, axes = _grid(len(panels))
     colors = method_colors(run.methods)
+    diverged = divergences(run)
     for ax, (key, title, shown) in zip(axes, panels):
-        for (m, seed), rows in curves.items():
-            pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
-            if pts and m in shown:
-                x, y = zip(*pts)
-                first_seed = seed == min(s for mm, s in curves if mm == m)
-                ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
-                        marker="." if len(pts) < 30 else None)
-        ax.set_title(title)
-        ax.set_ylabel(YLABELS.get(key, key))
+        titled(ax, title, _draw_curves(ax, curves, key, shown, colors))
+        ax.set_ylabel(_ylabel(run, key, shown))
         if key == "loss":
             _scale_for_spread(ax)
+            _mark_divergence(ax, curves, shown, diverged)
         _mark_iterations(ax, {x: it for m in shown for x, it in starts.get(m, {}).items()})
-        ax.set_xlabel("optimizer step (self-play iterations concatenated)")
+        ax.set_xlabel("optimizer step (iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _figure_legend(fig, axes)
@@ -289,14 +436,68 @@ def _scaled(iv: Interval, k: float) -> Interval:
     return Interval(iv.value * k, iv.ci_low * k, iv.ci_high * k, iv.n, iv.seeds)
 
 
-def _figure_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
-    """One legend below the panels with every label any panel drew."""
+def fit_labels(fig: plt.Figure) -> None:
+    """Wrap every y label longer than its panel onto more lines (the panel's height sets the width)."""
+    import textwrap
+
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ax in (a for a in fig.axes if a.get_visible() and a.get_ylabel()):
+        label = ax.yaxis.label
+        text = " ".join(label.get_text().split())
+        for _ in range(3):
+            height = ax.get_window_extent(renderer).height
+            long = label.get_window_extent(renderer).height
+            if long <= height * 0.98:
+                break
+            lines = label.get_text().count("\n") + 1
+            width = max(12, int(len(text) / lines * height / long * 0.95))
+            label.set_text("\n".join(textwrap.wrap(text, width)))
+
+
+def _figure_legend(fig: plt.Figure, axes: list[plt.Axes], rect_top: float = 1.0) -> None:
+    """One legend below the panels, inside the canvas, with every label any panel drew: the figure grows
+    by the legend's height and the panels are laid out again above it, so it covers none of them;
+    y labels longer than their panel are wrapped (fit_labels)."""
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
+            if lab not in labels and not lab.startswith("_"):
                 handles.append(h)
                 labels.append(lab)
-    if labels:  # below the figure (after tight_layout): savefig's tight box takes it in, no panel is covered
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure)
+    share = 0.0
+    if labels:
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        for ncol in range(min(len(labels), 6), 0, -1):  # as many columns as fit the canvas's width
+            leg = fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=LEGEND_POINTS,
+                             frameon=False, bbox_to_anchor=(0.5, 0.005), bbox_transform=fig.transFigure)
+            if leg.get_window_extent(renderer).width <= fig.bbox.width * 0.98 or ncol == 1:
+                break
+            leg.remove()
+        width, height = fig.get_size_inches()
+        extra = leg.get_window_extent(renderer).height / fig.dpi + 0.15
+        fig.set_size_inches(width, height + extra)
+        share = extra / (height + extra)
+    for _ in range(3):
+        fit_labels(fig)
+        fig.tight_layout(rect=(0, share, 1, rect_top))
+        for ax in fig.axes:
+            _thin_ticks(ax)
+
+
+def _thin_ticks(ax: plt.Axes) -> None:
+    """On a symlog axis whose tick labels overprint: keep 0 and the powers of ten, then every second
+    one of those, until none overprints."""
+    if ax.get_yscale() != "symlog":
+        return
+    for _ in range(3):
+        ax.figure.canvas.draw()  # tick labels move to the locator's ticks when drawn
+        renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+        boxes = [t.get_window_extent(renderer) for t in _shown_ticklabels(ax.yaxis)]
+        if not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
+            return
+        ticks = [float(t) for t in ax.get_yticks()]
+        powers = [t for t in ticks if t == 0 or float(np.log10(abs(t))).is_integer()]
+        if powers == ticks:  # already powers only: every second one on each side of 0
+            powers = [t for t in ticks if t == 0] + [t for side in (1, -1)
+                      for t in sorted((u for u in ticks if u * side > 0), key=abs)[::2]]
+        ax.yaxis.set_major_locator(FixedLocator(sorted(powers)))
