@@ -279,36 +279,16 @@ def to_html(frame: pd.DataFrame, table_id: str, index_name: str = "method") -> s
 
 
 def cost_frame(run: RunData) -> pd.DataFrame:
-    """Training cost per method: totals over iterations, mean over seeds."""
-    rows = []
-    for method in run.methods:
-        its = [t for t in run.train if t.method == method]
-        if not its:
-            continue
-        seeds = sorted({t.seed for t in its})
-        per_seed = []
-        for s in seeds:
-            mine = [t.summary for t in its if t.seed == s]
-            per_seed.append({k: sum(float(x.get(k) or 0) for x in mine)
-                             for k in ("steps", "train_tokens", "generated_tokens", "wall_time_s")})
-        mean = {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}
-        rows.append({
-            "method": method, "loss": run.loss_of(method), "seeds": len(seeds),
-            "iterations": max(t.iteration for t in its), "steps": int(round(mean["steps"])),
-            "train tokens": int(round(mean["train_tokens"])), "generated tokens": int(round(mean["generated_tokens"])),
-            "wall time (s)": round(mean["wall_time_s"], 1),
-        })
-    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+    """The cost table: reports.costs (shared work counted once, evaluation beside training)."""
+    from gsil_bench.reports.costs import cost_frame as frame
+
+    return frame(run)
 
 
 def cost_display(frame: pd.DataFrame) -> pd.DataFrame:
-    f = frame.copy()
-    for col in ("steps", "train tokens", "generated tokens"):
-        if col in f:
-            f[col] = f[col].map(lambda v: f"{v:,}")
-    if "wall time (s)" in f:
-        f["wall time (s)"] = f["wall time (s)"].map(lambda v: f"{v:,.1f}")
-    return f
+    from gsil_bench.reports.costs import cost_display as display
+
+    return display(frame)
 
 
 def worker_frame(run: RunData) -> pd.DataFrame:

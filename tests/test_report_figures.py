@@ -77,7 +77,12 @@ def _train(folder: Path, loss: str, iteration: int) -> None:
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
+    return write_main_job(tmp_path_factory.mktemp("smoke"))
+
+
+def write_main_job(root: Path) -> Path:
+    """The main job's run folder (configs/smoke.yaml's methods and tasks) in the documented formats."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     (root / "config.yaml").write_text(yaml.safe_dump({**SMOKE, "report": {**SMOKE.get("report", {}), "bootstrap": 200}}))
     _heldout(root / "eval" / "base" / "iter-0" / "heldout_gsm8k", 0.0, rng)
