@@ -56,7 +56,6 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     """`path` (.png) and the same figure as .pdf and .svg beside it, each written atomically; a
     figure with a problem a reader would see (figure_problems) is saved with a warning naming it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.canvas.draw()  # at the figure's own size and dpi: the text extents the check measures
     for problem in figure_problems(fig):
         log.warning("%s: %s", path.name, problem)
     for suffix, meta in FORMATS.items():
@@ -77,6 +76,7 @@ def figure_problems(fig: plt.Figure) -> list[str]:
     MIN_POINTS, an axis label longer than its panel, a legend over a panel or its labels, and
     curves drawn alike over one another (one hides the other)."""
     out = []
+    fig.canvas.draw()  # at the figure's own size and dpi: every text where it will be
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (matplotlib.use above)
     for ax in (a for a in fig.axes if a.get_visible()):
         name = ax.get_title() or "untitled panel"
