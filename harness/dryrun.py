@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from gsil_bench.core.config import ExperimentConfig
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
 from gsil_bench.core.io import is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
@@ -62,11 +63,18 @@ def _shared_done(layout: RunLayout) -> bool:
     return shared.is_dir() and any(is_done(d) for d in shared.iterdir() if d.is_dir())
 
 
-def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> list[str]:
-    """The plan as lines of text."""
+def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None, gpu_name: str | None = None,
+             processes: int = 1, sharded: bool = False) -> list[str]:
+    """The plan as lines of text, then its cost (harness.estimate: on this machine, or `gpu_name`)."""
     layout = RunLayout(root)
     run = Run(cfg, Path(root), data_dir, {}, plan_steps(cfg))
-    examples = len(load_examples(cfg.shared.train_data, resolve_data_dir(data_dir, cfg.shared.data_dir)))
+    try:
+        examples_list = load_examples(cfg.shared.train_data, resolve_data_dir(data_dir, cfg.shared.data_dir))
+    except (GsilError, FileNotFoundError) as err:  # a Hub dataset offline: the plan and its cost from its published size
+        from gsil_bench.harness.estimate import known_examples
+
+        examples_list = known_examples(cfg, str(err))
+    examples = len(examples_list)
     n_steps = steps_per_iteration(cfg, examples)
     t = cfg.shared.train
     lines = [f"plan of {cfg.name} in {root} ({'exists' if Path(root).is_dir() else 'new'}): "
@@ -91,4 +99,6 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> 
     sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
         ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
     lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]
-    return lines
+    from gsil_bench.harness.estimate import describe_cost  # its own module (harness.estimate)
+
+    return lines + describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)
