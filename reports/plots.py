@@ -1,6 +1,6 @@
 """Report figures (matplotlib, Agg backend; PNG at 300 dpi, with PDF and SVG beside it):
 
-- `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
+- `ablation_plot`: the members of every loss family with two or more (GSIL's convex functions, DPO's variants) side by
   side per task with their intervals, against the baseline and the starting model;
 - `training_curves`: the loss (one panel per loss family: their scales differ), real and
   generated rewards and classifier accuracy per optimizer step, per method (self-play
@@ -224,15 +224,32 @@ def family_members(run: RunData, family: str) -> list[str]:
             and not (facts.get(m) or {}).get("sweep")]
 
 
-def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | None:
-    members = [m for m in family_members(comp.run, family) if any(k[0] == m for k in comp.cells)]
-    cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
-    if not members or not cols:
+def ablation_families(run: RunData) -> list[str]:
+    """Every loss family with at least two unswept members in the run (a family of one has nothing to
+    compare), in the run's method order: the loss-family ablation draws each."""
+    from gsil_bench.reports.anatomy import method_facts
+
+    facts = method_facts(run)
+    fams = list(dict.fromkeys(str((facts.get(m) or {}).get("family")) for m in run.methods
+                              if m != BASE and (facts.get(m) or {}).get("family")))
+    return [f for f in fams if len(family_members(run, f)) >= 2]
+
+
+def ablation_plot(comp: Comparison, path: Path, family: str | None = None) -> Path | None:
+    """The members of every loss family with two or more unswept members (or of `family`), one row of
+    panels per family, one panel per task column, bars with intervals; the baseline and the starting
+    model as reference lines."""
+    panels = []
+    for fam in ([family] if family else ablation_families(comp.run)):
+        members = [m for m in family_members(comp.run, fam) if any(k[0] == m for k in comp.cells)]
+        cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
+        panels += [(fam, members, col) for col in cols]
+    if not panels:
         return None
-    fig, axes = _grid(len(cols))
+    fig, axes = _grid(len(panels))
     colors = method_colors(comp.run.methods)
-    for ax, col in zip(axes, cols):  # a task, or task/metric
-        xs, drawn = np.arange(len(members)), []
+    for ax, (fam, members, col) in zip(axes, panels):  # a task, or task/metric
+        xs = np.arange(len(members))
         for x, m in zip(xs, members):
             it = next((k[1] for k in comp.cells if k[0] == m and k[2] == col), None)
             cell = comp.cells.get((m, it, col)) if it is not None else None
@@ -241,7 +258,6 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             iv, k = cell.interval, scale(comp.facts_of(col))
             err = [[k * _below(iv)], [k * _above(iv)]]
             ax.bar(x, k * iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
-            drawn.append(iv.value)
         for ref, style in ((comp.baseline, "--"), (BASE, ":")):
             if ref in members:
                 continue
@@ -249,13 +265,13 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             if cell is not None:
                 ax.axhline(scale(comp.facts_of(col)) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
                            linewidth=1.2, label=ref)
-        ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(comp.run.display(comp.task_of(col)))
+        ax.set_xticks(xs, [m.removeprefix(fam + "-") for m in members], rotation=30, ha="right")
+        titled(ax, f"{fam.upper()} family: {comp.run.display(comp.task_of(col))}")
         ax.set_ylabel(comp.label_of(col))
-        ax.set_xlabel(f"{family.upper()} member (convex function)")
-    fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
+        ax.set_xlabel(f"{fam.upper()} member")
+    fig.suptitle(f"loss families: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
     fig.tight_layout()
-    _figure_legend(fig, axes)
+    _figure_legend(fig, axes, rect_top=0.95)
     return _save(fig, path)
 
 

@@ -57,8 +57,9 @@ class Figure:
 
 
 FIGURES: list[Figure] = [
-    Figure("ablation", "Loss-family ablation", "GSIL members per task, final iteration, with intervals",
-           "No unswept GSIL member in this run (swept ones: Parameter ablations).",
+    Figure("ablation", "Loss-family ablation", "the members of every loss family with two or more unswept members "
+           "(a row of panels per family), per task, final iteration, with intervals",
+           "No loss family with two unswept members in this run (swept ones: Parameter ablations).",
            lambda x, p: plots.ablation_plot(x.comp, p)),
     Figure("iterations", "Score against self-play iteration", "score per iteration (0 = starting model)",
            "No evaluated iteration yet.", lambda x, p: plots.iteration_plot(x.per_iter, p)),
