@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 
 from gsil_bench.core.config import ExperimentConfig
-from gsil_bench.core.errors import GsilError
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
 from gsil_bench.core.sweeps import describe_sweeps

@@ -311,7 +311,8 @@ def describe_cost(cfg: ExperimentConfig, steps: list[Step], examples: list[Any],
     lines += [f"  {c.step}: {c.flops:.2e} model FLOPs, ~{_time(c.seconds)}" for c in costs]
     total = sum(c.seconds for c in costs)
     lines.append(f"  total: {sum(c.flops for c in costs):.2e} model FLOPs, ~{_time(total)} "
-                 f"(steps one after another, {processes} process(es))")
+                 f"(steps one after another, {processes} process(es); an evaluation step counts each task as "
+                 f"{cfg.shared.eval.limit or 100} generated and scored items)")
     mem = peak_memory(cfg, shape, processes, sharded, seq + cfg.shared.generation.max_new_tokens)
     lines.append(f"  peak memory per device ({cfg.shared.train.precision}, {'sharded over ' + str(processes) if sharded else 'unsharded'}): "
                  f"{_gb(sum(mem.values()))} = " + " + ".join(f"{k} {_gb(v)}" for k, v in mem.items()))

@@ -329,11 +329,12 @@ STYLES = ("-", "--", ":", "-.")  # coinciding curves: each its own line style (a
 def _draw_curves(ax: plt.Axes, curves: dict[tuple[str, int], list[dict]], key: str, shown: list[str],
                  colors: dict[str, Any]) -> str:
     """Every shown method's curve(s) of `key` (draw_distinct)."""
-    pts_of = {}
+    pts_of: dict[tuple[str, int], tuple[Any, Any]] = {}
     for (m, seed), rows in curves.items():
         pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
         if pts and m in shown:
-            pts_of[(m, seed)] = tuple(zip(*pts))
+            xs, ys = zip(*pts)
+            pts_of[(m, seed)] = (xs, ys)
     return draw_distinct(ax, pts_of, colors)
 
 

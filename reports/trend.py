@@ -18,10 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gsil_bench.core.errors import GsilError  # noqa: E402
 from gsil_bench.core.io import atomic_write_text  # noqa: E402
 from gsil_bench.reports import html as H  # noqa: E402
 from gsil_bench.reports.index import RunIndex  # noqa: E402
-from gsil_bench.core.errors import GsilError  # noqa: E402
 from gsil_bench.reports.plots import _figure_legend, _grid, figure_problems  # noqa: E402
 from gsil_bench.reports.rundata import RunData, load_run  # noqa: E402
 from gsil_bench.reports.style import column_label, method_colors  # noqa: E402
