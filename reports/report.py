@@ -258,6 +258,8 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
     check = config_check(run)
     for d in curves.divergences(run):  # the console says it too, not only the page
         log.warning("diverged training: %s", d.text())
+    for u in run.untrusted:  # unfinished, or a result file deleted or changed after it was written
+        log.warning("left out of the report: %s", u.reason)
     published = published_table(run, n_boot, alpha)
     inputs = ReportInputs(run, comp, per_iter)
     figs = {fig.key: fig.draw(inputs, out / "plots" / f"{fig.key}.png") for fig in FIGURES}
