@@ -63,16 +63,33 @@ def divergences(run: RunData) -> list[Divergence]:
     return out
 
 
+SAME = 1e-3  # two curves coincide on screen when every point is within this share of the panel's y span
+
+
+def same_points(xa: Any, ya: Any, xb: Any, yb: Any, span: float) -> bool:
+    """The same x and the same y within SAME x `span` and within 1% of the values (on a log-like axis
+    0.7 and 1.0 lie far apart however wide the span): one curve would hide the other."""
+    xa, ya, xb, yb = (np.asarray(v, dtype=float) for v in (xa, ya, xb, yb))
+    if xa.shape != xb.shape or ya.shape != yb.shape or not np.allclose(xa, xb):
+        return False
+    both = np.isfinite(ya) & np.isfinite(yb)
+    if not np.array_equal(np.isnan(ya), np.isnan(yb)):
+        return False
+    gap = np.abs(ya[both] - yb[both])
+    size = np.maximum(np.abs(ya[both]), np.abs(yb[both]))
+    return bool(np.all(gap <= SAME * span + 1e-12) and np.all(gap <= 0.01 * size + 1e-9))
+
+
 def coinciding(curves: dict[str, tuple[Any, Any]]) -> list[list[str]]:
-    """Groups (two or more) of labels whose curves are the same points: drawn in one colour each,
-    the later would hide the earlier."""
+    """Groups (two or more) of labels whose curves lie on one another (same_points, over the span of all
+    of them): drawn in one style each, the later would hide the earlier."""
+    ys = [np.asarray(y, dtype=float) for _, y in curves.values()]
+    finite = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
     groups: list[list[str]] = []
     for label, (x, y) in curves.items():
-        xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         for g in groups:
-            gx, gy = (np.asarray(v, dtype=float) for v in curves[g[0]])
-            if gx.shape == xa.shape and np.allclose(gx, xa) and np.allclose(gy, ya, rtol=1e-6, atol=1e-9,
-                                                                            equal_nan=True):
+            if same_points(*curves[g[0]], x, y, span):
                 g.append(label)
                 break
         else:

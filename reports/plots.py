@@ -29,7 +29,14 @@ from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator  # noqa: E402
 
 from gsil_bench.core.io import temp_name  # noqa: E402
-from gsil_bench.reports.curves import Divergence, coinciding, divergences, reward_axis, reward_scales  # noqa: E402
+from gsil_bench.reports.curves import (  # noqa: E402
+    Divergence,
+    coinciding,
+    divergences,
+    reward_axis,
+    reward_scales,
+    same_points,
+)
 from gsil_bench.reports.rundata import BASE, RunData  # noqa: E402
 from gsil_bench.reports.stats import Interval  # noqa: E402
 from gsil_bench.reports.style import method_colors, scale  # noqa: E402
@@ -106,16 +113,16 @@ def _shown_ticklabels(axis: Any) -> list[Text]:
 
 
 def _hidden_curves(ax: plt.Axes) -> list[str]:
-    """Lines with the same points drawn in the same style: only the last drawn shows."""
+    """Lines on one another (reports.curves.same_points over the panel's y span) drawn in the same
+    style: only the last drawn shows."""
     lines = [ln for ln in ax.get_lines() if ln.get_visible() and len(np.atleast_1d(ln.get_xdata())) > 1]
+    lo, hi = ax.get_ylim()
     out = []
     for i, a in enumerate(lines):
         for b in lines[i + 1:]:
             same_style = (a.get_linestyle(), a.get_linewidth(), a.get_marker()) == (
                 b.get_linestyle(), b.get_linewidth(), b.get_marker())
-            xa, ya = (np.asarray(v, dtype=float) for v in a.get_data())
-            xb, yb = (np.asarray(v, dtype=float) for v in b.get_data())
-            if same_style and xa.shape == xb.shape and np.allclose(xa, xb) and np.allclose(ya, yb, equal_nan=True):
+            if same_style and same_points(*a.get_data(), *b.get_data(), abs(hi - lo)):
                 out.append(f"curve {a.get_label()!r} hidden under {b.get_label()!r}")
     return out
 
