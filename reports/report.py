@@ -118,7 +118,8 @@ def _report_options(run: RunData, baseline: str | None, n_boot: int | None, alph
 def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, check: str,
               published: pd.DataFrame | None) -> str:
     lines = [f"# {run.name}: comparison", "", check, ""]
-    lines += [f"**DIVERGED training**: {d.text()}" for d in curves.divergences(run)] + [""]
+    diverged = curves.divergences(run)
+    lines += [f"**DIVERGED training**: {d.text()}" for d in diverged] + ([""] if diverged else [])
     if method_overrides(run):
         lines += [method_overrides(run), ""]
     if comp.baseline not in run.methods:
