@@ -122,7 +122,8 @@ def _hidden_curves(ax: plt.Axes) -> list[str]:
         for b in lines[i + 1:]:
             same_style = (a.get_linestyle(), a.get_linewidth(), a.get_marker()) == (
                 b.get_linestyle(), b.get_linewidth(), b.get_marker())
-            if same_style and same_points(*a.get_data(), *b.get_data(), abs(hi - lo)):
+            (xa, ya), (xb, yb) = a.get_data(), b.get_data()
+            if same_style and same_points(xa, ya, xb, yb, abs(hi - lo)):
                 out.append(f"curve {a.get_label()!r} hidden under {b.get_label()!r}")
     return out
 
