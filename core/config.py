@@ -394,8 +394,7 @@ def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> No
     """Raise one ValidationError with every problem rendered (file:line, key, message), if any; a problem
     the variants of one swept method share is rendered once (at the method as written)."""
     if problems or cfg is None:
-        lines = list(dict.fromkeys(loc.render(p) for p in problems))
-        raise ValidationError(lines or [f"{loc.file}: the experiment cannot be built"])
+        raise ValidationError(loc.render_all(problems) or [f"{loc.file}: the experiment cannot be built"])
 
 
 def canonical_json(obj: Any) -> str:

@@ -225,23 +225,32 @@ def read_jsonl_strict(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def is_done(folder: str | Path) -> bool:
-    """The folder's DONE marker exists and every file digest it records still matches."""
+def done_problem(folder: str | Path) -> str | None:
+    """Why the folder is not complete and trusted (None: it is): no DONE marker, an unreadable
+    marker, or a result file missing or changed since the marker recorded its digest."""
     marker = Path(folder) / DONE
     if not marker.is_file():
-        return False
+        return f"{marker} does not exist (the step did not finish)"
     try:
         digests = read_json(marker).get("digests") or {}
     except (ValueError, AttributeError):
-        log.warning("%s is unreadable; treating the step as not done", marker)
-        return False
+        return f"{marker} is unreadable"
     for name, want in digests.items():
         path = Path(folder) / name
-        if not path.is_file() or sha256_file(path) != want:
-            log.warning("%s changed after it was written (its digest in %s differs); not trusted, recomputing",
-                        path, marker)
-            return False
-    return True
+        if not path.is_file():
+            return f"{path} does not exist (its digest is in {marker})"
+        if sha256_file(path) != want:
+            return f"{path} changed after it was written (its digest in {marker} differs)"
+    return None
+
+
+def is_done(folder: str | Path) -> bool:
+    """The folder's DONE marker exists and every file digest it records still matches (a step
+    whose result changed is redone: the warning says so)."""
+    problem = done_problem(folder)
+    if problem is not None and (Path(folder) / DONE).is_file():
+        log.warning("%s; not trusted: the step runs again", problem)
+    return problem is None
 
 
 def mark_done(folder: str | Path, info: dict[str, Any] | None = None, *, digest: Sequence[str] = ()) -> None:

@@ -86,12 +86,14 @@ class RunLayout:
             return self.root / "eval" / BASE / "iter-0"
         return self.root / "eval" / method / f"seed-{seed}" / f"iter-{iteration}"
 
-    def eval_task_dirs(self) -> Iterator[tuple[Where, str]]:
-        """Every eval/<method>/[seed-<s>/]iter-<k>/<task>/ folder holding a metrics.json."""
+    def eval_task_dirs(self, *markers: str) -> Iterator[tuple[Where, str]]:
+        """Every eval/<method>/[seed-<s>/]iter-<k>/<task>/ folder holding a metrics.json (or any of
+        `markers`: `eval_task_dirs("metrics.json", "DONE")` also finds a result whose metrics.json is gone)."""
         ev = self.root / "eval"
         if not ev.is_dir():
             return
-        for metrics_path in sorted(ev.glob("*/**/metrics.json")):
+        found = sorted({p.parent for m in (markers or ("metrics.json",)) for p in ev.glob(f"*/**/{m}")})
+        for metrics_path in (d / "metrics.json" for d in found):
             task_dir = metrics_path.parent
             parts = task_dir.relative_to(ev).parts
             if len(parts) not in (3, 4) or parts[0].startswith((".", "_")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
+        loc.mark_overrides(overrides, data)
         data = apply_overrides(data, overrides)
-        loc.mark_overrides(overrides)
     data, loc = expand_sweeps(data, loc)
     cfg, problems = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
@@ -86,13 +87,23 @@ def plugin_problems(modules: list[str], config_dir: Path | None = None) -> list[
         for i, name in enumerate(modules):
             try:
                 importlib.import_module(name)
-            except ImportError as err:
-                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r} ({err})"))
+            except Exception as err:  # noqa: BLE001 - a plugin's own error is the user's to fix: one line
+                out.append(Problem(f"plugins[{i}]", f"cannot import {name!r}: {_plugin_error(err)}"))
     finally:
         for d in added:
             if d in sys.path:
                 sys.path.remove(d)
     return out
+
+
+def _plugin_error(err: BaseException) -> str:
+    """A plugin's import error as `file:line: what` (a syntax error's own position, else the
+    deepest frame of the failure outside the Python library and gsil-bench)."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{err.filename}:{err.lineno}: {type(err).__name__}: {err.msg}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if "importlib" not in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(err).__name__}: {err}"
 
 
 def import_plugins(modules: list[str], config_dir: Path | None = None, loc: Located | None = None) -> None:

@@ -9,7 +9,6 @@ Unknown keys are errors with a did-you-mean; missing required fields too.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from pathlib import Path
@@ -32,34 +31,58 @@ class Located:
         self.file = file
         self.lines = lines or {}
         self.given: dict[str, str] = {}  # key path -> the command line's KEY=VALUE that set it
-        self.written: dict[int, int] = {}  # a sweep's method variant -> the method it was expanded from (core.sweeps)
+        self.origin: list[int] | None = None  # after a sweep: methods[j] is a variant of the YAML's methods[origin[j]]
 
-    def mark_overrides(self, overrides: list[str]) -> None:
-        """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML."""
+    def mark_overrides(self, overrides: list[str], data: Any = None) -> None:
+        """Keys set by `KEY=VALUE` on the command line: their errors name the command line, not the YAML.
+        With the config's `data` (before sweeps), `methods.<label or index>.<key>` also marks
+        `methods[i].<key>`, the form problems name."""
+        methods = data.get("methods") if isinstance(data, dict) else None
         for text in overrides:
-            self.given[text.split("=", 1)[0].strip()] = text
+            key = text.split("=", 1)[0].strip()
+            self.given[key] = text
+            parts = key.split(".")
+            if parts[0] == "methods" and len(parts) > 1 and isinstance(methods, list):
+                labels = [str(m.get("name") or m.get("loss")) if isinstance(m, dict) else "" for m in methods]
+                i = int(parts[1]) if parts[1].isdigit() else (labels.index(parts[1]) if labels.count(parts[1]) == 1 else None)
+                if i is not None:
+                    self.given[".".join([f"methods[{i}]", *parts[2:]])] = text
+
+    def _yaml_key(self, key: str) -> str:
+        """`methods[j]...` of a sweep variant as the YAML's `methods[i]...` it was expanded from."""
+        if self.origin is None or not key.startswith("methods["):
+            return key
+        j, _, rest = key[len("methods["):].partition("]")
+        return f"methods[{self.origin[int(j)]}]{rest}" if j.isdigit() and int(j) < len(self.origin) else key
 
     def at(self, key: str) -> str:
-        for k in [key] + [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]:
+        yaml_key = self._yaml_key(key)
+        for k in [yaml_key] + [yaml_key.rsplit(".", n)[0] for n in range(1, yaml_key.count(".") + 1)]:
             if k in self.given:  # this key or a mapping above it came from the command line
                 return f"command line {self.given[k]!r}"
         line = self.lines.get(key)
         if line is None and "." in key:  # fall back to the nearest parent with a line
             return self.at(key.rsplit(".", 1)[0])
-        return f"{self.file}:{line}" if line else self.file
+        where = f"{self.file}:{line}" if line else self.file
+        below = [text for k, text in self.given.items() if k.startswith(yaml_key + ".") and "[" in yaml_key]
+        return f"command line {below[0]!r} (in {where})" if len(set(below)) == 1 else where
 
     def as_written(self, key: str) -> str:
         """`key` naming the method as the YAML writes it: a sweep variant's `methods[j]` is the method
         `methods[i]` it was expanded from, so a mistake the variants share is one problem, not one each."""
-        head = re.match(r"methods\[(\d+)\]", key)
-        if head and int(head.group(1)) in self.written:
-            return f"methods[{self.written[int(head.group(1))]}]" + key[head.end():]
-        return key
+        return self._yaml_key(key)
 
     def render(self, problem: Problem) -> str:
         """One line: file:line (of the problem's key, or its nearest parent), key (as written), message."""
         key = problem.key if problem.at is None else problem.at
         return dataclasses.replace(problem, key=self.as_written(problem.key)).render(self.at(key) if key else self.file)
+
+    def render_all(self, problems: list[Problem]) -> list[str]:
+        """Every problem once, named as written: a problem every variant of one sweep shares is one line, and a
+        variant's override that repeats a shared key's problem (`methods[j].overrides -> shared.K`) is left out."""
+        plain = {(p.key, p.message) for p in problems}
+        kept = [p for p in problems if not (" -> " in p.key and (p.key.split(" -> ", 1)[1], p.message) in plain)]
+        return list(dict.fromkeys(self.render(p) for p in kept))
 
 
 class _Bad(Exception):
@@ -269,7 +292,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. shared.optimizer.lr=1e-6")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        what = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"command line {text!r}: the value is not valid YAML ({what})") from None
+    return key.strip().split("."), value
 
 
 def method_label(entry: Any) -> str:

@@ -212,7 +212,7 @@ def _relocated(loc: Located, origin: list[int]) -> Located:
                 lines[f"methods[{j}]" + k[len(head):]] = v
     moved = copy.copy(loc)  # keeps whatever else a Located records (e.g. which keys came from the command line)
     moved.lines = lines
-    moved.written = dict(enumerate(origin))  # problems name the method as written, once for all its variants
+    moved.origin = list(origin) if loc.origin is None else [loc.origin[i] for i in origin]
     return moved
 
 

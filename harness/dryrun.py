@@ -17,10 +17,12 @@ from pathlib import Path
 
 from gsil_bench.core.config import DataConfig, ExperimentConfig
 from gsil_bench.core.datadir import data_dir as resolve_data_dir
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import hash_obj, is_done, read_json
 from gsil_bench.core.layout import BASE, RunLayout
 from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import describe_sweeps
+from gsil_bench.harness.estimate import describe_cost, known_examples
 from gsil_bench.harness.plan import Run, Step, plan_steps
 from gsil_bench.harness.steps import eval_done, train_done
 from gsil_bench.trainers.api import launch_processes, planned_steps, train_key, training_data
@@ -57,20 +59,30 @@ def _shared_done(layout: RunLayout) -> bool:
     return shared.is_dir() and any(is_done(d) for d in shared.iterdir() if d.is_dir())
 
 
-def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> list[str]:
-    """The plan as lines of text, for the processes of this launch (WORLD_SIZE)."""
+def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None, gpu_name: str | None = None,
+             processes: int = 1, sharded: bool = False) -> list[str]:
+    """The plan as lines of text, for the processes of this launch (WORLD_SIZE, or `processes` when more
+    than 1), then its cost (harness.estimate: on this machine, or on `gpu_name`)."""
     layout = RunLayout(root)
     run = Run(cfg, Path(root), data_dir, {}, plan_steps(cfg))
     folder = resolve_data_dir(data_dir, cfg.shared.data_dir)
-    counted: dict[str, int] = {}
+    loaded: dict[str, list] = {}
 
-    def examples(data: DataConfig) -> int:  # each data file read once
+    def rows(data: DataConfig) -> list:  # each data file read once; a Hub data set offline: its published size
         key = hash_obj(to_plain(data))
-        if key not in counted:
-            counted[key] = len(load_examples(data, folder))
-        return counted[key]
+        if key not in loaded:
+            try:
+                loaded[key] = load_examples(data, folder)
+            except (GsilError, FileNotFoundError) as err:
+                loaded[key] = known_examples(cfg, str(err))
+        return loaded[key]
 
-    processes, t = launch_processes(), cfg.shared.train
+    def examples(data: DataConfig) -> int:
+        return len(rows(data))
+
+    processes, t = (processes if processes > 1 else launch_processes()), cfg.shared.train
+    examples_list = rows(cfg.shared.train_data)
+    n_steps = StepPlan.of(len(examples_list), t, processes).total  # the shared block's plan (the cost estimate's)
     lines = [f"plan of {cfg.name} in {root} ({'exists' if Path(root).is_dir() else 'new'}): "
              f"{len(cfg.methods)} method(s) x {len(cfg.shared.seeds)} seed(s); {examples(cfg.shared.train_data)} "
              f"training examples, global batch {t.batch_size * t.grad_accum * processes} ({t.batch_size} x "
@@ -96,4 +108,4 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None) -> 
     sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
         ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
     lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]
-    return lines
+    return lines + describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)

@@ -21,11 +21,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from gsil_bench.core.io import read_json
-from gsil_bench.core.layout import RunLayout
 from gsil_bench.reports import html as H
-from gsil_bench.reports.figures import layout, plt, save
-from gsil_bench.reports.rundata import RunData
+from gsil_bench.reports.figures import draw_distinct, layout, plt, save, titled
+from gsil_bench.reports.rundata import RunData, family_of, load_facts, method_facts  # noqa: F401 (public here too)
 from gsil_bench.reports.style import method_colors
 from gsil_bench.reports.tables import to_html, to_markdown
 
@@ -34,24 +32,6 @@ NOTE = ("w_real = -dL/dr_real and w_gen = dL/dr_gen, by autograd through the los
         "\"end\": at the last logged step's mean log ratios (mean over seeds, the last iteration's parameters). "
         "gen share = w_gen / (w_real + w_gen): 0.5 balanced, 1 only pushes the model's own generation down. "
         "SFT: per response token. hash: the method's own hash (shared block as it trains, loss, parameters).")
-
-
-def load_facts(run: RunData) -> dict[str, Any] | None:
-    """losses.json of the run, or None (a run folder the harness has not reported yet)."""
-    path = RunLayout(run.root).loss_facts
-    return read_json(path) if path.is_file() else None
-
-
-def method_facts(run: RunData) -> dict[str, dict[str, Any]]:
-    """label -> that method's facts (empty without losses.json)."""
-    facts = load_facts(run) or {}
-    return {str(m["label"]): m for m in facts.get("methods", [])}
-
-
-def family_of(run: RunData, method: str) -> str | None:
-    """The method's loss family as its loss declared it in the registry (None when unknown)."""
-    fam = method_facts(run).get(method, {}).get("family")
-    return str(fam) if fam else None
 
 
 def _share(w_real: float | None, w_gen: float | None) -> float | None:
@@ -110,31 +90,29 @@ def anatomy_plot(run: RunData, path: Path) -> Path | None:
         z = facts[label].get("at_zero") or {}
         share = _share(z.get("w_real"), z.get("w_gen"))
         if share is not None:
-            bars.bar(x, share, color=colors.get(label, "grey"), edgecolor="black", linewidth=0.5, label=label)
+            bar = bars.bar(x, share, color=colors.get(label, "grey"), edgecolor="black", linewidth=0.5, label=label)
+            bars.bar_label(bar, [f"{share:.2f}"], fontsize=8, padding=2)  # a zero-height bar shows its 0.00
     bars.axhline(0.5, color="black", linestyle=":", linewidth=1)
-    bars.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)  # upright names would overprint
+    bars.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9)  # upright names would overprint
     bars.set_xlabel("method (its loss at the configured parameters)")
-    bars.set_ylim(0, 1.02)
+    bars.set_ylim(0, 1.12)  # room for the value above a full bar
     bars.set_ylabel("generated share w_gen/(w_real+w_gen)")
-    bars.set_title("weight at the start of an iteration (r = 0)")
-    drawn = False
+    titled(bars, "weight at the start of an iteration (r = 0)")
+    pts_of: dict[tuple[str, int], tuple[Any, Any]] = {}
     for label, m in facts.items():
         by_seed: dict[int, list[tuple[int, float]]] = {}
         for r in m.get("training") or []:
             share = _share(r["w_real"], r["w_gen"])
             if share is not None:
                 by_seed.setdefault(int(r["seed"]), []).append((int(r["step"]), share))
-        for j, (_, pts) in enumerate(sorted(by_seed.items())):
-            xs, ys = zip(*pts)
-            curves.plot(xs, ys, color=colors.get(label, "grey"), linewidth=1.1, alpha=0.85,
-                        marker="." if len(pts) < 30 else None, label=None if j else label)
-            drawn = True
+        pts_of.update({(label, seed): tuple(zip(*pts)) for seed, pts in by_seed.items()})  # type: ignore[misc]
+    note = draw_distinct(curves, pts_of, colors)
     curves.axhline(0.5, color="black", linestyle=":", linewidth=1)
     curves.set_ylim(-0.02, 1.02)
     curves.set_xlabel("optimizer step (iterations concatenated)")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("generated share")
-    curves.set_title("along training (logged mean log ratios)" if drawn else "along training: no logged rewards")
+    titled(curves, "along training (logged mean log ratios)" if pts_of else "along training: no logged rewards", note)
     layout(fig, [bars])
     return save(fig, path)
 

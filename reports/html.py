@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-top: 2rem;
        border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
+.scroll { max-width: 100%; overflow-x: auto; }
 th, td { padding: .35rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+th { white-space: normal; min-width: 4rem; max-width: 14rem; vertical-align: bottom; }
+td .ci { display: block; }
 th:first-child, td:first-child { text-align: left; }
 thead th { border-bottom: 2px solid #444; background: #fafafa; }
 .ci { color: #666; font-size: .85em; } .up { color: #137333; } .down { color: #b3261e; font-weight: bold; }
 .note { color: #555; font-size: .9rem; } .ok { color: #137333; } .bad { color: #b3261e; font-weight: bold; }
-.meta td { text-align: left; white-space: normal; } .meta td:first-child { color: #555; width: 14rem; }
+.meta td, .meta th { text-align: left; white-space: normal; max-width: none; } .meta td:first-child { color: #555; width: 14rem; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; } pre { background: #f6f6f6; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 code { background: #f2f2f2; padding: 0 .2rem; }
@@ -52,7 +56,19 @@ def section(title: str, body: str, section_id: str) -> str:
     return f'<section id="{esc(section_id)}"><h2>{esc(title)}</h2>{body}</section>'
 
 
+def scrolling(body: str) -> str:
+    """Every table inside a box that scrolls sideways when the table is wider than the page: nothing
+    is cut at any width (headers wrap, intervals sit under their values, so most tables fit as they are)."""
+    return re.sub(r"(<table\b.*?</table>)", r'<div class="scroll">\1</div>', body, flags=re.S)
+
+
+def visible_text(body: str) -> str:
+    """The text a reader sees in an HTML fragment (tags and embedded images dropped)."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", body)))
+
+
 def page(title: str, body: str) -> str:
+    body = scrolling(body)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"

@@ -133,19 +133,21 @@ class RunIndex:
         )
 
     def previous_run(self, run_dir: str | Path) -> str | None:
-        """The folder of the latest finished run of the same experiment indexed before
-        `run_dir` (by start time), or None: the baseline of a nightly comparison."""
+        """The folder of the latest finished run of the same experiment started no later than
+        `run_dir` (by start time), other than `run_dir` itself, or None: the baseline of a nightly
+        comparison. Runs are told apart by their folder, not by plan.json's run_id, which a
+        copied folder shares with its original."""
 
         run = load_run(run_dir)
-        me = str(run.plan.get("run_id") or run.root.resolve())
+        here = run.root.resolve()
         rows = self.query(
-            "SELECT run_id, run_dir, started FROM runs WHERE experiment = ? AND run_id != ? AND status = 'done' "
-            "AND run_dir != ? ORDER BY started DESC, indexed DESC",
-            (run.name, me, str(run.root.resolve())),
-        )
+            "SELECT run_id, run_dir, started FROM runs WHERE experiment = ? AND status = 'done' "
+            "ORDER BY started DESC, indexed DESC", (run.name,))
         started = run.plan.get("created")
         for r in rows.itertuples(index=False):
-            if (started is None or r.started is None or r.started <= started) and Path(r.run_dir).is_dir():
+            folder = Path(r.run_dir)
+            if not folder.is_dir() or folder.resolve() == here:
+                continue
+            if started is None or r.started is None or r.started <= started:
                 return str(r.run_dir)
         return None
-

@@ -1,7 +1,7 @@
 """The report's figures of results (drawn and saved with reports.figures: PNG at 300 dpi, with PDF
 and SVG beside it):
 
-- `ablation_plot`: the members of a loss family (GSIL's convex functions) side by
+- `ablation_plot`: the members of every loss family with two or more (GSIL's convex functions, DPO's variants) side by
   side per task with their intervals, against the baseline and the starting model;
 - `training_curves`: the loss (one panel per loss family: their scales differ), real and
   generated rewards and classifier accuracy per optimizer step, per method (self-play
@@ -15,28 +15,27 @@ labels with display names and units; the legend sits below the panels, clear of 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from matplotlib.ticker import FixedLocator, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
-from gsil_bench.reports.anatomy import family_of, method_facts
-from gsil_bench.reports.figures import grid, layout, plt, save
-from gsil_bench.reports.rundata import BASE, RunData
+from gsil_bench.reports.curves import Divergence, divergences, reward_axis, reward_scales
+from gsil_bench.reports.figures import NOTE_POINTS, TITLE_POINTS, draw_distinct, grid, layout, plt, save, titled
+from gsil_bench.reports.rundata import BASE, RunData, family_of, method_facts
 from gsil_bench.reports.stats import Interval
 from gsil_bench.reports.style import method_colors, scale
 from gsil_bench.reports.tables import Comparison
 
-YLABELS = {"loss": "loss", "rewards/real": "log ratio r(real)", "rewards/generated": "log ratio r(generated)",
-           "rewards/accuracy": "accuracy (fraction)"}
+YLABELS = {"loss": "loss", "rewards/accuracy": "fraction of pairs with r(real) > r(generated)"}
 CURVES = (  # (metrics.jsonl key, panel title)
     ("loss", "training loss"),
-    ("rewards/real", "reward of real (demonstration)"),
+    ("rewards/real", "reward of real"),
     ("rewards/generated", "reward of generated"),
     ("rewards/accuracy", "classifier accuracy"),
 )
-
-
 def _below(iv: Interval) -> float:
     """Error-bar length below the value (intervals may exclude their value by float rounding)."""
     return max(0.0, iv.value - iv.ci_low)
@@ -56,23 +55,32 @@ def _scale_for_spread(ax: plt.Axes) -> None:
         lin = 10.0 ** np.floor(np.log10(max(min(sizes), 1e-3)))  # a power of ten: the linear part is one decade
         ax.set_yscale("symlog", linthresh=lin)
         ax.yaxis.set_major_locator(FixedLocator(_symlog_ticks(ax, lin)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
         ax.yaxis.set_minor_locator(FixedLocator([]))
-        ax.set_title(ax.get_title() + " (symlog)")
+        ax.set_title(ax.get_title() + " (symlog)", fontsize=TITLE_POINTS)
 
 
 def _symlog_ticks(ax: plt.Axes, lin: float) -> list[float]:
-    """0, then powers of ten from 10 x linthresh outwards (every second one past five): no label sits
-    within a decade of 0's, where matplotlib's default puts 10^-1 on top of 0."""
+    """0, then 1-2-5 steps of each decade from linthresh outwards (1-3 steps past three decades, powers
+    of ten alone past five), written as plain numbers: every curve has labelled ticks near it, and
+    no label sits within a decade of 0's (linthresh is a power of ten: its own decade of space)."""
     lo, hi = (float(v) for v in ax.dataLim.intervaly)
     ticks = [0.0]
     for sign, extent in ((1.0, hi), (-1.0, -lo)):
-        powers = []
-        p = 10 * lin
+        if extent < lin:
+            continue
+        decades = int(np.floor(np.log10(extent / lin))) + 1
+        steps = (1, 2, 5) if decades <= 3 else (1, 3) if decades <= 5 else (1,)
+        p = lin
         while p <= extent * 1.0001:
-            powers.append(sign * p)
+            ticks += [sign * p * k for k in steps if p * k <= max(extent * 1.5, p)]
             p *= 10
-        ticks += powers[::2] if len(powers) > 5 else powers
-    return sorted(ticks)
+    return sorted(set(ticks))
+
+
+def _plain(v: float, _pos: object = None) -> str:
+    """A tick label as a plain number (0.5, 20, 1e+04), never 10^x."""
+    return "0" if v == 0 else f"{v:g}"
 
 
 def family_members(run: RunData, family: str) -> list[str]:
@@ -83,15 +91,30 @@ def family_members(run: RunData, family: str) -> list[str]:
             and not (facts.get(m) or {}).get("sweep")]
 
 
-def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | None:
-    members = [m for m in family_members(comp.run, family) if any(k[0] == m for k in comp.cells)]
-    cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
-    if not members or not cols:
+def ablation_families(run: RunData) -> list[str]:
+    """Every loss family with at least two unswept members in the run (a family of one has nothing to
+    compare), in the run's method order: the loss-family ablation draws each."""
+    facts = method_facts(run)
+    fams = list(dict.fromkeys(str((facts.get(m) or {}).get("family")) for m in run.methods
+                              if m != BASE and (facts.get(m) or {}).get("family")))
+    return [f for f in fams if len(family_members(run, f)) >= 2]
+
+
+def ablation_plot(comp: Comparison, path: Path, family: str | None = None) -> Path | None:
+    """The members of every loss family with two or more unswept members (or of `family`), one row of
+    panels per family, one panel per task column, bars with intervals; the baseline and the starting
+    model as reference lines."""
+    panels = []
+    for fam in ([family] if family else ablation_families(comp.run)):
+        members = [m for m in family_members(comp.run, fam) if any(k[0] == m for k in comp.cells)]
+        cols = [c for c in comp.columns if any(k[0] in members and k[2] == c for k in comp.cells)]  # no empty panels
+        panels += [(fam, members, col) for col in cols]
+    if not panels:
         return None
-    fig, axes = grid(len(cols))
+    fig, axes = grid(len(panels))
     colors = method_colors(comp.run.methods)
-    for ax, col in zip(axes, cols):  # a task, or task/metric
-        xs, drawn = np.arange(len(members)), []
+    for ax, (fam, members, col) in zip(axes, panels):  # a task, or task/metric
+        xs = np.arange(len(members))
         for x, m in zip(xs, members):
             it = next((k[1] for k in comp.cells if k[0] == m and k[2] == col), None)
             cell = comp.cells.get((m, it, col)) if it is not None else None
@@ -100,7 +123,6 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             iv, k = cell.interval, scale(comp.facts_of(col))
             err = [[k * _below(iv)], [k * _above(iv)]]
             ax.bar(x, k * iv.value, yerr=err, color=colors[m], capsize=4, edgecolor="black", linewidth=0.5)
-            drawn.append(iv.value)
         for ref, style in ((comp.baseline, "--"), (BASE, ":")):
             if ref in members:
                 continue
@@ -108,12 +130,12 @@ def ablation_plot(comp: Comparison, path: Path, family: str = "gsil") -> Path | 
             if cell is not None:
                 ax.axhline(scale(comp.facts_of(col)) * cell.interval.value, color=colors.get(ref, "black"), linestyle=style,
                            linewidth=1.2, label=ref)
-        ax.set_xticks(xs, [m.removeprefix(family + "-") for m in members], rotation=30, ha="right")
-        ax.set_title(comp.run.display(comp.task_of(col)))
+        ax.set_xticks(xs, [m.removeprefix(fam + "-") for m in members], rotation=30, ha="right")
+        titled(ax, f"{fam.upper()} family: {comp.run.display(comp.task_of(col))}")
         ax.set_ylabel(comp.label_of(col))
-        ax.set_xlabel(f"{family.upper()} member (convex function)")
-    fig.suptitle(f"{family.upper()} loss family: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
-    layout(fig, axes)
+        ax.set_xlabel(f"{fam.upper()} member")
+    fig.suptitle(f"loss families: final iteration, {int(100 * (1 - comp.alpha))}% intervals")
+    layout(fig, axes, rect_top=0.95)
     return save(fig, path)
 
 
@@ -143,21 +165,60 @@ def _concatenated(run: RunData, methods: list[str]) -> tuple[dict[tuple[str, int
 
 def _panels(run: RunData, curves: dict[tuple[str, int], list[dict]]) -> list[tuple[str, str, list[str]]]:
     """(metrics.jsonl key, title, methods) per panel: the loss once per loss family (their scales differ:
-    a token-mean NLL beside a summed-log-ratio hinge), then each reward panel for every method."""
+    a token-mean NLL beside a summed-log-ratio hinge), each reward once per family too (DPO and SPIN log
+    beta*r, GSIL r: reports.curves), then the classifier accuracy for every method."""
     methods = list(dict.fromkeys(m for m, _ in curves))
     has = {key: [m for m in methods if any(key in r for (mm, _), rows in curves.items() if mm == m for r in rows)]
            for key, _ in CURVES}
-    families = list(dict.fromkeys(loss_family(run, m) for m in has["loss"]))
-    panels = [("loss", f"training loss: {fam}", [m for m in has["loss"] if loss_family(run, m) == fam]) for fam in families]
-    return panels + [(key, title, has[key]) for key, title in CURVES[1:] if has[key]]
+    panels = []
+    for key, title in CURVES[:3]:
+        families = list(dict.fromkeys(loss_family(run, m) for m in has[key]))
+        panels += [(key, f"{title}: {fam}", [m for m in has[key] if loss_family(run, m) == fam]) for fam in families]
+    return panels + [(key, title, has[key]) for key, title in CURVES[3:] if has[key]]
 
 
 def _mark_iterations(ax: plt.Axes, starts: dict[float, int]) -> None:
     """A dotted line where each self-play iteration starts, labelled at the top."""
     for x, it in sorted(starts.items()):
         ax.axvline(x, color="0.55", linestyle=":", linewidth=0.9, zorder=0)
-        ax.text(x, 1.0, f" iter {it}", transform=ax.get_xaxis_transform(), fontsize=7, color="0.35",
-                va="top", ha="left")
+        ax.text(x, 1.0, f" iter {it}", transform=ax.get_xaxis_transform(), fontsize=NOTE_POINTS, color="0.3",
+                va="top", ha="left").set_in_layout(False)
+
+
+def _draw_curves(ax: plt.Axes, curves: dict[tuple[str, int], list[dict]], key: str, shown: list[str],
+                 colors: dict[str, Any]) -> str:
+    """Every shown method's curve(s) of `key` (draw_distinct)."""
+    pts_of: dict[tuple[str, int], tuple[Any, Any]] = {}
+    for (m, seed), rows in curves.items():
+        pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
+        if pts and m in shown:
+            xs, ys = zip(*pts)
+            pts_of[(m, seed)] = (xs, ys)
+    return draw_distinct(ax, pts_of, colors)
+
+
+def _mark_divergence(ax: plt.Axes, curves: dict[tuple[str, int], list[dict]], shown: list[str],
+                     diverged: list[Divergence]) -> None:
+    """A red cross where a shown method's training diverged, and the panel's title says so."""
+    hit = []
+    for d in diverged:
+        if d.method not in shown:
+            continue
+        rows = [r for r in curves.get((d.method, d.seed), []) if r.get("step") == d.step]
+        x = next((r["_x"] for r in rows if r.get("loss") is not None and (r["loss"] == d.value or d.value != d.value)), None)
+        if x is not None and math.isfinite(d.value):
+            ax.plot([x], [d.value], marker="x", color="#b3261e", markersize=9, markeredgewidth=2, zorder=10)
+        hit.append(d.method)
+    if hit:
+        ax.set_title(ax.get_title() + "\nDIVERGED: " + ", ".join(dict.fromkeys(hit)), color="#b3261e",
+                     fontsize=TITLE_POINTS)
+
+
+def _ylabel(run: RunData, key: str, shown: list[str]) -> str:
+    if key in ("rewards/real", "rewards/generated"):
+        scales = reward_scales(run)
+        return reward_axis("real" if key == "rewards/real" else "generated", [scales.get(m) for m in shown])
+    return YLABELS.get(key, key)
 
 
 def training_curves(run: RunData, path: Path) -> Path | None:
@@ -170,20 +231,15 @@ def training_curves(run: RunData, path: Path) -> Path | None:
         return None
     fig, axes = grid(len(panels))
     colors = method_colors(run.methods)
+    diverged = divergences(run)
     for ax, (key, title, shown) in zip(axes, panels):
-        for (m, seed), rows in curves.items():
-            pts = [(r["_x"], r[key]) for r in rows if r.get(key) is not None]
-            if pts and m in shown:
-                x, y = zip(*pts)
-                first_seed = seed == min(s for mm, s in curves if mm == m)
-                ax.plot(x, y, color=colors[m], linewidth=1.2, alpha=0.9, label=m if first_seed else None,
-                        marker="." if len(pts) < 30 else None)
-        ax.set_title(title)
-        ax.set_ylabel(YLABELS.get(key, key))
+        titled(ax, title, _draw_curves(ax, curves, key, shown, colors))
+        ax.set_ylabel(_ylabel(run, key, shown))
         if key == "loss":
             _scale_for_spread(ax)
+            _mark_divergence(ax, curves, shown, diverged)
         _mark_iterations(ax, {x: it for m in shown for x, it in starts.get(m, {}).items()})
-        ax.set_xlabel("optimizer step (self-play iterations concatenated)")
+        ax.set_xlabel("optimizer step (iterations concatenated)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     layout(fig, axes)
     return save(fig, path)

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from gsil_bench.core.facts import MetricFacts
 from gsil_bench.core.io import atomic_write_text
+from gsil_bench.core.layout import RunLayout
 from gsil_bench.reports import html as H
 from gsil_bench.reports.rundata import EvalResult, RunData, load_run
 from gsil_bench.reports.stats import PairedDiff, mean_over_seeds, paired_bootstrap
@@ -51,6 +52,7 @@ class Change:
     cand_value: float | None
     diff: PairedDiff | None
     status: str  # drop, gain, ok, unpaired (no shared per-item scores), missing
+    why: list[str] = field(default_factory=list)  # missing: each file missing or untrusted, on which side
 
 
 @dataclass
@@ -116,26 +118,81 @@ def _values(results: list[EvalResult], metric: str, n_boot: int, alpha: float) -
     return sum(float(r.metric(metric)["value"]) for r in results) / len(results), items
 
 
-def _compare_task(result: CompareResult, method: str, task: str) -> None:
+Key = tuple[str, int | None, int, str]  # (method, seed, iteration, task)
+
+
+def _side(run: RunData) -> tuple[dict[Key, EvalResult], dict[Key, str]]:
+    """A run's trusted results and its left-out ones (with why), by (method, seed, iteration, task)."""
+    ok = {(e.method, e.seed, e.iteration, e.task): e for e in run.evals}
+    bad = {(u.method, u.seed, u.iteration, u.task): u.reason for u in run.untrusted}
+    return ok, bad
+
+
+def _why_missing(run: RunData, key: Key, bad: dict[Key, str], side: str) -> str:
+    """One line naming the file: the candidate's (or baseline's) result that is missing or not trusted."""
+    method, seed, iteration, task = key
+    if key in bad:
+        return f"{side}: {bad[key]}"
+    path = RunLayout(run.root).eval_dir(method, seed, iteration) / task / "metrics.json"
+    return f"{side}: {path} does not exist"
+
+
+def _units(base: RunData, cand: RunData) -> dict[tuple[str, str], tuple[int, list[int | None]]]:
+    """(method, task) -> (the iteration compared: the last either side holds, its seeds on either side)."""
+    keys = [k for run in (base, cand) for side in _side(run) for k in side]
+    out: dict[tuple[str, str], tuple[int, list[int | None]]] = {}
+    for method, task in dict.fromkeys((k[0], k[3]) for k in keys):
+        it = max(k[2] for k in keys if (k[0], k[3]) == (method, task))
+        seeds = sorted({k[1] for k in keys if (k[0], k[2], k[3]) == (method, it, task)}, key=lambda s: s or 0)
+        out[(method, task)] = (it, seeds)
+    return out
+
+
+def _missing(result: CompareResult, method: str, task: str, iteration: int, seeds: list[int | None]) -> list[str]:
+    """Why (method, task) cannot be paired at exactly `iteration` and `seeds`: one line per file."""
+    why = []
+    for run, side in ((result.baseline, "baseline"), (result.candidate, "candidate")):
+        ok, bad = _side(run)
+        for seed in seeds:
+            key = (method, seed, iteration, task)
+            if key not in ok:
+                why.append(_why_missing(run, key, bad, side))
+            elif not ok[key].scored:
+                why.append(f"{side}: {ok[key].folder / 'metrics.json'} has no value for {ok[key].primary}")
+    return why
+
+
+def _mean(results: list[EvalResult], metric: str) -> float:
+    """The metric's value over these seeds (nan when there are none)."""
+    vals = [float(r.metric(metric)["value"]) for r in results]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _compare_task(result: CompareResult, method: str, task: str, iteration: int, seeds: list[int | None]) -> None:
+    """Pair (method, task) at exactly this iteration and these seeds on both sides; anything missing
+    or untrusted on either side is a `missing` change naming the file, never another iteration."""
     base, cand, n_boot, alpha = result.baseline, result.candidate, result.n_boot, result.alpha
-    b_res = base.find(method, task)
-    if not b_res:
+    b_res = [e for e in base.find(method, task, iteration) if e.seed in seeds]
+    c_res = [e for e in cand.find(method, task, iteration) if e.seed in seeds]
+    both_unscored = not b_res and not c_res and all(
+        (method, s, iteration, task) in _side(run)[0] for run in (base, cand) for s in seeds)
+    if both_unscored:  # e.g. a judge that parsed no rating, on both sides alike: nothing to compare
         return
-    c_res = cand.find(method, task)
+    why = _missing(result, method, task, iteration, seeds)
+    if why:
+        metric = (b_res or c_res)[0].primary if (b_res or c_res) else "–"
+        result.changes.append(Change(method, task, metric, iteration, None, _mean(b_res, metric), None, None,
+                                     "missing", why))
+        return
     for metric in b_res[0].shown:
         if metric not in (b_res[0].metrics.get("metrics") or {}):
             continue
         b_value, b_items = _values(b_res, metric, n_boot, alpha)
-        if not c_res:
-            result.changes.append(Change(method, task, metric, b_res[0].iteration, None, b_value, None,
-                                         None, "missing"))
-            continue
         c_value, c_items = _values(c_res, metric, n_boot, alpha)
         d = paired_bootstrap(b_items, c_items, n_boot=n_boot, alpha=alpha) if b_items and c_items else None
         facts = b_res[0].facts(metric)
         status = _status(facts.higher_is_better, d, tolerance_for(task, metric, facts, result.tolerance), facts.exact)
-        result.changes.append(Change(method, task, metric, b_res[0].iteration, c_res[0].iteration, b_value,
-                                     c_value, d, status))
+        result.changes.append(Change(method, task, metric, iteration, iteration, b_value, c_value, d, status))
 
 
 def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData, *, n_boot: int | None = None,
@@ -154,9 +211,13 @@ def compare_runs(baseline: str | Path | RunData, candidate: str | Path | RunData
     elif tolerance is not None:
         tol["*"] = float(tolerance)
     result = CompareResult(base, cand, alpha, n_boot, tol)
-    for method in base.methods:
-        for task in base.tasks:
-            _compare_task(result, method, task)
+    units = _units(base, cand)
+    order = list(dict.fromkeys(base.methods + cand.methods))
+    tasks = list(dict.fromkeys(base.tasks + cand.tasks + [t for _, t in units]))
+    for (method, task), (iteration, seeds) in sorted(
+            units.items(), key=lambda u: (order.index(u[0][0]) if u[0][0] in order else len(order),
+                                          tasks.index(u[0][1]))):
+        _compare_task(result, method, task, iteration, seeds)
     result.trajectories = compare_trajectories(base, cand, tol)
     return result
 
@@ -189,8 +250,8 @@ def _verdict(result: CompareResult) -> str:
         if result.drops:
             parts.append(f"{len(result.drops)} significant drop(s): " + _where(result.drops))
         if result.missing:
-            parts.append(f"{len(result.missing)} missing result(s): "
-                         + ", ".join(f"{c.method}/{c.task}" for c in result.missing))
+            parts.append(f"{len(result.missing)} missing or untrusted result(s): "
+                         + "; ".join(f"{c.method}/{c.task} ({', '.join(c.why)})" for c in result.missing))
         if result.diverged:
             parts.append(f"{len(result.diverged)} training trajectorie(s) diverged: "
                          + ", ".join(f"{t.method}/seed-{t.seed}/iter-{t.iteration}" for t in result.diverged))
@@ -224,7 +285,8 @@ def forest_plot(result: CompareResult, path: Path) -> Path | None:
         color = {"drop": "#b3261e", "gain": "#137333"}.get(c.status, "#555555")
         ax.errorbar(d.diff, y, xerr=[[max(0.0, d.diff - d.ci_low)], [max(0.0, d.ci_high - d.diff)]], fmt="o", color=color, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(pts)), [f"{c.method} / {c.task}" for c in pts])
+    ax.set_yticks(range(len(pts)), [f"{c.method} / {result.baseline.display(c.task)} "
+                                    f"{result.baseline.facts(c.task, c.metric).label}" for c in pts])
     ax.invert_yaxis()
     ax.set_xlabel("candidate - baseline (paired, 95% CI)")
     fig.tight_layout()

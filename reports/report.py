@@ -27,7 +27,7 @@ import yaml
 from gsil_bench.core.datadir import data_dir
 from gsil_bench.core.io import atomic_write_text
 from gsil_bench.core.strict import method_label
-from gsil_bench.reports import ablation, anatomy, plots, significance, tables
+from gsil_bench.reports import ablation, anatomy, costs, curves, glossary, plots, significance, tables
 from gsil_bench.reports import html as H
 from gsil_bench.reports.published import load_published, published_display, published_frame, resolve_published
 from gsil_bench.reports.rundata import RunData, load_run
@@ -58,12 +58,16 @@ class Figure:
 
 
 FIGURES: list[Figure] = [
-    Figure("ablation", "Loss-family ablation", "GSIL members per task, final iteration, with intervals",
-           "No unswept GSIL member in this run (swept ones: Parameter ablations).",
+    Figure("ablation", "Loss-family ablation", "the members of every loss family with two or more unswept members "
+           "(a row of panels per family), per task, final iteration, with intervals",
+           "No loss family with two unswept members in this run (swept ones: Parameter ablations).",
            lambda x, p: plots.ablation_plot(x.comp, p)),
     Figure("iterations", "Score against self-play iteration", "score per iteration (0 = starting model)",
            "No evaluated iteration yet.", lambda x, p: plots.iteration_plot(x.per_iter, p)),
-    Figure("training", "Training curves", "training metrics per optimizer step; dotted lines: iteration starts",
+    Figure("training", "Training curves", "training metrics per optimizer step, the loss and the rewards per loss "
+           "family (rewards as the loss logs them: beta*r for DPO, IPO and SPIN, r for GSIL); dotted lines: iteration "
+           "starts; a (symlog) panel has a symmetric-log axis; curves with the same points are drawn in distinct "
+           "line styles and named in their panel's title",
            "No training metrics yet.", lambda x, p: plots.training_curves(x.run, p)),
     Figure("anatomy", "Loss anatomy", "generated share of the loss's weight, at the start and along training",
            "No loss facts yet (losses.json).", lambda x, p: anatomy.anatomy_plot(x.run, p),
@@ -115,6 +119,8 @@ def _report_options(run: RunData, baseline: str | None, n_boot: int | None, alph
 def _markdown(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, check: str,
               published: pd.DataFrame | None) -> str:
     lines = [f"# {run.name}: comparison", "", check, ""]
+    diverged = curves.divergences(run)
+    lines += [f"**DIVERGED training**: {d.text()}" for d in diverged] + ([""] if diverged else [])
     if method_overrides(run):
         lines += [method_overrides(run), ""]
     if comp.baseline not in run.methods:
@@ -188,7 +194,7 @@ def relative(text: str, root: Path) -> str:
     return text.replace(str(root.resolve()) + "/", "").replace(str(root) + "/", "")
 
 
-def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs: Any,
+def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, costs_frame: Any,
           figs: dict[str, Path | None], check: tuple[bool | None, str], published: pd.DataFrame | None,
           extra: list[str] | None = None) -> str:
     body = [f"<h1>{H.esc(run.name)}</h1>", H.meta_table(_provenance_rows(run, check))]
@@ -213,12 +219,13 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
     body.append(H.section("Every iteration", tables.to_html(tables.comparison_frame(per_iter, "html", True), "iterations"),
                           "iter-section"))
     body.append(H.section("Metrics", glossary_html(run), "glossary-section"))
-    cost_html = tables.to_html(tables.cost_display(costs), "costs") if len(costs) else "<p class=note>No training summaries yet.</p>"
+    cost_html = (tables.to_html(tables.cost_display(costs_frame), "costs") if len(costs_frame)
+                 else "<p class=note>No training summaries yet.</p>")
     workers = tables.worker_frame(run)
     worker_html = ("<h3>Processes</h3>" + tables.to_html(workers, "workers", "process")
                    + "<p class=note>Finished steps per process (host:pid[:rank]) and their wall time.</p>") if len(workers) else ""
-    body.append(H.section("Compute", cost_html + "<p class=note>Totals over iterations, mean over seeds.</p>" + worker_html,
-                          "cost-section"))
+    body.append(H.section("Compute", cost_html + f"<p class=note>{H.esc(costs.NOTE)} {H.esc(costs.run_time_note(run, costs_frame))}"
+                          "</p>" + worker_html, "cost-section"))
     failed = [st for st in run.plan.get("steps", []) if st.get("status") in ("failed", "blocked", "interrupted")]
     if failed:
         rows = "".join(f"<tr><td>{H.esc(st['id'])}</td><td>{H.esc(st['status'])}</td>"
@@ -228,6 +235,15 @@ def _html(run: RunData, comp: tables.Comparison, per_iter: tables.Comparison, co
                                  "missing below. Rerun the same command to retry them.</p>"
                                  f'<table id="failed"><tr><th>step</th><th>status</th><th>error</th></tr>{rows}</table>',
                                  "failed-section"))
+    diverged = curves.divergences(run)
+    if diverged:
+        items = "".join(f"<li>{H.esc(d.text())}</li>" for d in diverged)
+        body.insert(2, H.section("Diverged training", f'<p class="bad">The loss of these trainings ran away '
+                                 f"(NaN, infinite, or more than {curves.DIVERGE_FACTOR:g} times its first value): their "
+                                 f"scores below come from a broken model.</p><ul id=diverged>{items}</ul>",
+                                 "diverged-section"))
+    body.append(H.section("Abbreviations", glossary.glossary_table_html(H.visible_text("\n".join(body)))
+                          or "<p class=note>None.</p>", "abbreviations-section"))
     body.append(H.details("resolved configuration (config.yaml)", yaml.safe_dump(run.config, sort_keys=False)))
     return H.page(f"{run.name} — gsil-bench report", "\n".join(body))
 
@@ -240,21 +256,26 @@ def write_report(run_dir: str | Path, *, baseline: str | None = None, n_boot: in
     out = run.root / "report"
     comp = tables.build_comparison(run, baseline=baseline, n_boot=n_boot, alpha=alpha)
     per_iter = tables.build_comparison(run, baseline=baseline, n_boot=n_boot, alpha=alpha, per_iteration=True)
-    costs = tables.cost_frame(run)
+    cost_rows = tables.cost_frame(run)
     check = config_check(run)
+    for d in curves.divergences(run):  # the console says it too, not only the page
+        log.warning("diverged training: %s", d.text())
+    for u in run.untrusted:  # unfinished, or a result file deleted or changed after it was written
+        log.warning("left out of the report: %s", u.reason)
     published = published_table(run, n_boot, alpha)
     inputs = ReportInputs(run, comp, per_iter)
     figs = {fig.key: fig.draw(inputs, out / "plots" / f"{fig.key}.png") for fig in FIGURES}
     extra = anatomy.sweep_section(ablation.sweep_plots(comp, out / "plots"))
-    atomic_write_text(out / "tables.md", _markdown(run, comp, per_iter, check[1], published) + anatomy.anatomy_markdown(run))
+    md = _markdown(run, comp, per_iter, check[1], published) + anatomy.anatomy_markdown(run)
+    atomic_write_text(out / "tables.md", md + "\n" + glossary.glossary_markdown(md))
     if published is not None:
         atomic_write_text(out / "published.csv", published.to_csv(index=False))
     atomic_write_text(out / "tables.tex", _latex(run, comp, per_iter))
-    if len(costs):
-        shown = tables.cost_display(costs)
-        atomic_write_text(out / "costs.md", tables.to_markdown(shown) + "\n\nTotals over iterations, mean over seeds.\n")
+    if len(cost_rows):
+        shown = tables.cost_display(cost_rows)
+        atomic_write_text(out / "costs.md", tables.to_markdown(shown) + f"\n\n{costs.NOTE}\n\n{costs.run_time_note(run, cost_rows)}\n")
         atomic_write_text(out / "costs.tex", tables.to_latex(shown, f"{run.name}: training cost", f"tab:{run.name}-cost"))
     atomic_write_text(out / "results.csv", run.results_frame().to_csv(index=False))
-    atomic_write_text(out / "index.html", _html(run, comp, per_iter, costs, figs, check, published, extra))
+    atomic_write_text(out / "index.html", _html(run, comp, per_iter, cost_rows, figs, check, published, extra))
     log.info("report written to %s", out / "index.html")
     return out / "index.html"

@@ -6,8 +6,10 @@ Layout (docs/architecture.md):
     <run>/eval/<method>/seed-<s>/iter-<k>/<task>/ metrics.json samples.jsonl DONE
     <run>/eval/base/iter-0/<task>/ ...      (the starting model, evaluated once)
 
-Only completed evaluations (DONE present) are read. A malformed file raises
-RunDataError naming the file.
+Only completed evaluations are read: DONE present and every file digest it records
+matching. The others are listed in `RunData.untrusted` with the reason (unfinished, a
+result file deleted or changed after it was written), so `compare` can name them. A
+malformed file raises RunDataError naming the file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import yaml
 
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.facts import MetricFacts
-from gsil_bench.core.io import is_done, read_json, read_jsonl, read_jsonl_strict
+from gsil_bench.core.io import done_problem, read_json, read_jsonl, read_jsonl_strict
 from gsil_bench.core.layout import BASE, RunLayout
 from gsil_bench.core.strict import method_label
 
@@ -119,6 +121,18 @@ class EvalResult:
         return out
 
 
+@dataclass(frozen=True)
+class Untrusted:
+    """An evaluation folder that is not read: unfinished, or a result file missing or changed since written."""
+
+    method: str
+    seed: int | None
+    iteration: int
+    task: str
+    folder: Path
+    reason: str  # names the file (core.io.done_problem)
+
+
 @dataclass
 class TrainIteration:
     """One training iteration of one method and seed."""
@@ -143,6 +157,7 @@ class RunData:
     provenance: dict[str, Any]
     evals: list[EvalResult] = field(default_factory=list)
     train: list[TrainIteration] = field(default_factory=list)
+    untrusted: list[Untrusted] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -224,18 +239,23 @@ class RunData:
         return frame
 
 
-def _eval_results(root: Path) -> list[EvalResult]:
-    """Every completed task folder under eval/ (the layout walks them)."""
+def _eval_results(root: Path) -> tuple[list[EvalResult], list[Untrusted]]:
+    """Every completed task folder under eval/ (the layout walks them), and the folders left out, with why."""
     out: list[EvalResult] = []
-    for where, task in RunLayout(root).eval_task_dirs():
-        if not is_done(where.folder):
+    left_out: list[Untrusted] = []
+    for where, task in RunLayout(root).eval_task_dirs("metrics.json", "DONE"):
+        problem = done_problem(where.folder)
+        if problem is None and not (where.folder / "metrics.json").is_file():
+            problem = f"{where.folder / 'metrics.json'} does not exist"
+        if problem is not None:
+            left_out.append(Untrusted(where.method, where.seed, where.iteration, task, where.folder, problem))
             continue
         metrics_path = where.folder / "metrics.json"
         metrics = _load_json(metrics_path)
         if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
             raise RunDataError(f"{metrics_path}: expected an object with a 'metrics' mapping")
         out.append(EvalResult(where.method, where.seed, where.iteration, task, where.folder, metrics))
-    return out
+    return out, left_out
 
 
 def _train_iterations(root: Path) -> list[TrainIteration]:
@@ -265,4 +285,23 @@ def load_run(run_dir: str | Path) -> RunData:
             raise RunDataError(f"{layout.config}: invalid YAML: {err}") from None
     plan = _load_json(layout.plan) if layout.plan.is_file() else {}
     prov = _load_json(layout.provenance) if layout.provenance.is_file() else {}
-    return RunData(root, config, plan, prov, _eval_results(root), _train_iterations(root))
+    evals, untrusted = _eval_results(root)
+    return RunData(root, config, plan, prov, evals, _train_iterations(root), untrusted)
+
+
+def load_facts(run: RunData) -> dict[str, Any] | None:
+    """losses.json of the run, or None (a run folder the harness has not reported yet)."""
+    path = RunLayout(run.root).loss_facts
+    return read_json(path) if path.is_file() else None
+
+
+def method_facts(run: RunData) -> dict[str, dict[str, Any]]:
+    """label -> that method's facts (empty without losses.json)."""
+    facts = load_facts(run) or {}
+    return {str(m["label"]): m for m in facts.get("methods", [])}
+
+
+def family_of(run: RunData, method: str) -> str | None:
+    """The method's loss family as its loss declared it in the registry (None when unknown)."""
+    fam = method_facts(run).get(method, {}).get("family")
+    return str(fam) if fam else None

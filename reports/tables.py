@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gsil_bench.core.facts import MetricFacts
+from gsil_bench.reports.costs import cost_display, cost_frame  # noqa: F401 (the cost table: reports.costs)
 from gsil_bench.reports.rundata import BASE, EvalResult, RunData
 from gsil_bench.reports.stats import (
     Interval,
@@ -276,39 +277,6 @@ def to_html(frame: pd.DataFrame, table_id: str, index_name: str = "method") -> s
     f.columns = [html.escape(str(c)) for c in f.columns]
     f = f.rename_axis(index_name).reset_index()
     return f.to_html(escape=False, table_id=table_id, classes="results", border=0, index=False)
-
-
-def cost_frame(run: RunData) -> pd.DataFrame:
-    """Training cost per method: totals over iterations, mean over seeds."""
-    rows = []
-    for method in run.methods:
-        its = [t for t in run.train if t.method == method]
-        if not its:
-            continue
-        seeds = sorted({t.seed for t in its})
-        per_seed = []
-        for s in seeds:
-            mine = [t.summary for t in its if t.seed == s]
-            per_seed.append({k: sum(float(x.get(k) or 0) for x in mine)
-                             for k in ("steps", "train_tokens", "generated_tokens", "wall_time_s")})
-        mean = {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}
-        rows.append({
-            "method": method, "loss": run.loss_of(method), "seeds": len(seeds),
-            "iterations": max(t.iteration for t in its), "steps": int(round(mean["steps"])),
-            "train tokens": int(round(mean["train_tokens"])), "generated tokens": int(round(mean["generated_tokens"])),
-            "wall time (s)": round(mean["wall_time_s"], 1),
-        })
-    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
-
-
-def cost_display(frame: pd.DataFrame) -> pd.DataFrame:
-    f = frame.copy()
-    for col in ("steps", "train tokens", "generated tokens"):
-        if col in f:
-            f[col] = f[col].map(lambda v: f"{v:,}")
-    if "wall time (s)" in f:
-        f["wall time (s)"] = f["wall time (s)"].map(lambda v: f"{v:,.1f}")
-    return f
 
 
 def worker_frame(run: RunData) -> pd.DataFrame:

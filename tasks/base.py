@@ -221,6 +221,14 @@ def _config_record(task: Task, ctx: EvalContext) -> dict[str, Any]:
             "completions": str(ctx.completions) if ctx.completions else None}
 
 
+def ran_with(task: Task, ctx: EvalContext) -> dict[str, Any]:
+    """What a task really ran with, where it differs from the evaluation config (an lm-eval task:
+    lm-eval's own generation settings and chat choice), recorded in metrics.json's `config`; the
+    evaluation key stays the config's (a finished folder is reused by the settings it was asked for)."""
+    fn = getattr(task, "ran_with", None)
+    return dict(fn(ctx)) if callable(fn) else {}
+
+
 def evaluation_key(task: Task, ctx: EvalContext) -> str:
     """What a finished task folder must match to be reused as is."""
     return hash_obj({"task": task.info.name, "model": ctx.identity(), "config": _config_record(task, ctx)})
@@ -236,7 +244,7 @@ def write_result(folder: Path, task: Task, ctx: EvalContext, result: TaskResult,
         "task": info.name, "model": ctx.model, "primary": info.primary or next(iter(result.metrics), ""),
         "reported": list(info.reported), "display": info.display, "about": info.about,
         "metrics": metrics_record(task, result.metrics),
-        "n_items": len(result.samples), "config": _config_record(task, ctx), **result.info,
+        "n_items": len(result.samples), "config": _config_record(task, ctx) | ran_with(task, ctx), **result.info,
     }
     if ctx.model_obj is not None:  # the weights actually scored (a model served from the wrong place shows here)
         metrics["weights_fingerprint"] = weights_fingerprint(ctx.model_obj)

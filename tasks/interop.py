@@ -61,16 +61,46 @@ def _directions(results: dict[str, Any], metrics: dict[str, Any]) -> dict[str, d
     return out
 
 
-def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, Any]:
-    """lm-eval's results dict for a task folder's metrics.json."""
-    lm = metrics.get("lm_eval")
-    if lm and lm.get("results"):
+def _run_info(metrics: dict[str, Any], lm: dict[str, Any], task_hashes: dict[str, str]) -> dict[str, Any]:
+    """The keys lm-eval's results file carries beside the scores (simple_evaluate's run record and
+    EvaluationTracker's GeneralConfigTracker), from what the task recorded; None where it did not run lm-eval."""
+    model = str(metrics.get("model"))
+    template = lm.get("chat_template")
+    try:
+        from importlib.metadata import version
+
+        transformers = version("transformers")
+    except Exception:  # noqa: BLE001 - absent: lm-eval writes "N/A" too
+        transformers = "N/A"
+    return {
+        "config": {**(lm.get("config") or {}), "model": model},
+        "git_hash": lm.get("git_hash"), "pretty_env_info": lm.get("pretty_env_info") or "N/A (see provenance.json)",
+        "transformers_version": lm.get("transformers_version") or transformers,
+        "lm_eval_version": metrics.get("lm_eval_version") or lm.get("lm_eval_version"),
+        "upper_git_hash": lm.get("upper_git_hash"),
+        **{k: lm.get(k) for k in ("tokenizer_pad_token", "tokenizer_eos_token", "tokenizer_bos_token", "eot_token_id",
+                                  "max_length")},
+        "task_hashes": task_hashes, "model_source": "gsil-bench", "model_name": model,
+        "model_name_sanitized": model_name(model), "system_instruction": None, "system_instruction_sha": None,
+        "fewshot_as_multiturn": bool(lm.get("fewshot_as_multiturn")), "chat_template": template,
+        "chat_template_sha": _hash(template) if template else None,
+        "total_evaluation_time_seconds": lm.get("total_evaluation_time_seconds")
+        or (str(metrics["wall_time_s"]) if metrics.get("wall_time_s") is not None else None),
+    }
+
+
+def lm_eval_results(task: str, metrics: dict[str, Any], date: str,
+                    task_hashes: dict[str, str] | None = None) -> dict[str, Any]:
+    """lm-eval's results dict for a task folder's metrics.json: every key lm-eval's EvaluationTracker
+    writes (the scores, the run's settings, environment, tokenizer and tracker fields)."""
+    lm = metrics.get("lm_eval") or {}
+    hashes = task_hashes or {}
+    if lm.get("results"):
         results = lm["results"]
-        return {"results": results, "versions": lm.get("versions") or {}, "n-shot": lm.get("n-shot") or {},
-                "n-samples": lm.get("n-samples") or {}, "configs": lm.get("configs") or {},
+        return {"results": results, "group_subtasks": lm.get("group_subtasks") or {},
+                "configs": lm.get("configs") or {}, "versions": lm.get("versions") or {}, "n-shot": lm.get("n-shot") or {},
                 "higher_is_better": lm.get("higher_is_better") or _directions(results, metrics),
-                "config": {"model": metrics.get("model")},
-                "model_name": metrics.get("model"), "date": date, "lm_eval_version": metrics.get("lm_eval_version")}
+                "n-samples": lm.get("n-samples") or {}, "date": lm.get("date") or date, **_run_info(metrics, lm, hashes)}
     row: dict[str, Any] = {"alias": task}
     better: dict[str, bool] = {}
     for name, m in metrics.get("metrics", {}).items():
@@ -78,10 +108,10 @@ def lm_eval_results(task: str, metrics: dict[str, Any], date: str) -> dict[str, 
         row[f"{name}_stderr,none"] = m.get("stderr") if m.get("stderr") is not None else "N/A"
         better[name] = bool(m.get("higher_is_better", True))
     n = metrics.get("n_items", 0)
-    return {"results": {task: row}, "versions": {task: "gsil-bench"}, "n-shot": {task: 0},
-            "n-samples": {task: {"original": n, "effective": n}}, "higher_is_better": {task: better},
+    return {"results": {task: row}, "group_subtasks": {},  # a standalone task, as lm-eval writes it
             "configs": {task: {"task": task, "gsil_bench_config": metrics.get("config")}},
-            "config": {"model": metrics.get("model")}, "model_name": metrics.get("model"), "date": date}
+            "versions": {task: "gsil-bench"}, "n-shot": {task: 0}, "higher_is_better": {task: better},
+            "n-samples": {task: {"original": n, "effective": n}}, "date": date, **_run_info(metrics, lm, hashes)}
 
 
 def _sanitize(x: Any) -> Any:
@@ -155,8 +185,11 @@ def write_lm_eval(folder: Path, task: str, metrics: dict[str, Any], samples: lis
     shutil.rmtree(out, ignore_errors=True)
     date = time.strftime("%Y-%m-%dT%H-%M-%S.000000")
     path = out / f"results_{date}.json"
-    atomic_write_json(path, lm_eval_results(task, metrics, date))
-    for name, lines in lm_eval_sample_files(task, metrics, samples).items():
+    files = lm_eval_sample_files(task, metrics, samples)
+    hashes = {name: _hash("".join(r["doc_hash"] + r["prompt_hash"] + r["target_hash"] for r in lines))
+              for name, lines in files.items()}  # as EvaluationTracker.save_results_aggregated computes them
+    atomic_write_json(path, lm_eval_results(task, metrics, date, hashes))
+    for name, lines in files.items():
         atomic_write_text(out / f"samples_{name}_{date}.jsonl",
                           "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in lines))
     return path

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gsil_bench.core.config import hash_view
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.generation import AUTO_START, OPENAI_NEEDS_URL
 from gsil_bench.core.io import atomic_write_json, hash_obj
@@ -295,6 +297,7 @@ class LmEvalTask:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
         fewshot = self.fewshot if self.fewshot is not None else fewshot_for(ctx.cfg.num_fewshot, self.name, self.lm_task)
+        started = time.perf_counter()
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
             gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
@@ -304,6 +307,8 @@ class LmEvalTask:
             raise TaskError(f"{self.name}: lm-eval returned no results")
         samples = lm_eval_samples(out)
         metrics = lm_eval_metrics(out, samples)
+        self._ran = {"chat": chat, "num_fewshot": fewshot, "lm_eval_gen_kwargs": ctx.cfg.lm_eval_gen_kwargs,
+                     "generation": {t: (c or {}).get("generation_kwargs") for t, c in (out.get("configs") or {}).items()}}
         if self.subject_mean:
             metrics[f"subjects/{self.subject_mean}"] = subject_mean(metrics, list(out.get("samples", {})),
                                                                     self.subject_mean)
@@ -311,11 +316,36 @@ class LmEvalTask:
             "task": self.lm_task, "apply_chat_template": chat, "add_bos_token": self.add_bos, "n-shot": out.get("n-shot"),
             "versions": out.get("versions"), "n-samples": out.get("n-samples"), "results": out.get("results"),
             "higher_is_better": out.get("higher_is_better"),
-            "configs": out.get("configs")}}
+            "configs": out.get("configs"), **{k: out.get(k) for k in RUN_KEYS if k in out},
+            "fewshot_as_multiturn": chat, "chat_template": lm_chat_template(lm) if chat else None,
+            "total_evaluation_time_seconds": str(time.perf_counter() - started)}}
         return TaskResult(samples, metrics, info=json.loads(json.dumps(info, default=str)))
+
+    def ran_with(self, ctx: EvalContext) -> dict[str, Any]:
+        """The settings lm-eval ran with: its chat choice, and its own generation settings (per lm-eval
+        task: its task config's generation_kwargs with eval.lm_eval_gen_kwargs) in place of the decoding
+        keys of eval.generation, which an lm-eval task does not use (the backend's keys stay)."""
+        ran = dict(getattr(self, "_ran", None) or {"chat": self.apply_chat(ctx)})
+        lm_generation = ran.pop("generation", None)
+        view = hash_view(ctx.cfg)
+        decoding = ("max_new_tokens", "temperature", "top_p", "prompt_template")
+        generation = {k: v for k, v in (view.get("generation") or {}).items() if k not in decoding}
+        return {**ran, "eval": {**view, "generation": {**generation, "lm_eval": lm_generation}}}
 
     def aggregate(self, samples: list[Sample], ctx: EvalContext) -> dict[str, Metric]:
         raise NotImplementedError("lm-eval aggregates its own metrics")
+
+
+# what simple_evaluate's result holds beside the scores (lm-eval's results file carries them; tasks.interop)
+RUN_KEYS = ("config", "git_hash", "date", "pretty_env_info", "transformers_version", "upper_git_hash",
+            "tokenizer_pad_token", "tokenizer_eos_token", "tokenizer_bos_token", "eot_token_id", "max_length",
+            "group_subtasks", "groups")
+
+
+def lm_chat_template(lm: Any) -> str | None:
+    """The chat template the model's tokenizer applied (lm-eval records it when a chat template is used)."""
+    template = getattr(getattr(lm, "tokenizer", None), "chat_template", None)
+    return template if isinstance(template, str) else None
 
 
 def _num(x: Any) -> float | None:

@@ -1,5 +1,5 @@
 """docs/extending.md's examples, run as written: the loss (its module as a plugin and its YAML, through
-`run --dry-run`), the task (its module as a plugin, evaluated on a tiny model) and the figure (its
+`run --dry-run`; its self-contained test, copied out beside it, under pytest), the task (its module as a plugin, evaluated on a tiny model) and the figure (its
 function and its FIGURES entry, drawn into a report). A broken example fails here, in the default suite.
 
 Each example is found by the comment on its first line (`# my_losses.py`, ...). What an example
@@ -12,6 +12,7 @@ import ast
 import json
 import logging
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -59,7 +60,7 @@ def plugin_dir(tmp_path, monkeypatch):
 
 
 def test_the_guide_has_its_examples():
-    assert len(blocks("python")) == 4 and len(blocks("yaml")) == 1
+    assert len(blocks("python")) == 5 and len(blocks("yaml")) == 1
 
 
 def test_the_loss_example_plugs_in_and_a_run_of_it_validates(plugin_dir, data_dir, monkeypatch, capsys):
@@ -77,6 +78,16 @@ def test_the_loss_example_plugs_in_and_a_run_of_it_validates(plugin_dir, data_di
     capsys.readouterr()
     assert cli.main(["run", "experiment.yaml", "--dry-run", f"methods.{loss}.params.a=-1"]) == 2  # its guard
     assert "GSIL scale a must be > 0, got -1" in capsys.readouterr().err
+
+
+def test_the_loss_example_and_its_test_run_as_written(tmp_path):
+    """The plugin and its own test, copied out of the page into a folder of their own, pass under pytest (a
+    wrong statement of what a loss receives or logs would fail them)."""
+    for name in ("my_losses.py", "test_my_losses.py"):
+        (tmp_path / name).write_text(example(f"# {name}"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_losses.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def test_the_task_example_registers_and_evaluates(plugin_dir, tiny_model_dir, tmp_path):

@@ -100,6 +100,15 @@ def test_lm_eval_samples_equal_the_file_lm_eval_writes(tmp_path, data_dir, answe
 
     (theirs_results,) = (tmp_path / "lm_eval").rglob("results_*.json")
     (ours_results,) = ours_path.parent.glob("results_*.json")
+    ours_rec, theirs_rec = read_json(ours_results), read_json(theirs_results)
+    assert sorted(ours_rec) == sorted(theirs_rec), set(ours_rec) ^ set(theirs_rec)  # every key lm-eval writes (19 lacked)
+    assert list(ours_rec["task_hashes"].values()) == list(theirs_rec["task_hashes"].values())  # the same samples
+    for key in ("n-shot", "versions", "max_length", "eot_token_id", "tokenizer_eos_token", "group_subtasks"):
+        assert json.dumps(ours_rec[key]).replace("gsm8k_local", "gsm8k") == \
+            json.dumps(theirs_rec[key]).replace("gsm8k_local", "gsm8k"), key
+    settings = read_json(ours_path.parents[3] / "metrics.json")["config"]  # what metrics.json says it ran with
+    assert settings["chat"] is False and "max_new_tokens" not in json.dumps(settings["eval"]["generation"])
+    assert settings["eval"]["generation"]["lm_eval"]["gsm8k"]["max_gen_toks"] == 8  # lm-eval's, with our gen_kwargs
     tables = [[[c.strip() for c in line.split("|")] for line in make_table(read_json(p)).splitlines()[2:]]
               for p in (ours_results, theirs_results)]
     assert tables[0] == [[c.replace("gsm8k_local", "gsm8k") for c in row] for row in tables[1]]  # lm-eval's table

@@ -136,7 +136,7 @@ def test_compare_against_the_last_indexed_night(baseline, tmp_path):
 
     index = RunIndex(tmp_path / "runs.sqlite")
     first = _copy(baseline, tmp_path, "night-a")
-    assert main(["compare", "--last", str(index.path), str(first)]) == 0  # nothing earlier: nothing to compare
+    assert main(["compare", "--last", str(index.path), str(first)]) == compare.NO_BASELINE  # nothing earlier
     index.add_run(first, status="done")
     cand = _copy(baseline, tmp_path, "night-b")
     plan = json.loads((cand / "plan.json").read_text())
@@ -146,6 +146,81 @@ def test_compare_against_the_last_indexed_night(baseline, tmp_path):
     assert main(["compare", "--last", str(index.path), str(cand)]) == 1
     assert "night-a" in (cand / "compare" / "compare.md").read_text()
 
+
+
+def test_copy_and_delete_a_final_result_fails_naming_the_file(baseline, tmp_path, capsys):
+    """The nightly's reproduction: copy a run, delete the last iteration's metrics.json. compare used to
+    pair the baseline's iteration 2 with the candidate's iteration 1, print a gain and exit 0."""
+    cand = _copy(baseline, tmp_path)
+    gone = cand.joinpath("eval", *FINAL, "metrics.json")
+    gone.unlink()
+    result = compare_runs(baseline, cand, n_boot=200)
+    (missing,) = result.missing
+    assert (missing.method, missing.task, missing.base_iteration, missing.cand_iteration) == \
+        ("gsil-logistic", "gsm8k", 2, None)  # never paired with iteration 1
+    assert not [c for c in result.changes if (c.method, c.task) == ("gsil-logistic", "gsm8k") and c.status != "missing"]
+    capsys.readouterr()
+    assert main(["compare", str(baseline), str(cand)]) == 1
+    out = capsys.readouterr()
+    assert str(gone) in out.out and "does not exist" in out.out  # the verdict names the file
+    assert "gain" not in out.out.split("\n")[2]
+    # the whole iteration folder gone: the same, naming the file that should be there
+    shutil.rmtree(cand.joinpath("eval", *FINAL[:3]))
+    assert main(["compare", str(baseline), str(cand)]) == 1
+    assert f"candidate: {gone} does not exist" in capsys.readouterr().out
+
+
+def test_an_edited_result_on_either_side_fails_naming_the_file(baseline, tmp_path, capsys):
+    """A metrics.json changed after its DONE marker recorded its digest is not trusted: on the candidate's
+    side or on the baseline's, compare exits 1 naming it (the old warning said "recomputing" and compare
+    used the other iteration)."""
+    from gsil_bench.core.io import mark_done
+    from gsil_bench.tasks.base import RESULT_FILES
+
+    for side in ("candidate", "baseline"):
+        base, cand = _copy(baseline, tmp_path, f"b-{side}"), _copy(baseline, tmp_path, f"c-{side}")
+        folder = (cand if side == "candidate" else base).joinpath("eval", *FINAL)
+        mark_done(folder, digest=RESULT_FILES)  # as the task writes it
+        rec = json.loads((folder / "metrics.json").read_text())
+        rec["metrics"]["exact_match"]["value"] = 1.0
+        (folder / "metrics.json").write_text(json.dumps(rec))
+        capsys.readouterr()
+        assert main(["compare", str(base), str(cand)]) == 1, side
+        out = capsys.readouterr()
+        assert f"{side}: {folder / 'metrics.json'} changed after it was written" in out.out, out.out
+        assert "recomputing" not in out.err
+        assert main(["compare", str(base), str(cand), "--allow-missing"]) == 0
+
+
+def test_a_missing_seed_is_not_averaged_away(tmp_path, capsys):
+    """Two seeds on the baseline, one on the candidate: the pair is (method, seed, iteration, task) exactly."""
+    base = write_run(tmp_path / "b", seeds=(0, 1), n=60)
+    cand = _copy(base, tmp_path, "c")
+    shutil.rmtree(cand / "eval" / "sft" / "seed-1")
+    missing = compare_runs(base, cand, n_boot=100).missing
+    assert {(c.method, c.task) for c in missing} == {("sft", "gsm8k"), ("sft", "mt_bench")}
+    assert all(c.why == [f"candidate: {cand}/eval/sft/seed-1/iter-1/{c.task}/metrics.json does not exist"]
+               for c in missing)
+
+
+def test_last_finds_the_original_when_the_candidate_is_a_copy(baseline, tmp_path, capsys):
+    """A candidate folder copied from another run shares its plan.json run_id; --last still finds that
+    run (keyed by folder, not by the copied id). With no earlier run: one line and exit 3."""
+    from gsil_bench.reports.index import RunIndex
+
+    index = RunIndex(tmp_path / "runs.sqlite")
+    first = _copy(baseline, tmp_path, "night-a")
+    capsys.readouterr()
+    assert main(["compare", "--last", str(index.path), str(first)]) == compare.NO_BASELINE
+    err = capsys.readouterr().err
+    assert err.count("no baseline") == 1 and len(err.strip().splitlines()) == 1, err
+    index.add_run(first, status="done")
+    cand = _copy(first, tmp_path, "night-b")  # same run_id, same start time
+    index.add_run(cand, status="done")  # the finished candidate indexes itself
+    assert index.previous_run(cand) == str(first.resolve())
+    flip(cand, FINAL, 60)
+    assert main(["compare", "--last", str(index.path), str(cand)]) == 1
+    assert "night-a" in (cand / "compare" / "compare.md").read_text()
 
 
 def _shift_scores(run_dir, parts, delta):

@@ -74,7 +74,12 @@ def _train(folder: Path, loss: str, iteration: int) -> None:
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
+    return write_main_job(tmp_path_factory.mktemp("smoke"))
+
+
+def write_main_job(root: Path) -> Path:
+    """The main job's run folder (configs/smoke.yaml's methods and tasks) in the documented formats."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     (root / "config.yaml").write_text(yaml.safe_dump({**SMOKE, "report": {**SMOKE.get("report", {}), "bootstrap": 200}}))
     _heldout(root / "eval" / "base" / "iter-0" / "heldout_gsm8k", 0.0, rng)
@@ -105,9 +110,10 @@ def report(main_job) -> tuple[Path, list[str]]:
 
 
 def _svg_text(path: Path) -> str:
-    """The SVG, then its texts one after another (a label wrapped over lines reads as one)."""
-    svg = path.read_text()
-    return svg + "\n" + " ".join(re.findall(r"<!-- (.*?) -->", svg))
+    """The SVG's source followed by its texts as a reader reads them: a label wrapped onto several
+    lines (reports.figures.fit_labels) joined back with spaces."""
+    text = path.read_text()
+    return text + "\n" + " ".join(re.findall(r"<!-- (.*?) -->", text))
 
 
 def test_every_figure_of_the_main_job_uses_display_names_and_units(report, main_job):
@@ -173,13 +179,64 @@ def test_the_check_finds_what_a_reviewer_would(tmp_path):
     plt.close(fig)
     fig, a = plt.subplots(figsize=(4.2, 2.4))
     for y in curves:
-        a.plot([0, 1, 2], y)
+        a.plot([0, 1, 2], y, label=str(y[0]))
     a.set(title="loss", xlabel="step", ylabel="loss")
     plots._scale_for_spread(a)  # ours: a power-of-ten linthresh, no tick within a decade of 0
-    figures.layout(fig, [a])  # and the labels inside the canvas
-    fig.savefig(tmp_path / "good.png")
+    figures.layout(fig, [a])  # ours: labels fitted, ticks thinned, the legend below the panel, inside the canvas
+    fig.canvas.draw()
     assert a.get_yscale() == "symlog" and figures.figure_problems(fig) == []
+    labels = [t.get_text() for t in figures.shown_ticklabels(a.yaxis)]
+    assert "0.5" in labels or "0.2" in labels or "1" in labels, labels  # a labelled tick near the small curves
     plt.close(fig)
+
+
+def test_the_check_finds_text_off_the_canvas_tiny_text_covering_legends_long_labels_and_hidden_curves():
+    """The objections of issue 34 planted one by one (each the way the report used to draw it), and
+    the report's own way of drawing the same passing: a legend below the panels (inside the canvas),
+    a y label wrapped to its panel, coinciding curves in distinct styles."""
+    def panel(**kw):
+        fig, ax = plt.subplots(figsize=(4.2, 3.2))
+        ax.set(title="held-out GSM8K", xlabel="step", ylabel=kw.get("ylabel", "loss"))
+        return fig, ax
+
+    fig, ax = panel(ylabel="held-out GSM8K log-prob of demonstrations (nats/token)")  # longer than the panel
+    ax.plot([0, 1], [0, 1])
+    fig.tight_layout()
+    fig.canvas.draw()
+    assert "held-out GSM8K: y label longer than its panel" in figures.figure_problems(fig)
+    figures.layout(fig, [ax])
+    fig.canvas.draw()
+    assert figures.figure_problems(fig) == []
+    plt.close(fig)
+
+    fig, ax = panel()
+    for m in ("dpo", "spin"):  # the same curve in the same style: spin hides dpo
+        ax.plot([1, 2, 3], [0.7, 0.6, 0.5], color="C0", label=m)
+    ax.text(1, 0.55, " iter 2", fontsize=7)  # the old iteration mark
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0))  # below the canvas
+    fig.canvas.draw()
+    found = figures.figure_problems(fig)
+    assert "held-out GSM8K: curve 'dpo' hidden under 'spin'" in found
+    assert "held-out GSM8K: text smaller than 8 pt: 'iter 2'" in found
+    assert "legend: text outside the canvas: 'dpo'" in found and "legend: text outside the canvas: 'spin'" in found
+    plt.close(fig)
+
+    fig, ax = panel()
+    ax.set_xticks([0, 1, 2], ["2026-12-01 03:00", "2026-12-02 03:00", "2026-12-03 03:00"], rotation=35, ha="right")
+    ax.plot([0, 1, 2], [1, 2, 3], label="sft")
+    fig.tight_layout()
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.02))  # over the dates, as on the old trend page
+    fig.canvas.draw()
+    assert "legend covers labels of 'held-out GSM8K'" in figures.figure_problems(fig)
+    plt.close(fig)
+
+    fig, ax = panel()  # the report's way: distinct styles for the same curve, the legend below, inside
+    note = figures.draw_distinct(ax, {("dpo", 0): ([1, 2, 3], [0.7, 0.6, 0.5]), ("spin", 0): ([1, 2, 3], [0.7, 0.6, 0.5])},
+                               {"dpo": "C0", "spin": "C1"})
+    figures.titled(ax, "held-out GSM8K", note)
+    figures.layout(fig, [ax])
+    fig.canvas.draw()
+    assert note == "same curve: dpo = spin" and figures.figure_problems(fig) == []
 
 
 def test_no_figure_of_the_main_job_has_text_outside_its_canvas(report, main_job):

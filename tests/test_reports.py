@@ -91,8 +91,82 @@ def test_cost_table_totals_over_iterations(tmp_path):
     run = load_run(write_run(tmp_path / "r", seeds=(0, 1)))
     costs = tables.cost_frame(run)
     assert costs.loc["spin", "iterations"] == 2 and costs.loc["sft", "iterations"] == 1
-    assert costs.loc["spin", "train tokens"] == 2 * 400  # two iterations of 400 tokens, mean over seeds
-    assert costs.loc["sft", "generated tokens"] == 0 and costs.loc["spin", "wall time (s)"] == 12.0
+    assert costs.loc["spin", "train tokens"] == 2 * 2 * 400  # two seeds x two iterations of 400 tokens: the work done
+    assert costs.loc["sft", "generated tokens"] == 0 and costs.loc["spin", "training (s)"] == 2 * 2 * 6.0
+    assert "loss" not in costs.columns  # every method is its loss here: the column would repeat the label
+
+
+def test_cost_table_counts_shared_work_once_and_sums_to_the_work_done(tmp_path):
+    """The starting model's generations are made once (shared/<key>/) and copied into every self-play
+    method's first iteration; the old table counted them in every such row (the column's sum about twice
+    the generation done) and showed training time only. Now: a shared row, evaluation beside training,
+    and every column sums to what the run did."""
+    root = write_run(tmp_path / "r", seeds=(0,))
+    shared = root / "shared" / "k1"
+    shared.mkdir(parents=True)
+    (shared / "generations.jsonl").write_text("".join(json.dumps({"index": i, "tokens": 25}) + "\n" for i in range(8)))
+    atomic_write_json(shared / "DONE", {"key": "k1", "wall_time_s": 7.0, "built_by": "spin/seed-0"})
+    self_play = ("spin", "gsil-logistic", "gsil-hinge")
+    for m in self_play:  # iteration 1 of each: inputs copied from shared/k1 (200 tokens), iteration 2: its own 200
+        for k in (1, 2):
+            path = root / m / "seed-0" / f"iter-{k}" / "summary.json"
+            rec = json.loads(path.read_text())
+            atomic_write_json(path, {**rec, "inputs_hash": "k1" if k == 1 else f"own-{m}", "generated_tokens": 200})
+    plan = json.loads((root / "plan.json").read_text())
+    train_s = {"sft": 10.0, "spin": 30.0, "gsil-logistic": 20.0, "gsil-hinge": 21.0}
+    steps = [{**st, "wall_time_s": 3.0} for st in plan["steps"]]  # every evaluation: 3 s
+    steps += [{"id": f"train/{m}/seed-0", "kind": "train", "method": m, "seed": 0, "status": "done", "wall_time_s": t}
+              for m, t in train_s.items()]
+    atomic_write_json(root / "plan.json", {**plan, "steps": steps})
+    costs = tables.cost_frame(load_run(root))
+    from gsil_bench.reports.costs import SHARED
+
+    assert costs.loc[SHARED, "generated tokens"] == 200 and costs.loc[SHARED, "training (s)"] == 7.0
+    assert [costs.loc[m, "generated tokens"] for m in self_play] == [200, 200, 200]  # iteration 2 only
+    assert costs.loc["spin", "training (s)"] == 23.0  # its step built the shared inputs: 30 - 7
+    body = costs.drop(index="total")
+    assert costs.loc["total", "generated tokens"] == body["generated tokens"].sum() == 200 + 3 * 200  # the work done
+    assert costs.loc["total", "training (s)"] == body["training (s)"].sum() == sum(train_s.values())
+    n_eval = sum(st["kind"] == "eval" for st in plan["steps"])
+    assert costs.loc["total", "evaluation (s)"] == 3.0 * n_eval and costs.loc["base (starting model)", "evaluation (s)"] == 3.0
+    md = (tmp_path / "costs.md")
+    md.write_text(tables.to_markdown(tables.cost_display(costs)))
+    assert "| total" in md.read_text() and "evaluation (s)" in md.read_text()
+
+
+def test_a_diverging_training_is_flagged_on_the_page_in_tables_md_and_on_the_console(tmp_path, caplog):
+    """dpo-ipo's loss went 25 -> 1804 in two steps in the main job and nothing said so."""
+    from gsil_bench.reports.curves import divergences
+
+    root = write_run(tmp_path / "r")
+    path = root / "gsil-hinge" / "seed-0" / "iter-2" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[2]["loss"] = 25 * rows[0]["loss"]  # up by more than 10 times its first value at step 3
+    rows[3]["loss"] = float("nan")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d,) = divergences(load_run(root))
+    assert (d.method, d.iteration, d.step) == ("gsil-hinge", 2, 3)
+    with caplog.at_level("WARNING", logger="gsil_bench.reports.report"):
+        page = write_report(root, n_boot=100)
+    assert any("diverged training: gsil-hinge seed 0 iteration 2" in r.getMessage() for r in caplog.records)
+    assert 'id="diverged-section"' in page.read_text() and "gsil-hinge seed 0 iteration 2" in page.read_text()
+    assert "**DIVERGED training**: gsil-hinge seed 0 iteration 2" in (root / "report" / "tables.md").read_text()
+    rows[2]["loss"] = 1.05 * rows[0]["loss"]  # a small rise is no divergence; NaN is
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d,) = divergences(load_run(root))
+    assert d.step == 4 and "nan" in d.text()
+
+
+def test_the_glossary_explains_every_abbreviation_the_page_uses(tmp_path):
+    from gsil_bench.reports.glossary import used
+
+    root = write_run(tmp_path / "r")
+    html = write_report(root, n_boot=100).read_text()
+    table = re.search(r'<table id="abbreviations".*?</table>', html, re.S).group(0)
+    for term in ("SPIN", "GSIL", "Holm", "symlog", "hinge", "logistic"):
+        assert f"<td>{term}</td>" in table, term
+    assert {t for t, _ in used("gsil-kliep and gsil-lsif beside dpo-ipo")} == {"DPO", "GSIL", "IPO", "KLIEP", "LSIF"}
+    assert "## Abbreviations" in (root / "report" / "tables.md").read_text()
 
 
 def test_config_check_flags_a_method_trained_with_another_shared_block(run_dir):

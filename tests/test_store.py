@@ -58,5 +58,47 @@ def test_trend_page(tmp_path):
     assert "| spin" in (tmp_path / "trend" / "trend.md").read_text()
     with pytest.raises(FileNotFoundError, match="no runs of experiment 'nope'"):
         write_trend(tmp_path / "runs.sqlite", tmp_path / "trend", "nope")
+
+
+def test_trend_page_speaks_the_reports_language(tmp_path, caplog):
+    """Display names (not raw task names), the report's colour for each method (the trend page had its
+    own order, so its own colours), and a legend that covers neither panels nor dates."""
+    import matplotlib.pyplot as plt
+
+    from gsil_bench.reports import trend
+    from gsil_bench.reports.rundata import load_run
+    from gsil_bench.reports.style import method_colors
+
+    index = RunIndex(tmp_path / "runs.sqlite")
+    for i in range(3):
+        index.add_run(write_run(tmp_path / f"night-{i}", rng_seed=i))
+    scores = final_scores(index.metrics(primary_only=True))
+    drawn: dict = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        drawn["fig"] = fig
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        with caplog.at_level("WARNING", logger="gsil_bench.reports.trend"):
+            trend.trend_plot(scores, "synthetic", tmp_path / "t.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # figure_problems: nothing covered
+    fig = drawn["fig"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["GSM8K exact match (%)", "MT-Bench judge score (1-10)"], titles
+    report_colors = method_colors(load_run(tmp_path / "night-2").methods)
+    from matplotlib.colors import to_hex
+
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_label() in report_colors:
+                assert to_hex(line.get_color()) == to_hex(report_colors[line.get_label()]), line.get_label()
+    table = (tmp_path / "trend" / "trend.md") if (tmp_path / "trend").exists() else None
+    assert table is None or "gsm8k (" not in table.read_text()
+    assert "| GSM8K exact match (%)" in trend.latest_vs_previous(scores, "synthetic").to_markdown(index=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_trend(tmp_path / "missing.sqlite", tmp_path / "trend")

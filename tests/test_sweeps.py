@@ -162,6 +162,8 @@ def test_a_mistake_in_a_swept_method_is_one_error_at_the_method_as_written(tmp_p
     assert all(":7: " in line or ":8: " in line for line in lines), lines  # the swept method's own lines
     # a method after a swept one is named as written too (methods[2], not the expanded list's methods[4]),
     # and its two lr variants share the mistake: one error
-    with pytest.raises(ConfigError, match=r"later.yaml:8: methods\[2\]\.params: beta must be > 0, got -1.0$"):
+    # (set on the command line: the error names the override, with the YAML line of the method it changed)
+    with pytest.raises(ConfigError, match=r"command line 'methods.dpo-lr.params.beta=-1' \(in \S*later.yaml:8\): "
+                                          r"methods\[2\]\.params: beta must be > 0, got -1.0$"):
         load_and_validate(_write(tmp_path, SWEEP, "later.yaml"), ["methods.dpo-lr.params.beta=-1"],
                           data_dir=str(data_dir), scope=("train",))

@@ -124,6 +124,7 @@ def loss_facts(cfg: ExperimentConfig, root: Path | None = None) -> dict[str, Any
             "sweep": to_plain(m.sweep), "sweep_of": m.sweep_of, "hash": variant_hash(cfg, m.label),
             "pairs": LOSSES.needs_pairs(m.loss), "self_play": LOSSES.self_play(m.loss),
             "per_token": not LOSSES.needs_pairs(m.loss),
+            "reward_scale": reward_scale(m.loss, first.params),  # logged rewards/* = reward_scale * r
             "at_zero": {"w_real": w_real, "w_gen": w_gen,
                         "gen_over_real": (w_gen / w_real) if w_gen is not None and w_real else None},
             "training": along_training(root, m.label, m.loss) if root is not None else [],

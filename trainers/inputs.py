@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,8 +230,10 @@ def _score(ctx: MethodContext, model: Any, items: list[TrainItem], work: Path, k
 
 def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: bool, gen_seed: int,
            history: list[Path]) -> None:
-    """Fill `work` with generations.jsonl (if generating) and ref_logps.pt, then DONE."""
+    """Fill `work` with generations.jsonl (if generating) and ref_logps.pt, then DONE (recording the
+    wall time and which method and seed built it: the report's cost table counts shared work once)."""
     acc = ctx.accelerator
+    start = time.perf_counter()
     model = _load_reference(ctx, reference)
     if generate:
         _generate(ctx, model, reference, work, gen_seed)
@@ -246,7 +249,8 @@ def _build(ctx: MethodContext, work: Path, reference: str, key: str, generate: b
     _score(ctx, model, items, work, key)
     free_model(model)
     if acc.is_main_process:
-        mark_done(work, {"key": key, "reference": reference})
+        mark_done(work, {"key": key, "reference": reference, "wall_time_s": round(time.perf_counter() - start, 3),
+                         "built_by": f"{ctx.method.label}/seed-{ctx.seed}"})
 
 
 def _jsonl_line(rec: dict[str, Any]) -> str:

@@ -3,16 +3,21 @@
     gsil-bench compare BASELINE_RUN CANDIDATE_RUN [--output DIR] [--tolerance X]
     gsil-bench compare --last runs.sqlite CANDIDATE_RUN   (baseline: the previous finished run)
 
-Exits 1 when the candidate has a drop (significant and beyond the metric's tolerance), a
-training trajectory that left the baseline's (same config: same curve within float-level
-tolerance), or lacks a result the baseline has (unless --allow-missing), so a nightly job
-fails on a regression.
+Results are paired by method, seed, iteration and task exactly. Exit status:
+    0  compared: no drop, no diverged trajectory, nothing missing
+    1  a drop (significant and beyond the metric's tolerance), a training trajectory that left
+       the baseline's (same config: same curve within float-level tolerance), or a result missing
+       or untrusted on either side (deleted, unfinished, changed after it was written; unless
+       --allow-missing): each named by its file
+    2  bad input (no such run folder or index)
+    3  --last found no earlier finished run of the experiment: nothing was compared
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from gsil_bench.core.errors import GsilError
@@ -20,6 +25,7 @@ from gsil_bench.harness.commands.report import stats_args
 
 log = logging.getLogger(__name__)
 HELP = "nightly regression: compare a candidate run against a baseline run"
+NO_BASELINE = 3  # exit status: --last found nothing to compare against (docs/nightly.md)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     args.baseline, args.candidate = _baseline_and_candidate(args)
     if args.baseline is None:
-        log.warning("no earlier finished run of this experiment in %s: nothing to compare against", args.last)
-        return 0
+        print(f"no baseline: {args.last} holds no earlier finished run of {args.candidate}'s experiment; "
+              f"nothing compared (exit {NO_BASELINE})", file=sys.stderr)
+        return NO_BASELINE
     log.info("baseline %s, candidate %s", args.baseline, args.candidate)
     result = compare_runs(args.baseline, args.candidate, n_boot=args.bootstrap, alpha=args.alpha,
                           tolerance=args.tolerance)
@@ -66,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     log.info("comparison written to %s", page)
     missing = result.missing + [t for t in result.diverged if t.status == "missing"]
     diverged = [t for t in result.diverged if t.status == "diverged"]
+    for c in result.missing:
+        for why in c.why:
+            (log.warning if args.allow_missing else log.error)("%s/%s not compared: %s", c.method, c.task, why)
     if result.drops or diverged or (missing and not args.allow_missing):
         log.error("regression found: %d drop(s), %d diverged trajectorie(s), %d missing", len(result.drops),
                   len(diverged), len(missing))

@@ -124,7 +124,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gsil_bench.harness.validate import validate
+    from gsil_bench.harness.validate import check_output, hub_problem, validate
     from gsil_bench.tasks.api import empty_primaries, evaluate
 
     if args.limit is not None and args.limit < 1:
@@ -139,11 +139,15 @@ def run(args: argparse.Namespace) -> int:
     if shared.model_revision and model != shared.model:
         log.warning("shared.model_revision pins %s (shared.model), not %s, which is loaded at its default revision",
                     shared.model, model)
+    problem = None if args.completions else hub_problem(model, shared.model_revision if model == shared.model else None)
+    if problem:  # before any work: one line, no retries
+        raise GsilError(f"{'--model' if args.model else 'shared.model'}: {problem}")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
     out = Path(args.output or Path("runs") / "eval" / slug)
     busy = busy_ancestor(out)
     if busy is not None:
         raise FolderBusy(busy)
+    check_output(out, "--output" if args.output else "output folder")
     results = evaluate(model, list(cfg.tasks), cfg, out, data_dir=args.data_dir or shared.data_dir,
                        limit=args.limit, completions=args.completions, pins=shared.pins())
     sys.stdout.write(format_table(results) + f"\n\nresults: {out}\n")

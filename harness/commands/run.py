@@ -26,20 +26,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default: shared.data_dir, else $GSIL_DATA_DIR)")
     parser.add_argument("--index", type=Path, help="SQLite run index (default: <run folder's parent>/runs.sqlite)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed step")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (steps, what is reused or skipped) and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (steps, what is reused or skipped) and its cost estimate, and exit")
+    parser.add_argument("--gpu", choices=("H100", "H200", "A100", "L40S"),
+                        help="--dry-run: estimate time and memory on this GPU (one per process) instead of this machine")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="--dry-run: processes (GPUs) the run is launched on; more than 1 means sharded (FSDP/ZeRO-3)")
     add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from gsil_bench.harness.runner import run_experiment
-    from gsil_bench.harness.validate import load_and_validate
+    from gsil_bench.harness.validate import check_output, load_and_validate
 
-    cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir)
+    cfg, loc, files = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, hub=not args.dry_run)
     root = args.output or Path("runs") / cfg.name
+    if not args.dry_run:
+        check_output(root, "--output" if args.output else "run folder")
     if args.dry_run:
         from gsil_bench.harness.dryrun import describe
 
-        sys.stdout.write("\n".join(describe(cfg, root, args.data_dir)) + "\n")
+        sys.stdout.write("\n".join(describe(cfg, root, args.data_dir, args.gpu, args.processes, args.processes > 1)) + "\n")
         return 0
     code = run_experiment(cfg, root, data_dir=args.data_dir, index=args.index, loc=loc, fail_fast=args.fail_fast,
                           data_files=files)

@@ -34,12 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gsil_bench.harness.validate import load_and_validate
+    from gsil_bench.harness.validate import check_output, load_and_validate
     from gsil_bench.trainers.api import train_method
 
     cfg, _, _ = load_and_validate(args.config, args.overrides, data_dir=args.data_dir, scope=("train", "model"))
     cfg.method(args.method)  # unknown label: error with did-you-mean before any work
     out = Path(args.output) if args.output else Path("runs") / cfg.name
+    check_output(out, "--output" if args.output else "run folder")
     seeds = [args.seed] if args.seed is not None else list(cfg.shared.seeds)
     for seed in seeds:
         for result in train_method(cfg, args.method, seed, out, data_dir=args.data_dir):

@@ -1,0 +1,83 @@
+"""The dry run's cost estimate (harness/estimate.py): the parameter count it reads from config.json
+is the loaded model's, the memory follows precision and sharding, the dry run prints one cost line
+per step, and (slow) the estimate of configs/smoke.yaml is within 2x of the main job's measured run."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gsil_bench.core.loading import load_experiment
+from gsil_bench.harness.estimate import known_examples, model_shape, peak_memory, shape_of
+from gsil_bench.harness.validate import load_and_validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_parameter_count_is_the_loaded_models(tiny_model_dir):
+    """From config.json alone: the count torch gives for the loaded weights (tied embeddings counted once).
+    A count that forgot grouped-query attention (k/v as wide as q) or counted tied embeddings twice fails."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    real = sum(p.numel() for p in model.parameters())
+    assert model_shape(str(tiny_model_dir)).params == real
+    untied = shape_of({**cfg, "tie_word_embeddings": not cfg.get("tie_word_embeddings", False)}, "x").params
+    assert untied != real
+
+
+def test_memory_follows_precision_and_sharding():
+    cfg = load_experiment(REPO / "configs" / "paper-zephyr.yaml")
+    shape = model_shape("alignment-handbook/zephyr-7b-sft-full")
+    assert 7.2e9 < shape.params < 7.3e9  # Mistral-7B: 7.24B
+    one = peak_memory(cfg, shape, 1, False, 1024)
+    four = peak_memory(cfg, shape, 4, True, 1024)
+    assert four["weights"] == one["weights"] / 4 and four["activations (one micro-batch)"] == one["activations (one micro-batch)"]
+    assert "fp32 master copy (DeepSpeed)" in one  # bf16-weights: DeepSpeed keeps the fp32 master copy
+    assert one["weights"] == shape.params * 2  # bf16 weights: two bytes each
+    assert len(known_examples(cfg, "offline")) == 61135  # UltraFeedback-binarized train_prefs, as its card counts
+
+
+def test_the_dry_run_prints_a_cost_per_step(tmp_path, data_dir, capsys):
+    from gsil_bench.harness.cli import main
+
+    assert main(["run", "smoke", "--dry-run", "--output", str(tmp_path / "r"), "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    cfg, _, _ = load_and_validate("smoke", [], data_dir=str(data_dir), hub=False)
+    lines = [line for line in out.splitlines() if line.startswith("  train/") or line.startswith("  eval/")]
+    assert len(lines) == 27 and all("model FLOPs, ~" in line for line in lines)  # every step of the plan
+    assert "cost estimate (this machine" in out and "peak memory per device" in out and "disk: 16 checkpoint(s)" in out
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+    out_gpu = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "run", "smoke", "--dry-run", "--gpu", "H100",
+                              "--output", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert "one H100 per process at 40% MFU" in out_gpu.stdout, out_gpu.stderr[-2000:]
+
+
+def _estimate_seconds(text: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith("  total:"))
+    value, unit = line.split("~", 1)[1].split()[:2]
+    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
+@pytest.mark.slow
+def test_the_smoke_estimate_is_within_2x_of_its_measured_run(tmp_path, data_dir):
+    """The estimate and the run under the same conditions (one torch thread, as the slow suite runs):
+    the run's CPU time (user + sys of the whole process; on a machine shared with other jobs the wall
+    time grows with their load, the CPU time does not) is within a factor of 2 of the estimate."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GSIL_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "gsil_bench.harness.cli", "run", "smoke", "--output", str(tmp_path / "smoke")]
+    dry = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, env=env, timeout=600)
+    estimate = _estimate_seconds(dry.stdout)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert estimate / 2 <= cpu <= estimate * 2, (estimate, cpu)
