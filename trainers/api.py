@@ -74,7 +74,8 @@ NOT_TRAINING = ("report_to", "push_to_hub", "hub_model_id", "eval_every", "eval_
 
 
 def make_accelerator(precision: str) -> Any:
-    """The Accelerator of this process (bf16 autocast where the precision resolves to bf16)."""
+    """The Accelerator of this process (bf16 autocast where the precision resolves to bf16; none under
+    bf16-weights, whose weights compute in bf16 and train through an fp32 master copy: trainers.precision)."""
     from datetime import timedelta
 
     import torch
@@ -84,8 +85,7 @@ def make_accelerator(precision: str) -> Any:
     # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
     # then becomes data parallel over gloo instead of N independent single-process runs.
     # Generation and reference scoring run before training: give collectives hours, not 30 min.
-    mixed = "bf16" if precision == "bf16-weights" else precision  # under DeepSpeed: its bf16 mode, fp32 master copy
-    kwargs = {"mixed_precision": mixed if mixed in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
+    kwargs = {"mixed_precision": precision if precision in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
               "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=12))]}
     try:
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
@@ -108,9 +108,6 @@ def make_accelerator(precision: str) -> Any:
         raise GsilError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
-    if precision == "bf16-weights" and acc.distributed_type.name != "DEEPSPEED":
-        log.warning("shared.train.precision bf16-weights without DeepSpeed: the optimizer steps the bf16 weights "
-                    "themselves, and updates below bf16's resolution are lost (docs/reproduction.md, Precision)")
     return acc
 
 
