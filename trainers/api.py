@@ -34,6 +34,7 @@ from gsil_bench.core.provenance import collect
 from gsil_bench.core.strict import to_plain
 from gsil_bench.core.tracking import open_tracking
 from gsil_bench.trainers.data import data_file, load_examples
+from gsil_bench.trainers.handbook import HUMANEVAL_FILE, decontaminate
 from gsil_bench.trainers.heldout import encode_heldout
 from gsil_bench.trainers.inputs import MethodContext, prepare_inputs
 from gsil_bench.trainers.loop import LoopRun, train_iteration
@@ -141,6 +142,9 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
     files = {"train_data" if preference is None else "preference_data": data_file(data_cfg, root)}
     examples = load_examples(data_cfg, root)
     tokenizer = load_tokenizer(s.model, s.model_revision)
+    if data_cfg.decontaminate == "humaneval":  # alignment-handbook scripts/run_dpo.py:116-123
+        examples = decontaminate(examples, tokenizer, root)
+        files["decontaminate"] = root / HUMANEVAL_FILE if root is not None else None
     lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}
     real = encode_all(data_cfg.encoding, tokenizer, examples, **lengths)
     rejected = None
