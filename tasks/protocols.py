@@ -125,9 +125,58 @@ for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
     _openllm(_name, _task, _yaml, _shots, _primary)
 
 
+B281B09_SEED = 42  # lm-eval b281b09 lm_eval/evaluator.py:215-217
+
+
+def b281b09_sampling() -> dict[str, Any]:
+    """lm-eval b281b09's few-shot choice as lm-eval 0.4 task-config entries. There, evaluator.py:213-217 shuffles
+    the test documents with `random.Random(42)` and :231-240 hands that same generator to every document's
+    `fewshot_context`, in the shuffled order, which draws `rnd.sample(training_docs, 5)` (base.py:569-573,
+    :683-684); `limit` takes the first documents of the shuffled order. lm-eval 0.4.13 would instead keep the
+    file order and draw from a fresh `Random(1234)` per task. Here: `process_docs` shuffles the test split the same
+    way, and the sampler replays the generator (a shuffle of as many items, then one sample per document)."""
+    import random
+
+    from lm_eval.api.samplers import ContextSampler
+
+    state: dict[str, int] = {}
+
+    def shuffled(dataset: Any) -> Any:
+        if str(getattr(dataset, "split", "")) != "test":
+            return dataset
+        order = list(range(len(dataset)))
+        random.Random(B281B09_SEED).shuffle(order)
+        state["n_test"] = len(dataset)
+        return dataset.select(order)
+
+    class B281b09Sampler(ContextSampler):
+        """One generator for the whole task, seeded 42 and advanced by the test documents' shuffle."""
+
+        def set_rnd(self, rnd: int | None) -> B281b09Sampler:
+            self.stream = None  # the seed lm-eval passes (1234) is not b281b09's
+            return self
+
+        def sample(self, n: int, eval_doc: Any = None, df: Any = None, **kwargs: Any) -> Any:
+            if getattr(self, "stream", None) is None:
+                self.stream = random.Random(B281B09_SEED)
+                self.stream.shuffle(list(range(state["n_test"])))
+            return self.stream.sample(self.fewshot_docs(), n)
+
+    return {"process_docs": shuffled,
+            "fewshot_config": {"sampler": B281b09Sampler, "process_docs": lambda d: d}}  # the pool in file order
+
+
+class GSM8KV03(LmEvalTask):
+    """openllm_gsm8k: GSM8K_V03 with b281b09's few-shot choice (built when the task loads: it imports lm-eval)."""
+
+    def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        self.config = {**GSM8K_V03, **b281b09_sampling()}
+        return super().load(ctx)
+
+
 def _gsm8k_v03() -> LmEvalTask:
-    return LmEvalTask("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
-                      config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS)
+    return GSM8KV03("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
+                    config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS)
 
 
 TASKS.add("openllm_gsm8k", _gsm8k_v03, backend="lm-eval", protocol="open_llm_v1")

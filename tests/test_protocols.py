@@ -211,17 +211,70 @@ def test_gsm8k_v040_is_spins_yaml():
     assert installed["metric_list"][0]["regexes_to_ignore"] != GSM8K_V040["metric_list"][0]["regexes_to_ignore"]
 
 
-def test_gsm8k_v03_runs_through_lm_eval(tmp_path, data_dir, tiny_model, tokenizer):
+def b281b09_gsm8k_contexts(test_rows: list[dict], train_rows: list[dict], limit: int) -> list[tuple[dict, str]]:
+    """lm-eval b281b09, verbatim logic: evaluator.py:213-217 shuffles the test docs with one `random.Random()` seeded
+    42, :231-240 walks the first `limit` of them handing that generator to fewshot_context, which takes
+    `rnd.sample(self._training_docs, 5)` (base.py:569-573, :683-684) and joins `doc_to_text + doc_to_target` with
+    blank lines (:700-709; gsm8k.py:63-67). Returns (doc, context) in evaluation order."""
+    import random
+
+    docs = list(test_rows)
+    rnd = random.Random()
+    rnd.seed(42)
+    rnd.shuffle(docs)
+    text = lambda d: "Question: " + d["question"] + "\nAnswer:"  # noqa: E731
+    out = []
+    for doc in docs[:limit]:
+        shots = rnd.sample(train_rows, 5)
+        out.append((doc, "\n\n".join(text(d) + " " + d["answer"] for d in shots) + "\n\n" + text(doc)))
+    return out
+
+
+def _contexts_drawn(test_rows, train_rows, limit, *, shuffle_seed, sample_seed, first_n=False, advance=True):
+    """A wrong few-shot choice, for the pin's teeth (each differs from b281b09's on the first documents)."""
+    import random
+
+    docs = list(test_rows)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(docs)
+    rnd = random.Random(sample_seed)
+    if advance and shuffle_seed is not None:
+        rnd.shuffle(list(range(len(test_rows))))
+    text = lambda d: "Question: " + d["question"] + "\nAnswer:"  # noqa: E731
+    out = []
+    for doc in docs[:limit]:
+        shots = train_rows[:5] if first_n else rnd.sample(train_rows, 5)
+        out.append((doc, "\n\n".join(text(d) + " " + d["answer"] for d in shots) + "\n\n" + text(doc)))
+    return out
+
+
+WRONG_GSM8K_FEWSHOT = {  # (shuffle seed of the test docs, seed of the exemplar draws, first_n, advanced by the shuffle)
+    "first_n": {"shuffle_seed": 42, "sample_seed": 42, "first_n": True},
+    "lm_eval_0.4_default": {"shuffle_seed": None, "sample_seed": 1234},  # file order, Random(1234) per task
+    "fresh_generator_after_shuffle": {"shuffle_seed": 42, "sample_seed": 42, "advance": False},
+    "file_order_seed_42": {"shuffle_seed": None, "sample_seed": 42},
+}
+
+
+def test_gsm8k_v03_runs_through_lm_eval_with_b281b09s_exemplars(tmp_path, data_dir, tiny_model, tokenizer):
+    """The contexts lm-eval sends to the model are b281b09's, document for document: the same test documents (the
+    first `limit` of the shuffled order), each with the five exemplars b281b09's generator draws for it. A sampler
+    taking the first five training rows, or lm-eval 0.4.13's Random(1234) over the file order, sends other
+    contexts (tests/mutations.py: gsm8k-v03-first-n-exemplars)."""
     cfg = EvalConfig(lm_eval_gen_kwargs="max_gen_toks=16", generation=GenerationConfig(batch_size=4))
-    out = evaluate("tiny", ["openllm_gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=2,
+    out = evaluate("tiny", ["openllm_gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=3,
                    model_obj=tiny_model, tokenizer=tokenizer)["openllm_gsm8k"]
     assert out["lm_eval"]["n-shot"] == {"gsm8k_v0.3": 5} and out["primary"] == "exact_match/v0.3-extract"
     samples = [json.loads(x) for x in (tmp_path / "out/openllm_gsm8k/samples.jsonl").read_text().splitlines()]
-    rows = [json.loads(x) for x in (data_dir / "gsm8k/test.jsonl").read_text().splitlines()[:2]]
-    for s, row in zip(samples, rows):
+    test_rows = [json.loads(x) for x in (data_dir / "gsm8k/test.jsonl").read_text().splitlines()]
+    train_rows = [json.loads(x) for x in (data_dir / "gsm8k/train.jsonl").read_text().splitlines()]
+    want = b281b09_gsm8k_contexts(test_rows, train_rows, 3)
+    assert [s["prompt"] for s in samples] == [ctx for _, ctx in want]
+    for s, (row, _) in zip(samples, want):
         assert ":" not in s["output"]  # generation stops at the first colon (gsm8k.py:82)
-        assert s["prompt"].endswith("Question: " + row["question"] + "\nAnswer:") and s["prompt"].count("Question:") == 6
         assert s["scores"]["exact_match/v0.3-extract"] == float(_v03_is_correct(s["output"], row["answer"]))
+    for name, kw in WRONG_GSM8K_FEWSHOT.items():
+        assert [c for _, c in _contexts_drawn(test_rows, train_rows, 3, **kw)] != [c for _, c in want], name
 
 
 # --- HumanEval (Eurus) ----------------------------------------------------------------------------
