@@ -276,6 +276,9 @@ FASTCHAT_MAX_NEW_TOKENS = 1024  # gen_model_answer.py:234-236
 FASTCHAT_JUDGE = {"temperature": 0.0, "max_tokens": 2048}  # common.py:167
 FASTCHAT_RATING_RULE: Literal["fastchat"] = "fastchat"  # common.py:175-183: the first [[x]] match (else the first [x]) is the rating
 FASTCHAT_BOS = "tokenizer"  # gen_model_answer.py:114: tokenizer([prompt]) adds the tokenizer's special tokens (BOS)
+# gen_model_answer.py:86-93 (no --dtype: None) -> fastchat/model/model_adapter.py:226-238: fp32 on the CPU (without
+# Intel's extension), fp16 on CUDA
+FASTCHAT_DTYPE = {"cpu": "float32", "cuda": "float16"}
 
 
 def fastchat_temperature(category: str) -> float:
@@ -286,13 +289,13 @@ def fastchat_temperature(category: str) -> float:
 
 def zephyr_conversation(turns: list[tuple[str, str | None]]) -> str:
     """FastChat's "zephyr" template (conversation.py:2102-2112) rendered by SeparatorStyle.CHATML (:195-205):
-    system "<|system|>\\n" + sep "</s>" + "\\n", then role + "\\n" + message + "</s>\\n" per turn, and the
-    open assistant role + "\\n"."""
+    system "<|system|>\\n" + sep "</s>" + "\\n", then role + "\\n" + message + "</s>\\n" per turn; a turn
+    without a message (the open assistant turn, or an EMPTY first answer: `if message:` at :198) is role + "\\n"."""
     sep = "</s>"
     out = "<|system|>\n" + sep + "\n"
     for question, answer in turns:
-        out += "<|user|>" + "\n" + question + sep + "\n"
-        out += "<|assistant|>" + "\n" + (answer + sep + "\n" if answer is not None else "")
+        out += "<|user|>" + "\n" + question + sep + "\n" if question else "<|user|>\n"
+        out += "<|assistant|>" + "\n" + (answer + sep + "\n" if answer else "")
     return out
 
 
@@ -329,9 +332,17 @@ class MTBenchFastChat(MTBench):
         return [render(t) for t in turns], stop
 
     def _answers(self, docs: list[dict[str, Any]], ctx: EvalContext) -> tuple[list[str], list[str]]:
+        import torch
+
         a1: list[str] = [""] * len(docs)
         a2: list[str] = [""] * len(docs)
         special = self._special_tokens(ctx)
+        dtypes = {k: getattr(torch, v) for k, v in FASTCHAT_DTYPE.items()} if ctx.cfg.generation.backend == "hf" else {}
+        with ctx.model_dtype(dtypes):
+            return self._answer_turns(docs, ctx, special, a1, a2)
+
+    def _answer_turns(self, docs: list[dict[str, Any]], ctx: EvalContext, special: list[str], a1: list[str],
+                      a2: list[str]) -> tuple[list[str], list[str]]:
         for temp in sorted({fastchat_temperature(d["category"]) for d in docs}):
             idx = [i for i, d in enumerate(docs) if fastchat_temperature(d["category"]) == temp]
             gen = ctx.generator(temperature=temp, max_new_tokens=FASTCHAT_MAX_NEW_TOKENS, bos=FASTCHAT_BOS)

@@ -361,6 +361,59 @@ def test_zephyr_conversation_is_fastchats():
     for name, text in wrong.items():
         assert text != want, name
     assert _zephyr_hf(turns, system=True) == want  # the HF template with an empty system turn renders the same
+    # an EMPTY first answer: FastChat's `if message:` (:198) renders the bare role, no separator
+    empty = [("Hi?", ""), ("Bye?", None)]
+    assert zephyr_conversation(empty) == _fastchat_chatml(empty)
+    assert zephyr_conversation(empty) == "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\n<|user|>\nBye?</s>\n<|assistant|>\n"
+    assert zephyr_conversation(turns) == _fastchat_chatml(turns)
+    old = "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\n</s>\n<|user|>\nBye?</s>\n<|assistant|>\n"
+    assert zephyr_conversation(empty) != old  # the rendering before: separator after an empty answer
+
+
+def _fastchat_chatml(turns):
+    """FastChat fastchat/conversation.py:195-205 (SeparatorStyle.CHATML) with the zephyr template's values
+    (:2102-2112: system_template "<|system|>\\n{system_message}", empty system message, sep "</s>"), verbatim logic."""
+    system_prompt, sep = "<|system|>\n", "</s>"
+    messages = [m for q, a in turns for m in (("<|user|>", q), ("<|assistant|>", a))]
+    ret = "" if system_prompt == "" else system_prompt + sep + "\n"
+    for role, message in messages:
+        if message:
+            ret += role + "\n" + message + sep + "\n"
+        else:
+            ret += role + "\n"
+    return ret
+
+
+def test_mt_bench_answers_run_in_fastchats_dtype(tmp_path, data_dir, monkeypatch):
+    """FastChat loads the answering model in fp16 on CUDA and fp32 on the CPU (gen_model_answer.py:86-93 without
+    --dtype; model_adapter.py:226-238). The switch is exercised on the CPU with bf16 standing in for CUDA's fp16
+    (no GPU here): every forward of the answers runs in that dtype, the generations are cached under it, and the
+    model gets back its own weights bit for bit."""
+    import torch
+
+    import gsil_bench.tasks.protocols as protocols
+    from gsil_bench.core.models import tiny_llama
+    from gsil_bench.tasks.context import EvalContext
+
+    assert protocols.FASTCHAT_DTYPE == {"cpu": "float32", "cuda": "float16"}
+    monkeypatch.setattr(protocols, "FASTCHAT_DTYPE", {"cpu": "bfloat16", "cuda": "float16"})
+    tok = bos_tokenizer()
+    model = tiny_llama(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: set = set()
+    handle = model.register_forward_pre_hook(lambda m, a: seen.add(next(m.parameters()).dtype))
+    cfg = EvalConfig(generation=GenerationConfig(batch_size=2, max_new_tokens=4), fastchat_template="zephyr")
+    ctx = EvalContext("tiny-bos", cfg, data_dir=data_dir, model_obj=model, tokenizer=tok, task_folder=tmp_path / "mt")
+    task = TASKS.get("mt_bench_fastchat")()
+    monkeypatch.setattr(protocols, "FASTCHAT_MAX_NEW_TOKENS", 4)
+    task._answers([next(d for d in task.load(ctx) if d["category"] == "math")], ctx)
+    handle.remove()
+    assert seen == {torch.bfloat16}
+    assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items())
+    recs = [json.loads(x) for x in (tmp_path / "mt/cache/generations.jsonl").read_text().splitlines()]
+    (gen,) = ctx._generators.values()
+    assert gen.identity["dtype"] == "bfloat16" and {r["key"] for r in recs} <= {
+        gen.key(p, ["</s>"], 0) for p in [r["prompt"] for r in recs]}
 
 
 def _zephyr_hf(turns, *, system):
