@@ -152,12 +152,14 @@ def b281b09_sampling() -> dict[str, Any]:
     class B281b09Sampler(ContextSampler):
         """One generator for the whole task, seeded 42 and advanced by the test documents' shuffle."""
 
+        stream: random.Random | None = None
+
         def set_rnd(self, rnd: int | None) -> B281b09Sampler:
             self.stream = None  # the seed lm-eval passes (1234) is not b281b09's
             return self
 
         def sample(self, n: int, eval_doc: Any = None, df: Any = None, **kwargs: Any) -> Any:
-            if getattr(self, "stream", None) is None:
+            if self.stream is None:
                 self.stream = random.Random(B281B09_SEED)
                 self.stream.shuffle(list(range(state["n_test"])))
             return self.stream.sample(self.fewshot_docs(), n)

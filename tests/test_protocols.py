@@ -277,6 +277,21 @@ def test_gsm8k_v03_runs_through_lm_eval_with_b281b09s_exemplars(tmp_path, data_d
         assert [c for _, c in _contexts_drawn(test_rows, train_rows, 3, **kw)] != [c for _, c in want], name
 
 
+def test_lm_eval_task_on_a_later_process_of_a_launch_keeps_its_results(tmp_path, data_dir, tiny_model, tokenizer,
+                                                                       monkeypatch):
+    """Under `accelerate launch` each process evaluates its own models (harness.runner); on the second process
+    (LOCAL_RANK=1) lm-eval 0.4.13 returned no results (its tensor-parallel guard) and every lm-eval task failed
+    there (found by tests/test_paper_launch.py's two-process run)."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = EvalConfig(lm_eval_gen_kwargs="max_gen_toks=4", generation=GenerationConfig(batch_size=4))
+    out = evaluate("tiny", ["openllm_gsm8k_v040"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=1,
+                   model_obj=tiny_model, tokenizer=tokenizer)["openllm_gsm8k_v040"]
+    assert out["metrics"]["exact_match/get-answer"]["n"] == 1
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "1"  # given back
+
+
 # --- HumanEval (Eurus) ----------------------------------------------------------------------------
 
 HE_PROMPT = 'from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n    """ Check if any two numbers are closer than threshold.\n    >>> has_close_elements([1.0, 2.0], 0.5)\n    False\n    """\n'  # noqa: E501

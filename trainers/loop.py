@@ -321,7 +321,11 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     info["wall_time_s"] = time.time() - started
     final = (full_model(acc, tr.wrapped, lambda: load_policy(run.init_model, ctx, device="cpu")) if tr.sharded
              else acc.unwrap_model(tr.wrapped).model)
-    return finish(run, final, plan.total, info, record)
+    summary = finish(run, final, plan.total, info, record)
+    # accelerate keeps every model it prepared: the next iteration's clipping (FSDP2) would compare its shards with
+    # this one's, and this iteration's model and optimizer state would stay in memory
+    acc.free_memory()
+    return summary
 
 
 def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
