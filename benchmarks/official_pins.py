@@ -185,6 +185,18 @@ def generate(trl: Path, handbook: Path, data_dir: Path) -> dict[str, Any]:
     return out
 
 
+def dumps(data: dict[str, Any]) -> str:
+    """JSON with one line per key, per case and per decontamination text (the id lists stay on their line)."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            items = ",\n  ".join(json.dumps(v) for v in value)
+            lines.append(f" {json.dumps(key)}: [\n  {items}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trl", type=Path)
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "pinned" / "trl_dpo_rows.json")
     args = parser.parse_args(argv)
     data = generate(args.trl, args.handbook, args.data_dir)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    args.out.write_text(dumps(data))
     print(f"wrote {args.out}: {len(data['cases'])} cases, {len(data['decontamination'])} decontamination texts")
     return 0
 

@@ -20,7 +20,6 @@ the model computes with are, as under DeepSpeed (which runs no autocast either).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -66,9 +65,6 @@ class MasterCopy:
         for name, p, master in self.named:
             master.copy_(weights[name])
             p.copy_(master)
-
-    def __iter__(self) -> Iterator[torch.nn.Parameter]:
-        return iter(self.params)
 
 
 def master_copy(model: Any, precision: str, sharded: bool) -> MasterCopy | None:
