@@ -291,7 +291,7 @@ def self_play_decoding(model: Any, tok: Any, data_dir: Path, n: int) -> dict[str
 
 def spin_epochs(model_dir: str, data_dir: Path, n: int) -> dict[str, Any]:
     """SPIN's first round on `n` GSM8K demonstrations with paper-spin's recipe (RMSprop, lr 5e-7, linear, warm-up
-    0.1, beta 0.1, 8 per step) on the embedded model, trained 2 epochs (the paper; ours) and 6 (SPIN's scripts):
+    0.1, beta 0.1, 8 pairs per step) on the embedded model, trained 2 epochs (the paper; ours) and 6 (SPIN's scripts):
     the mean reward margin r(real) - r(generated) and the SPIN loss over all pairs after training. fp32 weights
     and short lengths (256 / 128, 64 new tokens), to fit a CPU."""
     import tempfile
@@ -305,8 +305,9 @@ def spin_epochs(model_dir: str, data_dir: Path, n: int) -> dict[str, Any]:
         shared = {"model": model_dir, "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": n,
                                                      "encoding": "spin"},
                   "optimizer": {"name": "rmsprop", "lr": 5e-7}, "schedule": {"name": "linear", "warmup_ratio": 0.1},
-                  "train": {"batch_size": 8, "epochs": epochs, "max_length": 256, "max_prompt_length": 128,
-                            "precision": "fp32", "packing": False, "log_every": 1},
+                  "train": {"batch_size": 2, "grad_accum": 4, "epochs": epochs, "max_length": 256,
+                            "max_prompt_length": 128, "precision": "fp32", "packing": False, "log_every": 1,
+                            "logprob_chunk": 32},
                   "generation": {"prompt_template": "### Instruction: {prompt}\n\n### Response: ", "max_new_tokens": 64,
                                  "batch_size": 8}}
         cfg = experiment_from_dict({"name": "epochs", "shared": shared, "methods": [{"loss": "spin", "params": {"beta": 0.1}}]})
@@ -352,7 +353,7 @@ STAGES = {
     "gsm8k_exemplars": lambda model, tok, data, n: gsm8k_exemplars(model, tok, data, n),
     "dpo_text": lambda model, tok, data, n: dpo_text(data, 200),
     "self_play_decoding": lambda model, tok, data, n: self_play_decoding(model, tok, data, 16),
-    "spin_epochs": lambda model, tok, data, n: spin_epochs(MODEL, data, 16),
+    "spin_epochs": lambda model, tok, data, n: spin_epochs(MODEL, data, 16),  # 2 steps per epoch
 }
 
 
