@@ -309,7 +309,7 @@ def spin_epochs(model_dir: str, data_dir: Path, n: int) -> dict[str, Any]:
                             "max_prompt_length": 128, "precision": "fp32", "packing": False, "log_every": 1,
                             "logprob_chunk": 32},
                   "generation": {"prompt_template": "### Instruction: {prompt}\n\n### Response: ", "max_new_tokens": 64,
-                                 "batch_size": 8}}
+                                 "batch_size": 8}, "iterations": 1}
         cfg = experiment_from_dict({"name": "epochs", "shared": shared, "methods": [{"loss": "spin", "params": {"beta": 0.1}}]})
         with tempfile.TemporaryDirectory() as tmp:
             (res,) = train_method(cfg, "spin", 0, Path(tmp), data_dir=str(data_dir))
