@@ -37,8 +37,13 @@ class DataConfig:
     # how (prompt, response) become token ids: "chat" = the chat template once, prompt cut to max_prompt_length;
     # "spin" = the official SPIN/GSIL construction (docs/reproduction.md): empty system turn + first user turn,
     # EOS tokens inside prompt and response masked from attention, one EOS appended, prompt cut only when
-    # prompt + longer response exceed max_length (trainers.official)
-    encoding: Literal["chat", "spin"] = "chat"
+    # prompt + longer response exceed max_length (trainers.official); "trl" = the zephyr DPO baseline's text,
+    # alignment-handbook's chat template (empty system turn) tokenised by TRL v0.9.6's DPOTrainer: BOS on the
+    # prompt, TRL's labels and pair truncation (trainers.handbook)
+    encoding: Literal["chat", "spin", "trl"] = "chat"
+    # humaneval: drop rows whose response contains a HumanEval docstring or solution, as alignment-handbook's
+    # run_dpo.py does (trainers.handbook; reads <data dir>/humaneval/HumanEval.jsonl)
+    decontaminate: Literal["humaneval"] | None = None
 
 
 @dataclass(frozen=True)
@@ -403,7 +408,7 @@ def canonical_json(obj: Any) -> str:
 
 # fields added after run folders were recorded: left out of hashes while at their defaults, so a configuration
 # that does not use them keeps the hash (shared_hash, training keys) it had before they existed
-LATER_FIELDS = {(DataConfig, "encoding"), (ScheduleConfig, "warmup_steps"), (GenerationConfig, "prompt_template"),
+LATER_FIELDS = {(DataConfig, "encoding"), (DataConfig, "decontaminate"), (ScheduleConfig, "warmup_steps"), (GenerationConfig, "prompt_template"),
                 (SharedConfig, "self_play"), (EvalConfig, "fastchat_template"), (EvalConfig, "code_sandbox"),
                 (JudgeConfig, "rating_rule"), (GenerationConfig, "tensor_parallel_size"), (LoraConfig, "save_adapter"),
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),

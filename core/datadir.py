@@ -52,13 +52,19 @@ def load_hub_rows(dataset: str, split: str, config: str | None = None, root: Pat
         raise FileNotFoundError(
             f"data not found locally and the Hub fallback needs `datasets` (pip install datasets) for {dataset}"
         ) from None
+    import tempfile
+
     local = hub_folder(dataset, root)
     try:
-        ds = load_dataset(str(local) if local is not None else dataset, config, split=split)
+        if local is None:
+            return [dict(r) for r in load_dataset(dataset, config, split=split)]
+        # datasets caches a local folder by its name alone: another copy of the same name (another data
+        # directory, or this one rewritten) would answer from that cache. A local copy converts afresh each time.
+        with tempfile.TemporaryDirectory(prefix="gsil-hub-copy-") as cache:
+            return [dict(r) for r in load_dataset(str(local), config, split=split, cache_dir=cache)]
     except Exception as err:  # network, missing split...
         raise FileNotFoundError(
             f"{dataset}[{config or ''}:{split}]: " + (
                 f"cannot read the local copy {local}: {err}" if local is not None else
                 f"no local copy in <data dir>/{HUB_FOLDER}/{dataset} and the Hub failed: {err}")
         ) from None
-    return [dict(r) for r in ds]

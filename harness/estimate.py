@@ -18,7 +18,8 @@ memory bandwidth, measured in well under a second with the torch threads this pr
 and an achieved fraction of that throughput (CPU_EFFICIENCY, measured against the main job), plus
 the time to load the model in every step. On a GPU (`--gpu NAME` below; the paper configs), the
 named GPU's dense bf16 peak at GPU_MFU. Peak memory per device: weights, gradients and AdamW's two
-fp32 moments (an fp32 master copy too under bf16-weights with DeepSpeed), sharded over the
+fp32 moments (under bf16-weights an fp32 master copy too: beside the bf16 weights on one device or data
+parallel, as the fp32 shards themselves under FSDP2, trainers/precision.py), sharded over the
 processes for FSDP / ZeRO-3, the frozen reference model for a pairwise loss, and the activations of
 one micro-batch (Korthikanti et al. 2022: 34 s b h bytes per layer in 16-bit, without recompute).
 """
@@ -274,7 +275,13 @@ def peak_memory(cfg: ExperimentConfig, shape: Shape, processes: int, sharded: bo
              ("AdamW moments (fp32)" if adam else "RMSprop square average (fp32)"):
              shape.params * (8 if adam else 4) / shards}
     if precision == "bf16-weights":
-        parts["fp32 master copy (DeepSpeed)"] = shape.params * 4 / shards
+        # trainers/precision.py: one device / data parallel keep bf16 weights beside an fp32 master copy the
+        # optimizer steps; FSDP2 keeps fp32 shards (the master) and gathers them in bf16 per layer for compute
+        if sharded:
+            del parts["weights"]
+            parts = {"weights: fp32 shards (the master copy)": shape.params * 4 / shards, **parts}
+        else:
+            parts["fp32 master copy"] = shape.params * 4 / shards
     if any(LOSSES.needs_pairs(m.loss) for m in cfg.methods):
         parts["reference model (frozen)"] = shape.params * wbytes / shards
     factor = 34 * (2 if wbytes == 2 else 4) / 2

@@ -37,6 +37,7 @@ from gsil_bench.tasks.base import TaskError
 from gsil_bench.tasks.context import EvalContext
 from gsil_bench.trainers.checks import check_method, check_training
 from gsil_bench.trainers.data import DATA_FORMATS, DataError, data_file
+from gsil_bench.trainers.handbook import HUMANEVAL_FILE
 
 # what a command will do: train (methods, training settings, data), use the model, evaluate (tasks),
 # report (the baseline, published rows); `run` does all four, `train` the first two, `eval` the middle two
@@ -103,6 +104,13 @@ def _data_problems(cfg: ExperimentConfig, root: Path | None, files: dict[str, st
             continue
         if path is not None:
             files[key] = str(path)
+        if dcfg.decontaminate == "humaneval":  # trainers.handbook reads HumanEval from the data directory
+            found = root / HUMANEVAL_FILE if root is not None else None
+            if found is None or not found.is_file():
+                out.append(Problem(f"shared.{key}.decontaminate", f"humaneval needs {HUMANEVAL_FILE} in the data "
+                                                                  f"directory ({root or 'none set'})"))
+            else:
+                files[f"{key}.decontaminate"] = str(found)
     return out
 
 

@@ -10,7 +10,8 @@ finished and a repeated evaluation regenerates nothing it already has.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class EvalContext:
     data_files: dict[str, dict[str, str]] = field(default_factory=dict)
     _identity: dict[str, Any] | None = None
     _generators: dict[str, CachedGenerator] = field(default_factory=dict)
+    _dtype: str | None = None  # set by `model_dtype` while the hf model runs in another dtype (cache keys)
 
     def __post_init__(self) -> None:
         if self.revision is None:
@@ -172,16 +174,42 @@ class EvalContext:
             return True
         return bool(getattr(self.get_tokenizer(), "chat_template", None))
 
+    @contextmanager
+    def model_dtype(self, by_device: dict[str, Any]) -> Iterator[None]:
+        """Run the hf model in the dtype an official tool loads it in on this device (`by_device`: device type ->
+        torch dtype; FastChat: fp16 on CUDA, fp32 on the CPU), then give it back its own weights exactly (kept on
+        the CPU meanwhile). Generations made meanwhile are cached under that dtype."""
+        if not by_device:  # not an hf model: nothing to load
+            yield
+            return
+        model, _ = self.hf()
+        first = next(model.parameters())
+        want = by_device.get(first.device.type)
+        if want is None or want == first.dtype:
+            yield
+            return
+        tensors = [*model.parameters(), *model.buffers()]
+        kept = [t.data.to("cpu", copy=True) for t in tensors]
+        model.to(want)
+        self._dtype = str(want).removeprefix("torch.")
+        try:
+            yield
+        finally:
+            self._dtype = None
+            for t, old in zip(tensors, kept):
+                t.data = old.to(t.device)
+
     def generator(self, **overrides: Any) -> CachedGenerator:
         """The cached generator for the current task (settings overridden by `overrides`)."""
         gen_cfg = replace(self.cfg.generation, **overrides)
         path = self.cache_dir() / "generations.jsonl"
-        key = hash_obj([str(path), gen_cfg])
+        key = hash_obj([str(path), gen_cfg, self._dtype])
         if key not in self._generators:
             if gen_cfg.backend == "hf":
                 model, tok = self.hf()
                 inner = make_generator(gen_cfg, model=model, tokenizer=tok, model_name=self.model)
             else:
                 inner = make_generator(gen_cfg, model_name=self.model, tokenizer=self.tokenizer, revision=self.revision)
-            self._generators[key] = CachedGenerator(inner, self.identity(), gen_cfg, path)
+            ident = self.identity() if self._dtype is None else {**self.identity(), "dtype": self._dtype}
+            self._generators[key] = CachedGenerator(inner, ident, gen_cfg, path)
         return self._generators[key]

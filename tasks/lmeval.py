@@ -298,11 +298,12 @@ class LmEvalTask:
         tm = TaskManager(include_defaults=False) if isinstance(self._spec, dict) else TaskManager()
         fewshot = self.fewshot if self.fewshot is not None else fewshot_for(ctx.cfg.num_fewshot, self.name, self.lm_task)
         started = time.perf_counter()
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
-            gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
-            log_samples=True, use_cache=str(cache), task_manager=tm,
-        )
+        with _one_process(ctx.cfg.generation.backend == "hf"):
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[self._spec], limit=ctx.limit, num_fewshot=fewshot,
+                gen_kwargs=ctx.cfg.lm_eval_gen_kwargs, apply_chat_template=chat, fewshot_as_multiturn=chat,
+                log_samples=True, use_cache=str(cache), task_manager=tm,
+            )
         if out is None:
             raise TaskError(f"{self.name}: lm-eval returned no results")
         samples = lm_eval_samples(out)
@@ -346,6 +347,22 @@ def lm_chat_template(lm: Any) -> str | None:
     """The chat template the model's tokenizer applied (lm-eval records it when a chat template is used)."""
     template = getattr(getattr(lm, "tokenizer", None), "chat_template", None)
     return template if isinstance(template, str) else None
+
+
+@contextmanager
+def _one_process(local: bool) -> Iterator[None]:
+    """Under a multi-process launch every process evaluates models of its own (harness.runner): lm-eval 0.4.13's
+    simple_evaluate returns nothing where LOCAL_RANK is not 0 (its tensor-parallel guard, lm_eval/evaluator.py:
+    382-385), so a process other than the first lost every lm-eval result. With our own in-memory model (`local`)
+    the call is one process's: LOCAL_RANK reads 0 for its duration."""
+    saved = os.environ.get("LOCAL_RANK")
+    if local and saved not in (None, "0"):
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LOCAL_RANK"] = saved
 
 
 def _num(x: Any) -> float | None:

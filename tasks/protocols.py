@@ -124,10 +124,61 @@ for _name, (_task, _yaml, _shots, _primary) in OPEN_LLM_V1.items():
     _openllm(_name, _task, _yaml, _shots, _primary)
 
 
+B281B09_SEED = 42  # lm-eval b281b09 lm_eval/evaluator.py:215-217
+
+
+def b281b09_sampling() -> dict[str, Any]:
+    """lm-eval b281b09's few-shot choice as lm-eval 0.4 task-config entries. There, evaluator.py:213-217 shuffles
+    the test documents with `random.Random(42)` and :231-240 hands that same generator to every document's
+    `fewshot_context`, in the shuffled order, which draws `rnd.sample(training_docs, 5)` (base.py:569-573,
+    :683-684); `limit` takes the first documents of the shuffled order. lm-eval 0.4.13 would instead keep the
+    file order and draw from a fresh `Random(1234)` per task. Here: `process_docs` shuffles the test split the same
+    way, and the sampler replays the generator (a shuffle of as many items, then one sample per document)."""
+    import random
+
+    from lm_eval.api.samplers import ContextSampler
+
+    state: dict[str, int] = {}
+
+    def shuffled(dataset: Any) -> Any:
+        if str(getattr(dataset, "split", "")) != "test":
+            return dataset
+        order = list(range(len(dataset)))
+        random.Random(B281B09_SEED).shuffle(order)
+        state["n_test"] = len(dataset)
+        return dataset.select(order)
+
+    class B281b09Sampler(ContextSampler):
+        """One generator for the whole task, seeded 42 and advanced by the test documents' shuffle."""
+
+        stream: random.Random | None = None
+
+        def set_rnd(self, rnd: int | None) -> B281b09Sampler:
+            self.stream = None  # the seed lm-eval passes (1234) is not b281b09's
+            return self
+
+        def sample(self, n: int, eval_doc: Any = None, df: Any = None, **kwargs: Any) -> Any:
+            if self.stream is None:
+                self.stream = random.Random(B281B09_SEED)
+                self.stream.shuffle(list(range(state["n_test"])))
+            return self.stream.sample(self.fewshot_docs(), n)
+
+    return {"process_docs": shuffled,
+            "fewshot_config": {"sampler": B281b09Sampler, "process_docs": lambda d: d}}  # the pool in file order
+
+
+class GSM8KV03(LmEvalTask):
+    """openllm_gsm8k: GSM8K_V03 with b281b09's few-shot choice (built when the task loads: it imports lm-eval)."""
+
+    def load(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        self.config = {**GSM8K_V03, **b281b09_sampling()}
+        return super().load(ctx)
+
+
 @register_task
 def _gsm8k_v03() -> LmEvalTask:
-    return LmEvalTask("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
-                      config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS, protocol="open_llm_v1")
+    return GSM8KV03("openllm_gsm8k", "gsm8k_v0.3", chat=False, primary="exact_match/v0.3-extract", fewshot=5,
+                    config=GSM8K_V03, add_bos=LEADERBOARD_ADD_BOS, protocol="open_llm_v1")
 
 
 # SPIN's MMLU: lm-eval v0.4.0 weights a group's subtasks by size (lm_eval/evaluator.py:472-519 at 46c7966),
@@ -225,6 +276,9 @@ FASTCHAT_MAX_NEW_TOKENS = 1024  # gen_model_answer.py:234-236
 FASTCHAT_JUDGE = {"temperature": 0.0, "max_tokens": 2048}  # common.py:167
 FASTCHAT_RATING_RULE: Literal["fastchat"] = "fastchat"  # common.py:175-183: the first [[x]] match (else the first [x]) is the rating
 FASTCHAT_BOS = "tokenizer"  # gen_model_answer.py:114: tokenizer([prompt]) adds the tokenizer's special tokens (BOS)
+# gen_model_answer.py:86-93 (no --dtype: None) -> fastchat/model/model_adapter.py:226-238: fp32 on the CPU (without
+# Intel's extension), fp16 on CUDA
+FASTCHAT_DTYPE = {"cpu": "float32", "cuda": "float16"}
 
 
 def fastchat_temperature(category: str) -> float:
@@ -235,13 +289,13 @@ def fastchat_temperature(category: str) -> float:
 
 def zephyr_conversation(turns: list[tuple[str, str | None]]) -> str:
     """FastChat's "zephyr" template (conversation.py:2102-2112) rendered by SeparatorStyle.CHATML (:195-205):
-    system "<|system|>\\n" + sep "</s>" + "\\n", then role + "\\n" + message + "</s>\\n" per turn, and the
-    open assistant role + "\\n"."""
+    system "<|system|>\\n" + sep "</s>" + "\\n", then role + "\\n" + message + "</s>\\n" per turn; a turn
+    without a message (the open assistant turn, or an EMPTY first answer: `if message:` at :198) is role + "\\n"."""
     sep = "</s>"
     out = "<|system|>\n" + sep + "\n"
     for question, answer in turns:
-        out += "<|user|>" + "\n" + question + sep + "\n"
-        out += "<|assistant|>" + "\n" + (answer + sep + "\n" if answer is not None else "")
+        out += "<|user|>" + "\n" + question + sep + "\n" if question else "<|user|>\n"
+        out += "<|assistant|>" + "\n" + (answer + sep + "\n" if answer else "")
     return out
 
 
@@ -277,9 +331,17 @@ class MTBenchFastChat(MTBench):
         return [render(t) for t in turns], stop
 
     def _answers(self, docs: list[dict[str, Any]], ctx: EvalContext) -> tuple[list[str], list[str]]:
+        import torch
+
         a1: list[str] = [""] * len(docs)
         a2: list[str] = [""] * len(docs)
         special = self._special_tokens(ctx)
+        dtypes = {k: getattr(torch, v) for k, v in FASTCHAT_DTYPE.items()} if ctx.cfg.generation.backend == "hf" else {}
+        with ctx.model_dtype(dtypes):
+            return self._answer_turns(docs, ctx, special, a1, a2)
+
+    def _answer_turns(self, docs: list[dict[str, Any]], ctx: EvalContext, special: list[str], a1: list[str],
+                      a2: list[str]) -> tuple[list[str], list[str]]:
         for temp in sorted({fastchat_temperature(d["category"]) for d in docs}):
             idx = [i for i, d in enumerate(docs) if fastchat_temperature(d["category"]) == temp]
             gen = ctx.generator(temperature=temp, max_new_tokens=FASTCHAT_MAX_NEW_TOKENS, bos=FASTCHAT_BOS)

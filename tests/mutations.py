@@ -86,6 +86,23 @@ MUTATIONS: dict[str, Mutation] = {
         "trainers/loop.py", "        save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
         "        save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
         "run.folder / \"checkpoint\"", (IDENTITY,)),
+    # issue 29: three plausible wrong implementations the pins once let through, and TRL's pair rule
+    "truncation-by-real-length": Mutation(  # the pair's cut decided by the real response alone
+        "trainers/official.py", "    longer = max(real.n_response, gen.n_response if gen is not None else 0)",
+        "    longer = real.n_response",
+        ("tests/test_official.py::test_generated_longer_than_real_decides_the_truncation",)),
+    "trl-truncation-by-chosen-length": Mutation(
+        "trainers/handbook.py", "    longer = max(chosen.n_response, rejected.n_response if rejected is not None else 0)",
+        "    longer = chosen.n_response",
+        ("tests/test_handbook.py::test_trl_encoding_is_the_official_ids_labels_and_truncation",)),
+    "hf-prompt-ids-without-bos": Mutation(  # the hf backend ignores generation.bos when it builds the ids
+        "core/generation.py", "        ids = [prompt_ids(tok, p, cfg) for p in prompts]",
+        "        ids = [list(tok(render_prompt(tok, p), add_special_tokens=False)[\"input_ids\"]) for p in prompts]",
+        ("tests/test_protocols_bos.py::test_protocol_prompts_reach_the_model_with_the_official_bos",)),
+    "gsm8k-v03-first-n-exemplars": Mutation(  # GSM8K v0.3's five exemplars: the first training rows, not drawn
+        "tasks/protocols.py", "            return self.stream.sample(self.fewshot_docs(), n)",
+        "            return self.fewshot_docs()[:n]",
+        ("tests/test_protocols.py::test_gsm8k_v03_runs_through_lm_eval_with_b281b09s_exemplars",)),
     "eval-scores-the-base-model": Mutation(  # every eval step scores the starting model, recorded as its own
         "harness/steps.py", "evaluate(rec[\"model\"], todo, experiment_eval(run.cfg.shared),",
         "evaluate(run.cfg.shared.model, todo, experiment_eval(run.cfg.shared),",

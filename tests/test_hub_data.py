@@ -104,3 +104,21 @@ def test_hf_path_with_a_config_name_reads_that_config(data_dir, tmp_path, monkey
     soc = load_examples(DataConfig(path="hf:openai/gsm8k:socratic:test", format="gsm8k"), tmp_path)
     assert [ex.response for ex in main] == [r["answer"] for r in rows[:3]]
     assert [ex.response for ex in soc] == [r["answer"] for r in socratic[:2]]
+
+
+def test_two_local_copies_of_the_same_data_set_read_their_own_rows(data_dir, tmp_path, monkeypatch):
+    """datasets caches a local folder by its name: a second data directory's copy of the same Hub data set (or a
+    copy rewritten in place) was answered from the first one's cache. Each copy now reads its own rows."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "shared-cache")  # one cache for both
+    shared = load_experiment(REPO / "configs" / "paper-zephyr.yaml").shared
+    rows = _gsm8k_rows(data_dir, 6)
+    first, second = _ultrafeedback(tmp_path / "one", rows[:3]), _ultrafeedback(tmp_path / "two", rows[3:])
+    assert [ex.response for ex in load_examples(shared.train_data, tmp_path / "one")] == \
+        [p["chosen"][1]["content"] for p in first]
+    assert [ex.response for ex in load_examples(shared.train_data, tmp_path / "two")] == \
+        [p["chosen"][1]["content"] for p in second]
+    _ultrafeedback(tmp_path / "one", rows[:1])  # rewritten in place
+    assert len(load_examples(shared.train_data, tmp_path / "one")) == 1

@@ -227,6 +227,22 @@ def test_token_ids_equal_the_official_collator(pin_tok):
     assert batch.response_mask[0].tolist() == [int(v != -100) for v in want["real"]["labels"]]
 
 
+def test_generated_longer_than_real_decides_the_truncation(pin_tok):
+    """The same cases with the roles swapped: the GENERATED response is the longer one, so the decision (and the
+    response budget) must come from it. A rule reading the real response's length alone passes every case above
+    (the real one is longer there) and fails here (tests/mutations.py: truncation-by-real-length)."""
+    p_text, long_text = official_texts(pin_tok, CHAT, REAL)
+    short_text = official_texts(pin_tok, CHAT, GEN)[1]
+    for max_length, max_prompt_length in pin_cases(pin_tok):
+        real, gen = truncate_pair(encode_official(pin_tok, CHAT, GEN), encode_official(pin_tok, CHAT, REAL),
+                                  max_prompt_length=max_prompt_length, max_length=max_length)
+        want = official_tokenize(pin_tok, p_text, short_text, long_text, max_length, max_prompt_length)
+        for name, seq in (("real", real), ("generated", gen)):
+            assert seq is not None and seq.input_ids == want[name]["input_ids"], (name, max_length, max_prompt_length)
+            assert [-100] * seq.response_start + seq.input_ids[seq.response_start:] == want[name]["labels"]
+            assert seq.attention_mask == want[name]["attention_mask"]
+
+
 def test_the_written_out_rule_is_the_official_one(zephyr_tok):
     for case in pin_cases(zephyr_tok):
         assert _matches(zephyr_tok, _pair(zephyr_tok, _rule, *case), *case), case

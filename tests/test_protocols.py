@@ -211,17 +211,85 @@ def test_gsm8k_v040_is_spins_yaml():
     assert installed["metric_list"][0]["regexes_to_ignore"] != GSM8K_V040["metric_list"][0]["regexes_to_ignore"]
 
 
-def test_gsm8k_v03_runs_through_lm_eval(tmp_path, data_dir, tiny_model, tokenizer):
+def b281b09_gsm8k_contexts(test_rows: list[dict], train_rows: list[dict], limit: int) -> list[tuple[dict, str]]:
+    """lm-eval b281b09, verbatim logic: evaluator.py:213-217 shuffles the test docs with one `random.Random()` seeded
+    42, :231-240 walks the first `limit` of them handing that generator to fewshot_context, which takes
+    `rnd.sample(self._training_docs, 5)` (base.py:569-573, :683-684) and joins `doc_to_text + doc_to_target` with
+    blank lines (:700-709; gsm8k.py:63-67). Returns (doc, context) in evaluation order."""
+    import random
+
+    docs = list(test_rows)
+    rnd = random.Random()
+    rnd.seed(42)
+    rnd.shuffle(docs)
+    text = lambda d: "Question: " + d["question"] + "\nAnswer:"  # noqa: E731
+    out = []
+    for doc in docs[:limit]:
+        shots = rnd.sample(train_rows, 5)
+        out.append((doc, "\n\n".join(text(d) + " " + d["answer"] for d in shots) + "\n\n" + text(doc)))
+    return out
+
+
+def _contexts_drawn(test_rows, train_rows, limit, *, shuffle_seed, sample_seed, first_n=False, advance=True):
+    """A wrong few-shot choice, for the pin's teeth (each differs from b281b09's on the first documents)."""
+    import random
+
+    docs = list(test_rows)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(docs)
+    rnd = random.Random(sample_seed)
+    if advance and shuffle_seed is not None:
+        rnd.shuffle(list(range(len(test_rows))))
+    text = lambda d: "Question: " + d["question"] + "\nAnswer:"  # noqa: E731
+    out = []
+    for doc in docs[:limit]:
+        shots = train_rows[:5] if first_n else rnd.sample(train_rows, 5)
+        out.append((doc, "\n\n".join(text(d) + " " + d["answer"] for d in shots) + "\n\n" + text(doc)))
+    return out
+
+
+WRONG_GSM8K_FEWSHOT = {  # (shuffle seed of the test docs, seed of the exemplar draws, first_n, advanced by the shuffle)
+    "first_n": {"shuffle_seed": 42, "sample_seed": 42, "first_n": True},
+    "lm_eval_0.4_default": {"shuffle_seed": None, "sample_seed": 1234},  # file order, Random(1234) per task
+    "fresh_generator_after_shuffle": {"shuffle_seed": 42, "sample_seed": 42, "advance": False},
+    "file_order_seed_42": {"shuffle_seed": None, "sample_seed": 42},
+}
+
+
+def test_gsm8k_v03_runs_through_lm_eval_with_b281b09s_exemplars(tmp_path, data_dir, tiny_model, tokenizer):
+    """The contexts lm-eval sends to the model are b281b09's, document for document: the same test documents (the
+    first `limit` of the shuffled order), each with the five exemplars b281b09's generator draws for it. A sampler
+    taking the first five training rows, or lm-eval 0.4.13's Random(1234) over the file order, sends other
+    contexts (tests/mutations.py: gsm8k-v03-first-n-exemplars)."""
     cfg = EvalConfig(lm_eval_gen_kwargs="max_gen_toks=16", generation=GenerationConfig(batch_size=4))
-    out = evaluate("tiny", ["openllm_gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=2,
+    out = evaluate("tiny", ["openllm_gsm8k"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=3,
                    model_obj=tiny_model, tokenizer=tokenizer)["openllm_gsm8k"]
     assert out["lm_eval"]["n-shot"] == {"gsm8k_v0.3": 5} and out["primary"] == "exact_match/v0.3-extract"
     samples = [json.loads(x) for x in (tmp_path / "out/openllm_gsm8k/samples.jsonl").read_text().splitlines()]
-    rows = [json.loads(x) for x in (data_dir / "gsm8k/test.jsonl").read_text().splitlines()[:2]]
-    for s, row in zip(samples, rows):
+    test_rows = [json.loads(x) for x in (data_dir / "gsm8k/test.jsonl").read_text().splitlines()]
+    train_rows = [json.loads(x) for x in (data_dir / "gsm8k/train.jsonl").read_text().splitlines()]
+    want = b281b09_gsm8k_contexts(test_rows, train_rows, 3)
+    assert [s["prompt"] for s in samples] == [ctx for _, ctx in want]
+    for s, (row, _) in zip(samples, want):
         assert ":" not in s["output"]  # generation stops at the first colon (gsm8k.py:82)
-        assert s["prompt"].endswith("Question: " + row["question"] + "\nAnswer:") and s["prompt"].count("Question:") == 6
         assert s["scores"]["exact_match/v0.3-extract"] == float(_v03_is_correct(s["output"], row["answer"]))
+    for name, kw in WRONG_GSM8K_FEWSHOT.items():
+        assert [c for _, c in _contexts_drawn(test_rows, train_rows, 3, **kw)] != [c for _, c in want], name
+
+
+def test_lm_eval_task_on_a_later_process_of_a_launch_keeps_its_results(tmp_path, data_dir, tiny_model, tokenizer,
+                                                                       monkeypatch):
+    """Under `accelerate launch` each process evaluates its own models (harness.runner); on the second process
+    (LOCAL_RANK=1) lm-eval 0.4.13 returned no results (its tensor-parallel guard) and every lm-eval task failed
+    there (found by tests/test_paper_launch.py's two-process run)."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = EvalConfig(lm_eval_gen_kwargs="max_gen_toks=4", generation=GenerationConfig(batch_size=4))
+    out = evaluate("tiny", ["openllm_gsm8k_v040"], cfg, tmp_path / "out", data_dir=str(data_dir), limit=1,
+                   model_obj=tiny_model, tokenizer=tokenizer)["openllm_gsm8k_v040"]
+    assert out["metrics"]["exact_match/get-answer"]["n"] == 1
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "1"  # given back
 
 
 # --- HumanEval (Eurus) ----------------------------------------------------------------------------
@@ -308,6 +376,59 @@ def test_zephyr_conversation_is_fastchats():
     for name, text in wrong.items():
         assert text != want, name
     assert _zephyr_hf(turns, system=True) == want  # the HF template with an empty system turn renders the same
+    # an EMPTY first answer: FastChat's `if message:` (:198) renders the bare role, no separator
+    empty = [("Hi?", ""), ("Bye?", None)]
+    assert zephyr_conversation(empty) == _fastchat_chatml(empty)
+    assert zephyr_conversation(empty) == "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\n<|user|>\nBye?</s>\n<|assistant|>\n"
+    assert zephyr_conversation(turns) == _fastchat_chatml(turns)
+    old = "<|system|>\n</s>\n<|user|>\nHi?</s>\n<|assistant|>\n</s>\n<|user|>\nBye?</s>\n<|assistant|>\n"
+    assert zephyr_conversation(empty) != old  # the rendering before: separator after an empty answer
+
+
+def _fastchat_chatml(turns):
+    """FastChat fastchat/conversation.py:195-205 (SeparatorStyle.CHATML) with the zephyr template's values
+    (:2102-2112: system_template "<|system|>\\n{system_message}", empty system message, sep "</s>"), verbatim logic."""
+    system_prompt, sep = "<|system|>\n", "</s>"
+    messages = [m for q, a in turns for m in (("<|user|>", q), ("<|assistant|>", a))]
+    ret = "" if system_prompt == "" else system_prompt + sep + "\n"
+    for role, message in messages:
+        if message:
+            ret += role + "\n" + message + sep + "\n"
+        else:
+            ret += role + "\n"
+    return ret
+
+
+def test_mt_bench_answers_run_in_fastchats_dtype(tmp_path, data_dir, monkeypatch):
+    """FastChat loads the answering model in fp16 on CUDA and fp32 on the CPU (gen_model_answer.py:86-93 without
+    --dtype; model_adapter.py:226-238). The switch is exercised on the CPU with bf16 standing in for CUDA's fp16
+    (no GPU here): every forward of the answers runs in that dtype, the generations are cached under it, and the
+    model gets back its own weights bit for bit."""
+    import torch
+
+    import gsil_bench.tasks.protocols as protocols
+    from gsil_bench.core.models import tiny_llama
+    from gsil_bench.tasks.context import EvalContext
+
+    assert protocols.FASTCHAT_DTYPE == {"cpu": "float32", "cuda": "float16"}
+    monkeypatch.setattr(protocols, "FASTCHAT_DTYPE", {"cpu": "bfloat16", "cuda": "float16"})
+    tok = bos_tokenizer()
+    model = tiny_llama(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: set = set()
+    handle = model.register_forward_pre_hook(lambda m, a: seen.add(next(m.parameters()).dtype))
+    cfg = EvalConfig(generation=GenerationConfig(batch_size=2, max_new_tokens=4), fastchat_template="zephyr")
+    ctx = EvalContext("tiny-bos", cfg, data_dir=data_dir, model_obj=model, tokenizer=tok, task_folder=tmp_path / "mt")
+    task = TASKS.get("mt_bench_fastchat")()
+    monkeypatch.setattr(protocols, "FASTCHAT_MAX_NEW_TOKENS", 4)
+    task._answers([next(d for d in task.load(ctx) if d["category"] == "math")], ctx)
+    handle.remove()
+    assert seen == {torch.bfloat16}
+    assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items())
+    recs = [json.loads(x) for x in (tmp_path / "mt/cache/generations.jsonl").read_text().splitlines()]
+    (gen,) = ctx._generators.values()
+    assert gen.identity["dtype"] == "bfloat16" and {r["key"] for r in recs} <= {
+        gen.key(p, ["</s>"], 0) for p in [r["prompt"] for r in recs]}
 
 
 def _zephyr_hf(turns, *, system):

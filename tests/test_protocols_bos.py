@@ -150,3 +150,46 @@ def test_mt_bench_fastchat_generates_with_bos(tmp_path, data_dir, bos_model):
     mt._answers([next(d for d in mt.load(ctx) if d["category"] == "math")], ctx)
     (gen,) = ctx._generators.values()
     assert gen.gen.bos == "tokenizer" and gen._settings()["bos"] == "tokenizer"
+
+
+def _prefill_ids(model):
+    """Record the prompt ids each generate call's first forward receives (left padding stripped by the mask)."""
+    seen: list[list[int]] = []
+
+    def hook(module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if ids is not None and ids.shape[1] > 1:  # the prefill (each decoding step sends one token)
+            rows = ids.tolist() if mask is None else [[t for t, m in zip(r, mr) if m] for r, mr in
+                                                       zip(ids.tolist(), mask[:, : ids.shape[1]].tolist())]
+            seen.extend(rows)
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_protocol_prompts_reach_the_model_with_the_official_bos(tmp_path, data_dir):
+    """At the model's input: the prompt ids the hf backend sends for MT-Bench answers (turn 1) and HumanEval
+    completions are FastChat's `tokenizer([prompt])` and vLLM's `tokenizer.encode(prompt)` ids, BOS first, on a
+    real tiny model whose tokenizer adds BOS. (The generated text is the same with or without BOS on this model, and
+    the generator's `bos` setting is only a setting: a backend that built the ids without BOS passed the tests
+    above; tests/mutations.py: hf-prompt-ids-without-bos.)"""
+    from gsil_bench.core.models import tiny_llama
+    from gsil_bench.tasks.protocols import zephyr_conversation
+
+    tok = bos_tokenizer()
+    model = tiny_llama(tok)
+    seen, handle = _prefill_ids(model)
+    try:
+        ctx = _bos_eval_ctx(tmp_path, data_dir, (model, tok), "mt")
+        mt = TASKS.get("mt_bench_fastchat")()
+        doc = next(d for d in mt.load(ctx) if d["category"] == "math")
+        mt._answers([doc], ctx)
+        turn1 = zephyr_conversation([(doc["turns"][0], None)])
+        assert seen[0] == _fastchat_ids(tok, turn1) and seen[0][0] == tok.bos_token_id
+        seen.clear()
+        ctx = _bos_eval_ctx(tmp_path, data_dir, (model, tok), "he")
+        he = TASKS.get("humaneval_gsil")()
+        (doc,) = he.load(ctx)[:1]
+        he.evaluate([doc], ctx)
+        want = _eurus_ids(tok, eurus_prompt(tok, doc.prompt, doc.entry_point))
+        assert seen == [want] and want[0] == tok.bos_token_id and want.count(tok.bos_token_id) == 1
+    finally:
+        handle.remove()

@@ -34,6 +34,7 @@ from gsil_bench.core.provenance import collect
 from gsil_bench.core.strict import to_plain
 from gsil_bench.core.tracking import open_tracking
 from gsil_bench.trainers.data import data_file, load_examples
+from gsil_bench.trainers.handbook import HUMANEVAL_FILE, decontaminate
 from gsil_bench.trainers.heldout import encode_heldout
 from gsil_bench.trainers.inputs import MethodContext, history_iterations, prepare_inputs
 from gsil_bench.trainers.loop import LoopRun, StepPlan, train_iteration
@@ -107,7 +108,8 @@ NOT_TRAINING = ("report_to", "push_to_hub", "hub_model_id", "eval_every", "eval_
 
 
 def make_accelerator(precision: str) -> Any:
-    """The Accelerator of this process (bf16 autocast where the precision resolves to bf16)."""
+    """The Accelerator of this process (bf16 autocast where the precision resolves to bf16; none under
+    bf16-weights, whose weights compute in bf16 and train through an fp32 master copy: trainers.precision)."""
     from datetime import timedelta
 
     import torch
@@ -117,8 +119,7 @@ def make_accelerator(precision: str) -> Any:
     # cpu=True without CUDA: a multi-process launch (torchrun, accelerate launch --multi_gpu)
     # then becomes data parallel over gloo instead of N independent single-process runs.
     # Generation and reference scoring run before training: give collectives hours, not 30 min.
-    mixed = "bf16" if precision == "bf16-weights" else precision  # under DeepSpeed: its bf16 mode, fp32 master copy
-    kwargs = {"mixed_precision": mixed if mixed in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
+    kwargs = {"mixed_precision": precision if precision in ("bf16", "fp16") else "no", "cpu": not torch.cuda.is_available(),
               "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=12))]}
     try:
         acc = Accelerator(**kwargs)  # type: ignore[arg-type]
@@ -141,9 +142,6 @@ def make_accelerator(precision: str) -> Any:
         raise GsilError(f"launched as {world} processes (WORLD_SIZE) but accelerate sees {acc.num_processes}: "
                            "the processes would train independently and overwrite each other's files")
     enable_cpu_fsdp(acc)  # an FSDP launch on CPU shards too (accelerate would fall back to DDP)
-    if precision == "bf16-weights" and acc.distributed_type.name != "DEEPSPEED":
-        log.warning("shared.train.precision bf16-weights without DeepSpeed: the optimizer steps the bf16 weights "
-                    "themselves, and updates below bf16's resolution are lost (docs/reproduction.md, Precision)")
     return acc
 
 
@@ -176,6 +174,9 @@ def build_context(cfg: ExperimentConfig, method_label: str, seed: int, run_dir: 
     files = {key: data_file(data_cfg, root)}
     examples = load_examples(data_cfg, root)
     tokenizer = load_tokenizer(s.model, s.model_revision)
+    if data_cfg.decontaminate == "humaneval":  # alignment-handbook scripts/run_dpo.py:116-123
+        examples = decontaminate(examples, tokenizer, root)
+        files["decontaminate"] = root / HUMANEVAL_FILE if root is not None else None
     lengths = {"max_prompt_length": s.train.max_prompt_length, "max_length": s.train.max_length}
     real = encode_all(data_cfg.encoding, tokenizer, examples, **lengths)
     rejected = None

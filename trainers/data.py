@@ -177,7 +177,9 @@ def _preference(row: dict[str, Any], cfg: DataConfig, where: str) -> Example:
     if key in row:
         raw = row[key]
         prompt = [user(field(row, key, where))] if isinstance(raw, str) else _check_chat(raw, key, where)
-        if chosen_prompt and len(chosen_prompt) > len(prompt):  # conversations repeat the prompt
+        # conversations repeat the prompt: their turns before the response win over a string prompt (as
+        # alignment-handbook 95dc472 src/alignment/data.py:84-87 builds UltraFeedback's) or a shorter one
+        if chosen_prompt and (isinstance(raw, str) or len(chosen_prompt) > len(prompt)):
             prompt = chosen_prompt
     elif chosen_prompt is not None:
         prompt = chosen_prompt

@@ -8,7 +8,8 @@ launched with several processes), reading top to bottom:
    = ceil(examples / global batch) (the last step wraps around to the start of the
    epoch's order); total = steps × epochs, capped by train.max_steps. The data order is a
    permutation seeded by (seed, iteration, epoch).
-2. model: the policy (fp32 weights; bf16 autocast where `precision` resolves to bf16),
+2. model: the policy (fp32 weights; bf16 autocast where `precision` resolves to bf16; bf16
+   weights and compute with an fp32 master copy under `bf16-weights`, `trainers.precision`),
    optional gradient checkpointing and LoRA; AdamW or RMSprop (`OPTIMIZERS`), linear,
    cosine or constant schedule with warm-up (`SCHEDULES`).
 3. resume: `iter-<k>/state/` (saved every train.save_every steps) restores weights,
@@ -57,6 +58,7 @@ from gsil_bench.trainers.heldout import heldout_nll
 from gsil_bench.trainers.inputs import MethodContext
 from gsil_bench.trainers.logprobs import LogpsModule, batch_logps
 from gsil_bench.trainers.losses import LossInputs
+from gsil_bench.trainers.precision import MasterCopy, fsdp_master_policy, master_copy
 from gsil_bench.trainers.publish import write_model_card
 from gsil_bench.trainers.reference import RefLogps, load_causal_lm, weights_dtype
 from gsil_bench.trainers.sharding import check_sharding, full_model, is_sharded, load_sharded_state, save_sharded_state
@@ -194,8 +196,10 @@ class Trainable:
     wrapped: Any  # LogpsModule(model), prepared by accelerate (DDP or FSDP)
     optimizer: Any
     scheduler: Any
-    params: list[Any]  # the trainable parameters (FSDP: their shards)
+    params: list[Any]  # what the optimizer steps and the loop clips: the trainable parameters (FSDP: their
+    #                    shards), or their fp32 master copies (`master`)
     sharded: bool
+    master: MasterCopy | None = None  # bf16-weights without sharding: fp32 copies of the bf16 weights
 
 
 def step_plan(run: LoopRun) -> StepPlan:
@@ -212,13 +216,17 @@ def prepare(run: LoopRun, plan: StepPlan) -> Trainable:
         check_sharding(acc)
     set_seed(int(hash_obj(["init", ctx.seed, run.iteration]), 16) % (2**31))
     model = load_policy(run.init_model, ctx)
-    optimizer = OPTIMIZERS.get(opt.name)([p for p in model.parameters() if p.requires_grad], opt)
+    if sharded:
+        fsdp_master_policy(acc, model, ctx.precision)  # bf16-weights: fp32 shards, bf16 compute
+    master = master_copy(model, ctx.precision, sharded)  # bf16-weights: fp32 copies the optimizer steps
+    stepped = master.params if master is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS.get(opt.name)(stepped, opt)
     warmup = warmup_steps(ctx.cfg.shared.schedule, plan.total)
     schedule = SCHEDULES.get(ctx.cfg.shared.schedule.name)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, warmup, plan.total))
     wrapped, optimizer = acc.prepare(LogpsModule(model, ctx.cfg.shared.train.logprob_chunk), optimizer)
-    params = [p for p in wrapped.parameters() if p.requires_grad]  # FSDP replaces them by shards
-    return Trainable(model, wrapped, optimizer, scheduler, params, sharded)
+    params = master.params if master is not None else [p for p in wrapped.parameters() if p.requires_grad]
+    return Trainable(model, wrapped, optimizer, scheduler, params, sharded, master)  # FSDP: params are shards
 
 
 def resume(run: LoopRun, tr: Trainable, plan: StepPlan) -> dict[str, Any]:
@@ -229,7 +237,8 @@ def resume(run: LoopRun, tr: Trainable, plan: StepPlan) -> dict[str, Any]:
     if (state_dir / "info.json").is_file():
         info = (load_sharded_state(state_dir, acc, wrapped=tr.wrapped, optimizer=tr.optimizer, scheduler=tr.scheduler)
                 if tr.sharded else load_state(state_dir, model=tr.model, optimizer=tr.optimizer,
-                                              scheduler=tr.scheduler, process_index=acc.process_index))
+                                              scheduler=tr.scheduler, process_index=acc.process_index,
+                                              master=tr.master))
         if (info.get("key"), info.get("global_batch"), info.get("total")) != (run.key, plan.per_step, plan.total):
             raise ConfigError(f"{state_dir}: saved by a run with another configuration or number of processes "
                               f"(global batch {info.get('global_batch')} vs {plan.per_step}); delete {run.folder} "
@@ -259,9 +268,13 @@ def optimizer_step(run: LoopRun, tr: Trainable, plan: StepPlan, step: int, info:
         tokens += used
         for k, v in {"loss": out.loss, **out.metrics}.items():
             sums[k] += float(v.detach()) / t.grad_accum
+    if tr.master is not None:
+        tr.master.grads_to_master()  # bf16 gradients (synchronised) to the fp32 copies: clip and step there
     grad_norm = acc.clip_grad_norm_(tr.params, max_norm if max_norm else math.inf)
     lr = tr.scheduler.get_last_lr()[0]
     tr.optimizer.step()
+    if tr.master is not None:
+        tr.master.write_back()
     tr.scheduler.step()
     tr.optimizer.zero_grad(set_to_none=True)
     means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), reduction="mean")
@@ -287,7 +300,8 @@ def save_progress(run: LoopRun, tr: Trainable, plan: StepPlan, info: dict[str, A
                            rng=rngs, info=info)
     elif acc.is_main_process:
         save_state(state_dir, model=acc.unwrap_model(tr.wrapped).model, optimizer=tr.optimizer,
-                   scheduler=tr.scheduler, rng=rngs, info=info)
+                   scheduler=tr.scheduler, rng=rngs, info=info,
+                   weights=tr.master.weights() if tr.master is not None else None)
 
 
 def train_iteration(run: LoopRun) -> dict[str, Any]:
@@ -320,7 +334,11 @@ def train_iteration(run: LoopRun) -> dict[str, Any]:
     info["wall_time_s"] = time.time() - started
     final = (full_model(acc, tr.wrapped, lambda: load_policy(run.init_model, ctx, device="cpu")) if tr.sharded
              else acc.unwrap_model(tr.wrapped).model)
-    return finish(run, final, plan.total, info, record)
+    summary = finish(run, final, plan.total, info, record)
+    # accelerate keeps every model it prepared: the next iteration's clipping (FSDP2) would compare its shards with
+    # this one's, and this iteration's model and optimizer state would stay in memory
+    acc.free_memory()
+    return summary
 
 
 def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:

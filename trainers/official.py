@@ -3,7 +3,8 @@
 GSIL's release copies SPIN's data path, so one implementation serves both (`DataConfig.encoding: spin`,
 `GenerationConfig.prompt_template`). Every rule cites the file and line it follows, read at
 uclaml/SPIN a12ba808a51c23bb98c7cc892d261e9c2f71ff8e and tengxiao1/GSIL bf269e0c9dd7642a55fcb4e21cc831ef9ca76406
-(tests/test_official.py pins each byte for byte):
+(tests/test_official.py pins each byte for byte). The DPO baseline's encoding ("trl": alignment-handbook + TRL
+v0.9.6) lives in trainers.handbook and is dispatched here (`PAIR_ENCODINGS`):
 
 - Self-play prompt: the raw text `### Instruction: {prompt}\\n\\n### Response: ` around the first user turn,
   tokenised without special tokens and without the chat template (SPIN spin/generate.py:80 and :40-46;
@@ -34,6 +35,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gsil_bench.trainers.data import Chat, DataError, EncodedSeq, Example, encode, encode_examples
+from gsil_bench.trainers.handbook import encode_trl, truncate_trl
 
 # SPIN spin/generate.py:80, GSIL gsil/generate.py:88 ("following SPIN")
 SPIN_PROMPT_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
@@ -99,27 +101,32 @@ def truncate_pair(real: EncodedSeq, gen: EncodedSeq | None, *, max_prompt_length
     return real, None if gen is None else _cut(gen, n_prompt, response_keep)
 
 
+# encodings whose sequences are truncated as pairs (`fit`), each side encoded whole first
+PAIR_ENCODINGS = {"spin": (encode_official, truncate_pair), "trl": (encode_trl, truncate_trl)}
+
+
 def encode_with(encoding: str, tokenizer: Any, prompt: Chat, response: str, *, max_prompt_length: int,
                 max_length: int) -> EncodedSeq:
-    """One (prompt, response) by `DataConfig.encoding`: "chat" (truncated now) or "spin" (untruncated:
+    """One (prompt, response) by `DataConfig.encoding`: "chat" (truncated now), "spin" or "trl" (untruncated:
     `fit` truncates the pair together)."""
-    if encoding == "spin":
-        return encode_official(tokenizer, prompt, response)
+    if encoding in PAIR_ENCODINGS:
+        return PAIR_ENCODINGS[encoding][0](tokenizer, prompt, response)
     return encode(tokenizer, prompt, response, max_prompt_length=max_prompt_length, max_length=max_length)
 
 
 def fit(encoding: str, real: EncodedSeq, gen: EncodedSeq | None, *, max_prompt_length: int,
         max_length: int) -> tuple[EncodedSeq, EncodedSeq | None]:
-    """The training pair as the loop sees it: "spin" applies the official pair truncation; "chat"
+    """The training pair as the loop sees it: "spin" and "trl" apply their releases' pair truncation; "chat"
     sequences were truncated when encoded."""
-    if encoding != "spin":
+    if encoding not in PAIR_ENCODINGS:
         return real, gen
-    return truncate_pair(real, gen, max_prompt_length=max_prompt_length, max_length=max_length)
+    return PAIR_ENCODINGS[encoding][1](real, gen, max_prompt_length=max_prompt_length, max_length=max_length)
 
 
 def encode_all(encoding: str, tokenizer: Any, examples: Sequence[Example], *, max_prompt_length: int,
                max_length: int) -> list[EncodedSeq]:
     """Every example's (prompt, response) by `DataConfig.encoding` (progress bar)."""
-    if encoding != "spin":
+    if encoding not in PAIR_ENCODINGS:
         return encode_examples(tokenizer, examples, max_prompt_length=max_prompt_length, max_length=max_length)
-    return [encode_official(tokenizer, ex.prompt, ex.response) for ex in tqdm(examples, desc="tokenise", disable=None)]
+    encode_one = PAIR_ENCODINGS[encoding][0]
+    return [encode_one(tokenizer, ex.prompt, ex.response) for ex in tqdm(examples, desc="tokenise", disable=None)]

@@ -57,18 +57,21 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_state(dest: Path, *, model: Any, optimizer: Any, scheduler: Any, rng: list[dict[str, Any]],
-               info: dict[str, Any]) -> None:
-    """Snapshot everything needed to continue exactly (main process only)."""
+               info: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Snapshot everything needed to continue exactly (main process only). `weights`: the fp32 master copies
+    of bf16 weights (`trainers.precision.MasterCopy.weights`), saved instead of the rounded weights."""
     with atomic_path(dest, folder=True) as tmp:
-        torch.save(trainable_state(model), tmp / "model.pt")
+        torch.save(trainable_state(model) | (weights or {}), tmp / "model.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
         atomic_write_json(tmp / "info.json", info)
 
 
-def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process_index: int) -> dict[str, Any]:
-    """Restore a snapshot written by save_state; returns its info (step, tokens, ...)."""
+def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process_index: int,
+               master: Any = None) -> dict[str, Any]:
+    """Restore a snapshot written by save_state; returns its info (step, tokens, ...). `master`: the run's
+    `trainers.precision.MasterCopy`, restored from the saved fp32 values."""
     weights = torch.load(src / "model.pt", map_location="cpu", weights_only=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != trainable:
@@ -77,6 +80,8 @@ def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise FileError(f"{src}: unexpected weights {unexpected[:3]}")
+    if master is not None:
+        master.load(weights)
     optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(src / "scheduler.pt", map_location="cpu", weights_only=False))
     rng = torch.load(src / "rng.pt", map_location="cpu", weights_only=False)
