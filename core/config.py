@@ -203,7 +203,7 @@ class SharedConfig:
 
     model: str = DEFAULT_MODEL  # Hub id, local folder, GGUF file, or embedded:<name>
     model_revision: str | None = None  # pin a Hub revision
-    data_dir: str | None = None  # where local data files live (else $GSIL_DATA_DIR, else the Hub)
+    data_dir: str | None = None  # where local data files live (else $GSIL_DATA_DIR, else the Hub); relative: to the config file
     train_data: DataConfig = field(default_factory=lambda: DataConfig(path="gsm8k/train.jsonl", format="gsm8k"))
     preference_data: DataConfig | None = None  # DPO on real preference pairs; null = self-generated pairs
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -426,7 +426,19 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None
     cfg, problems = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
         problems += plugin_problems(cfg.plugins, Path(path).resolve().parent)
+        cfg = _data_dir_from(cfg, Path(path), loc)
     return cfg, loc, problems
+
+
+def _data_dir_from(cfg: ExperimentConfig, path: Path, loc: Located) -> ExperimentConfig:
+    """A relative `shared.data_dir` means the same from any working folder: the config file's folder
+    is its base (the working folder when the command line gave it: `shared.data_dir=...`)."""
+    value = cfg.shared.data_dir
+    if not value or Path(value).expanduser().is_absolute():
+        return cfg
+    given = loc.at("shared.data_dir").startswith("command line")
+    base = Path.cwd() if given else path.resolve().parent
+    return dataclasses.replace(cfg, shared=dataclasses.replace(cfg.shared, data_dir=str(base / Path(value).expanduser())))
 
 
 def raise_problems(problems: list[Problem], loc: Located, cfg: Any = True) -> None:
