@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsil_bench.core import resident
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.registry import did_you_mean
 
@@ -153,13 +154,17 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     src = resolve(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(src, revision=revision)
-    except OSError as err:
-        raise ModelError(f"model {name!r}: cannot load its tokenizer ({err})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+
+    def load() -> Any:
+        try:
+            tok = AutoTokenizer.from_pretrained(src, revision=revision)
+        except OSError as err:
+            raise ModelError(f"model {name!r}: cannot load its tokenizer ({err})") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    return resident.tokenizer(src, load)  # a local folder's, loaded once per process while its files stay
 
 
 def pick_dtype(precision: str, device: str) -> Any:
@@ -177,10 +182,14 @@ def pick_dtype(precision: str, device: str) -> Any:
 
 def check_weights(src: str | Path) -> None:
     """Every safetensors file of a model folder opens (header and extent intact), else
-    ModelError naming the damaged file; names that are not folders pass."""
+    ModelError naming the damaged file (or saying that a run removed the weights); names that are
+    not folders pass."""
     folder = Path(src)
     if not folder.is_dir():
         return
+    if (folder / "REMOVED.json").is_file():  # harness.retention's record
+        raise ModelError(f"{folder}: its weights were removed after its evaluation (the run's "
+                         "shared.train.keep_checkpoints); its results stay in the run folder")
     from safetensors import safe_open
 
     for path in sorted(folder.glob("*.safetensors")):
@@ -195,20 +204,24 @@ def check_weights(src: str | Path) -> None:
 def load_model(
     name: str, *, revision: str | None = None, dtype: Any = None, device: str | None = None
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for any model name; the model is in eval mode."""
+    """Load (model, tokenizer) for any model name; the model is in eval mode, and read-only: a local
+    folder's model is kept in memory for the later steps of this process (core.resident)."""
     from transformers import AutoModelForCausalLM
 
     src = resolve(name)
-    check_weights(src)
     tok = load_tokenizer(name, revision)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"model {name!r}: cannot load ({err})") from None
-    if device:
-        model.to(device)  # type: ignore[arg-type]
-    model.eval()
-    return model, tok
+
+    def load() -> Any:
+        check_weights(src)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
+        except OSError as err:
+            raise ModelError(f"model {name!r}: cannot load ({err})") from None
+        if device:
+            model.to(device)  # type: ignore[arg-type]
+        return model.eval()
+
+    return resident.model(src, dtype, device or "cpu", load), tok
 
 
 def tiny_llama(tokenizer: Any, *, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0) -> Any:

@@ -18,7 +18,9 @@ item by item across runs), encoded and scored by core.scoring, the code training
   starting model; the runner fills it in): GSIL's classifier logit on held-out prompts;
 - `accuracy`: margin > 0 (the classifier accuracy of docs/methods.md on held-out prompts).
 
-The reference model's log-probs are computed by loading that model in the same process
+The reference model's log-probs are computed by loading that model in the same process (once
+per process: core.resident keeps it for the next evaluation steps; when the evaluated model is
+its own reference, as the starting model's evaluation is, its own log-probs are the reference's)
 and cached append-only, keyed by the reference's identity and the token ids: in
 `<eval.cache_dir>/<task>/reference_logps.jsonl` when that is set, else in
 `$GSIL_BENCH_CACHE/reference_logps/<identity hash>.jsonl`, so the reference scores each
@@ -73,8 +75,23 @@ class ReferenceScorer:
     def _key(self, s: EncodedSeq) -> str:
         return hash_obj({"reference": self.identity, "ids": list(s.input_ids), "start": s.response_start})
 
+    def _cached(self) -> dict[str, tuple[float, int]]:
+        return {r["key"]: (r["logp"], r["n"]) for r in read_jsonl(self.path, repair=True)} if self.path.is_file() else {}
+
+    def is_evaluated(self) -> bool:
+        """The reference is the evaluated model itself (the starting model's evaluation)."""
+        return self.name == self.ctx.model
+
+    def remember(self, seqs: Sequence[EncodedSeq], logps: Sequence[tuple[float, int]]) -> None:
+        """Cache log-probs the evaluated model just computed, when it is the reference: the same
+        computation (core.scoring.score, same batches), so it is not run twice."""
+        assert self.is_evaluated()
+        cache = self._cached()
+        fresh = {self._key(s): lp for s, lp in zip(seqs, logps)}
+        append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for k, (lp, n) in fresh.items() if k not in cache))
+
     def logps(self, seqs: Sequence[EncodedSeq]) -> list[tuple[float, int]]:
-        cache = {r["key"]: (r["logp"], r["n"]) for r in read_jsonl(self.path, repair=True)} if self.path.is_file() else {}
+        cache = self._cached()
         keys = [self._key(s) for s in seqs]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.items(), key=lambda kv: kv[1])
         if todo:
@@ -89,7 +106,7 @@ class ReferenceScorer:
     def _load(self) -> Any:
         if self._model is None:
             mine, _ = self.ctx.hf()
-            if self.name == self.ctx.model:  # the model is its own reference (the base model's evaluation)
+            if self.is_evaluated():  # the model is its own reference (the base model's evaluation)
                 self._model = mine
                 return mine
             device = str(next(mine.parameters()).device)
@@ -147,6 +164,8 @@ class HeldOutLikelihood:
         ref_real = ref_gen = None
         if ref_name:
             scorer = ReferenceScorer(ctx, ref_name)
+            if scorer.is_evaluated():  # its own reference: its log-probs are the reference's, computed once
+                scorer.remember([*real, *gen], [*lp_real, *lp_gen])
             ref_real, ref_gen = scorer.logps(real), scorer.logps(gen)
         else:
             log.warning("%s: no eval.reference_model, so no margin (the runner sets it to shared.model)", self.name)

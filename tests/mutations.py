@@ -54,8 +54,20 @@ STEP2 = "tests/test_direction.py::test_step2_loss_is_its_closed_form_at_asymmetr
 TEXT = "tests/test_data.py::test_training_text_is_the_tokenizers_chat_template"
 SFT_NLL = "tests/test_direction.py::test_sft_step1_loss_is_the_starting_models_nll"
 
+RESIDENT_OLD = """    entry = _MODELS.get(key)
+    if entry is None:
+        return None
+    if entry.identity != files_identity(path):  # the folder changed since: never served
+        del _MODELS[key]
+        return None
+    _MODELS.move_to_end(key)"""
+RESIDENT_NEW = """    entry = next(reversed(_MODELS.values()), None)  # planted: the last model kept, whatever was asked for
+    if entry is None:
+        return None"""
+
 MUTATIONS: dict[str, Mutation] = {
     "model-cache-keyed-by-nothing": Mutation("tasks/context.py", CACHE_OLD, CACHE_NEW, (IDENTITY,)),
+    "resident-model-keyed-by-nothing": Mutation("core/resident.py", RESIDENT_OLD, RESIDENT_NEW, (IDENTITY,)),
     "reference-is-the-policy": Mutation("trainers/loop.py", NO_FROZEN_OLD, NO_FROZEN_NEW, (REF,)),
     "iteration-2-starts-from-base": Mutation(
         "trainers/api.py", "train_iteration(LoopRun(it_ctx, k, folder, reference,",
@@ -75,8 +87,8 @@ MUTATIONS: dict[str, Mutation] = {
                             "ids = ids[: len(ids) - ids[::-1].index(eos) - 1]\n    else:\n        ids = ids",
                             (TEXT, SFT_NLL)),
     "identical-checkpoints": Mutation(  # training saves the weights it started from
-        "trainers/loop.py", "        save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
-        "        save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
+        "trainers/loop.py", "        saved = save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
+        "        saved = save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
         "run.folder / \"checkpoint\"", (IDENTITY,)),
     "eval-scores-the-base-model": Mutation(  # every eval step scores the starting model, recorded as its own
         "harness/steps.py", "evaluate(rec[\"model\"], todo, experiment_eval(run.cfg.shared),",
