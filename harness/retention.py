@@ -114,7 +114,8 @@ def prune(run: Run) -> list[Path]:
             atomic_write_json(ckpt / RECORD, {"policy": policy, "fingerprint": _fingerprint(run, train, k),
                                               "bytes": size, "files": [f.name for f in files],
                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        kill_hook("pruned", len(out) + 1)  # the tests die here: the record written, the weights not yet removed
+        # the tests die here (the record written, the weights not yet removed): "pruned:N" at the run's N-th
+        kill_hook("pruned", len(list(run.root.glob(f"*/seed-*/iter-*/checkpoint/{RECORD}"))))
         for f in files:
             if f.is_dir():
                 shutil.rmtree(f)

@@ -145,3 +145,48 @@ def test_bf16_storage_is_what_the_evaluation_scores(tmp_path, tiny_model_dir, da
     assert scored["weights_fingerprint"] == weights_fingerprint(load(ckpt))
     base_size = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
     assert (ckpt / "model.safetensors").stat().st_size < 0.6 * base_size  # fp32 start, bf16 checkpoint
+
+
+def _cli_run(path: Path, root: Path, data_dir: Path, kill: str | None = None) -> int:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("GSIL_TEST_KILL", None)
+    if kill:
+        env["GSIL_TEST_KILL"] = kill
+    return subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "run", str(path), "--output", str(root),
+                           "--data-dir", str(data_dir), "-q"], env=env, capture_output=True, timeout=900).returncode
+
+
+def _outcome(root: Path) -> tuple:
+    """What a run leaves: the tables, every item's scores, which weights stay and the removal records."""
+    samples = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "eval").rglob("samples.jsonl"))}
+    records = {c: json.loads((root / c / "checkpoint" / "REMOVED.json").read_text())["fingerprint"]
+               for c in CHECKPOINTS if (root / c / "checkpoint" / "REMOVED.json").is_file()}
+    return (root / "report" / "tables.md").read_text(), samples, with_weights(root), records
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, data_dir, tmp_path_factory) -> tuple[Path, tuple]:
+    tmp = tmp_path_factory.mktemp("keep")
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment(tiny_model_dir, keep_checkpoints="none")))
+    assert _cli_run(path, tmp / "run", data_dir) == 0
+    return path, _outcome(tmp / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["step@2:1", "finished:1", "finished:2", "pruned:1", "pruned:3"])
+def test_kill_9_at_any_point_resumes_to_the_uninterrupted_result(kill, uninterrupted, data_dir, tmp_path):
+    """kill -9 during GSIL's second iteration (its first checkpoint still needed), between a checkpoint and
+    its DONE marker, between a removal record and the removal: the same command finishes with what the
+    uninterrupted run left (tables, per-item scores, no weights, the same records)."""
+    path, want = uninterrupted
+    root = tmp_path / "run"
+    assert _cli_run(path, root, data_dir, kill=kill) == -9
+    assert _cli_run(path, root, data_dir) == 0
+    got = _outcome(root)
+    assert got[2] == set() and got[3] == want[3] and len(got[3]) == 3
+    assert got[0] == want[0] and got[1] == want[1]
