@@ -8,7 +8,9 @@ template, as `trainers.data.encode` renders a (prompt, response) pair for traini
   reference answer (math, reasoning, coding), with that answer.
 
 Per item, teacher-forced and batched (no sampling, so the numbers are exact and paired
-item by item across runs), encoded and scored by core.scoring, the code training runs:
+item by item across runs), encoded by core.scoring, the code training runs, and scored by
+core.prefix (core.scoring's head, each prompt through the model once for the demonstration
+and the model's own answer; the reference keeps its prompts across evaluations):
 - `logp_real`: the mean token log-prob of the demonstration's response tokens under the
   model (the primary metric; the log-likelihood of real data that the SPIN and GSIL papers
   track over iterations);
@@ -37,7 +39,8 @@ from typing import Any, ClassVar
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
-from gsil_bench.core.scoring import EncodedSeq, encode, score
+from gsil_bench.core.prefix import Prefixes, score_shared
+from gsil_bench.core.scoring import EncodedSeq, encode
 from gsil_bench.tasks.base import TASKS, Sample, TaskError, TaskResult
 from gsil_bench.tasks.context import EvalContext, model_identity
 from gsil_bench.tasks.data import load_rows
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 256  # prompt tokens kept (left-truncated), as training's max_prompt_length
 MAX_RESPONSE_TOKENS = 384  # response tokens scored (a longer demonstration is cut)
 SCORE_BATCH = 4  # sequences per forward pass
+_PROMPTS: dict[str, Prefixes] = {}  # a reference's computed held-out prompts, per reference (identity, device, dtype)
 
 
 def encode_pair(tokenizer: Any, question: str, response: str) -> EncodedSeq:
@@ -84,7 +88,7 @@ class ReferenceScorer:
 
     def remember(self, seqs: Sequence[EncodedSeq], logps: Sequence[tuple[float, int]]) -> None:
         """Cache log-probs the evaluated model just computed, when it is the reference: the same
-        computation (core.scoring.score, same batches), so it is not run twice."""
+        computation (core.prefix.score_shared), so it is not run twice."""
         assert self.is_evaluated()
         cache = self._cached()
         fresh = {self._key(s): lp for s, lp in zip(seqs, logps)}
@@ -98,10 +102,16 @@ class ReferenceScorer:
             log.info("reference %s: scoring %d of %d sequences (%d cached)", self.name, len(todo), len(seqs),
                      len(seqs) - len(todo))
             model = self._load()
-            fresh = score(model, [seqs[i] for _, i in todo], batch_size=SCORE_BATCH)
+            fresh = score_shared(model, [seqs[i] for _, i in todo], batch_size=SCORE_BATCH, keep=self._prompts(model))
             append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for (k, _), (lp, n) in zip(todo, fresh)))
             cache.update({k: v for (k, _), v in zip(todo, fresh)})
         return [cache[k] for k in keys]
+
+    def _prompts(self, model: Any) -> Prefixes:
+        """The reference's computed prompts, kept for the whole process: every checkpoint's evaluation
+        asks it about the same held-out prompts (core.prefix)."""
+        key = hash_obj([self.identity, str(next(model.parameters()).device), str(next(model.parameters()).dtype)])
+        return _PROMPTS.setdefault(key, Prefixes())
 
     def _load(self) -> Any:
         if self._model is None:
@@ -157,16 +167,17 @@ class HeldOutLikelihood:
         own = [c.text.strip() for c in ctx.generator().generate(chats, desc=f"{self.name} greedy")]
         real = [encode_pair(tok, d["question"], d["answer"]) for d in docs]
         gen = [encode_pair(tok, d["question"], o) for d, o in zip(docs, own)]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        lp_real = score(model, real, pad_id=pad, batch_size=SCORE_BATCH)
-        lp_gen = score(model, gen, pad_id=pad, batch_size=SCORE_BATCH)
+        both = score_shared(model, [*real, *gen], batch_size=SCORE_BATCH)  # each prompt once for its two answers
+        lp_real, lp_gen = both[: len(real)], both[len(real) :]
         ref_name = ctx.cfg.reference_model
         ref_real = ref_gen = None
         if ref_name:
             scorer = ReferenceScorer(ctx, ref_name)
-            if scorer.is_evaluated():  # its own reference: its log-probs are the reference's, computed once
+            if scorer.is_evaluated():  # its own reference: its log-probs are the reference's (margin 0), once
                 scorer.remember([*real, *gen], [*lp_real, *lp_gen])
-            ref_real, ref_gen = scorer.logps(real), scorer.logps(gen)
+                ref_real, ref_gen = lp_real, lp_gen
+            else:
+                ref_real, ref_gen = scorer.logps(real), scorer.logps(gen)
         else:
             log.warning("%s: no eval.reference_model, so no margin (the runner sets it to shared.model)", self.name)
         samples = []
