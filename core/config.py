@@ -104,6 +104,13 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb, trackio (core.tracking)
     push_to_hub: bool = False  # upload each final checkpoint (with its model card) through huggingface_hub
     hub_model_id: str | None = None  # the Hub repository for push_to_hub ("user/name"); iterations go to revisions
+    # checkpoints whose weights stay on disk once nothing planned needs them (their evaluation done, the next
+    # iteration trained from them): all; last (each method x seed's last iteration); none. Their metrics,
+    # summary, model card and fingerprint stay (harness.retention). Not hashed: no result depends on it.
+    keep_checkpoints: Literal["all", "last", "none"] = "all"
+    # the weights' dtype on disk: train (as trained: fp32 weights unless precision bf16-weights) or bf16 (half
+    # the disk; the next iteration and every evaluation then start from the bf16-rounded weights)
+    checkpoint_dtype: Literal["train", "bf16"] = "train"
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,7 @@ class SharedConfig:
 
     model: str = DEFAULT_MODEL  # Hub id, local folder, GGUF file, or embedded:<name>
     model_revision: str | None = None  # pin a Hub revision
-    data_dir: str | None = None  # where local data files live (else $GSIL_DATA_DIR, else the Hub)
+    data_dir: str | None = None  # where local data files live (else $GSIL_DATA_DIR, else the Hub); relative: to the config file
     train_data: DataConfig = field(default_factory=lambda: DataConfig(path="gsm8k/train.jsonl", format="gsm8k"))
     preference_data: DataConfig | None = None  # DPO on real preference pairs; null = self-generated pairs
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -414,11 +421,12 @@ LATER_FIELDS = {(DataConfig, "encoding"), (DataConfig, "decontaminate"), (Schedu
                 (TrainConfig, "eval_every"), (TrainConfig, "eval_data"), (TrainConfig, "report_to"),
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
                 (EvalConfig, "device"), (GenerationConfig, "auto_batch_size"),
-                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens"), (GenerationConfig, "vllm_args")}
+                (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens"), (GenerationConfig, "vllm_args"),
+                (TrainConfig, "checkpoint_dtype")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed
-UNHASHED = {(EvalConfig, "allow_empty")}
+UNHASHED = {(EvalConfig, "allow_empty"), (TrainConfig, "keep_checkpoints")}
 
 
 def hash_view(obj: Any) -> Any:

@@ -1,7 +1,11 @@
 """Where data files come from: a data directory (CLI `--data-dir`, config `data_dir`,
 or $GSIL_DATA_DIR), with the Hugging Face Hub as the fallback for users.
 
-Nothing here copies data; files are read in place.
+A relative data directory is resolved where it is read, so it means the same from any working
+folder: `--data-dir` and $GSIL_DATA_DIR against the working folder of the command that reads
+them (the CLI makes $GSIL_DATA_DIR absolute for every process it starts: `absolute_env`), a
+config's `shared.data_dir` against the config file's folder (core.config). Nothing here copies
+data; files are read in place.
 """
 
 from __future__ import annotations
@@ -9,16 +13,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+ENV = "GSIL_DATA_DIR"
+
 
 def data_dir(*candidates: str | None) -> Path | None:
-    """The first given directory (CLI value, config value), else $GSIL_DATA_DIR, else None."""
-    for c in (*candidates, os.environ.get("GSIL_DATA_DIR")):
+    """The first given directory (CLI value, config value), else $GSIL_DATA_DIR, else None; absolute
+    (a relative one taken from the working folder)."""
+    env = os.environ.get(ENV)
+    for c in (*candidates, env):
         if c:
-            path = Path(c).expanduser()
+            path = Path(c).expanduser().absolute()
             if not path.is_dir():
-                raise FileNotFoundError(f"data directory {path} does not exist")
+                origin = f"${ENV}={c}: " if c is env and not any(candidates) else ""
+                relative = f" (relative to the working folder {Path.cwd()})" if not Path(c).expanduser().is_absolute() else ""
+                raise FileNotFoundError(f"{origin}data directory {path} does not exist{relative}")
             return path
     return None
+
+
+def absolute_env() -> None:
+    """Make a relative $GSIL_DATA_DIR absolute (against the working folder, where the command line
+    gave it), so every process this one starts, in any folder, reads the same directory."""
+    value = os.environ.get(ENV)
+    if value and not Path(value).expanduser().is_absolute():
+        os.environ[ENV] = str(Path(value).expanduser().absolute())
 
 
 def local_file(relative: str, root: Path | None) -> Path | None:

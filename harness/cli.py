@@ -16,6 +16,7 @@ import os
 import sys
 from types import ModuleType
 
+from gsil_bench.core.datadir import absolute_env
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.progress import bar_lines
 from gsil_bench.harness import __version__
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    absolute_env()  # a relative $GSIL_DATA_DIR means the folder it names from here, in every child process too
     try:
         with bar_lines():  # off a terminal, other libraries' \r progress bars reach the log as lines
             return int(COMMANDS[args.command].run(args) or 0)

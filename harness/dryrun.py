@@ -5,10 +5,12 @@ already (skipped), partly done (training resumes from a saved state), or to do, 
 optimizer steps per iteration, the self-play generations it needs, what is reused
 (finished iterations, shared iteration-1 inputs under shared/, finished task folders),
 and the settings that send results elsewhere (trackers, Hub push). A sweep's variants are
-listed with their hashes and the work they share (core.sweeps). Nothing is loaded but
-the config and the training data files (to count their examples). The optimizer steps are the
-loop's own plan (trainers.api.planned_steps: the method's overrides, each iteration's schedule and
-self-play history, and the processes of the launch, WORLD_SIZE).
+listed with their hashes and the work they share (core.sweeps); the disk the checkpoints take
+under `shared.train.keep_checkpoints` (harness.retention), and any step refused because its
+checkpoint's weights were removed. Nothing is loaded but the config, the training data files (to
+count their examples) and the starting model's weight-file headers (to count its parameters). The
+optimizer steps are the loop's own plan (trainers.api.planned_steps: the method's overrides, each
+iteration's schedule and self-play history, and the processes of the launch, WORLD_SIZE).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import describe_sweeps
 from gsil_bench.harness.estimate import describe_cost, known_examples
 from gsil_bench.harness.plan import Run, Step, plan_steps
+from gsil_bench.harness.retention import blocked, disk_plan
 from gsil_bench.harness.steps import eval_done, train_done
 from gsil_bench.trainers.api import launch_processes, planned_steps, train_key, training_data
 from gsil_bench.trainers.data import load_examples
@@ -105,6 +108,10 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None, gpu
             extra = f" ({', '.join(finished)} finished, checked against the settings)" if finished and not done else ""
             lines.append(("[skip] " if done else "[todo] ") + f"evaluate {what}{extra}")
         todo += not done
+    if Path(root).is_dir():
+        lines += [f"[blocked] {b} (its weights were removed by shared.train.keep_checkpoints: the run refuses)"
+                  for b in blocked(run)]
+    lines.append(disk_plan(cfg))
     sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
         ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
     lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]

@@ -20,13 +20,12 @@ from typing import Any
 
 import yaml
 
-from gsil_bench.core.config import ExperimentConfig, MethodConfig
+from gsil_bench.core.config import ExperimentConfig, MethodConfig, hash_view
 from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.io import atomic_write_json
 from gsil_bench.core.layout import BASE, RunLayout
 from gsil_bench.core.loading import experiment_from_dict
 from gsil_bench.core.registry import Registry
-from gsil_bench.core.strict import to_plain
 from gsil_bench.harness.workers import is_claimed, read_record
 from gsil_bench.trainers.api import iteration_plan
 
@@ -132,7 +131,7 @@ def check_same_experiment(cfg: ExperimentConfig, root: Path) -> None:
         prev = experiment_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: the run folder's config no longer loads ({err}); use a new --output") from None
-    old, new = to_plain(prev.shared), to_plain(cfg.shared)
+    old, new = hash_view(prev.shared), hash_view(cfg.shared)  # unhashed keys (keep_checkpoints) may change
     changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         raise ConfigError(f"{root} was started with another training configuration (shared.{', shared.'.join(changed)} "

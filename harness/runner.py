@@ -34,6 +34,7 @@ from gsil_bench.core.layout import RunLayout
 from gsil_bench.core.provenance import collect
 from gsil_bench.core.strict import Located, to_plain
 from gsil_bench.harness.plan import STEPS, Run, Step, check_same_experiment, plan_steps
+from gsil_bench.harness.retention import check_plannable, prune, warn_lost
 from gsil_bench.harness.steps import train_done
 from gsil_bench.harness.validate import validate
 from gsil_bench.harness.workers import read_record, this_worker, work_through, write_record
@@ -52,8 +53,11 @@ def _open_run(cfg: ExperimentConfig, root: Path, data_dir: str | None) -> Run:
             "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shared_hash": shared_hash(cfg),
             "status": "running", "sessions": old.get("sessions", 0) + 1}
     run = Run(cfg, root, data_dir, plan, plan_steps(cfg))
+    check_plannable(run)  # a step that needs weights keep_checkpoints removed is never planned
     atomic_write_text(layout.config, yaml.safe_dump(to_plain(cfg), sort_keys=False))
     run.save_plan()
+    warn_lost(run)
+    prune(run)  # a run killed between a step's end and its pruning
     return run
 
 
@@ -107,6 +111,8 @@ def _execute(run: Run, step: Step, fail_fast: bool) -> bool:
             rec["status"] = "failed"
         write_record(folder, rec)
         run.save_plan()
+    if rec["status"] == "done":
+        prune(run)  # weights nothing planned needs any more (shared.train.keep_checkpoints)
     return rec["status"] == "done"
 
 

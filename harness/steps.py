@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gsil_bench.core.config import ExperimentConfig, hash_view
+from gsil_bench.core.errors import GsilError
 from gsil_bench.core.io import atomic_path, atomic_write_json, hash_obj, is_done, read_json
 from gsil_bench.core.layout import BASE
 from gsil_bench.core.models import model_identity
@@ -68,6 +69,9 @@ def _checkpoint(run: Run, step: Step) -> str:
         return run.cfg.shared.model
     assert step.seed is not None
     path = run.layout.checkpoint(step.method, step.seed, step.iteration)
+    if (path / "REMOVED.json").is_file():  # harness.retention refuses such a plan first; a direct call says why
+        raise GsilError(f"{path}: its weights were removed by shared.train.keep_checkpoints; evaluating it again "
+                        "needs retraining (a new --output)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint of {step.method} seed {step.seed} iteration {step.iteration} "
                                 f"not found at {path}")

@@ -8,7 +8,9 @@ template, as `trainers.data.encode` renders a (prompt, response) pair for traini
   reference answer (math, reasoning, coding), with that answer.
 
 Per item, teacher-forced and batched (no sampling, so the numbers are exact and paired
-item by item across runs), encoded and scored by core.scoring, the code training runs:
+item by item across runs), encoded by core.scoring, the code training runs, and scored by
+core.prefix (core.scoring's head, each prompt through the model once for the demonstration
+and the model's own answer; the reference keeps its prompts across evaluations):
 - `logp_real`: the mean token log-prob of the demonstration's response tokens under the
   model (the primary metric; the log-likelihood of real data that the SPIN and GSIL papers
   track over iterations);
@@ -18,7 +20,9 @@ item by item across runs), encoded and scored by core.scoring, the code training
   starting model; the runner fills it in): GSIL's classifier logit on held-out prompts;
 - `accuracy`: margin > 0 (the classifier accuracy of docs/methods.md on held-out prompts).
 
-The reference model's log-probs are computed by loading that model in the same process
+The reference model's log-probs are computed by loading that model in the same process (once
+per process: core.resident keeps it for the next evaluation steps; when the evaluated model is
+its own reference, as the starting model's evaluation is, its own log-probs are the reference's)
 and cached append-only, keyed by the reference's identity and the token ids: in
 `<eval.cache_dir>/<task>/reference_logps.jsonl` when that is set, else in
 `$GSIL_BENCH_CACHE/reference_logps/<identity hash>.jsonl`, so the reference scores each
@@ -35,7 +39,8 @@ from typing import Any, ClassVar
 from gsil_bench.core.facts import MetricFacts, proportion
 from gsil_bench.core.io import append_jsonl, hash_obj, read_jsonl
 from gsil_bench.core.models import cache_root, load_model, pick_dtype
-from gsil_bench.core.scoring import EncodedSeq, encode, score_batches
+from gsil_bench.core.prefix import Prefixes, score_shared
+from gsil_bench.core.scoring import EncodedSeq, encode
 from gsil_bench.tasks.base import Sample, TaskError, TaskInfo, TaskResult, register_task
 from gsil_bench.tasks.context import EvalContext, model_identity
 from gsil_bench.tasks.data import load_rows
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 256  # prompt tokens kept (left-truncated), as training's max_prompt_length
 MAX_RESPONSE_TOKENS = 384  # response tokens scored (a longer demonstration is cut)
 SCORE_BATCH = 4  # sequences per forward pass
+_PROMPTS: dict[str, Prefixes] = {}  # a reference's computed held-out prompts, per reference (identity, device, dtype)
 
 
 def encode_pair(tokenizer: Any, question: str, response: str) -> EncodedSeq:
@@ -58,12 +64,6 @@ def encode_pair(tokenizer: Any, question: str, response: str) -> EncodedSeq:
     return encode(tokenizer, [{"role": "user", "content": question}], response, max_prompt_length=MAX_PROMPT_TOKENS,
                   max_length=MAX_PROMPT_TOKENS + MAX_RESPONSE_TOKENS, max_response_length=MAX_RESPONSE_TOKENS)
 
-
-def _scored(model: Any, seqs: Sequence[EncodedSeq]) -> list[tuple[float, int]]:
-    """(summed response log-prob, response tokens) per sequence: core.scoring.score_batches, the scoring
-    training runs (masks come from lengths, so the padding id does not matter)."""
-    sums, counts = score_batches(model, seqs, batch_size=SCORE_BATCH)
-    return list(zip(sums.tolist(), counts.tolist()))
 
 
 class ReferenceScorer:
@@ -80,23 +80,44 @@ class ReferenceScorer:
     def _key(self, s: EncodedSeq) -> str:
         return hash_obj({"reference": self.identity, "ids": list(s.input_ids), "start": s.response_start})
 
+    def _cached(self) -> dict[str, tuple[float, int]]:
+        return {r["key"]: (r["logp"], r["n"]) for r in read_jsonl(self.path, repair=True)} if self.path.is_file() else {}
+
+    def is_evaluated(self) -> bool:
+        """The reference is the evaluated model itself (the starting model's evaluation)."""
+        return self.name == self.ctx.model
+
+    def remember(self, seqs: Sequence[EncodedSeq], logps: Sequence[tuple[float, int]]) -> None:
+        """Cache log-probs the evaluated model just computed, when it is the reference: the same
+        computation (core.prefix.score_shared), so it is not run twice."""
+        assert self.is_evaluated()
+        cache = self._cached()
+        fresh = {self._key(s): lp for s, lp in zip(seqs, logps)}
+        append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for k, (lp, n) in fresh.items() if k not in cache))
+
     def logps(self, seqs: Sequence[EncodedSeq]) -> list[tuple[float, int]]:
-        cache = {r["key"]: (r["logp"], r["n"]) for r in read_jsonl(self.path, repair=True)} if self.path.is_file() else {}
+        cache = self._cached()
         keys = [self._key(s) for s in seqs]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.items(), key=lambda kv: kv[1])
         if todo:
             log.info("reference %s: scoring %d of %d sequences (%d cached)", self.name, len(todo), len(seqs),
                      len(seqs) - len(todo))
             model = self._load()
-            fresh = _scored(model, [seqs[i] for _, i in todo])
+            fresh = score_shared(model, [seqs[i] for _, i in todo], batch_size=SCORE_BATCH, keep=self._prompts(model))
             append_jsonl(self.path, ({"key": k, "logp": lp, "n": n} for (k, _), (lp, n) in zip(todo, fresh)))
             cache.update({k: v for (k, _), v in zip(todo, fresh)})
         return [cache[k] for k in keys]
 
+    def _prompts(self, model: Any) -> Prefixes:
+        """The reference's computed prompts, kept for the whole process: every checkpoint's evaluation
+        asks it about the same held-out prompts (core.prefix)."""
+        key = hash_obj([self.identity, str(next(model.parameters()).device), str(next(model.parameters()).dtype)])
+        return _PROMPTS.setdefault(key, Prefixes())
+
     def _load(self) -> Any:
         if self._model is None:
             mine, _ = self.ctx.hf()
-            if self.name == self.ctx.model:  # the model is its own reference (the base model's evaluation)
+            if self.is_evaluated():  # the model is its own reference (the base model's evaluation)
                 self._model = mine
                 return mine
             device = str(next(mine.parameters()).device)
@@ -146,12 +167,17 @@ class HeldOutLikelihood:
         own = [c.text.strip() for c in ctx.generator().generate(chats, desc=f"{self.name} greedy")]
         real = [encode_pair(tok, d["question"], d["answer"]) for d in docs]
         gen = [encode_pair(tok, d["question"], o) for d, o in zip(docs, own)]
-        lp_real, lp_gen = _scored(model, real), _scored(model, gen)
+        both = score_shared(model, [*real, *gen], batch_size=SCORE_BATCH)  # each prompt once for its two answers
+        lp_real, lp_gen = both[: len(real)], both[len(real) :]
         ref_name = ctx.cfg.reference_model
         ref_real = ref_gen = None
         if ref_name:
             scorer = ReferenceScorer(ctx, ref_name)
-            ref_real, ref_gen = scorer.logps(real), scorer.logps(gen)
+            if scorer.is_evaluated():  # its own reference: its log-probs are the reference's (margin 0), once
+                scorer.remember([*real, *gen], [*lp_real, *lp_gen])
+                ref_real, ref_gen = lp_real, lp_gen
+            else:
+                ref_real, ref_gen = scorer.logps(real), scorer.logps(gen)
         else:
             log.warning("%s: no eval.reference_model, so no margin (the runner sets it to shared.model)", self.name)
         samples = []

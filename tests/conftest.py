@@ -12,12 +12,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = "embedded:smollm2-135m-instruct"
+# The README's `GSIL_DATA_DIR=../shared/data tox` gives a path relative to the folder pytest starts in:
+# resolved here, where it is read, so the tests' commands that run in other folders (an installed
+# wheel, `eval --config` in tmp_path) read the same directory (as the CLI does: core.datadir.absolute_env).
+if os.environ.get("GSIL_DATA_DIR"):
+    os.environ["GSIL_DATA_DIR"] = str(Path(os.environ["GSIL_DATA_DIR"]).expanduser().absolute())
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """../shared/data (or $GSIL_DATA_DIR): the real benchmark files, read in place."""
-    path = Path(os.environ.get("GSIL_DATA_DIR", REPO.parent / "shared" / "data"))
+    path = Path(os.environ.get("GSIL_DATA_DIR", REPO.parent / "shared" / "data")).absolute()
     if not (path / "gsm8k" / "train.jsonl").is_file():
         pytest.fail(f"data directory {path} not found: set GSIL_DATA_DIR (CI uses ../shared/data)")
     os.environ.setdefault("GSIL_DATA_DIR", str(path))

@@ -61,9 +61,20 @@ LOWER = "tests/test_regression.py::test_a_lower_is_better_metric_drops_when_it_r
 CHAT_STORED = "tests/test_stored_generations.py::test_chat_template_path_stores_the_generation_unchanged"
 FIRST_MATCH = "tests/test_judge.py::test_fastchat_rating_extraction"
 REBOUND = "loss=build_loss(it_method.loss, it_method.params))"
+RESIDENT_OLD = """    entry = _MODELS.get(key)
+    if entry is None:
+        return None
+    if entry.identity != files_identity(path):  # the folder changed since: never served
+        del _MODELS[key]
+        return None
+    _MODELS.move_to_end(key)"""
+RESIDENT_NEW = """    entry = next(reversed(_MODELS.values()), None)  # planted: the last model kept, whatever was asked for
+    if entry is None:
+        return None"""
 
 MUTATIONS: dict[str, Mutation] = {
     "model-cache-keyed-by-nothing": Mutation("tasks/context.py", CACHE_OLD, CACHE_NEW, (IDENTITY,)),
+    "resident-model-keyed-by-nothing": Mutation("core/resident.py", RESIDENT_OLD, RESIDENT_NEW, (IDENTITY,)),
     "reference-is-the-policy": Mutation("trainers/loop.py", NO_FROZEN_OLD, NO_FROZEN_NEW, (REF,)),
     "iteration-2-starts-from-base": Mutation(
         "trainers/api.py", "train_iteration(LoopRun(it_ctx, k, folder, reference,",
@@ -83,8 +94,8 @@ MUTATIONS: dict[str, Mutation] = {
                             "ids = ids[: len(ids) - ids[::-1].index(eos) - 1]\n    else:\n        ids = ids",
                             (TEXT, SFT_NLL)),
     "identical-checkpoints": Mutation(  # training saves the weights it started from
-        "trainers/loop.py", "        save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
-        "        save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
+        "trainers/loop.py", "        saved = save_checkpoint(model, ctx.tokenizer, run.folder / \"checkpoint\"",
+        "        saved = save_checkpoint(load_policy(run.init_model, ctx, device=\"cpu\"), ctx.tokenizer, "
         "run.folder / \"checkpoint\"", (IDENTITY,)),
     # issue 29: three plausible wrong implementations the pins once let through, and TRL's pair rule
     "truncation-by-real-length": Mutation(  # the pair's cut decided by the real response alone

@@ -60,8 +60,10 @@ def close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in zip(a, b))
 
 
-def check_scored_by(task_dir: Path, own: str, expected: dict[str, list[float]], prints: dict[str, str]) -> None:
-    """`task_dir` (a heldout_gsm8k result) scored the weights of checkpoint `own`."""
+def check_scored_by(task_dir: Path, own: str, expected: dict[str, list[float]], prints: dict[str, str],
+                    reference: bool = True) -> None:
+    """`task_dir` (a heldout_gsm8k result) scored the weights of checkpoint `own`, and (`reference`: the
+    runner sets it) against the starting model as the reference (the margin's reference log-probs)."""
     metrics = read_json(task_dir / "metrics.json")
     got = metrics.get("weights_fingerprint")
     named = [k for k, v in prints.items() if v == got]
@@ -72,12 +74,36 @@ def check_scored_by(task_dir: Path, own: str, expected: dict[str, list[float]], 
         like = [k for k, v in expected.items() if close(logps, v)]
         pytest.fail(f"{task_dir}: per-item log-probs {logps} are not {own}'s {expected[own]} "
                     f"(they are {like or 'no checkpoint'}'s): the evaluation scored another model")
+    if not reference:
+        return
+    ref = [s["ref_sum_logp_real"] for s in read_jsonl(task_dir / "samples.jsonl")]
+    if not close(ref, expected["base"]):
+        like = [k for k, v in expected.items() if close(ref, v)]
+        pytest.fail(f"{task_dir}: the reference's log-probs {ref} are not the starting model's "
+                    f"(they are {like or 'no checkpoint'}'s): the reference was another model")
 
 
-def test_each_checkpoint_is_scored_by_its_own_weights_in_one_process(tmp_path, tiny_model_dir, tokenizer, data_dir):
+def test_each_checkpoint_is_scored_by_its_own_weights_in_one_process(tmp_path, tiny_model_dir, tokenizer, data_dir,
+                                                                     monkeypatch):
+    """The runner evaluates each checkpoint from the weights training left in memory (core.resident; the
+    checkpoint is never read back in that process) and keeps the starting model resident as the reference:
+    what it scored must still be each checkpoint's own weights."""
+    from transformers import AutoModelForCausalLM
+
+    reads: list[Path] = []
+    plain = AutoModelForCausalLM.from_pretrained
+
+    def counted(cls, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(Path(name))
+        return plain(name, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counted))
     root = tmp_path / "run"
     assert run_experiment(experiment_from_dict(identity_experiment(tiny_model_dir)), root,
                           data_dir=str(data_dir)) == 0
+    monkeypatch.undo()
+    assert not [p for p in reads if p.is_relative_to(root)], f"checkpoints read back from disk: {reads}"
+    assert reads.count(tiny_model_dir) <= 1, reads  # the starting model: loaded once, then resident
     folders = {"base": tiny_model_dir, "sft": root / "sft" / "seed-0" / "iter-1" / "checkpoint",
                "dpo": root / "dpo" / "seed-0" / "iter-1" / "checkpoint"}
     prints = {k: weights_fingerprint(load(f)) for k, f in folders.items()}
@@ -97,4 +123,4 @@ def test_each_checkpoint_is_scored_by_its_own_weights_in_one_process(tmp_path, t
         assert cli_main(["eval", "--model", str(folders[label]), "--tasks", "heldout_gsm8k", "--limit", str(LIMIT),
                          "--output", str(out), "--data-dir", str(data_dir),
                          "shared.eval.generation.max_new_tokens=8"]) == 0
-        check_scored_by(out / "heldout_gsm8k", label, expected, prints)
+        check_scored_by(out / "heldout_gsm8k", label, expected, prints, reference=False)  # no --config: no reference

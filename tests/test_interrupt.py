@@ -33,17 +33,25 @@ def _config(tmp_path: Path, model: Path) -> Path:
     return path
 
 
-def _start(cfg: Path, out: Path, data_dir: Path, log: Path) -> subprocess.Popen:
+PAUSE = "step:3"  # the run waits at optimizer step 3 for the signal (trainers.state.kill_hook): no race
+
+
+def _start(cfg: Path, out: Path, data_dir: Path, log: Path, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "GSIL_PROGRESS_SECONDS": "0"}
     env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    env.pop("GSIL_TEST_PAUSE", None)
+    if pause:
+        env["GSIL_TEST_PAUSE"] = pause
     with log.open("w") as f:  # a log file, as a batch job writes one: not a terminal
         return subprocess.Popen([sys.executable, "-m", "gsil_bench.harness.cli", "run", str(cfg), "--output", str(out),
                                  "--data-dir", str(data_dir)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
-def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path, tiny_model_dir, data_dir, capsys):
-    """The fast version: a real SIGINT to this process while `main(["run", ...])` trains."""
+def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path, tiny_model_dir, data_dir, capsys,
+                                                                         monkeypatch):
+    """The fast version: a real SIGINT to this process while `main(["run", ...])` trains. The run
+    waits at step 3 (GSIL_TEST_PAUSE) until the signal comes, so it cannot finish first on a fast machine."""
     import threading
 
     from gsil_bench.harness.cli import main
@@ -57,11 +65,14 @@ def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path,
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    monkeypatch.setenv("GSIL_TEST_PAUSE", PAUSE)
     watcher = threading.Thread(target=interrupt, daemon=True)
     watcher.start()
     argv = ["run", str(cfg), "--output", str(out), "--data-dir", str(data_dir)]
     assert main(argv) == 130
     watcher.join()
+    assert len(metrics.read_text().splitlines()) == 3  # interrupted where the test chose, not later
+    monkeypatch.delenv("GSIL_TEST_PAUSE")
     assert capsys.readouterr().err.splitlines()[-1] == "interrupted; rerun the same command to resume"
     plan = json.loads((out / "plan.json").read_text())
     assert plan["status"] == "interrupted"
@@ -74,7 +85,7 @@ def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path,
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_marks_the_step_and_the_rerun_resumes(tmp_path, tiny_model_dir, data_dir):
     cfg, out, log = _config(tmp_path, tiny_model_dir), tmp_path / "run", tmp_path / "run.log"
-    proc = _start(cfg, out, data_dir, log)
+    proc = _start(cfg, out, data_dir, log, pause=PAUSE)
     metrics = out / "sft" / "seed-0" / "iter-1" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -149,12 +149,13 @@ def test_chunked_on_gpu_matches_and_uses_less_memory(tokenizer):
 
 def test_one_scoring_driver_for_reference_heldout_nll_and_the_tasks(tokenizer):
     """Reference log-probs (trainers.reference), the held-out NLL of training (through the wrapped policy,
-    trainers.heldout) and the held-out tasks (tasks.heldout) all score through core.scoring.score_batches:
+    trainers.heldout) and the held-out tasks (tasks.heldout, through core.prefix.score_shared, which scores each
+    prompt once and the rest as score_batches) all give core.scoring.score_batches' numbers:
     the same numbers, in eval mode whatever mode the model was in (restored after), without gradients. The
     tasks' old driver left the model in training mode: with attention dropout on, it scored noise."""
     from gsil_bench.core.models import tiny_llama
+    from gsil_bench.core.prefix import score_shared  # the held-out tasks' driver (each prompt computed once)
     from gsil_bench.core.scoring import score_batches
-    from gsil_bench.tasks.heldout import _scored
     from gsil_bench.trainers.heldout import heldout_nll
     from gsil_bench.trainers.reference import sequences_logps
 
@@ -167,8 +168,10 @@ def test_one_scoring_driver_for_reference_heldout_nll_and_the_tasks(tokenizer):
     sums, counts = score_batches(model, seqs, batch_size=2, chunk=8)
     assert model.training and not sums.requires_grad
     assert torch.equal(sequences_logps(model, seqs, batch_size=2, chunk=8, pad_id=0), sums)
-    assert [s for s, _ in _scored(model, seqs)] == pytest.approx(sums.tolist(), abs=1e-4)
-    assert [n for _, n in _scored(model, seqs)] == counts.tolist() == [len(s.input_ids) - s.response_start for s in seqs]
+    shared = score_shared(model, seqs, batch_size=2, chunk=8)
+    assert model.training  # restored
+    assert [s for s, _ in shared] == pytest.approx(sums.tolist(), abs=1e-4)
+    assert [n for _, n in shared] == counts.tolist() == [len(s.input_ids) - s.response_start for s in seqs]
     nll = heldout_nll(LogpsModule(model, 8), seqs, batch_size=2, chunk=8, pad_id=0, device="cpu")
     assert nll == pytest.approx(-float(sums.sum()) / int(counts.sum()), rel=1e-5)
     assert model.training

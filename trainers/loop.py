@@ -54,6 +54,7 @@ from gsil_bench.core.progress import Progress
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.strict import ConfigError
 from gsil_bench.trainers.data import COLLATORS, Batch, TrainItem
+from gsil_bench.trainers.handoff import offer_trained
 from gsil_bench.trainers.heldout import heldout_nll
 from gsil_bench.trainers.inputs import MethodContext
 from gsil_bench.trainers.logprobs import LogpsModule, batch_logps
@@ -134,7 +135,7 @@ def load_policy(name: str, ctx: Any, device: Any = None) -> Any:
     t = ctx.cfg.shared.train
     revision = ctx.cfg.shared.model_revision if name == ctx.cfg.shared.model else None
     model = load_causal_lm(name, revision=revision, device=ctx.accelerator.device if device is None else device,
-                           dtype=weights_dtype(ctx.precision))
+                           dtype=weights_dtype(ctx.precision), private=True)
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_checkpointing(model)
@@ -355,14 +356,18 @@ def finish(run: LoopRun, model: Any, total: int, info: dict[str, Any], last: dic
     }
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
+        t = ctx.cfg.shared.train
+        saved = save_checkpoint(model, ctx.tokenizer, run.folder / "checkpoint", {k: summary[k] for k in (
             "method", "loss", "params", "seed", "iteration", "steps", "init_model")},
-            adapter=ctx.cfg.shared.train.lora is not None and ctx.cfg.shared.train.lora.save_adapter)
+            adapter=t.lora is not None and t.lora.save_adapter,
+            dtype=torch.bfloat16 if t.checkpoint_dtype == "bf16" else None)
         write_model_card(run.folder / "checkpoint", summary, ctx.cfg)
         atomic_write_json(run.folder / "summary.json", summary)
         kill_hook("finished", run.iteration)
         shutil.rmtree(run.folder / "state", ignore_errors=True)
         mark_done(run.folder, {"key": run.key})
+        offer_trained(run.folder / "checkpoint", saved, processes=acc.num_processes, lora=t.lora is not None,
+                      checkpointing=t.gradient_checkpointing)  # the next iteration and the evaluation read it here
     acc.wait_for_everyone()
     return summary
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gsil_bench.core import resident
 from gsil_bench.core.errors import FileError
 from gsil_bench.core.io import atomic_path
 from gsil_bench.core.models import ModelError, check_weights, resolve
@@ -82,21 +83,32 @@ def weights_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16-weights" else torch.float32
 
 
-def load_causal_lm(name: str, *, revision: str | None, device: Any, dtype: torch.dtype = torch.float32) -> Any:
-    """A causal LM in `dtype` (fp32 by default: mixed precision comes from autocast) on `device`, without
-    reloading its tokenizer (trainers.api loads that once per method)."""
+def load_causal_lm(name: str, *, revision: str | None, device: Any, dtype: torch.dtype = torch.float32,
+                   private: bool = False) -> Any:
+    """A causal LM in `dtype` (fp32 by default: mixed precision comes from autocast) on `device`, in eval
+    mode, without reloading its tokenizer (trainers.api loads that once per method). A local folder's
+    model is shared with the later steps of this process (core.resident: read-only); `private` gives
+    one the caller may train."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        check_weights(resolve(name))
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), revision=revision, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"model {name!r}: cannot load ({err})") from None
-    return model.to(device)
+    src = resolve(name)
+
+    def load() -> Any:
+        try:
+            check_weights(src)
+            model = AutoModelForCausalLM.from_pretrained(src, revision=revision, dtype=dtype)
+        except OSError as err:
+            raise ModelError(f"model {name!r}: cannot load ({err})") from None
+        return model.to(device).eval()
+
+    return resident.model(src, dtype, device, load, private=private)
 
 
 def free_model(model: Any) -> None:
-    """Drop a model's parameters from memory (and the CUDA cache)."""
+    """Drop a model's parameters from memory (and the CUDA cache); a model kept for later steps
+    (core.resident) stays."""
+    if resident.is_kept(model):
+        return
     for p in model.parameters():
         p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     if torch.cuda.is_available():

@@ -8,8 +8,10 @@
   adapters merged first) the same way.
 - `kill_hook(event, count)`: when the environment variable GSIL_TEST_KILL is
   "<event>:<count>" (e.g. "step:3", "generated:4"; "step@2:3" for step 3 of iteration 2
-  only), the process SIGKILLs itself there. The
-  resume tests use it to die at a known point exactly as `kill -9` would.
+  only; "pruned:1" in harness.retention), the process SIGKILLs itself there. The
+  resume tests use it to die at a known point exactly as `kill -9` would. GSIL_TEST_PAUSE, in the
+  same form, makes the process wait there (up to 10 minutes) for a signal instead: the Ctrl-C tests
+  interrupt it at a point they control, never in a race with the run finishing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,24 @@ from gsil_bench.core.errors import FileError
 from gsil_bench.core.io import atomic_path, atomic_write_json, read_json
 
 KILL_ENV = "GSIL_TEST_KILL"
+PAUSE_ENV = "GSIL_TEST_PAUSE"
+PAUSE_S = 600
 
 
 def kill_hook(event: str, count: int, iteration: int | None = None) -> None:
     """SIGKILL this process if GSIL_TEST_KILL is f"{event}:{count}", or f"{event}@{iteration}:{count}"
-    to target one self-play iteration (test hook). In a multi-process launch only the main process
-    (RANK 0) kills itself, after finishing its own writes; the launcher then stops the others."""
-    wanted = os.environ.get(KILL_ENV)
-    if wanted and os.environ.get("RANK", "0") == "0" and wanted in (f"{event}:{count}", f"{event}@{iteration}:{count}"):
+    to target one self-play iteration (test hook); wait for a signal there if GSIL_TEST_PAUSE is. In a
+    multi-process launch only the main process (RANK 0) kills itself, after finishing its own writes;
+    the launcher then stops the others."""
+    here = (f"{event}:{count}", f"{event}@{iteration}:{count}")
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if os.environ.get(KILL_ENV) in here:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(PAUSE_ENV) in here:  # a signal's handler (Ctrl-C: KeyboardInterrupt) ends the wait
+        deadline = time.monotonic() + PAUSE_S
+        while time.monotonic() < deadline:
+            time.sleep(1)
 
 
 def rng_state() -> dict[str, Any]:
@@ -89,16 +101,21 @@ def load_state(src: Path, *, model: Any, optimizer: Any, scheduler: Any, process
     return dict(read_json(src / "info.json"))
 
 
-def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any], *, adapter: bool = False) -> None:
+def save_checkpoint(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any], *, adapter: bool = False,
+                    dtype: torch.dtype | None = None) -> Any:
     """Hugging Face checkpoint that AutoModelForCausalLM.from_pretrained loads; LoRA adapters
     are merged into the weights first (with `adapter`, the adapter alone is also saved to
-    `adapter/`, loadable with peft onto the iteration's starting model). `meta` is written
-    beside it as gsil_meta.json."""
+    `adapter/`, loadable with peft onto the iteration's starting model); `dtype`: the weights
+    converted to it first (train.checkpoint_dtype). `meta` is written beside it as gsil_meta.json.
+    Returns the model as saved (merged, converted)."""
     with atomic_path(dest, folder=True) as tmp:
         if hasattr(model, "merge_and_unload"):
             if adapter:
                 model.save_pretrained(tmp / "adapter", safe_serialization=True)
             model = model.merge_and_unload()
+        if dtype is not None and model.dtype != dtype:
+            model = model.to(dtype)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "gsil_meta.json", meta)
+    return model
