@@ -103,7 +103,7 @@ KINDS: list[tuple[str, str, Label]] = [
     ("gsil_bench.harness.steps", "fingerprint", "checkpoint fingerprint (sha256 of the files)"),
     ("gsil_bench.tasks.context", "weights_fingerprint", "weights fingerprint (in memory)"),
     ("gsil_bench.tasks.heldout", "ReferenceScorer.logps", "eval: reference scoring"),
-    ("gsil_bench.core.scoring", "score", _score),
+    ("gsil_bench.core.prefix", "score_shared", _score),  # the held-out tasks' scoring (each prompt once)
     ("gsil_bench.tasks.canaries", "ScorerCanaries.evaluate", "eval: scorer canaries"),
     ("gsil_bench.tasks.base", "write_result", "eval: result files"),
     ("gsil_bench.tasks.interop", "write_interop", "eval: interop files"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.datadir import absolute_env, data_dir
 
 CONFIG = "name: x\nshared:\n  data_dir: {where}\nmethods:\n  - loss: sft\n"

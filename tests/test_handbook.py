@@ -236,7 +236,7 @@ def test_dpo_trains_on_the_trl_ids_and_without_contaminated_rows(data_dir, tmp_p
     from test_hub_data import _write_repo
 
     import gsil_bench.trainers.loop as loop
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.core.models import save_tiny_llama
     from gsil_bench.trainers.api import train_method
 
@@ -289,7 +289,7 @@ def test_dpo_trains_on_the_trl_ids_and_without_contaminated_rows(data_dir, tmp_p
 
 def test_decontamination_without_humaneval_fails_validation(tmp_path):
     """Refused in the one validation pass, naming the key, before any work."""
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.core.strict import ConfigError, load_yaml
     from gsil_bench.harness.validate import validate
 

@@ -93,7 +93,7 @@ def _trace(out: Path) -> list[dict]:
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "fsdp-two-processes"])
 @pytest.mark.parametrize("name", ["paper-zephyr", "paper-spin"])
 def test_paper_config_trains_as_shipped(name, processes, launch_inputs, tmp_path):
-    from gsil_bench.core.config import load_experiment
+    from gsil_bench.core.loading import load_experiment
     from gsil_bench.trainers.losses import LOSSES
 
     root, model = launch_inputs

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gsil_bench.core.config import load_experiment
+from gsil_bench.core.loading import load_experiment
 from gsil_bench.harness.cli import main as cli_main
 from gsil_bench.harness.runner import run_experiment
 
