@@ -296,8 +296,8 @@ def spin_epochs(model_dir: str, data_dir: Path, n: int) -> dict[str, Any]:
     and short lengths (256 / 128, 64 new tokens), to fit a CPU."""
     import tempfile
 
-    from gsil_bench.core.loading import experiment_from_dict
     from gsil_bench.core.io import read_jsonl
+    from gsil_bench.core.loading import experiment_from_dict
     from gsil_bench.trainers.api import train_method
 
     out: dict[str, Any] = {"n": n}

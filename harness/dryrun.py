@@ -111,8 +111,10 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None, gpu
     if Path(root).is_dir():
         lines += [f"[blocked] {b} (its weights were removed by shared.train.keep_checkpoints: the run refuses)"
                   for b in blocked(run)]
-    lines.append(disk_plan(cfg))
+    cost = describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)
+    if not any(line.lstrip().startswith("disk: ") for line in cost):  # no estimate: the model's shape unknown here
+        lines.append(disk_plan(cfg))
     sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
         ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
     lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]
-    return lines + describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)
+    return lines + cost

@@ -37,6 +37,7 @@ from gsil_bench.core.config import ExperimentConfig
 from gsil_bench.core.errors import GsilError
 from gsil_bench.core.models import cache_root
 from gsil_bench.harness.plan import Step
+from gsil_bench.harness.retention import disk_plan
 from gsil_bench.tasks.api import TASKS
 from gsil_bench.trainers.api import iteration_plan
 from gsil_bench.trainers.losses import LOSSES
@@ -205,16 +206,19 @@ MODEL_FREE_SECONDS = 10.0  # a model-free task (the scorer canaries: sandboxed p
 
 
 def _train_cost(cfg: ExperimentConfig, st: Step, examples: list[Any], seq: float, n_steps: int, shape: Shape,
-                machine: Machine, shared_gen: bool, nbytes: int) -> tuple[float, float]:
+                machine: Machine, shared_gen: bool, nbytes: int, processes: int = 1) -> tuple[float, float]:
     """(FLOPs, seconds) of one method x seed: every iteration's optimizer steps, reference log-probs and
-    self-play generation (`shared_gen`: this step also makes the starting model's, shared by every method)."""
+    self-play generation (`shared_gen`: this step also makes the starting model's, shared by every method).
+    `n_steps` are the launch's optimizer steps (trainers.loop.StepPlan for `processes`), each over the global
+    batch: per-process batch x accumulation x processes sequences (the seconds are divided over the processes
+    by the caller)."""
     t, g = cfg.shared.train, cfg.shared.generation
     loss = cfg.method(st.method).loss
     pairs = LOSSES.needs_pairs(loss)
     iters = iteration_plan(cfg, st.method)
     new = _response_tokens(examples, g.max_new_tokens)
     gen_seq = min(float(t.max_length), seq - _response_tokens(examples, 10**9) + new)  # prompt + generated response
-    flops = iters * n_steps * 6 * shape.body * t.batch_size * t.grad_accum * (seq + (gen_seq if pairs else 0))
+    flops = iters * n_steps * 6 * shape.body * t.batch_size * t.grad_accum * processes * (seq + (gen_seq if pairs else 0))
     seconds = flops / machine.flops
     if pairs:
         ref = iters * 2 * shape.body * len(examples) * (seq + gen_seq)  # reference log-probs, once per iteration
@@ -253,7 +257,7 @@ def step_costs(cfg: ExperimentConfig, steps: list[Step], examples: list[Any], n_
         if st.kind == "train":
             pairs = LOSSES.needs_pairs(cfg.method(st.method).loss)
             flops, seconds = _train_cost(cfg, st, examples, seq, n_steps, shape, machine,
-                                         pairs and not shared_done, nbytes)
+                                         pairs and not shared_done, nbytes, processes)
             shared_done = shared_done or pairs
             seconds += load * iteration_plan(cfg, st.method)
         else:
@@ -317,8 +321,7 @@ def describe_cost(cfg: ExperimentConfig, steps: list[Step], examples: list[Any],
     mem = peak_memory(cfg, shape, processes, sharded, seq + cfg.shared.generation.max_new_tokens)
     lines.append(f"  peak memory per device ({cfg.shared.train.precision}, {'sharded over ' + str(processes) if sharded else 'unsharded'}): "
                  f"{_gb(sum(mem.values()))} = " + " + ".join(f"{k} {_gb(v)}" for k, v in mem.items()))
-    checkpoints = sum(1 for s in steps if s.kind == "eval" and s.seed is not None)
-    ckpt_bytes = shape.params * (2 if cfg.shared.train.precision in ("bf16", "bf16-weights") else 4)
-    lines.append(f"  disk: {checkpoints} checkpoint(s) x {_gb(ckpt_bytes)} = {_gb(checkpoints * ckpt_bytes)} "
-                 "(plus generations, log-probs and results: small)")
+    t = cfg.shared.train
+    ckpt_bytes = shape.params * (2 if t.checkpoint_dtype == "bf16" or t.precision == "bf16-weights" else 4)  # as saved
+    lines.append("  " + disk_plan(cfg, ckpt_bytes))  # what shared.train.keep_checkpoints leaves (harness.retention)
     return lines

@@ -245,10 +245,12 @@ def simulate(cfg: ExperimentConfig) -> tuple[int, int, int]:
     return written, len(on_disk), peak
 
 
-def disk_plan(cfg: ExperimentConfig) -> str:
-    """One line for the dry run: the checkpoints' disk at the end and at most, under the policy."""
+def disk_plan(cfg: ExperimentConfig, size: float | None = None) -> str:
+    """One line for the dry run: the checkpoints' disk at the end and at most, under the policy. `size`: one
+    checkpoint's bytes where the caller knows them (harness.estimate, from the model's published config); else
+    from the starting model's files."""
     written, kept, peak = simulate(cfg)
-    size = checkpoint_bytes(cfg)
+    size = size if size is not None else checkpoint_bytes(cfg)
     t = cfg.shared.train
 
     def gb(n: int) -> str:

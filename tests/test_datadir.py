@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gsil_bench.core.loading import load_experiment
 from gsil_bench.core.datadir import absolute_env, data_dir
+from gsil_bench.core.loading import load_experiment
 
 CONFIG = "name: x\nshared:\n  data_dir: {where}\nmethods:\n  - loss: sft\n"
 

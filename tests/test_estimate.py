@@ -47,6 +47,30 @@ def test_memory_follows_precision_and_sharding():
     assert len(known_examples(cfg, "offline")) == 61135  # UltraFeedback-binarized train_prefs, as its card counts
 
 
+def test_a_launchs_processes_share_the_training_flops():
+    """The same training over 4 processes: the same FLOPs (the launch's optimizer steps are over the global
+    batch, trainers.loop.StepPlan), a quarter of the time. Counting the per-process batch over the launch's steps
+    (a 4-process launch's FLOPs a quarter of one process's) is the wrong implementation this rejects."""
+    from gsil_bench.harness.estimate import gpu, step_costs
+    from gsil_bench.harness.plan import plan_steps
+    from gsil_bench.trainers.loop import StepPlan
+
+    cfg = load_experiment(REPO / "configs" / "paper-zephyr.yaml")
+    shape = model_shape("alignment-handbook/zephyr-7b-sft-full")
+    examples = known_examples(cfg, "offline")
+    steps = [s for s in plan_steps(cfg) if s.kind == "train"]
+    costs = {}
+    for n in (1, 4):
+        plan = StepPlan.of(len(examples), cfg.shared.train, n).total
+        costs[n] = {c.step: c for c in step_costs(cfg, steps, examples, plan, shape, gpu("H100"), n)}
+    sft = next(s.id for s in steps if s.method == "sft")
+    one, four = costs[1][sft], costs[4][sft]
+    assert four.flops == pytest.approx(one.flops, rel=0.01)  # 1911 and 478 steps: rounding up apart
+    assert four.seconds == pytest.approx(one.seconds / 4, rel=0.02)
+    # SFT: 6 N per trained token, every demonstration at max_length, one epoch
+    assert one.flops == pytest.approx(6 * shape.body * len(examples) * cfg.shared.train.max_length, rel=0.01)
+
+
 def test_the_dry_run_prints_a_cost_per_step(tmp_path, data_dir, capsys):
     from gsil_bench.harness.cli import main
 
@@ -55,7 +79,7 @@ def test_the_dry_run_prints_a_cost_per_step(tmp_path, data_dir, capsys):
     cfg, _, _ = load_and_validate("smoke", [], data_dir=str(data_dir), hub=False)
     lines = [line for line in out.splitlines() if line.startswith("  train/") or line.startswith("  eval/")]
     assert len(lines) == 27 and all("model FLOPs, ~" in line for line in lines)  # every step of the plan
-    assert "cost estimate (this machine" in out and "peak memory per device" in out and "disk: 16 checkpoint(s)" in out
+    assert "cost estimate (this machine" in out and "peak memory per device" in out and "disk: 16 checkpoint(s) written (538 MB each, train dtype); shared.train.keep_checkpoints=none keeps 0 at the end (0.00 GB), at most 2 at once (1.08 GB" in out
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
     out_gpu = subprocess.run([sys.executable, "-m", "gsil_bench.harness.cli", "run", "smoke", "--dry-run", "--gpu", "H100",
                               "--output", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
