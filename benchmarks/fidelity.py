@@ -292,8 +292,8 @@ def self_play_decoding(model: Any, tok: Any, data_dir: Path, n: int) -> dict[str
 def spin_epochs(model_dir: str, data_dir: Path, n: int) -> dict[str, Any]:
     """SPIN's first round on `n` GSM8K demonstrations with paper-spin's recipe (RMSprop, lr 5e-7, linear, warm-up
     0.1, beta 0.1, 8 pairs per step) on the embedded model, trained 2 epochs (the paper; ours) and 6 (SPIN's scripts):
-    the mean reward margin r(real) - r(generated) and the SPIN loss over all pairs after training. fp32 weights
-    and short lengths (256 / 128, 64 new tokens), to fit a CPU."""
+    the last optimizer step's reward margin r(real) - r(generated) and SPIN loss (its batch of 8 pairs, as the
+    loop logs them). fp32 weights and short lengths (256 / 128, 64 new tokens), to fit a CPU."""
     import tempfile
 
     from gsil_bench.core.io import read_jsonl
