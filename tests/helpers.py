@@ -67,6 +67,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+TINY_SHARED = {  # the tiny CPU experiments' shared block: 4 GSM8K demonstrations, batch 2, short lengths
+    "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
+    "optimizer": {"lr": 1e-3},  # every checkpoint's weights move
+    "train": {"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "logprob_chunk": 32},
+    "generation": {"max_new_tokens": 6, "batch_size": 4},
+}
+
+
+def experiment_dict(model, name: str, methods: list[dict], **shared) -> dict:
+    """A tiny experiment as plain YAML data (TINY_SHARED with `shared` merged over it), reported against SFT."""
+    return {"name": name, "shared": _merge({"model": str(model), **TINY_SHARED}, shared), "methods": methods,
+            "report": {"baseline": "sft", "bootstrap": 50}}
+
+
 def make_cfg(model, methods, **shared):
     """A tiny CPU experiment on GSM8K demonstrations (4 examples, batch 2, 2 steps)."""
     base = {

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import experiment_dict
 from independent import chat_sequence, load, response_logp
 
 from gsil_bench.core.io import read_json, read_jsonl
@@ -31,19 +32,9 @@ LIMIT = 3
 
 def identity_experiment(model_dir: Path) -> dict:
     """SFT and DPO trained enough (lr 1e-3, 2 steps) that every held-out log-prob moves."""
-    return {
-        "name": "identity",
-        "shared": {
-            "model": str(model_dir),
-            "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
-            "optimizer": {"lr": 1e-3},
-            "train": {"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "logprob_chunk": 32},
-            "generation": {"max_new_tokens": 6, "batch_size": 4},
-            "eval": {"tasks": ["heldout_gsm8k"], "limit": LIMIT, "generation": {"max_new_tokens": 8, "batch_size": 4}},
-        },
-        "methods": [{"loss": "sft"}, {"loss": "dpo", "params": {"beta": 0.1}}],
-        "report": {"baseline": "sft", "bootstrap": 50},
-    }
+    return experiment_dict(
+        model_dir, "identity", [{"loss": "sft"}, {"loss": "dpo", "params": {"beta": 0.1}}],
+        eval={"tasks": ["heldout_gsm8k"], "limit": LIMIT, "generation": {"max_new_tokens": 8, "batch_size": 4}})
 
 
 def expected_logps(model_dir: Path, tokenizer, data_dir: Path, limit: int = LIMIT) -> list[float]:

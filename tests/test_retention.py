@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import experiment_dict
 
 from gsil_bench.core.loading import load_experiment
 from gsil_bench.harness.cli import main as cli_main
@@ -30,21 +31,10 @@ CHECKPOINTS = ("sft/seed-0/iter-1", "gsil-logistic/seed-0/iter-1", "gsil-logisti
 
 
 def experiment(model_dir: Path, **train) -> dict:
-    return {
-        "name": "keep",
-        "shared": {
-            "model": str(model_dir),
-            "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
-            "optimizer": {"lr": 1e-3},
-            "train": {"batch_size": 2, "max_length": 96, "max_prompt_length": 64, "logprob_chunk": 32, **train},
-            "generation": {"max_new_tokens": 6, "batch_size": 4},
-            "iterations": 2,
-            "seeds": [0],
-            "eval": {"tasks": ["heldout_gsm8k"], "limit": 2, "generation": {"max_new_tokens": 6, "batch_size": 4}},
-        },
-        "methods": [{"loss": "sft"}, {"loss": "gsil-logistic", "params": {"a": 0.01, "b": 2.0}}],
-        "report": {"baseline": "sft", "bootstrap": 50},
-    }
+    return experiment_dict(
+        model_dir, "keep", [{"loss": "sft"}, {"loss": "gsil-logistic", "params": {"a": 0.01, "b": 2.0}}],
+        train=train, iterations=2, seeds=[0],
+        eval={"tasks": ["heldout_gsm8k"], "limit": 2, "generation": {"max_new_tokens": 6, "batch_size": 4}})
 
 
 def with_weights(root: Path) -> set[str]:
