@@ -67,6 +67,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def forged_reply(body: str, *, at: float | None = None) -> str:
+    """A hostile candidate's source: its `add` finds the reply descriptor (the only write-only pipe it holds) and
+    writes its own frame of `body` (a Python expression giving bytes) there, then sleeps. `at`: seconds after the
+    module loaded to wait before writing (a frame arriving just before the deadline)."""
+    wait = f"    time.sleep(max(0.0, {at} - (time.monotonic() - START)))\n" if at is not None else ""
+    return ("import fcntl, os, stat, struct, time\nSTART = time.monotonic()\n"
+            "def add(a, b):\n"
+            "    body = " + body + "\n" + wait +
+            "    for fd in range(3, 64):\n"
+            "        try:\n"
+            "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:\n"
+            "                os.write(fd, struct.pack('>I', len(body)) + body)\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "    time.sleep(60)\n")
+
+
 TINY_SHARED = {  # the tiny CPU experiments' shared block: 4 GSM8K demonstrations, batch 2, short lengths
     "train_data": {"path": "gsm8k/train.jsonl", "format": "gsm8k", "limit": 4},
     "optimizer": {"lr": 1e-3},  # every checkpoint's weights move

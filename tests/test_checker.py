@@ -12,7 +12,7 @@ import math
 import os
 
 import pytest
-from helpers import data_rows, write_jsonl
+from helpers import data_rows, forged_reply, write_jsonl
 
 from gsil_bench.core.config import EvalConfig
 from gsil_bench.tasks import wire
@@ -204,17 +204,6 @@ def test_names_the_tests_use_bound_to_modules_classes_and_callables_run_nothing_
     assert sorted(os.listdir(tmp_path)) == []
 
 
-# A candidate that finds the reply descriptor (the only write-only pipe it holds) and writes its own frame.
-FLOOD = ("import fcntl, os, stat, struct, time\n"
-         "def add(a, b):\n"
-         "    body = {body}\n"
-         "    for fd in range(3, 64):\n"
-         "        try:\n"
-         "            if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:\n"
-         "                os.write(fd, struct.pack('>I', len(body)) + body)\n"
-         "        except OSError:\n"
-         "            pass\n"
-         "    time.sleep(60)\n")
 COLLIDING = "[str(1 + i * (2 ** 61 - 1)) for i in range(60000)]"  # 60,000 ints with one hash
 
 
@@ -225,7 +214,7 @@ COLLIDING = "[str(1 + i * (2 ** 61 - 1)) for i in range(60000)]"  # 60,000 ints 
 ], ids=["colliding-dict", "colliding-set", "60MB"])
 def test_a_flooded_reply_fails_its_own_job_within_about_its_limit(body):
     limit = 3.0
-    job = {"kind": "asserts", "source": FLOOD.format(body=body), "entry": "add", "tests": ADD_TESTS,
+    job = {"kind": "asserts", "source": forged_reply(body), "entry": "add", "tests": ADD_TESTS,
            "limits": Limits(timeout=limit, memory_mb=1024)}
     [v] = check_many([job], mode="bwrap", workers=1)
     assert v["status"] in ("failed", "timeout") and v["seconds"] < limit + 3, v
