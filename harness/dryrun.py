@@ -26,7 +26,7 @@ from gsil_bench.core.strict import to_plain
 from gsil_bench.core.sweeps import describe_sweeps
 from gsil_bench.harness.estimate import describe_cost, known_examples
 from gsil_bench.harness.plan import Run, Step, plan_steps
-from gsil_bench.harness.retention import blocked, disk_plan
+from gsil_bench.harness.retention import blocked
 from gsil_bench.harness.steps import eval_done, train_done
 from gsil_bench.trainers.api import launch_processes, planned_steps, train_key, training_data
 from gsil_bench.trainers.data import load_examples
@@ -111,10 +111,7 @@ def describe(cfg: ExperimentConfig, root: Path, data_dir: str | None = None, gpu
     if Path(root).is_dir():
         lines += [f"[blocked] {b} (its weights were removed by shared.train.keep_checkpoints: the run refuses)"
                   for b in blocked(run)]
-    cost = describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)
-    if not any(line.lstrip().startswith("disk: ") for line in cost):  # no estimate: the model's shape unknown here
-        lines.append(disk_plan(cfg))
     sinks = ([f"trackers: {', '.join(t.report_to)} (under {Path(root) / 'tracking'})"] if t.report_to else []) + \
         ([f"push to the Hub: {t.hub_model_id} (one branch per method-seed-iteration)"] if t.push_to_hub else [])
     lines += sinks + [f"{todo} of {len(run.steps)} steps to do; then the report in {layout.report_dir}"]
-    return lines + cost
+    return lines + describe_cost(cfg, run.steps, examples_list, n_steps, gpu_name, processes, sharded)

@@ -307,7 +307,8 @@ def describe_cost(cfg: ExperimentConfig, steps: list[Step], examples: list[Any],
     """The dry run's cost lines: one per step, then the total, peak memory per device and disk."""
     shape = model_shape(cfg.shared.model, cfg.shared.model_revision)
     if shape is None:
-        return [f"cost: the shape of {cfg.shared.model} is unknown here (no config.json at hand): no estimate"]
+        return [f"cost: the shape of {cfg.shared.model} is unknown here (no config.json at hand): no estimate",
+                "  " + disk_plan(cfg)]  # the checkpoints' count under the policy, their size from the files if any
     machine = gpu(gpu_name) if gpu_name else measure(shape.hidden)
     costs = step_costs(cfg, steps, examples, n_steps, shape, machine, processes)
     seq = _tokens(examples, cfg.shared.train.max_length)
