@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gsil_bench.core.config import GenerationConfig
 from gsil_bench.core.errors import ConfigError, Problem
@@ -31,6 +32,9 @@ from gsil_bench.core.prompting import (  # noqa: F401 (public names of this modu
 )
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.vllm_backend import VLLMGenerator
+
+if TYPE_CHECKING:
+    from gsil_bench.core.prefix import Prefixes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,21 @@ class HFGenerator:
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self._static: StaticDecoder | None = None
         self._fits = 0  # auto_batch_size: the batch size that fitted (0: none tried yet)
+        self._prefixes: Prefixes | None = None  # `sharing`: prompts computed once, for generation and scoring
+
+    @contextmanager
+    def sharing(self, store: Prefixes) -> Iterator[None]:
+        """Within the block, each prompt is computed once into `store` (core.prefix, which must be this
+        generator's model's) and decoding continues from its keys and values, so a caller that also scores
+        continuations of the same prompts (tasks.heldout: core.prefix.score_shared with `keep=store`) runs
+        them through the model once. Greedy tokens are `model.generate`'s from the whole prompt up to float
+        rounding. Only the default dynamic cache shares; the static decoder computes its prompts itself."""
+        store.check_owner(self.model)
+        old, self._prefixes = self._prefixes, store
+        try:
+            yield
+        finally:
+            self._prefixes = old
 
     def generate(
         self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0, desc: str = "generate"
@@ -145,6 +164,10 @@ class HFGenerator:
                                     top_p=cfg.top_p, seed=seed, on_step=on_step).tolist()
         sample = cfg.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens}
+        if self._prefixes is not None and int(mask.sum(dim=1).min()) >= 2:
+            from gsil_bench.core.prefix import _cache_kwarg
+
+            kwargs[_cache_kwarg(self.model)] = self._prompt_cache(input_ids, mask)
         if sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         else:
@@ -154,6 +177,17 @@ class HFGenerator:
             eos_token_id=tok.eos_token_id, stopping_criteria=step_report(input_ids.shape[1], on_step), **kwargs,
         )
         return gen[:, input_ids.shape[1] :].tolist()
+
+    def _prompt_cache(self, input_ids: Any, mask: Any) -> Any:
+        """The batch's prompts (left-padded rows) from the shared store, computed there when new, as one
+        left-padded cache of all but each prompt's last token (core.prefix.prompt_cache)."""
+        from gsil_bench.core.prefix import fill, prompt_cache
+        from gsil_bench.core.scoring import causal_lm
+
+        assert self._prefixes is not None
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(input_ids, mask)]
+        found = fill(self.model, keys, self._prefixes)
+        return prompt_cache(causal_lm(self.model), [found[k] for k in keys], input_ids.shape[1] - 1)
 
     def _completion(self, new: list[int], stop: Sequence[str] | None) -> Completion:
         eos = self.tok.eos_token_id

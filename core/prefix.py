@@ -9,7 +9,9 @@ log-probs with the same chunked head (core.scoring). The numbers are `score`'s u
 rounding (the same sums in another order: a few 1e-5 nats on a 300-token response, tested).
 
 `Prefixes` keeps computed prompts across calls for one model (the held-out reference, whose
-prompts are the same for every checkpoint evaluated), bounded in bytes. Sequences with their own
+prompts are the same for every checkpoint evaluated; the evaluated model, whose greedy answers
+core.generation.HFGenerator.sharing decodes from the same computed prompts, `prompt_cache`),
+bounded in bytes. Sequences with their own
 attention masks (the official "spin" encoding) or an empty prompt go through `score` unchanged.
 """
 
@@ -43,10 +45,16 @@ class Prompt:
 
 
 class Prefixes:
-    """Computed prompts of one model, kept across calls (least recently used out beyond `budget` bytes)."""
+    """Computed prompts of one model, kept across calls (least recently used out beyond `budget` bytes).
+    With `owner`, they are that model's: `score_shared` and the generator refuse them for another model."""
 
-    def __init__(self, budget: int = 512 * 2**20) -> None:
+    def __init__(self, budget: int = 512 * 2**20, owner: Any = None) -> None:
         self.budget, self.items = budget, OrderedDict[tuple[int, ...], Prompt]()
+        self.owner = owner
+
+    def check_owner(self, model: Any) -> None:
+        if self.owner is not None and self.owner is not model:
+            raise ValueError("core.prefix: these computed prompts belong to another model")
 
     def get(self, ids: tuple[int, ...]) -> Prompt | None:
         found = self.items.get(ids)
@@ -121,6 +129,41 @@ def _continue(lm: Any, body: Any, rows: list[tuple[Prompt, list[int]]], chunk: i
     return [float(x) for x in total.tolist()]
 
 
+def fill(model: Any, wanted: Sequence[tuple[int, ...]], store: Prefixes, batch_size: int = 4) -> dict[tuple[int, ...], Prompt]:
+    """Every distinct prompt of `wanted` (token ids), computed by `model` where `store` does not keep it
+    (shortest first, left-padded batches of `batch_size`; then kept in `store`)."""
+    store.check_owner(model)
+    lm = causal_lm(model)
+    new = sorted({k for k in wanted if store.get(k) is None}, key=len)
+    computed = dict(zip(new, _prompts(lm.base_model, new, batch_size, next(model.parameters()).device)))
+    for k, p in computed.items():
+        store.put(k, p)
+    prompts: dict[tuple[int, ...], Prompt] = {}
+    for k in set(wanted):
+        found = computed.get(k) or store.get(k)
+        assert found is not None  # computed now, or kept (get() above found it)
+        prompts[k] = found
+    return prompts
+
+
+def prompt_cache(lm: Any, prompts: Sequence[Prompt], width: int) -> Any:
+    """A left-padded key/value cache of `width` positions holding each prompt's keys and values but its
+    last token's: with the prompts' ids left-padded to `width + 1`, `model.generate` runs only the last prompt
+    token, then decodes (what it would compute from the whole prompt, up to float rounding)."""
+    from transformers import DynamicCache
+
+    kv = []
+    for layer in range(len(prompts[0].kv)):
+        ks, vs = [], []
+        for p in prompts:
+            k, v = p.kv[layer]
+            pad = (0, 0, width - (p.length - 1), 0)  # on the left, masked by the generation's attention mask
+            ks.append(torch.nn.functional.pad(k[:, : p.length - 1], pad))
+            vs.append(torch.nn.functional.pad(v[:, : p.length - 1], pad))
+        kv.append((torch.stack(ks), torch.stack(vs)))
+    return DynamicCache(ddp_cache_data=kv, config=lm.config)
+
+
 @torch.no_grad()
 def score_shared(model: Any, seqs: Sequence[EncodedSeq], *, batch_size: int = 4, chunk: int = 128,
                  keep: Prefixes | None = None) -> list[tuple[float, int]]:
@@ -150,16 +193,7 @@ def _score_shared(model: Any, seqs: Sequence[EncodedSeq], batch_size: int, chunk
     lm = causal_lm(model)
     body, device = lm.base_model, next(model.parameters()).device
     keys = {i: tuple(seqs[i].input_ids[: seqs[i].response_start]) for i in todo}
-    store = keep if keep is not None else Prefixes()
-    new = sorted({k for k in keys.values() if store.get(k) is None}, key=len)
-    computed = dict(zip(new, _prompts(body, new, batch_size, device)))
-    for k, p in computed.items():
-        store.put(k, p)
-    prompts: dict[tuple[int, ...], Prompt] = {}
-    for k in set(keys.values()):
-        found = computed.get(k) or store.get(k)
-        assert found is not None  # computed now, or kept (get() above found it)
-        prompts[k] = found
+    prompts = fill(model, list(keys.values()), keep if keep is not None else Prefixes(), batch_size)
     order = sorted(todo, key=lambda i: len(seqs[i].input_ids))
     for b in range(0, len(order), batch_size):
         rows = order[b : b + batch_size]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,12 @@ class CachedGenerator:
         if self._cache is None:
             self._cache = {r["key"]: r for r in read_jsonl(self.path, repair=True) if "key" in r}
         return self._cache
+
+    def sharing(self, store: Any) -> AbstractContextManager[None]:
+        """The inner generator's prompt sharing (core.generation.HFGenerator.sharing); other backends
+        compute nothing the caller could reuse: a no-op."""
+        share = getattr(self.inner, "sharing", None)
+        return share(store) if share is not None else nullcontext()
 
     def generate(self, prompts: Sequence[Prompt], *, stop: Sequence[str] | None = None, seed: int = 0,
                  desc: str = "generate") -> list[Completion]:

@@ -9,8 +9,9 @@ template, as `trainers.data.encode` renders a (prompt, response) pair for traini
 
 Per item, teacher-forced and batched (no sampling, so the numbers are exact and paired
 item by item across runs), encoded by core.scoring, the code training runs, and scored by
-core.prefix (core.scoring's head, each prompt through the model once for the demonstration
-and the model's own answer; the reference keeps its prompts across evaluations):
+core.prefix (core.scoring's head, each prompt through the model once for the demonstration,
+the model's own answer and, on the hf backend, the generation of that answer; the reference
+keeps its prompts across evaluations):
 - `logp_real`: the mean token log-prob of the demonstration's response tokens under the
   model (the primary metric; the log-likelihood of real data that the SPIN and GSIL papers
   track over iterations);
@@ -164,10 +165,13 @@ class HeldOutLikelihood:
     def evaluate(self, docs: list[dict[str, Any]], ctx: EvalContext) -> TaskResult:
         model, tok = ctx.hf()
         chats = [[{"role": "user", "content": d["question"]}] for d in docs]
-        own = [c.text.strip() for c in ctx.generator().generate(chats, desc=f"{self.name} greedy")]
+        generator, prompts = ctx.generator(), Prefixes(owner=model)
+        with generator.sharing(prompts):  # the hf backend computes each prompt once, for its answer and the scoring
+            own = [c.text.strip() for c in generator.generate(chats, desc=f"{self.name} greedy")]
         real = [encode_pair(tok, d["question"], d["answer"]) for d in docs]
         gen = [encode_pair(tok, d["question"], o) for d, o in zip(docs, own)]
-        both = score_shared(model, [*real, *gen], batch_size=SCORE_BATCH)  # each prompt once for its two answers
+        # each prompt once for its two answers (and not again where the generation computed it)
+        both = score_shared(model, [*real, *gen], batch_size=SCORE_BATCH, keep=prompts)
         lp_real, lp_gen = both[: len(real)], both[len(real) :]
         ref_name = ctx.cfg.reference_model
         ref_real = ref_gen = None

@@ -86,3 +86,17 @@ def test_mean_logp_is_per_token(tiny_model, tokenizer):
     s = EncodedSeq([1, 2, 3, 4, 5], 2)
     (total,), (n,) = (t.tolist() for t in score_batches(tiny_model, [s]))
     assert n == 3 and total < 0
+
+
+def test_the_prompts_go_through_the_model_once_for_the_answer_and_the_scoring(tmp_path, tiny_model_dir, data_dir,
+                                                                             monkeypatch):
+    """tasks.heldout hands one store of computed prompts to the generator (HFGenerator.sharing) and to the
+    scoring (core.prefix.score_shared): the generation computes the 3 prompts, the scoring none. Rejected: the
+    task not sharing (the scoring computes 3 again) or scoring without the store."""
+    import gsil_bench.core.prefix as prefix
+
+    ran: list[int] = []
+    plain = prefix._prompts
+    monkeypatch.setattr(prefix, "_prompts", lambda body, prompts, *a: ran.append(len(prompts)) or plain(body, prompts, *a))
+    res = evaluate(str(tiny_model_dir), ["heldout_gsm8k"], _eval_cfg(tmp_path), tmp_path / "d")["heldout_gsm8k"]
+    assert res["n_items"] == 3 and ran == [3, 0]
