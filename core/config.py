@@ -97,6 +97,10 @@ class TrainConfig:
     lora: LoraConfig | None = None
     logprob_chunk: int = 128  # sequence positions per chunk of the log-prob head
     packing: bool = True  # padding-free packed batches with per-sequence attention (same results, faster; false: padded)
+    # with packing: the sequences of a step that share their prompt (a pair's real and generated responses) run it
+    # once, each response attending to it and to itself only (trainers.packing.pack; same results up to float
+    # rounding, fewer tokens); sdpa or eager attention (not flash_attention_2)
+    share_prompts: bool = False
     save_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 1  # optimizer steps between metrics.jsonl lines
     eval_every: int | None = None  # optimizer steps between held-out evaluations (eval/nll); null = none
@@ -422,7 +426,7 @@ LATER_FIELDS = {(DataConfig, "encoding"), (DataConfig, "decontaminate"), (Schedu
                 (TrainConfig, "push_to_hub"), (TrainConfig, "hub_model_id"), (EvalConfig, "reference_model"),
                 (EvalConfig, "device"), (GenerationConfig, "auto_batch_size"),
                 (GenerationConfig, "bos"), (GenerationConfig, "max_prompt_tokens"), (GenerationConfig, "vllm_args"),
-                (TrainConfig, "checkpoint_dtype")}
+                (TrainConfig, "checkpoint_dtype"), (TrainConfig, "share_prompts")}
 
 
 # settings of what a command does with finished results (its exit status), never of the results: not hashed

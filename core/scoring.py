@@ -117,13 +117,14 @@ class Batch:
     position_ids: torch.Tensor | None = None
     sequence_index: torch.Tensor | None = None
     num_sequences: int | None = None  # with sequence_index: how many sequences (default: max index + 1)
+    branch_index: torch.Tensor | None = None  # [1, T] packed shared prompts (trainers.packing.pack): 0 shared, k branch k
 
     def to(self, device: Any) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                     move(self.position_ids), move(self.sequence_index), self.num_sequences)
+                     move(self.position_ids), move(self.sequence_index), self.num_sequences, move(self.branch_index))
 
     @property
     def tokens(self) -> int:

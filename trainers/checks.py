@@ -42,6 +42,8 @@ def check_training(cfg: ExperimentConfig) -> list[Problem]:
     if t.packing and "spin" in (s.train_data.encoding, s.preference_data and s.preference_data.encoding):
         out.append(Problem("shared.train.packing", "cannot be combined with encoding 'spin' (its EOS tokens are "
                                                    "masked from attention inside the sequence); set packing: false"))
+    if t.share_prompts and not t.packing:
+        out.append(Problem("shared.train.share_prompts", "shares prompts inside packed batches: needs packing: true"))
     return out + publish_problems(cfg) + heldout_problems(cfg)
 
 

@@ -41,7 +41,7 @@ from gsil_bench.core.errors import DataError
 from gsil_bench.core.io import iter_jsonl_file
 from gsil_bench.core.registry import Registry
 from gsil_bench.core.scoring import Batch, Chat, EncodedSeq, collate, encode
-from gsil_bench.trainers.packing import collate_packed
+from gsil_bench.trainers.packing import collate_packed, collate_packed_shared
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,7 @@ Collator = Callable[[Sequence[EncodedSeq], int], Batch]
 COLLATORS: Registry[Collator] = Registry("collator")
 COLLATORS.add("padded", collate)  # one row per sequence, right-padded (core.scoring)
 COLLATORS.add("packed", collate_packed)  # one padding-free row (trainers.packing; train.packing: true)
+COLLATORS.add("packed-shared", collate_packed_shared)  # the same, each shared prompt once (train.share_prompts: true)
 
 
 @dataclass(frozen=True)

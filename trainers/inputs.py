@@ -218,7 +218,7 @@ def _score(ctx: MethodContext, model: Any, items: list[TrainItem], work: Path, k
     acc, t = ctx.accelerator, ctx.cfg.shared.train
     mine = items[acc.process_index :: acc.num_processes]
     real, gen = reference_logps(model, mine, batch_size=t.batch_size, chunk=t.logprob_chunk,
-                                pad_id=ctx.tokenizer.pad_token_id, autocast=acc.autocast)
+                                pad_id=ctx.tokenizer.pad_token_id, autocast=acc.autocast, share_prompts=t.share_prompts)
     rows = [(it.index, float(real[j]), None if gen is None else float(gen[j])) for j, it in enumerate(mine)]
     rows = gather_object(rows)
     if acc.is_main_process:

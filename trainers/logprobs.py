@@ -65,8 +65,10 @@ class LogpsModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None, sequence_index: torch.Tensor | None = None,
-                num_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = Batch(input_ids, attention_mask, response_mask, position_ids, sequence_index, num_sequences)
+                num_sequences: int | None = None, branch_index: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = Batch(input_ids, attention_mask, response_mask, position_ids, sequence_index, num_sequences,
+                      branch_index)
         return forward_logps(self.model, batch, self.chunk)
 
     # The embedding accessors and `tie_weights` of the wrapped model: accelerate's FSDP2 wrapping
@@ -90,7 +92,7 @@ def batch_logps(model: Any, batch: Batch, chunk: int) -> tuple[torch.Tensor, tor
     (optionally wrapped by DDP/accelerate); `batch` a `trainers.data.Batch`."""
     if isinstance(unwrap(model), LogpsModule):  # the wrapper's forward: DDP's hooks see this call
         return model(batch.input_ids, batch.attention_mask, batch.response_mask, batch.position_ids,
-                     batch.sequence_index, batch.num_sequences)
+                     batch.sequence_index, batch.num_sequences, batch.branch_index)
     return forward_logps(model, batch, chunk)
 
 

@@ -156,7 +156,7 @@ def forward_loss(run: LoopRun, model: Any, items: list[TrainItem], device: Any,
     ctx, t = run.ctx, run.ctx.cfg.shared.train
     pairs = run.ref is not None
     seqs = [it.real for it in items] + ([it.gen for it in items if it.gen is not None] if pairs else [])
-    collator = COLLATORS.get("packed" if t.packing else "padded")
+    collator = COLLATORS.get(("packed-shared" if t.share_prompts else "packed") if t.packing else "padded")
     batch: Batch = collator(seqs, ctx.tokenizer.pad_token_id).to(device)
     logps, n_tokens = batch_logps(model, batch, t.logprob_chunk)
     b = len(items)

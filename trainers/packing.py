@@ -33,9 +33,11 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.scoring import Batch, causal_lm
 
 PACKED_PREFIX = "gsil_packed_"
+BRANCH_KWARG = "gsil_branch_ids"  # shared prompts: the branch of each packed token, to the attention function
 _PACKED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("gsil_packed_call", default=False)
 
 
@@ -59,9 +61,15 @@ class PackedBatch:
     pred_index: torch.Tensor  # [M] positions whose hidden state predicts a response token
     targets: torch.Tensor  # [M] the response tokens they predict
     target_segment: torch.Tensor  # [M] the sequence of each target
+    # shared prompts (`pack(..., share_prompts=True)`): per token, 0 for a group's shared prompt, k >= 1 for its
+    # k-th branch (one sequence's last prompt token and response); cu_seqlens then bound groups, not sequences
+    branch_ids: torch.Tensor | None = None
+    num_sequences: int | None = None  # with branch_ids: how many sequences (cu_seqlens counts groups)
 
     @property
     def n_seqs(self) -> int:
+        if self.num_sequences is not None:
+            return self.num_sequences
         return int(self.cu_seqlens.numel() - 1)
 
     @property
@@ -100,12 +108,19 @@ def _fields(seq: Any, index: int) -> tuple[list[int], int]:
     return ids, int(start)
 
 
-def pack(seqs: Sequence[Any]) -> PackedBatch:
+def pack(seqs: Sequence[Any], *, share_prompts: bool = False) -> PackedBatch:
     """Pack encoded sequences (objects, dicts or (input_ids, response_start) tuples)
     into one padding-free row. Response token t of a sequence is scored from the
-    hidden state at t - 1 of the same sequence, as in the padded path."""
+    hidden state at t - 1 of the same sequence, as in the padded path.
+
+    `share_prompts`: sequences with the same prompt tokens (at least 2) form one group: the prompt
+    but its last token once (positions 0..P-2), then per sequence a branch, its last prompt token
+    and its response (positions P-1...), attending to the shared part and to itself only
+    (`branch_ids`), so each prompt runs once; the sums are the unshared ones up to float rounding."""
     if not seqs:
         raise ValueError("pack: no sequences")
+    if share_prompts:
+        return _pack_shared(seqs)
     ids: list[int] = []
     pos: list[int] = []
     seg: list[int] = []
@@ -135,6 +150,63 @@ def pack(seqs: Sequence[Any]) -> PackedBatch:
         targets=input_ids[target_pos],
         target_segment=segment_ids[target_pos],
     )
+
+
+def _pack_shared(seqs: Sequence[Any]) -> PackedBatch:
+    fields_ = [_fields(seq, i) for i, seq in enumerate(seqs)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (tokens, start) in enumerate(fields_):
+        key = tuple(tokens[:start]) if start >= 2 else (-1 - i,)  # a 1-token prompt: a group of its own
+        groups.setdefault(key, []).append(i)
+    ids: list[int] = []
+    pos: list[int] = []
+    seg: list[int] = []
+    resp: list[bool] = []
+    branch: list[int] = []
+    cu = [0]
+    for members in groups.values():
+        tokens, start = fields_[members[0]]
+        shared = start - 1  # the prompt but its last token
+        ids.extend(tokens[:shared])
+        pos.extend(range(shared))
+        seg.extend([members[0]] * shared)
+        resp.extend([False] * shared)
+        branch.extend([0] * shared)
+        for k, i in enumerate(members, start=1):
+            tokens, start = fields_[i]
+            part = tokens[shared:]  # the last prompt token, then the response
+            ids.extend(part)
+            pos.extend(range(shared, shared + len(part)))
+            seg.extend([i] * len(part))
+            resp.extend([False] + [True] * (len(part) - 1))
+            branch.extend([k] * len(part))
+        cu.append(len(ids))
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    response_mask = torch.tensor(resp, dtype=torch.bool)
+    target_pos = response_mask.nonzero().squeeze(1)
+    segment_ids = torch.tensor(seg, dtype=torch.long)
+    cu_seqlens = torch.tensor(cu, dtype=torch.int32)
+    return PackedBatch(
+        input_ids=input_ids.unsqueeze(0),
+        position_ids=torch.tensor(pos, dtype=torch.long).unsqueeze(0),
+        segment_ids=segment_ids,
+        response_mask=response_mask,
+        cu_seqlens=cu_seqlens,
+        max_seqlen=int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
+        pred_index=target_pos - 1,
+        targets=input_ids[target_pos],
+        target_segment=segment_ids[target_pos],
+        branch_ids=torch.tensor(branch, dtype=torch.long),
+        num_sequences=len(seqs),
+    )
+
+
+def branch_mask(branch: torch.Tensor) -> torch.Tensor:
+    """[L, L] bool, True where query i may attend key j in a group of shared prompts: j <= i, and j in
+    the shared prompt (branch 0) or in i's own branch."""
+    n = branch.shape[0]
+    causal = torch.ones((n, n), dtype=torch.bool, device=branch.device).tril()
+    return causal & ((branch[None, :] == 0) | (branch[None, :] == branch[:, None]))
 
 
 # --- chunked, fused log-prob head ---------------------------------------------------
@@ -240,27 +312,34 @@ def _cuda_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu
 
 
 def _segment_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: list[int],
-                  scale: float | None) -> torch.Tensor:
-    """Exact causal attention per sequence, [1, H, T, D] in, [1, T, H, D] out."""
+                  scale: float | None, branch: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact causal attention per sequence (with `branch`: per group of shared prompts, `branch_mask`),
+    [1, H, T, D] in, [1, T, H, D] out."""
     rep = query.shape[1] // key.shape[1]
     if rep > 1:
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
-    parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scale)
-        for s, e in zip(cu[:-1], cu[1:])
-    ]
+    parts = []
+    for s, e in zip(cu[:-1], cu[1:]):
+        q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        b = None if branch is None else branch[s:e]
+        if b is None or int(b.max()) <= 1:  # one sequence: plain causal attention
+            parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))
+        else:
+            parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=branch_mask(b), scale=scale))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
 
 
 def _packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      cu: torch.Tensor, max_len: int, scale: float | None) -> torch.Tensor:
+                      cu: torch.Tensor, max_len: int, scale: float | None,
+                      branch: torch.Tensor | None = None) -> torch.Tensor:
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one packed row, got batch {query.shape[0]}")
-    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
-    out = _cuda_varlen(q, k, v, cu.to(query.device, torch.int32), max_len, scale)
-    if out is not None:
-        return out.unsqueeze(0)
-    return _segment_sdpa(query, key, value, cu.tolist(), scale)
+    if branch is None:  # Flash-Attention varlen keeps whole sequences apart; branches need their mask
+        q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
+        out = _cuda_varlen(q, k, v, cu.to(query.device, torch.int32), max_len, scale)
+        if out is not None:
+            return out.unsqueeze(0)
+    return _segment_sdpa(query, key, value, cu.tolist(), scale, branch)
 
 
 def _make_attention(base: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
@@ -271,7 +350,8 @@ def _make_attention(base: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor
         if cu is not None and getattr(module, "is_causal", True):
             if dropout:
                 raise ValueError("packed attention does not support attention dropout")
-            return _packed_attention(module, query, key, value, cu, int(kwargs["max_length_q"]), scaling), None
+            return _packed_attention(module, query, key, value, cu, int(kwargs["max_length_q"]), scaling,
+                                     kwargs.get(BRANCH_KWARG)), None
         return _base_attention(module, base)(module, query, key, value, attention_mask,
                                              scaling=scaling, dropout=dropout, **kwargs)
 
@@ -360,6 +440,11 @@ def packed_logps(model: Any, packed: PackedBatch, chunk: int = 4096) -> tuple[to
     if impl.startswith(PACKED_PREFIX) or impl.startswith("flash_attention"):
         kwargs = {"cu_seq_lens_q": packed.cu_seqlens, "cu_seq_lens_k": packed.cu_seqlens,
                   "max_length_q": packed.max_seqlen, "max_length_k": packed.max_seqlen}
+    if packed.branch_ids is not None:
+        if not impl.startswith(PACKED_PREFIX):
+            raise ConfigError(f"shared.train.share_prompts: needs sdpa or eager attention, the model runs {impl!r} "
+                              "(which keeps whole sequences apart, not branches); set share_prompts: false")
+        kwargs[BRANCH_KWARG] = packed.branch_ids
     with _packed_call():
         hidden = backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
                           **kwargs).last_hidden_state
@@ -384,10 +469,22 @@ def collate_packed(seqs: Sequence[Any], pad_id: int) -> Batch:
                  sequence_index=p.segment_ids[None], num_sequences=p.n_seqs)
 
 
+def collate_packed_shared(seqs: Sequence[Any], pad_id: int) -> Batch:
+    """The "packed-shared" collator (train.share_prompts): `collate_packed` with the sequences that share
+    their prompt grouped (`pack(..., share_prompts=True)`); `Batch.branch_index` carries the branches."""
+    p = pack(seqs, share_prompts=True)
+    return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
+                 response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
+                 sequence_index=p.segment_ids[None], num_sequences=p.n_seqs,
+                 branch_index=None if p.branch_ids is None else p.branch_ids[None])
+
+
 def from_batch(batch: Any) -> PackedBatch:
     """A `PackedBatch` from a one-row `trainers.data.Batch` made by `collate_packed`."""
     if batch.sequence_index is None or batch.position_ids is None or batch.input_ids.shape[0] != 1:
         raise ValueError("from_batch: expected a one-row packed Batch (position_ids and sequence_index set)")
+    if getattr(batch, "branch_index", None) is not None:
+        return _from_shared_batch(batch)
     seg = batch.sequence_index[0]
     if bool((seg < 0).any()) or bool((seg[1:] < seg[:-1]).any()):
         raise ValueError("from_batch: sequence_index must be non-negative and non-decreasing (no padding)")
@@ -401,6 +498,23 @@ def from_batch(batch: Any) -> PackedBatch:
         input_ids=batch.input_ids, position_ids=batch.position_ids, segment_ids=seg, response_mask=resp,
         cu_seqlens=cu, max_seqlen=int(lengths.max()), pred_index=target_pos - 1,
         targets=batch.input_ids[0, target_pos], target_segment=seg[target_pos],
+    )
+
+
+def _from_shared_batch(batch: Any) -> PackedBatch:
+    """A `PackedBatch` of shared prompts from a "packed-shared" Batch: groups start where positions restart."""
+    seg, branch, pos = batch.sequence_index[0], batch.branch_index[0], batch.position_ids[0]
+    starts = (pos == 0).nonzero().squeeze(1)
+    if starts.numel() == 0 or int(starts[0]) != 0 or bool((seg < 0).any()):
+        raise ValueError("from_batch: a shared-prompt batch starts a group at position 0 and has no padding")
+    cu = torch.cat([starts, torch.tensor([pos.numel()], device=pos.device)]).to(torch.int32)
+    resp = batch.response_mask[0].bool()
+    target_pos = resp.nonzero().squeeze(1)
+    n = batch.num_sequences if batch.num_sequences is not None else int(seg.max()) + 1
+    return PackedBatch(
+        input_ids=batch.input_ids, position_ids=batch.position_ids, segment_ids=seg, response_mask=resp,
+        cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()), pred_index=target_pos - 1,
+        targets=batch.input_ids[0, target_pos], target_segment=seg[target_pos], branch_ids=branch, num_sequences=n,
     )
 
 

@@ -11,6 +11,7 @@ the untrained policy is zero up to float rounding (batches differ in padding).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,8 +52,17 @@ def sequences_logps(model: Any, seqs: Sequence[EncodedSeq], *, batch_size: int, 
 
 
 def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, chunk: int, pad_id: int,
-                    autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(real [len(items)], gen [len(items)] or None) in the order of `items`."""
+                    autocast: Any = None, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real [len(items)], gen [len(items)] or None) in the order of `items`. With `share_prompts`
+    (train.share_prompts), a pair's prompt runs once for both responses (core.prefix.score_shared)."""
+    if share_prompts and all(it.gen is not None for it in items):
+        from gsil_bench.core.prefix import score_shared
+
+        seqs = [it.real for it in items] + [it.gen for it in items if it.gen is not None]
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            both = score_shared(model, seqs, batch_size=batch_size, chunk=chunk)
+        sums = torch.tensor([lp for lp, _ in both], dtype=torch.float32)
+        return sums[: len(items)], sums[len(items) :]
     real = sequences_logps(model, [it.real for it in items], batch_size=batch_size, chunk=chunk, pad_id=pad_id,
                            autocast=autocast, desc="reference log-probs (real)")
     if any(it.gen is None for it in items):
