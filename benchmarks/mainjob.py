@@ -72,7 +72,9 @@ def _generation(parent: str | None, _args: tuple[Any, ...]) -> str:
 
 
 def _score(parent: str | None, _args: tuple[Any, ...]) -> str | None:
-    return None if parent == "eval: reference scoring" else "eval: policy scoring"
+    """core.prefix.score_shared: counted in its caller's row under the evaluation's reference scorer and
+    training's reference log-probs (train.share_prompts), else the evaluated policy's scoring."""
+    return None if parent == "eval: reference scoring" or (parent or "").startswith("train") else "eval: policy scoring"
 
 
 def _step(_parent: str | None, args: tuple[Any, ...]) -> str:

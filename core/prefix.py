@@ -194,7 +194,7 @@ def _score_shared(model: Any, seqs: Sequence[EncodedSeq], batch_size: int, chunk
     body, device = lm.base_model, next(model.parameters()).device
     keys = {i: tuple(seqs[i].input_ids[: seqs[i].response_start]) for i in todo}
     prompts = fill(model, list(keys.values()), keep if keep is not None else Prefixes(), batch_size)
-    order = sorted(todo, key=lambda i: len(seqs[i].input_ids))
+    order = sorted(todo, key=lambda i: (seqs[i].n_response, seqs[i].response_start))  # the prompts are computed: batch by response
     for b in range(0, len(order), batch_size):
         rows = order[b : b + batch_size]
         sums = _continue(lm, body, [(prompts[keys[i]], seqs[i].input_ids[seqs[i].response_start:]) for i in rows],
