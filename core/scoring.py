@@ -118,17 +118,22 @@ class Batch:
     sequence_index: torch.Tensor | None = None
     num_sequences: int | None = None  # with sequence_index: how many sequences (default: max index + 1)
     branch_index: torch.Tensor | None = None  # [1, T] packed shared prompts (trainers.packing.pack): 0 shared, k branch k
+    sequence_tokens: int | None = None  # with shared prompts: the sequences' own tokens (each counts its prompt)
 
     def to(self, device: Any) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                     move(self.position_ids), move(self.sequence_index), self.num_sequences, move(self.branch_index))
+                     move(self.position_ids), move(self.sequence_index), self.num_sequences, move(self.branch_index),
+                     self.sequence_tokens)
 
     @property
     def tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
+        """Real (non-padding) tokens of the batch's sequences (with shared prompts, each sequence counts its
+        prompt, as unshared: the logged `tokens` do not depend on train.share_prompts)."""
+        if self.sequence_tokens is not None:
+            return self.sequence_tokens
         return int(self.attention_mask.sum())
 
 

@@ -476,7 +476,8 @@ def collate_packed_shared(seqs: Sequence[Any], pad_id: int) -> Batch:
     return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
                  response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
                  sequence_index=p.segment_ids[None], num_sequences=p.n_seqs,
-                 branch_index=None if p.branch_ids is None else p.branch_ids[None])
+                 branch_index=None if p.branch_ids is None else p.branch_ids[None],
+                 sequence_tokens=sum(len(_fields(q, i)[0]) for i, q in enumerate(seqs)))
 
 
 def from_batch(batch: Any) -> PackedBatch:
