@@ -217,11 +217,13 @@ def _train_cost(cfg: ExperimentConfig, st: Step, examples: list[Any], seq: float
     pairs = LOSSES.needs_pairs(loss)
     iters = iteration_plan(cfg, st.method)
     new = _response_tokens(examples, g.max_new_tokens)
-    gen_seq = min(float(t.max_length), seq - _response_tokens(examples, 10**9) + new)  # prompt + generated response
-    flops = iters * n_steps * 6 * shape.body * t.batch_size * t.grad_accum * processes * (seq + (gen_seq if pairs else 0))
+    prompt = seq - _response_tokens(examples, 10**9)
+    gen_seq = min(float(t.max_length), prompt + new)  # prompt + generated response
+    second = gen_seq - prompt if t.share_prompts else gen_seq  # train.share_prompts: the pair's prompt runs once
+    flops = iters * n_steps * 6 * shape.body * t.batch_size * t.grad_accum * processes * (seq + (second if pairs else 0))
     seconds = flops / machine.flops
     if pairs:
-        ref = iters * 2 * shape.body * len(examples) * (seq + gen_seq)  # reference log-probs, once per iteration
+        ref = iters * 2 * shape.body * len(examples) * (seq + second)  # reference log-probs, once per iteration
         generations = (iters - 1 if LOSSES.self_play(loss) else 0) + (1 if shared_gen else 0)
         if cfg.shared.preference_data is not None:
             generations = 0

@@ -107,3 +107,30 @@ def test_the_smoke_estimate_is_within_2x_of_its_measured_run(tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert estimate / 2 <= cpu <= estimate * 2, (estimate, cpu)
+
+
+def test_shared_prompts_take_the_pairs_second_prompt_out_of_the_training_flops(data_dir):
+    """train.share_prompts: a pair's prompt runs once (trainers.packing), so DPO's training FLOPs per pair are the
+    real sequence plus the generated response, not two whole sequences; SFT (no pairs) is unchanged."""
+    from dataclasses import replace
+
+    from gsil_bench.harness.estimate import Stand, _response_tokens, _tokens, gpu, step_costs
+    from gsil_bench.harness.plan import plan_steps
+    from gsil_bench.trainers.loop import StepPlan
+
+    cfg, _, _ = load_and_validate("smoke", [], data_dir=str(data_dir), hub=False)
+    shape = model_shape("embedded:smollm2-135m-instruct")
+    examples = [Stand("q" * 240, "a" * 120)] * 8  # GSM8K-like: a prompt longer than the demonstration
+    steps = [s for s in plan_steps(cfg) if s.kind == "train" and s.method in ("sft", "dpo")]
+    costs = {}
+    for share in (False, True):
+        c = replace(cfg, shared=replace(cfg.shared, train=replace(cfg.shared.train, share_prompts=share)))
+        plan = StepPlan.of(len(examples), c.shared.train, 1).total
+        costs[share] = {x.step: x.flops for x in step_costs(c, steps, examples, plan, shape, gpu("H100"), 1)}
+    sft, dpo = (next(s.id for s in steps if s.method == m) for m in ("sft", "dpo"))
+    assert costs[True][sft] == costs[False][sft]
+    prompt = _tokens(examples, cfg.shared.train.max_length) - _response_tokens(examples, 10**9)
+    assert prompt > 0
+    t = cfg.shared.train
+    saved = 2 * shape.body * prompt * (3 * t.batch_size * StepPlan.of(len(examples), t, 1).total + len(examples))
+    assert costs[False][dpo] - costs[True][dpo] == pytest.approx(saved, rel=1e-6)
