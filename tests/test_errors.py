@@ -17,6 +17,7 @@ LAYERS = ("core", "harness", "trainers", "tasks", "reports")
 
 # (file, first words of the message) of raises that signal a bug in gsil-bench, not bad input
 INTERNAL = {
+    ("core/prefix.py", "core.prefix: these computed prompts belong to another model"),  # a caller mixing models
     ("core/generation.py", "generation backend 'hf' needs a model"),
     ("core/generation.py", "generation backend 'vllm' needs a model"),
     ("harness/steps.py", "evaluation of "),

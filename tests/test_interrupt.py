@@ -49,7 +49,7 @@ def _start(cfg: Path, out: Path, data_dir: Path, log: Path, pause: str | None = 
 
 
 def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path, tiny_model_dir, data_dir, capsys,
-                                                                         monkeypatch):
+                                                                         monkeypatch, request):
     """The fast version: a real SIGINT to this process while `main(["run", ...])` trains. The run
     waits at step 3 (GSIL_TEST_PAUSE) until the signal comes, so it cannot finish first on a fast machine."""
     import threading
@@ -66,6 +66,10 @@ def test_ctrl_c_in_process_marks_the_step_and_the_same_command_resumes(tmp_path,
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setenv("GSIL_TEST_PAUSE", PAUSE)
+    # Python's own Ctrl-C handler, as in a terminal: a shell starts a background job (`pytest ... &`, nohup) with
+    # SIGINT ignored, and Python then keeps it ignored, so the run would wait out its pause instead of stopping
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     watcher = threading.Thread(target=interrupt, daemon=True)
     watcher.start()
     argv = ["run", str(cfg), "--output", str(out), "--data-dir", str(data_dir)]
