@@ -165,9 +165,7 @@ class HFGenerator:
         sample = cfg.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens}
         if self._prefixes is not None and int(mask.sum(dim=1).min()) >= 2:
-            from gsil_bench.core.prefix import _cache_kwarg
-
-            kwargs[_cache_kwarg(self.model)] = self._prompt_cache(input_ids, mask)
+            kwargs.update(self._prefixes.generate_kwargs(self.model, input_ids, mask))
         if sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         else:
@@ -177,17 +175,6 @@ class HFGenerator:
             eos_token_id=tok.eos_token_id, stopping_criteria=step_report(input_ids.shape[1], on_step), **kwargs,
         )
         return gen[:, input_ids.shape[1] :].tolist()
-
-    def _prompt_cache(self, input_ids: Any, mask: Any) -> Any:
-        """The batch's prompts (left-padded rows) from the shared store, computed there when new, as one
-        left-padded cache of all but each prompt's last token (core.prefix.prompt_cache)."""
-        from gsil_bench.core.prefix import fill, prompt_cache
-        from gsil_bench.core.scoring import causal_lm
-
-        assert self._prefixes is not None
-        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(input_ids, mask)]
-        found = fill(self.model, keys, self._prefixes)
-        return prompt_cache(causal_lm(self.model), [found[k] for k in keys], input_ids.shape[1] - 1)
 
     def _completion(self, new: list[int], stop: Sequence[str] | None) -> Completion:
         eos = self.tok.eos_token_id

@@ -56,6 +56,14 @@ class Prefixes:
         if self.owner is not None and self.owner is not model:
             raise ValueError("core.prefix: these computed prompts belong to another model")
 
+    def generate_kwargs(self, model: Any, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        """`model.generate`'s cache argument for a batch of left-padded prompts (core.generation.HFGenerator.sharing):
+        each prompt from this store, computed into it when new, as one left-padded cache of all but each prompt's
+        last token (`prompt_cache`)."""
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(input_ids, mask)]
+        found = fill(model, keys, self)
+        return {_cache_kwarg(model): prompt_cache(causal_lm(model), [found[k] for k in keys], input_ids.shape[1] - 1)}
+
     def get(self, ids: tuple[int, ...]) -> Prompt | None:
         found = self.items.get(ids)
         if found is not None:

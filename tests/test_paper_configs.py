@@ -80,10 +80,11 @@ def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
     (commit 0f0b5e0): run folders and nightly baselines stay comparable; using a new key changes them."""
     from gsil_bench.trainers.api import train_key
 
-    cfg = load_experiment(CONFIGS / "smoke.yaml")
+    cfg = load_experiment(CONFIGS / "smoke.yaml", ["shared.train.share_prompts=false"])  # a later key at its default
     # computed by commit 0f0b5e0's own code (harness.config.shared_hash, trainers.api.train_key) on
-    # today's smoke.yaml (which issue 11 resized to 8 demonstrations)
+    # today's smoke.yaml (which issue 11 resized to 8 demonstrations; issue 36 turned share_prompts on)
     assert shared_hash(cfg) == "7c8d65d8581874ef"
+    assert shared_hash(load_experiment(CONFIGS / "smoke.yaml")) != shared_hash(cfg)  # as shipped: a new key in use
     assert train_key(cfg, "sft", 0) == "ee896888d6d29af6" and train_key(cfg, "spin", 0) == "3dabdc2fa9c658c9"
     for change in ("shared.schedule.warmup_steps=30", "shared.self_play.history=2", "shared.train_data.encoding=spin",
                    "shared.generation.prompt_template='### {prompt}'"):

@@ -24,6 +24,7 @@ from gsil_bench.core import resident
 from gsil_bench.core.errors import FileError
 from gsil_bench.core.io import atomic_path
 from gsil_bench.core.models import ModelError, check_weights, resolve
+from gsil_bench.core.prefix import score_shared
 from gsil_bench.core.scoring import EncodedSeq, score_batches
 from gsil_bench.trainers.data import TrainItem
 
@@ -56,8 +57,6 @@ def reference_logps(model: Any, items: Sequence[TrainItem], *, batch_size: int, 
     """(real [len(items)], gen [len(items)] or None) in the order of `items`. With `share_prompts`
     (train.share_prompts), a pair's prompt runs once for both responses (core.prefix.score_shared)."""
     if share_prompts and all(it.gen is not None for it in items):
-        from gsil_bench.core.prefix import score_shared
-
         seqs = [it.real for it in items] + [it.gen for it in items if it.gen is not None]
         with autocast() if autocast is not None else contextlib.nullcontext():
             both = score_shared(model, seqs, batch_size=batch_size, chunk=chunk)
