@@ -134,6 +134,12 @@ def pack(seqs: Sequence[Any], *, share_prompts: bool = False) -> PackedBatch:
         seg.extend([i] * n)
         resp.extend([False] * start + [True] * (n - start))
         cu.append(cu[-1] + n)
+    return _batch(ids, pos, seg, resp, cu)
+
+
+def _batch(ids: list[int], pos: list[int], seg: list[int], resp: list[bool], cu: list[int],
+           branch: list[int] | None = None) -> PackedBatch:
+    """The PackedBatch of one packed row's per-token lists (`cu`: sequence, or group, boundaries)."""
     input_ids = torch.tensor(ids, dtype=torch.long)
     response_mask = torch.tensor(resp, dtype=torch.bool)
     target_pos = response_mask.nonzero().squeeze(1)
@@ -149,6 +155,8 @@ def pack(seqs: Sequence[Any], *, share_prompts: bool = False) -> PackedBatch:
         pred_index=target_pos - 1,
         targets=input_ids[target_pos],
         target_segment=segment_ids[target_pos],
+        branch_ids=None if branch is None else torch.tensor(branch, dtype=torch.long),
+        num_sequences=None if branch is None else int(segment_ids.max()) + 1,
     )
 
 
@@ -181,24 +189,7 @@ def _pack_shared(seqs: Sequence[Any]) -> PackedBatch:
             resp.extend([False] + [True] * (len(part) - 1))
             branch.extend([k] * len(part))
         cu.append(len(ids))
-    input_ids = torch.tensor(ids, dtype=torch.long)
-    response_mask = torch.tensor(resp, dtype=torch.bool)
-    target_pos = response_mask.nonzero().squeeze(1)
-    segment_ids = torch.tensor(seg, dtype=torch.long)
-    cu_seqlens = torch.tensor(cu, dtype=torch.int32)
-    return PackedBatch(
-        input_ids=input_ids.unsqueeze(0),
-        position_ids=torch.tensor(pos, dtype=torch.long).unsqueeze(0),
-        segment_ids=segment_ids,
-        response_mask=response_mask,
-        cu_seqlens=cu_seqlens,
-        max_seqlen=int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
-        pred_index=target_pos - 1,
-        targets=input_ids[target_pos],
-        target_segment=segment_ids[target_pos],
-        branch_ids=torch.tensor(branch, dtype=torch.long),
-        num_sequences=len(seqs),
-    )
+    return _batch(ids, pos, seg, resp, cu, branch)
 
 
 def branch_mask(branch: torch.Tensor) -> torch.Tensor:
