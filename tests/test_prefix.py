@@ -113,7 +113,7 @@ def _received(model):
 
 @pytest.mark.parametrize("bos", [False, True], ids=["smollm2", "bos-tokenizer"])
 def test_generation_continues_from_shared_prompts_with_generates_tokens(tokenizer, bos):
-    from tests.helpers import bos_tokenizer
+    from helpers import bos_tokenizer
 
     tok = bos_tokenizer() if bos else tokenizer
     model = _lively(tok)
