@@ -37,7 +37,7 @@ from gsil_bench.core.errors import ConfigError
 from gsil_bench.core.scoring import Batch, causal_lm
 
 PACKED_PREFIX = "gsil_packed_"
-BRANCH_KWARG = "gsil_branch_ids"  # shared prompts: the branch of each packed token, to the attention function
+BRANCH_KWARG = "gsil_group_masks"  # shared prompts: each group's attention mask (group_masks), to the attention
 _PACKED_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("gsil_packed_call", default=False)
 
 
@@ -140,23 +140,22 @@ def pack(seqs: Sequence[Any], *, share_prompts: bool = False) -> PackedBatch:
 def _batch(ids: list[int], pos: list[int], seg: list[int], resp: list[bool], cu: list[int],
            branch: list[int] | None = None) -> PackedBatch:
     """The PackedBatch of one packed row's per-token lists (`cu`: sequence, or group, boundaries)."""
-    input_ids = torch.tensor(ids, dtype=torch.long)
-    response_mask = torch.tensor(resp, dtype=torch.bool)
-    target_pos = response_mask.nonzero().squeeze(1)
     segment_ids = torch.tensor(seg, dtype=torch.long)
-    cu_seqlens = torch.tensor(cu, dtype=torch.int32)
+    return _packed(torch.tensor(ids, dtype=torch.long)[None], torch.tensor(pos, dtype=torch.long)[None], segment_ids,
+                   torch.tensor(resp, dtype=torch.bool), torch.tensor(cu, dtype=torch.int32),
+                   None if branch is None else torch.tensor(branch, dtype=torch.long),
+                   None if branch is None else int(segment_ids.max()) + 1)
+
+
+def _packed(input_ids: torch.Tensor, position_ids: torch.Tensor, seg: torch.Tensor, resp: torch.Tensor,
+            cu: torch.Tensor, branch: torch.Tensor | None, n: int | None) -> PackedBatch:
+    """A PackedBatch from its row tensors ([1, T] ids and positions, [T] sequence index and response mask):
+    response token t is predicted from position t - 1 (a branch starts with its copy of the last prompt token)."""
+    target_pos = resp.nonzero().squeeze(1)
     return PackedBatch(
-        input_ids=input_ids.unsqueeze(0),
-        position_ids=torch.tensor(pos, dtype=torch.long).unsqueeze(0),
-        segment_ids=segment_ids,
-        response_mask=response_mask,
-        cu_seqlens=cu_seqlens,
-        max_seqlen=int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
-        pred_index=target_pos - 1,
-        targets=input_ids[target_pos],
-        target_segment=segment_ids[target_pos],
-        branch_ids=None if branch is None else torch.tensor(branch, dtype=torch.long),
-        num_sequences=None if branch is None else int(segment_ids.max()) + 1,
+        input_ids=input_ids, position_ids=position_ids, segment_ids=seg, response_mask=resp, cu_seqlens=cu,
+        max_seqlen=int((cu[1:] - cu[:-1]).max()), pred_index=target_pos - 1, targets=input_ids[0, target_pos],
+        target_segment=seg[target_pos], branch_ids=branch, num_sequences=n,
     )
 
 
@@ -198,6 +197,18 @@ def branch_mask(branch: torch.Tensor) -> torch.Tensor:
     n = branch.shape[0]
     causal = torch.ones((n, n), dtype=torch.bool, device=branch.device).tril()
     return causal & ((branch[None, :] == 0) | (branch[None, :] == branch[:, None]))
+
+
+def group_masks(packed: PackedBatch) -> list[torch.Tensor | None]:
+    """Per group of a shared-prompt batch, its `branch_mask`, or None for a group of one sequence (plain
+    causal attention): built once per forward, read by every layer's attention."""
+    assert packed.branch_ids is not None
+    cu = packed.cu_seqlens.tolist()
+    out: list[torch.Tensor | None] = []
+    for s, e in zip(cu[:-1], cu[1:]):
+        b = packed.branch_ids[s:e]
+        out.append(branch_mask(b) if int(b.max()) > 1 else None)
+    return out
 
 
 # --- chunked, fused log-prob head ---------------------------------------------------
@@ -303,34 +314,34 @@ def _cuda_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu
 
 
 def _segment_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: list[int],
-                  scale: float | None, branch: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact causal attention per sequence (with `branch`: per group of shared prompts, `branch_mask`),
-    [1, H, T, D] in, [1, T, H, D] out."""
+                  scale: float | None, masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Exact causal attention per sequence (with `masks`: per group of shared prompts, its `group_masks`
+    entry), [1, H, T, D] in, [1, T, H, D] out."""
     rep = query.shape[1] // key.shape[1]
     if rep > 1:
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     parts = []
-    for s, e in zip(cu[:-1], cu[1:]):
+    for g, (s, e) in enumerate(zip(cu[:-1], cu[1:])):
         q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
-        b = None if branch is None else branch[s:e]
-        if b is None or int(b.max()) <= 1:  # one sequence: plain causal attention
+        mask = None if masks is None else masks[g]
+        if mask is None:  # one sequence: plain causal attention
             parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))
         else:
-            parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=branch_mask(b), scale=scale))
+            parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
 
 
 def _packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       cu: torch.Tensor, max_len: int, scale: float | None,
-                      branch: torch.Tensor | None = None) -> torch.Tensor:
+                      masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one packed row, got batch {query.shape[0]}")
-    if branch is None:  # Flash-Attention varlen keeps whole sequences apart; branches need their mask
+    if masks is None:  # Flash-Attention varlen keeps whole sequences apart; branches need their masks
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
         out = _cuda_varlen(q, k, v, cu.to(query.device, torch.int32), max_len, scale)
         if out is not None:
             return out.unsqueeze(0)
-    return _segment_sdpa(query, key, value, cu.tolist(), scale, branch)
+    return _segment_sdpa(query, key, value, cu.tolist(), scale, masks)
 
 
 def _make_attention(base: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
@@ -435,7 +446,7 @@ def packed_logps(model: Any, packed: PackedBatch, chunk: int = 4096) -> tuple[to
         if not impl.startswith(PACKED_PREFIX):
             raise ConfigError(f"shared.train.share_prompts: needs sdpa or eager attention, the model runs {impl!r} "
                               "(which keeps whole sequences apart, not branches); set share_prompts: false")
-        kwargs[BRANCH_KWARG] = packed.branch_ids
+        kwargs[BRANCH_KWARG] = group_masks(packed)
     with _packed_call():
         hidden = backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
                           **kwargs).last_hidden_state
@@ -454,60 +465,44 @@ def collate_packed(seqs: Sequence[Any], pad_id: int) -> Batch:
     """The "packed" collator: a one-row `trainers.data.Batch` with restarting position ids
     and per-token sequence indices (`pad_id` is unused: nothing is padded). Its log-probs
     must go through `batch_packed_logps` (an attention mask cannot keep sequences apart)."""
-    p = pack(seqs)
-    return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
-                 response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
-                 sequence_index=p.segment_ids[None], num_sequences=p.n_seqs)
+    return _as_batch(pack(seqs))
 
 
 def collate_packed_shared(seqs: Sequence[Any], pad_id: int) -> Batch:
     """The "packed-shared" collator (train.share_prompts): `collate_packed` with the sequences that share
-    their prompt grouped (`pack(..., share_prompts=True)`); `Batch.branch_index` carries the branches."""
-    p = pack(seqs, share_prompts=True)
+    their prompt grouped (`pack(..., share_prompts=True)`); `Batch.branch_index` carries the branches, and
+    `Batch.tokens` counts every sequence's own tokens (its prompt included), as unshared."""
+    return _as_batch(pack(seqs, share_prompts=True), sum(len(_fields(q, i)[0]) for i, q in enumerate(seqs)))
+
+
+def _as_batch(p: PackedBatch, sequence_tokens: int | None = None) -> Batch:
     return Batch(input_ids=p.input_ids, attention_mask=torch.ones_like(p.input_ids),
                  response_mask=p.response_mask[None].long(), position_ids=p.position_ids,
                  sequence_index=p.segment_ids[None], num_sequences=p.n_seqs,
-                 branch_index=None if p.branch_ids is None else p.branch_ids[None],
-                 sequence_tokens=sum(len(_fields(q, i)[0]) for i, q in enumerate(seqs)))
+                 branch_index=None if p.branch_ids is None else p.branch_ids[None], sequence_tokens=sequence_tokens)
 
 
 def from_batch(batch: Any) -> PackedBatch:
-    """A `PackedBatch` from a one-row `trainers.data.Batch` made by `collate_packed`."""
+    """A `PackedBatch` from a one-row `trainers.data.Batch` made by `collate_packed` (or, with
+    `branch_index`, `collate_packed_shared`: its groups start where positions restart)."""
     if batch.sequence_index is None or batch.position_ids is None or batch.input_ids.shape[0] != 1:
         raise ValueError("from_batch: expected a one-row packed Batch (position_ids and sequence_index set)")
-    if getattr(batch, "branch_index", None) is not None:
-        return _from_shared_batch(batch)
-    seg = batch.sequence_index[0]
+    seg, resp = batch.sequence_index[0], batch.response_mask[0].bool()
+    branch = getattr(batch, "branch_index", None)
+    if branch is not None:
+        pos = batch.position_ids[0]
+        starts = (pos == 0).nonzero().squeeze(1)
+        if starts.numel() == 0 or int(starts[0]) != 0 or bool((seg < 0).any()):
+            raise ValueError("from_batch: a shared-prompt batch starts a group at position 0 and has no padding")
+        cu = torch.cat([starts, torch.tensor([pos.numel()], device=pos.device)]).to(torch.int32)
+        n = batch.num_sequences if batch.num_sequences is not None else int(seg.max()) + 1
+        return _packed(batch.input_ids, batch.position_ids, seg, resp, cu, branch[0], n)
     if bool((seg < 0).any()) or bool((seg[1:] < seg[:-1]).any()):
         raise ValueError("from_batch: sequence_index must be non-negative and non-decreasing (no padding)")
     n = batch.num_sequences if batch.num_sequences is not None else int(seg.max()) + 1
-    lengths = torch.bincount(seg, minlength=n)
     cu = torch.zeros(n + 1, dtype=torch.int32, device=seg.device)
-    cu[1:] = lengths.cumsum(0)
-    resp = batch.response_mask[0].bool()
-    target_pos = resp.nonzero().squeeze(1)
-    return PackedBatch(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, segment_ids=seg, response_mask=resp,
-        cu_seqlens=cu, max_seqlen=int(lengths.max()), pred_index=target_pos - 1,
-        targets=batch.input_ids[0, target_pos], target_segment=seg[target_pos],
-    )
-
-
-def _from_shared_batch(batch: Any) -> PackedBatch:
-    """A `PackedBatch` of shared prompts from a "packed-shared" Batch: groups start where positions restart."""
-    seg, branch, pos = batch.sequence_index[0], batch.branch_index[0], batch.position_ids[0]
-    starts = (pos == 0).nonzero().squeeze(1)
-    if starts.numel() == 0 or int(starts[0]) != 0 or bool((seg < 0).any()):
-        raise ValueError("from_batch: a shared-prompt batch starts a group at position 0 and has no padding")
-    cu = torch.cat([starts, torch.tensor([pos.numel()], device=pos.device)]).to(torch.int32)
-    resp = batch.response_mask[0].bool()
-    target_pos = resp.nonzero().squeeze(1)
-    n = batch.num_sequences if batch.num_sequences is not None else int(seg.max()) + 1
-    return PackedBatch(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, segment_ids=seg, response_mask=resp,
-        cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()), pred_index=target_pos - 1,
-        targets=batch.input_ids[0, target_pos], target_segment=seg[target_pos], branch_ids=branch, num_sequences=n,
-    )
+    cu[1:] = torch.bincount(seg, minlength=n).cumsum(0)
+    return _packed(batch.input_ids, batch.position_ids, seg, resp, cu, None, None)
 
 
 def batch_packed_logps(model: Any, batch: Any, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
